@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod duration;
 pub mod health;
 pub mod tiers;
 pub mod wire;
