@@ -120,10 +120,16 @@ mod tests {
         assert_eq!(read_name_lower(msg, 3, &mut out), Ok((3, 5)));
         // pointer to itself
         let looped = b"\xC0\x00";
-        assert_eq!(read_name_lower(looped, 0, &mut out), Err(WireError::BadPointer));
+        assert_eq!(
+            read_name_lower(looped, 0, &mut out),
+            Err(WireError::BadPointer)
+        );
         // forward pointer
         let fwd = b"\xC0\x02\x00";
-        assert_eq!(read_name_lower(fwd, 0, &mut out), Err(WireError::BadPointer));
+        assert_eq!(
+            read_name_lower(fwd, 0, &mut out),
+            Err(WireError::BadPointer)
+        );
     }
 
     #[test]
@@ -139,7 +145,10 @@ mod tests {
         }
         long.push(0);
         assert_eq!(skip_name(&long, 0), Err(WireError::NameTooLong));
-        assert_eq!(read_name_lower(&long, 0, &mut out), Err(WireError::NameTooLong));
+        assert_eq!(
+            read_name_lower(&long, 0, &mut out),
+            Err(WireError::NameTooLong)
+        );
     }
 
     #[test]
