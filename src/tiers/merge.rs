@@ -1,0 +1,569 @@
+//! The background-completion merge: one answer holding every upstream's addresses.
+//!
+//! Rare path (once per completed flight), so it decodes and re-encodes with
+//! hickory-proto and allocates freely. It is a pure function of its input bytes and
+//! never panics on any of them: anything it cannot read or would have to guess about
+//! yields `None`, and the caller keeps the first answer as it is.
+//!
+//! Rules (DESIGN.md "The staggered tiers" step 5):
+//! - only a NOERROR first answer to one A or AAAA question is merged;
+//! - the CNAME chain is the first answer's: from the question name, each CNAME at the
+//!   current name leads to the next (at most [`MAX_CHAIN`] links, loops rejected); the
+//!   last name is the final owner;
+//! - another answer is merged only if it is NOERROR, not truncated, has the same
+//!   question and the same chain (names compared ignoring case); otherwise it is
+//!   skipped entirely. When the first answer has AD set, answers without AD are
+//!   skipped too, so unvalidated data never rides on a validated flag;
+//! - from a merged answer only the records of the question's type and class at the
+//!   final owner are taken, deduplicated by address, up to
+//!   [`MAX_MERGED_ADDRESSES`] addresses in all;
+//! - the answer section keeps only records whose owner is the question name or a name
+//!   in the chain, the first answer's first; every kept record gets the minimum TTL;
+//! - the first answer's header (ID, flags, RCODE), question, authority, additional
+//!   section and OPT record are kept;
+//! - a first answer with RRSIGs in its answer section is not merged: adding records
+//!   to a signed RRset would break its signature for validating clients.
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::net::IpAddr;
+
+/// Most CNAME links followed from the question name.
+pub const MAX_CHAIN: usize = 16;
+/// Most address records in a merged answer.
+pub const MAX_MERGED_ADDRESSES: usize = 256;
+/// Largest DNS message (TCP length prefix).
+const MAX_MESSAGE: usize = 65_535;
+
+/// A merged answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// The merged message in wire form, with the first answer's ID and flags.
+    pub wire: Vec<u8>,
+    /// Addresses added beyond the first answer's.
+    pub extra_addresses: usize,
+}
+
+/// Merges the good answers of one flight; `answers[0]` is the one already sent to
+/// clients. All should carry the same question (those that do not are skipped).
+///
+/// Returns `None` when there is nothing to add (fewer than two answers, no extra
+/// address, a first answer that is not a mergeable A/AAAA NOERROR, or unreadable),
+/// so the caller can skip the cache rewrite. Never panics.
+pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
+    let (first_bytes, others) = answers.split_first()?;
+    if others.is_empty() {
+        return None;
+    }
+    let mut first = Message::from_vec(first_bytes).ok()?;
+    if first.metadata.response_code != ResponseCode::NoError
+        || first.metadata.truncation
+        || first.queries.len() != 1
+    {
+        return None;
+    }
+    let question = first.queries.first()?.clone();
+    let qtype = question.query_type;
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        return None;
+    }
+    if first
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::RRSIG)
+    {
+        return None;
+    }
+    let chain = cname_chain(&first, &question)?;
+    let final_name = chain.last()?.clone();
+
+    // The first answer's records that belong to the chain, addresses deduplicated.
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    let mut kept: Vec<Record> = Vec::with_capacity(first.answers.len());
+    for r in first.answers.drain(..) {
+        if !chain.contains(&r.name) {
+            continue;
+        }
+        if let Some(ip) = address_of(&r, &question, &final_name) {
+            if addresses.contains(&ip) {
+                continue;
+            }
+            addresses.push(ip);
+        }
+        kept.push(r);
+    }
+
+    let mut extra = 0usize;
+    for bytes in others {
+        if addresses.len() >= MAX_MERGED_ADDRESSES {
+            break;
+        }
+        let Ok(other) = Message::from_vec(bytes) else {
+            continue;
+        };
+        if other.metadata.response_code != ResponseCode::NoError
+            || other.metadata.truncation
+            || (first.metadata.authentic_data && !other.metadata.authentic_data)
+            || other.queries.len() != 1
+            || !same_question(other.queries.first(), &question)
+        {
+            continue;
+        }
+        match cname_chain(&other, &question) {
+            Some(c) if c == chain => {}
+            _ => continue,
+        }
+        for r in &other.answers {
+            let Some(ip) = address_of(r, &question, &final_name) else {
+                continue;
+            };
+            if addresses.len() >= MAX_MERGED_ADDRESSES {
+                break;
+            }
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+                kept.push(r.clone());
+                extra += 1;
+            }
+        }
+    }
+    if extra == 0 {
+        return None;
+    }
+
+    let min_ttl = kept.iter().map(|r| r.ttl).min()?;
+    for r in &mut kept {
+        r.ttl = min_ttl;
+    }
+    first.answers = kept;
+    first.signature = None;
+    let wire = first.to_vec().ok()?;
+    if wire.len() > MAX_MESSAGE {
+        return None;
+    }
+    Some(Merged {
+        wire,
+        extra_addresses: extra,
+    })
+}
+
+fn same_question(q: Option<&Query>, want: &Query) -> bool {
+    q.is_some_and(|q| {
+        q.name == want.name && q.query_type == want.query_type && q.query_class == want.query_class
+    })
+}
+
+/// The address of `r` if it is a record of the question's type and class at `owner`.
+fn address_of(r: &Record, question: &Query, owner: &Name) -> Option<IpAddr> {
+    if r.dns_class != question.query_class || r.name != *owner {
+        return None;
+    }
+    match (&r.data, question.query_type) {
+        (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+        (RData::AAAA(aaaa), RecordType::AAAA) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
+    }
+}
+
+/// The question name followed by each CNAME target, in order. `None` on a loop or a
+/// chain longer than [`MAX_CHAIN`].
+fn cname_chain(msg: &Message, question: &Query) -> Option<Vec<Name>> {
+    let mut chain = vec![question.name.clone()];
+    loop {
+        let current = chain.last()?;
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name == *current && r.dns_class == question.query_class => {
+                Some(target.0.clone())
+            }
+            _ => None,
+        });
+        let Some(next) = next else {
+            return Some(chain);
+        };
+        if chain.contains(&next) || chain.len() > MAX_CHAIN {
+            return None;
+        }
+        chain.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, OpCode};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
+    use std::str::FromStr;
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn a(owner: &str, ttl: u32, ip: &str) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(ip.parse().unwrap())))
+    }
+
+    fn aaaa(owner: &str, ttl: u32, ip: &str) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::AAAA(AAAA(ip.parse().unwrap())))
+    }
+
+    fn cname(owner: &str, ttl: u32, target: &str) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::CNAME(CNAME(name(target))))
+    }
+
+    fn answer(qname: &str, qtype: RecordType, records: Vec<Record>) -> Message {
+        let mut m = Message::response(0x1234, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.metadata.recursion_available = true;
+        m.add_query(Query::query(name(qname), qtype));
+        for r in records {
+            m.add_answer(r);
+        }
+        m
+    }
+
+    fn wire(m: &Message) -> Vec<u8> {
+        m.to_vec().unwrap()
+    }
+
+    fn merge_msgs(msgs: &[Message]) -> Option<(Message, usize)> {
+        let wires: Vec<Vec<u8>> = msgs.iter().map(wire).collect();
+        let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
+        let merged = merge(&refs)?;
+        Some((
+            Message::from_vec(&merged.wire).unwrap(),
+            merged.extra_addresses,
+        ))
+    }
+
+    fn addresses(m: &Message) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = list.iter().map(|s| s.parse().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn union_deduplicated_by_address() {
+        let q = "www.example.com.";
+        let first = answer(
+            q,
+            RecordType::A,
+            vec![a(q, 300, "192.0.2.1"), a(q, 300, "192.0.2.2")],
+        );
+        let second = answer(
+            q,
+            RecordType::A,
+            vec![a(q, 300, "192.0.2.2"), a(q, 300, "192.0.2.3")],
+        );
+        let third = answer(
+            q,
+            RecordType::A,
+            vec![a(q, 300, "192.0.2.4"), a(q, 300, "192.0.2.3")],
+        );
+        let (m, extra) = merge_msgs(&[first, second, third]).unwrap();
+        assert_eq!(extra, 2);
+        assert_eq!(
+            addresses(&m),
+            ips(&["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"])
+        );
+        // The first answer's records come first, in their order.
+        assert_eq!(m.answers[0], a(q, 300, "192.0.2.1"));
+    }
+
+    #[test]
+    fn aaaa_is_merged_and_other_types_ignored() {
+        let q = "v6.example.";
+        let first = answer(q, RecordType::AAAA, vec![aaaa(q, 60, "2001:db8::1")]);
+        let second = answer(
+            q,
+            RecordType::AAAA,
+            vec![aaaa(q, 60, "2001:db8::2"), a(q, 60, "192.0.2.9")],
+        );
+        let (m, extra) = merge_msgs(&[first, second]).unwrap();
+        assert_eq!(extra, 1);
+        assert_eq!(addresses(&m), ips(&["2001:db8::1", "2001:db8::2"]));
+    }
+
+    #[test]
+    fn header_question_authority_and_opt_are_the_first_answers() {
+        let q = "www.example.com.";
+        let mut first = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        first.metadata.id = 0xBEEF;
+        first.metadata.authoritative = true;
+        first.add_authority(Record::from_rdata(
+            name("example.com."),
+            100,
+            RData::TXT(TXT::new(vec!["auth".into()])),
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        first.set_edns(edns);
+        let mut second = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.7")]);
+        second.metadata.id = 0x0001;
+        second.metadata.authoritative = false;
+        let (m, _) = merge_msgs(&[first.clone(), second]).unwrap();
+        assert_eq!(m.metadata.id, 0xBEEF);
+        assert!(m.metadata.authoritative);
+        assert!(m.metadata.recursion_available);
+        assert_eq!(m.queries, first.queries);
+        assert_eq!(m.authorities, first.authorities);
+        assert_eq!(m.edns.as_ref().map(Edns::max_payload), Some(1232));
+    }
+
+    #[test]
+    fn cname_chain_kept_and_answers_with_a_different_chain_skipped() {
+        let q = "www.example.com.";
+        let first = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 300, "cdn.example.net."),
+                cname("cdn.example.net.", 300, "edge.example.net."),
+                a("edge.example.net.", 300, "192.0.2.1"),
+            ],
+        );
+        // Same chain, other letter case: merged.
+        let same = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname("WWW.example.com.", 300, "CDN.example.net."),
+                cname("cdn.example.net.", 300, "edge.example.NET."),
+                a("Edge.example.net.", 300, "192.0.2.2"),
+            ],
+        );
+        // Different chain (another CDN): skipped entirely, though it has addresses
+        // at a name that is in the first chain.
+        let other_cdn = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 300, "other.example.org."),
+                a("other.example.org.", 300, "198.51.100.1"),
+                a("edge.example.net.", 300, "198.51.100.2"),
+            ],
+        );
+        // No chain at all: skipped.
+        let direct = answer(q, RecordType::A, vec![a(q, 300, "203.0.113.1")]);
+        let (m, extra) = merge_msgs(&[first, other_cdn, same, direct]).unwrap();
+        assert_eq!(extra, 1);
+        assert_eq!(addresses(&m), ips(&["192.0.2.1", "192.0.2.2"]));
+        let cnames: Vec<_> = m
+            .answers
+            .iter()
+            .filter(|r| r.record_type() == RecordType::CNAME)
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(cnames, vec![name(q), name("cdn.example.net.")]);
+    }
+
+    #[test]
+    fn foreign_owner_names_dropped() {
+        let q = "www.example.com.";
+        let first = answer(
+            q,
+            RecordType::A,
+            vec![
+                a(q, 300, "192.0.2.1"),
+                a("evil.example.org.", 300, "6.6.6.6"),
+            ],
+        );
+        let second = answer(
+            q,
+            RecordType::A,
+            vec![
+                a(q, 300, "192.0.2.2"),
+                a("bad.example.org.", 300, "6.6.6.7"),
+            ],
+        );
+        let (m, extra) = merge_msgs(&[first, second]).unwrap();
+        assert_eq!(extra, 1);
+        assert!(m.answers.iter().all(|r| r.name == name(q)));
+        assert_eq!(addresses(&m), ips(&["192.0.2.1", "192.0.2.2"]));
+    }
+
+    #[test]
+    fn ttl_is_the_minimum_of_all_kept_records() {
+        let q = "www.example.com.";
+        let first = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 600, "x.example.net."),
+                a("x.example.net.", 300, "192.0.2.1"),
+            ],
+        );
+        let second = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 5000, "x.example.net."),
+                a("x.example.net.", 45, "192.0.2.2"),
+                // A foreign record's TTL does not count.
+                a("other.example.", 1, "192.0.2.3"),
+            ],
+        );
+        let (m, _) = merge_msgs(&[first, second]).unwrap();
+        assert_eq!(m.answers.len(), 3);
+        assert!(m.answers.iter().all(|r| r.ttl == 45), "{:?}", m.answers);
+    }
+
+    #[test]
+    fn nothing_to_add_gives_none() {
+        let q = "www.example.com.";
+        let first = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        assert_eq!(
+            merge_msgs(std::slice::from_ref(&first)),
+            None,
+            "single answer"
+        );
+        assert_eq!(merge(&[]), None);
+        let same = answer(q, RecordType::A, vec![a(q, 30, "192.0.2.1")]);
+        assert_eq!(merge_msgs(&[first.clone(), same]), None, "no extra address");
+        let nodata = answer(q, RecordType::A, vec![]);
+        assert_eq!(merge_msgs(&[first, nodata]), None);
+    }
+
+    #[test]
+    fn nxdomain_and_other_qtypes_untouched() {
+        let q = "www.example.com.";
+        let mut nx = answer(q, RecordType::A, vec![]);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        let good = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        assert_eq!(merge_msgs(&[nx.clone(), good.clone()]), None);
+        // An NXDOMAIN among the others is skipped, not merged.
+        let more = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.2")]);
+        let (m, extra) = merge_msgs(&[good, nx, more]).unwrap();
+        assert_eq!(extra, 1);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        let mx1 = answer(q, RecordType::MX, vec![]);
+        let mx2 = answer(q, RecordType::MX, vec![]);
+        assert_eq!(merge_msgs(&[mx1, mx2]), None);
+    }
+
+    #[test]
+    fn other_questions_truncated_and_unvalidated_answers_skipped() {
+        let q = "www.example.com.";
+        let first = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        let other_name = answer(
+            "elsewhere.example.",
+            RecordType::A,
+            vec![a("elsewhere.example.", 300, "192.0.2.2")],
+        );
+        let mut truncated = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.3")]);
+        truncated.metadata.truncation = true;
+        assert_eq!(merge_msgs(&[first.clone(), other_name, truncated]), None);
+
+        let mut validated = first.clone();
+        validated.metadata.authentic_data = true;
+        let unvalidated = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.4")]);
+        assert_eq!(merge_msgs(&[validated.clone(), unvalidated.clone()]), None);
+        let mut also_validated = unvalidated;
+        also_validated.metadata.authentic_data = true;
+        let (m, _) = merge_msgs(&[validated, also_validated]).unwrap();
+        assert!(m.metadata.authentic_data);
+    }
+
+    #[test]
+    fn signed_first_answer_is_not_merged() {
+        let q = "www.example.com.";
+        let mut first = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        // An RRSIG as raw bytes: type 46, opaque data (hickory decodes it as unknown
+        // without the dnssec feature, or as RRSIG with it; either way it is RRSIG).
+        let mut wire_first = wire(&first);
+        first.answers.clear();
+        let rrsig_rr: &[u8] = &[
+            0xC0, 0x0C, 0x00, 0x2E, 0x00, 0x01, 0x00, 0x00, 0x01, 0x2C, 0x00, 0x13, 0x00, 0x01,
+            0x08, 0x03, 0x00, 0x00, 0x01, 0x2C, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0xAA,
+        ];
+        wire_first.extend_from_slice(rrsig_rr);
+        // ANCOUNT 1 -> 2
+        wire_first[7] = 2;
+        let decoded = Message::from_vec(&wire_first);
+        let second = wire(&answer(q, RecordType::A, vec![a(q, 300, "192.0.2.2")]));
+        // Whether or not hickory can decode this RRSIG, no merge must happen.
+        if let Ok(d) = decoded {
+            assert!(d
+                .answers
+                .iter()
+                .any(|r| r.record_type() == RecordType::RRSIG));
+        }
+        assert_eq!(merge(&[&wire_first, &second]), None);
+    }
+
+    #[test]
+    fn cname_loop_is_not_merged() {
+        let q = "a.example.";
+        let looped = answer(
+            q,
+            RecordType::A,
+            vec![cname(q, 60, "b.example."), cname("b.example.", 60, q)],
+        );
+        let good = answer(q, RecordType::A, vec![a(q, 60, "192.0.2.1")]);
+        assert_eq!(merge_msgs(&[looped.clone(), good.clone()]), None);
+        // A looping other answer is skipped.
+        let more = answer(q, RecordType::A, vec![a(q, 60, "192.0.2.2")]);
+        let (_, extra) = merge_msgs(&[good, looped, more]).unwrap();
+        assert_eq!(extra, 1);
+    }
+
+    #[test]
+    fn address_count_is_capped() {
+        let q = "many.example.";
+        let first = answer(q, RecordType::A, vec![a(q, 60, "10.0.0.1")]);
+        let big: Vec<Record> = (0..400u32)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0A01_0000 + i);
+                a(q, 60, &ip.to_string())
+            })
+            .collect();
+        let second = answer(q, RecordType::A, big);
+        let (m, extra) = merge_msgs(&[first, second]).unwrap();
+        assert_eq!(m.answers.len(), MAX_MERGED_ADDRESSES);
+        assert_eq!(extra, MAX_MERGED_ADDRESSES - 1);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_gives_none() {
+        let q = "www.example.com.";
+        let good = wire(&answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]));
+        let more = wire(&answer(q, RecordType::A, vec![a(q, 300, "192.0.2.2")]));
+        assert_eq!(merge(&[b"", &good]), None);
+        assert_eq!(merge(&[b"\xff\xff\xff", &good]), None);
+        // Garbage among the others is skipped.
+        assert_eq!(
+            merge(&[&good, b"\x00\x01garbage", &more]).map(|m| m.extra_addresses),
+            Some(1)
+        );
+        // Every truncation and single-byte corruption of a real pair: no panic.
+        for cut in 0..more.len() {
+            let _ = merge(&[&good, &more[..cut]]);
+            let _ = merge(&[&more[..cut], &good]);
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..good.len() * 64 {
+            let mut g = good.clone();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let pos = i % g.len();
+            g[pos] = (state >> 24) as u8;
+            let _ = merge(&[&g, &more]);
+            let _ = merge(&[&more, &g, &g]);
+        }
+    }
+}
