@@ -50,6 +50,9 @@ const FLAG_TC: u8 = 1 << 0;
 const FLAG_QTYPE_ANSWER: u8 = 1 << 1;
 const FLAG_OPT_LAST: u8 = 1 << 2;
 const FLAG_RESPONSE: u8 = 1 << 3;
+const FLAG_OPT: u8 = 1 << 4;
+const FLAG_ANSWER_TTL: u8 = 1 << 5;
+const FLAG_NEGATIVE_TTL: u8 = 1 << 6;
 
 /// Where a response's patchable fields sit, recorded once at insert (or when a fresh
 /// upstream answer arrives).
@@ -66,8 +69,9 @@ pub struct AnswerLayout {
     question_end: u16,
     /// Offset just past the last record (trailing bytes are not part of replies).
     records_end: u16,
-    /// Offset of the OPT RR, if any.
-    opt_start: Option<u16>,
+    /// Offset of the OPT RR when `FLAG_OPT` is set. (Options are folded into
+    /// `flags` to keep the layout, stored in every cache entry, at 48 bytes.)
+    opt_start: u16,
     /// ARCOUNT of the reply before any OPT is added: the additional records that sit
     /// before the OPT (all of them when there is no OPT).
     ar_kept: u16,
@@ -75,10 +79,11 @@ pub struct AnswerLayout {
     ancount: u16,
     /// Full rcode: header RCODE plus the OPT's extended bits shifted left by 4.
     rcode: u16,
-    /// Minimum TTL over the answer section; `None` when it is empty.
-    min_answer_ttl: Option<u32>,
-    /// min(SOA TTL, SOA MINIMUM) over the SOAs of the authority section (RFC 2308).
-    negative_ttl: Option<u32>,
+    /// Minimum TTL over the answer section, when `FLAG_ANSWER_TTL`.
+    min_answer_ttl: u32,
+    /// min(SOA TTL, SOA MINIMUM) over the SOAs of the authority section (RFC 2308),
+    /// when `FLAG_NEGATIVE_TTL`.
+    negative_ttl: u32,
     flags: u8,
 }
 
@@ -228,20 +233,29 @@ impl AnswerLayout {
             }
             pos = end;
         }
-        if opt_start.is_some() && opt_end == pos {
-            flags |= FLAG_OPT_LAST;
+        if opt_start.is_some() {
+            flags |= FLAG_OPT;
+            if opt_end == pos {
+                flags |= FLAG_OPT_LAST;
+            }
+        }
+        if min_answer_ttl.is_some() {
+            flags |= FLAG_ANSWER_TTL;
+        }
+        if negative_ttl.is_some() {
+            flags |= FLAG_NEGATIVE_TTL;
         }
         Ok(Self {
             ttl_offsets,
             msg_len,
             question_end: off16(question_end)?,
             records_end: off16(pos)?,
-            opt_start,
+            opt_start: opt_start.unwrap_or(0),
             ar_kept,
             ancount,
             rcode,
-            min_answer_ttl,
-            negative_ttl,
+            min_answer_ttl: min_answer_ttl.unwrap_or(0),
+            negative_ttl: negative_ttl.unwrap_or(0),
             flags,
         })
     }
@@ -273,7 +287,7 @@ impl AnswerLayout {
 
     /// Offset of the OPT record, if the message has one.
     pub fn opt_start(&self) -> Option<usize> {
-        self.opt_start.map(usize::from)
+        (self.flags & FLAG_OPT != 0).then_some(usize::from(self.opt_start))
     }
 
     /// Whether the OPT record is the last record (always the case for the
@@ -295,13 +309,13 @@ impl AnswerLayout {
 
     /// Minimum TTL over the answer section, `None` when it is empty.
     pub fn min_answer_ttl(&self) -> Option<u32> {
-        self.min_answer_ttl
+        (self.flags & FLAG_ANSWER_TTL != 0).then_some(self.min_answer_ttl)
     }
 
     /// RFC 2308 negative TTL: min(SOA TTL, SOA MINIMUM) of the authority SOA
     /// (minimum over several), `None` without one.
     pub fn negative_ttl(&self) -> Option<u32> {
-        self.negative_ttl
+        (self.flags & FLAG_NEGATIVE_TTL != 0).then_some(self.negative_ttl)
     }
 
     /// Whether the answer section holds a record of the question's type (any record
@@ -632,6 +646,16 @@ pub(crate) mod tests {
             vec![],
             Some((false, vec![])),
         )
+    }
+
+    #[test]
+    fn layout_is_small() {
+        // stored in every cache entry
+        assert!(
+            size_of::<AnswerLayout>() <= 48,
+            "{}",
+            size_of::<AnswerLayout>()
+        );
     }
 
     #[test]

@@ -1,0 +1,94 @@
+//! [`KeyRef`]: the borrowed cache key, and the one hash the cache partitions by.
+//!
+//! The key is (lowercased qname, qtype, qclass, DO, CD). It is never stored as such:
+//! an entry's name, qtype and qclass are its stored answer's question (lowercased at
+//! insert), and DO/CD are two flag bits, so an entry holds the name once.
+
+use ahash::RandomState;
+use std::sync::OnceLock;
+
+/// Borrowed key, built from a parsed query without allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    /// The question name in uncompressed wire form, ASCII-lowercased.
+    pub qname_lower: &'a [u8],
+    /// QTYPE.
+    pub qtype: u16,
+    /// QCLASS.
+    pub qclass: u16,
+    /// The query's DO bit (RFC 3225): answers with and without DNSSEC records differ.
+    pub dnssec_ok: bool,
+    /// The query's CD bit: an answer the upstream did not validate must not serve a
+    /// client that asked for validation.
+    pub checking_disabled: bool,
+}
+
+/// Flag bit for DO in an entry's key flags.
+pub(super) const KEY_DO: u8 = 1 << 0;
+/// Flag bit for CD in an entry's key flags.
+pub(super) const KEY_CD: u8 = 1 << 1;
+/// Both key flag bits.
+pub(super) const KEY_MASK: u8 = KEY_DO | KEY_CD;
+
+/// The per-process hasher state: random keys (DoS resistance against chosen names),
+/// fixed for the life of the process so every cache and table agrees on a hash.
+fn state() -> &'static RandomState {
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    STATE.get_or_init(RandomState::new)
+}
+
+/// Hash of the key parts, as stored entries recompute it from their wire question.
+pub(super) fn hash_parts(qname_lower: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
+    state().hash_one((qname_lower, qtype, qclass, flags & KEY_MASK))
+}
+
+impl KeyRef<'_> {
+    /// The DO and CD bits as entry key flags.
+    pub(super) fn flags(&self) -> u8 {
+        (if self.dnssec_ok { KEY_DO } else { 0 })
+            | (if self.checking_disabled { KEY_CD } else { 0 })
+    }
+
+    /// The 64-bit key hash (per-process random keys), the same for every table that
+    /// asks: the cache partitions by it; the singleflight table may reuse it.
+    pub fn hash(&self) -> u64 {
+        hash_parts(self.qname_lower, self.qtype, self.qclass, self.flags())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_changes_the_hash() {
+        let k = KeyRef {
+            qname_lower: b"\x03www\x07example\x03com\x00",
+            qtype: 1,
+            qclass: 1,
+            dnssec_ok: false,
+            checking_disabled: false,
+        };
+        let h = k.hash();
+        assert_eq!(h, k.hash());
+        let variants = [
+            KeyRef { qtype: 28, ..k },
+            KeyRef { qclass: 3, ..k },
+            KeyRef {
+                dnssec_ok: true,
+                ..k
+            },
+            KeyRef {
+                checking_disabled: true,
+                ..k
+            },
+            KeyRef {
+                qname_lower: b"\x03www\x07example\x03org\x00",
+                ..k
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.hash(), h, "{v:?}");
+        }
+    }
+}
