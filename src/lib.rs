@@ -1,9 +1,105 @@
 //! tierdns: a caching DNS forwarder for Linux edge nodes.
+//!
+//! One query, end to end:
+//! 1. A shard thread ([`shard`]) receives it on its own SO_REUSEPORT socket, UDP or
+//!    TCP, into a pooled buffer, on io_uring or epoll ([`shard::ServerHandle`]).
+//! 2. [`wire::reader`] reads header, question and EDNS in place; protocol errors get
+//!    FORMERR / NOTIMP / BADVERS from [`wire::build`], junk is dropped and counted.
+//! 3. The shared [`cache`] answers hits by copying stored bytes and patching ID,
+//!    question case and TTLs ([`wire::answer`]).
+//! 4. A miss joins or leads the key's flight in [`flight`] (one per key, all shards).
+//! 5. The leader runs the [`tiers`] plan for its [`zones`] route, in [`health`]
+//!    order, over the shard's [`upstream`] links; [`resolve`] is that I/O driver.
+//! 6. The first good answer goes to every waiter and into the cache; background
+//!    completion merges the rest and rewrites the entry under a version guard.
+//! 7. Shard-local counters are flushed to Prometheus by [`metrics`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod config;
 pub mod duration;
+pub mod flight;
 pub mod health;
+pub mod metrics;
+pub(crate) mod query;
+pub mod resolve;
+pub mod shard;
 pub mod tiers;
+pub(crate) mod upstream;
 pub mod wire;
+pub mod zones;
+
+use config::Config;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Startup failed.
+    #[error(transparent)]
+    Start(#[from] shard::StartError),
+    /// The metrics exporter could not start.
+    #[error("metrics exporter on {addr}: {reason}")]
+    Metrics {
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Signal handling could not be set up.
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(config: Config) -> Result<(), RunError> {
+    if config.metrics.enabled {
+        let addr = config.metrics.listen;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| RunError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
+        metrics::describe();
+    }
+    let shards = config.shard_count();
+    let upstreams: Vec<String> = config
+        .upstreams
+        .iter()
+        .map(|u| format!("{}={}", u.label(), u.address))
+        .collect();
+    let handle = shard::start(config)?;
+    tracing::info!(
+        listen = ?handle.local_addrs,
+        shards,
+        io = handle.backend,
+        upstreams = ?upstreams,
+        "tierdns {} running: io backend {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        handle.backend,
+        handle.backend_reason
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Signals)?;
+    let signal = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok::<_, std::io::Error>(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    });
+    let signal = signal.map_err(RunError::Signals)?;
+    tracing::info!(
+        signal,
+        "shutting down: no new queries, finishing in-flight ones"
+    );
+    handle.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

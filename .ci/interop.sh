@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# Interop test: tierdns in front of a real authoritative server (NSD), queried by real
+# clients (dig from BIND, kdig from Knot), over UDP and TCP, on both io backends.
+#
+#   .ci/interop.sh                      builds target/release/tierdns, then runs
+#   TIERDNS_BIN=path .ci/interop.sh     uses that binary instead of building
+#   KEEP_WORKDIR=1 .ci/interop.sh       keeps the temp dir (configs, logs, outputs)
+#
+# What it checks, for io = "uring" and then io = "epoll":
+#   - `tierdns --check` accepts the config; the startup log names the io backend
+#   - for www A/AAAA, a CNAME chain, MX, TXT, a ~900-byte TXT, NXDOMAIN, NODATA and
+#     mixed-case names: the rcode, the answer records (TTLs aside; tierdns's TTL must
+#     be <= NSD's), the SOA of negative answers and the echoed question are the same
+#     through tierdns as straight from NSD, with dig and kdig, over UDP and TCP
+#   - an answer over 1232 bytes: TC=1 over UDP (with and without EDNS), full over TCP;
+#     a ~900-byte answer: TC=1 without EDNS, whole with EDNS 1232
+#   - hand-made packets: QDCOUNT=2 (UDP and TCP) and QDCOUNT=0 -> FORMERR with the
+#     same ID; opcode NOTIFY -> NOTIMP; 3 bytes -> no reply; a question running past
+#     the end -> FORMERR or no reply; afterwards normal queries still work
+#   - /metrics has tierdns_queries_total
+#   - SIGTERM: tierdns exits 0 within a few seconds
+# and once: `tierdns --check` rejects unknown keys and bad values, naming them.
+#
+# Only 127.0.0.1 is ever contacted. tierdns is never started without --config (the
+# built-in config forwards to public resolvers). Everything started is killed on exit.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+cd "$ROOT"
+DATA="$HERE/interop"
+HELPER=(python3 "$DATA/dnscheck.py")
+HOST=127.0.0.1
+export NO_COLOR=1
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
+log() { echo "--- $*"; }
+
+WORK=""
+NSD_PID=""
+TIERDNS_PID=""
+POLICY_RC_CREATED=""
+
+# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL.
+stop_pid() {
+    local pid="$1" i
+    [[ -n "$pid" ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    stop_pid "$TIERDNS_PID"
+    stop_pid "$NSD_PID"
+    if [[ -n "$POLICY_RC_CREATED" ]]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if [[ $rc -ne 0 || $FAILED -ne 0 ]]; then
+            for f in "$WORK"/nsd.log "$WORK"/tierdns-*.log; do
+                [[ -f "$f" ]] || continue
+                echo "--- last lines of $f"
+                tail -n 40 "$f"
+            done
+        fi
+        if [[ -n "${KEEP_WORKDIR:-}" ]]; then
+            echo "--- work dir kept: $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+install_tools() {
+    local missing=() sudo=()
+    command -v nsd >/dev/null || missing+=(nsd)
+    command -v dig >/dev/null || missing+=(dig)
+    command -v kdig >/dev/null || missing+=(kdig)
+    command -v python3 >/dev/null || missing+=(python3)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    log "installing (missing: ${missing[*]})"
+    if [[ $(id -u) -ne 0 ]]; then sudo=(sudo -n); fi
+    # Keep the package's own NSD service from starting (we run ours on loopback).
+    if [[ $(id -u) -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    timeout 300 "${sudo[@]}" apt-get update -qq
+    timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends nsd bind9-dnsutils knot-dnsutils python3
+    if [[ -n "$POLICY_RC_CREATED" ]]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=""
+    fi
+}
+install_tools
+
+if [[ -z "${TIERDNS_BIN:-}" ]]; then
+    log "cargo build --release"
+    timeout 1800 cargo build --release --bin tierdns
+    TIERDNS_BIN="${CARGO_TARGET_DIR:-target}/release/tierdns"
+fi
+[[ -x "$TIERDNS_BIN" ]] || { echo "FAIL: no tierdns binary at $TIERDNS_BIN"; exit 1; }
+echo "--- tierdns binary: $TIERDNS_BIN ($("$TIERDNS_BIN" --version 2>&1 || true))"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierdns-interop.XXXXXX")"
+
+# ---------------------------------------------------------------- helpers
+# wait_for SECONDS DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it succeeds.
+wait_for() {
+    local secs="$1" what="$2" deadline
+    shift 2
+    deadline=$((SECONDS + secs))
+    while ((SECONDS < deadline)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    echo "timed out after ${secs}s waiting for $what"
+    return 1
+}
+
+# answers PORT: the server on PORT answers interop.test SOA with NOERROR.
+answers() {
+    dig @"$HOST" -p "$1" +time=1 +tries=1 interop.test SOA 2>/dev/null | grep -q 'status: NOERROR'
+}
+
+# run_client TOOL PORT TRANSPORT OUTFILE [OPTION...] NAME TYPE
+run_client() {
+    local tool="$1" port="$2" transport="$3" out="$4"
+    shift 4
+    local opts=()
+    [[ "$transport" == tcp ]] && opts+=(+tcp)
+    case "$tool" in
+    dig) timeout 15 dig @"$HOST" -p "$port" +time=2 +tries=1 "${opts[@]}" "$@" >"$out" 2>&1 || true ;;
+    kdig) timeout 15 kdig @"$HOST" -p "$port" +time=2 +retry=0 "${opts[@]}" "$@" >"$out" 2>&1 || true ;;
+    esac
+}
+
+QN=0
+# compare_query TOOL TRANSPORT NAME TYPE: NSD (RD=0) vs tierdns (RD=1, as a stub sends).
+compare_query() {
+    local tool="$1" transport="$2" name="$3" type="$4" d v msg
+    QN=$((QN + 1))
+    d="$WORK/q$QN-nsd.txt"
+    v="$WORK/q$QN-tierdns.txt"
+    run_client "$tool" "$NSD_PORT" "$transport" "$d" +norec "$name" "$type"
+    run_client "$tool" "$DNS_PORT" "$transport" "$v" "$name" "$type"
+    local what="[$IO] $tool $transport $name $type"
+    if msg=$("${HELPER[@]}" compare "$d" "$v" 2>&1); then
+        pass "$what: same as NSD ($msg)"
+    else
+        fail "$what: $(echo "$msg" | tr '\n' ';') (outputs: $d $v)"
+    fi
+}
+
+# flags_of FILE: the header flags of the (last) message in a dig/kdig output.
+flags_of() { "${HELPER[@]}" field "$1" flags; }
+
+# expect_tc TOOL NAME TYPE OPTION...: over UDP, without TCP fallback, TC must be set.
+expect_tc() {
+    local tool="$1" name="$2" type="$3" out flags
+    shift 3
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client "$tool" "$DNS_PORT" udp "$out" +ignore "$@" "$name" "$type"
+    flags=$(flags_of "$out")
+    if [[ " $flags " == *" tc "* ]]; then
+        pass "[$IO] $tool udp $* $name $type: TC=1 (flags: $flags)"
+    else
+        fail "[$IO] $tool udp $* $name $type: expected TC=1, flags '$flags' (output: $out)"
+    fi
+}
+
+# expect_whole TOOL NAME TYPE OPTION...: over UDP with the options, no TC and same as NSD.
+expect_whole_udp() {
+    local tool="$1" name="$2" type="$3" d v msg
+    shift 3
+    QN=$((QN + 1))
+    d="$WORK/q$QN-nsd.txt"
+    v="$WORK/q$QN-tierdns.txt"
+    run_client "$tool" "$NSD_PORT" udp "$d" +norec +ignore "$@" "$name" "$type"
+    run_client "$tool" "$DNS_PORT" udp "$v" +ignore "$@" "$name" "$type"
+    if msg=$("${HELPER[@]}" compare "$d" "$v" 2>&1); then
+        pass "[$IO] $tool udp $* $name $type: whole answer, no TC, same as NSD ($msg)"
+    else
+        fail "[$IO] $tool udp $* $name $type: $(echo "$msg" | tr '\n' ';') (outputs: $d $v)"
+    fi
+}
+
+raw_check() {
+    local case="$1" what="$2" msg
+    if msg=$(timeout 10 "${HELPER[@]}" raw "$HOST" "$DNS_PORT" "$case" 2>&1); then
+        pass "[$IO] $what: $msg"
+    else
+        fail "[$IO] $what: $(echo "$msg" | tr '\n' ';')"
+    fi
+}
+
+still_serving() {
+    local what="$1" out
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client dig "$DNS_PORT" udp "$out" www.interop.test A
+    if grep -q 'status: NOERROR' "$out" && [[ $("${HELPER[@]}" field "$out" ancount) == 3 ]]; then
+        pass "[$IO] still serving after $what"
+    else
+        fail "[$IO] not serving after $what (output: $out)"
+    fi
+}
+
+# ---------------------------------------------------------------- NSD
+read -r NSD_PORT <<<"$("${HELPER[@]}" freeports 1)"
+cp "$DATA/interop.test.zone" "$WORK/"
+cat >"$WORK/nsd.conf" <<EOF
+server:
+    ip-address: $HOST@$NSD_PORT
+    port: $NSD_PORT
+    do-ip6: no
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$WORK"
+    database: ""
+    zonelistfile: "$WORK/zone.list"
+    xfrdfile: "$WORK/xfrd.state"
+    xfrdir: "$WORK"
+    pidfile: "$WORK/nsd.pid"
+    logfile: "$WORK/nsd.log"
+    verbosity: 1
+    hide-version: yes
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: "interop.test."
+    zonefile: "$WORK/interop.test.zone"
+EOF
+timeout 10 nsd-checkconf "$WORK/nsd.conf"
+log "starting NSD on $HOST:$NSD_PORT"
+nsd -d -c "$WORK/nsd.conf" >>"$WORK/nsd.log" 2>&1 &
+NSD_PID=$!
+if wait_for 15 "NSD to answer" answers "$NSD_PORT"; then
+    pass "NSD serves interop.test. on $HOST:$NSD_PORT"
+else
+    fail "NSD did not start"
+    exit 1
+fi
+
+# ---------------------------------------------------------------- tierdns
+write_config() { # FILE IO
+    cat >"$1" <<EOF
+[server]
+listen = ["$HOST:$DNS_PORT"]
+shards = 2
+io = "$2"
+pin_cpus = false
+
+[metrics]
+enabled = true
+listen = "$HOST:$METRICS_PORT"
+
+[[upstream]]
+address = "$HOST:$NSD_PORT"
+name = "nsd"
+EOF
+}
+
+start_tierdns() { # IO
+    local io="$1" conf="$WORK/tierdns-$1.toml" out
+    read -r DNS_PORT METRICS_PORT <<<"$("${HELPER[@]}" freeports 2)"
+    write_config "$conf" "$io"
+    if out=$(timeout 10 "$TIERDNS_BIN" --check --config "$conf" 2>&1); then
+        pass "[$io] tierdns --check accepts the config ($out)"
+    else
+        fail "[$io] tierdns --check rejects the config: $out"
+        return 1
+    fi
+    TIERDNS_LOG=info "$TIERDNS_BIN" --config "$conf" >"$WORK/tierdns-$io.log" 2>&1 &
+    TIERDNS_PID=$!
+    if wait_for 15 "tierdns ($io) to answer" answers "$DNS_PORT"; then
+        pass "[$io] tierdns answers on $HOST:$DNS_PORT"
+    else
+        fail "[$io] tierdns did not start answering"
+        return 1
+    fi
+    if grep -q "io backend $io" "$WORK/tierdns-$io.log"; then
+        pass "[$io] startup log: $(grep -o "io backend $io ([^)]*)" "$WORK/tierdns-$io.log" | head -1)"
+    else
+        fail "[$io] startup log does not say 'io backend $io'"
+    fi
+}
+
+stop_tierdns() {
+    local pid="$TIERDNS_PID" rc=0 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        fail "[$IO] tierdns still running 10 s after SIGTERM"
+        stop_pid "$pid"
+        TIERDNS_PID=""
+        return 0
+    fi
+    wait "$pid" || rc=$?
+    TIERDNS_PID=""
+    if [[ $rc -eq 0 ]]; then
+        pass "[$IO] SIGTERM: tierdns exited 0 after $((i / 10)).$((i % 10)) s"
+    else
+        fail "[$IO] SIGTERM: tierdns exited with status $rc"
+    fi
+}
+
+QUERIES=(
+    "www.interop.test A"
+    "www.interop.test AAAA"
+    "alias.interop.test A"
+    "interop.test MX"
+    "interop.test TXT"
+    "txt.interop.test TXT"
+    "longtxt.interop.test TXT"
+    "nonexistent.interop.test A"
+    "deep.nonexistent.interop.test AAAA"
+    "v4only.interop.test AAAA"
+    "mid.interop.test CNAME"
+    "WwW.InTeRoP.TeSt A"
+    "ALIAS.interop.TEST A"
+    "V4ONLY.Interop.Test AAAA"
+)
+
+run_backend() { # IO
+    IO="$1"
+    log "io = \"$IO\""
+    start_tierdns "$IO" || { stop_pid "$TIERDNS_PID"; TIERDNS_PID=""; return 0; }
+
+    # Large answers first, on a cold cache: tierdns gets TC=1 from NSD over UDP and
+    # has to retry over TCP itself.
+    expect_tc dig big.interop.test A +noedns
+    expect_tc kdig big.interop.test A +noedns
+    expect_tc dig big.interop.test A +bufsize=1232
+    expect_tc kdig big.interop.test A +bufsize=1232
+    compare_query dig tcp big.interop.test A
+    compare_query kdig tcp big.interop.test TXT
+    compare_query dig tcp big.interop.test TXT
+    expect_tc dig big.interop.test TXT +noedns
+    expect_tc dig longtxt.interop.test TXT +noedns
+    expect_tc kdig longtxt.interop.test TXT +noedns
+    expect_whole_udp dig longtxt.interop.test TXT +bufsize=1232
+    expect_whole_udp kdig longtxt.interop.test TXT +bufsize=1232
+
+    local q tool transport
+    for tool in dig kdig; do
+        for transport in udp tcp; do
+            for q in "${QUERIES[@]}"; do
+                # shellcheck disable=SC2086
+                compare_query "$tool" "$transport" $q
+            done
+        done
+    done
+
+    raw_check qdcount2 "UDP query with QDCOUNT=2 -> FORMERR, same ID"
+    raw_check qdcount2-tcp "TCP query with QDCOUNT=2 -> FORMERR, same ID"
+    raw_check qdcount0 "UDP query with QDCOUNT=0 -> FORMERR, same ID"
+    raw_check notify "opcode NOTIFY -> NOTIMP, same ID"
+    raw_check short "3-byte packet -> no reply"
+    raw_check badname "question running past the end -> FORMERR or no reply"
+    still_serving "malformed packets"
+
+    local msg
+    if msg=$(timeout 15 "${HELPER[@]}" metrics "http://$HOST:$METRICS_PORT/metrics" tierdns_queries_total 10 2>&1); then
+        pass "[$IO] /metrics has tierdns_queries_total ($msg)"
+    else
+        fail "[$IO] /metrics: $msg"
+    fi
+
+    stop_tierdns
+}
+
+START=$SECONDS
+run_backend uring
+run_backend epoll
+
+# ---------------------------------------------------------------- config errors
+IO=check
+check_rejects() { # NAME WANTED-IN-MESSAGE TOML
+    local name="$1" want="$2" conf="$WORK/bad-$1.toml" out rc=0
+    printf '%s\n' "$3" >"$conf"
+    out=$(timeout 10 "$TIERDNS_BIN" --check --config "$conf" 2>&1) || rc=$?
+    if [[ $rc -ne 0 && "$out" == *"$want"* ]]; then
+        pass "--check rejects $name (exit $rc): $(echo "$out" | grep -v '^ *[0-9]* *|' | tr -s '\n' ' ')"
+    else
+        fail "--check on $name: exit $rc, wanted non-zero and a message naming '$want': $out"
+    fi
+}
+check_rejects unknown-key lisen "[server]
+lisen = [\"$HOST:5380\"]
+[[upstream]]
+address = \"$HOST:$NSD_PORT\""
+check_rejects unknown-upstream-key adress "[[upstream]]
+adress = \"$HOST:$NSD_PORT\""
+check_rejects bad-io-value kqueue "[server]
+io = \"kqueue\"
+[[upstream]]
+address = \"$HOST:$NSD_PORT\""
+
+echo "--- took $((SECONDS - START)) s (after build)"
+echo "interop: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]

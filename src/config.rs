@@ -1,0 +1,480 @@
+//! Configuration: the TOML file, its built-in defaults, and validation.
+//!
+//! Every section is `deny_unknown_fields`: a misspelt key is an error naming it,
+//! never silently ignored. [`Config::validate`] checks what serde cannot (ranges,
+//! references between sections) and names the key at fault. Without a file, tierdns
+//! runs on [`Config::default`]: listen on 127.0.0.1:5353, five public upstreams.
+
+use crate::cache::CacheConfig;
+use crate::health::HealthParams;
+use crate::tiers::{StrategyKind, TierParams};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets, shards and io backend.
+    pub server: ServerConfig,
+    /// Bounds on queues, tables and connections.
+    pub limits: Limits,
+    /// The upstream resolvers, in configured order.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Default strategy for names outside every forward zone.
+    pub strategy: StrategyKind,
+    /// Tier parameters for the default strategy.
+    pub tiers: TierParams,
+    /// Upstream health tracking and circuit breaking.
+    pub health: HealthParams,
+    /// The shared packet cache.
+    pub cache: CacheConfig,
+    /// Prometheus exporter.
+    pub metrics: MetricsConfig,
+    /// Forward zones: name suffixes sent to their own upstream group.
+    #[serde(rename = "zone")]
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// Which io backend shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it, else epoll (logged with the reason).
+    #[default]
+    Auto,
+    /// io_uring or fail at startup.
+    Uring,
+    /// tokio's epoll reactor.
+    Epoll,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses served over both UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// Shard threads; 0 means one per available CPU.
+    pub shards: usize,
+    /// io backend.
+    pub io: IoBackend,
+    /// Pin shard N to the Nth available CPU.
+    pub pin_cpus: bool,
+    /// io_uring submission queue entries per shard.
+    pub uring_entries: u32,
+    /// Concurrent receive loops per client UDP socket.
+    pub udp_receivers: usize,
+    /// Largest UDP reply whatever the client's EDNS size (DNS flag day 2020: 1232);
+    /// larger answers go out with TC=1 and the client retries over TCP.
+    pub max_udp_size: u16,
+    /// On SIGTERM/SIGINT: how long in-flight queries may still finish.
+    #[serde(with = "crate::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
+            shards: 0,
+            io: IoBackend::Auto,
+            pin_cpus: true,
+            uring_entries: 1024,
+            udp_receivers: 8,
+            max_udp_size: 1232,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[limits]`: every queue and table has a bound; what happens at it is documented here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Client queries being resolved at once per shard; past it, new misses are
+    /// dropped and counted (`tierdns_drops_total{reason="overload"}`).
+    pub max_client_in_flight: usize,
+    /// Queries awaiting an answer per upstream per shard; past it, that upstream
+    /// counts as failed for the flight.
+    pub max_upstream_pending: usize,
+    /// Hard timeout of one upstream attempt (UDP, or the TCP retry).
+    #[serde(with = "crate::duration")]
+    pub upstream_timeout: Duration,
+    /// Open TCP client connections per shard; past it, new ones are closed at once.
+    pub tcp_connections: usize,
+    /// Close a TCP client connection idle this long (RFC 7766 section 6.2.3).
+    #[serde(with = "crate::duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Queries of one TCP connection answered concurrently; reading pauses past it.
+    pub tcp_pipeline: usize,
+    /// Idle upstream TCP connections kept per upstream per shard for reuse.
+    pub upstream_tcp_idle: usize,
+    /// Clients that may wait on one flight besides its leader; past it, the query is
+    /// resolved on its own (no coalescing), so nobody is refused for popularity.
+    pub flight_max_waiters: usize,
+    /// Buffers kept in each shard's pool; more are allocated under load and freed.
+    pub buffer_pool: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_client_in_flight: 4096,
+            max_upstream_pending: 4096,
+            upstream_timeout: Duration::from_secs(2),
+            tcp_connections: 256,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_pipeline: 32,
+            upstream_tcp_idle: 2,
+            flight_max_waiters: 1024,
+            buffer_pool: 1024,
+        }
+    }
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Address and port (`"192.0.2.1:53"`; the port is required).
+    pub address: SocketAddr,
+    /// Label in logs and metrics; defaults to the address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tie-breaker in tier order: lower is preferred.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl UpstreamConfig {
+    /// The label used in logs and metrics.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` for Prometheus.
+    pub enabled: bool,
+    /// Exporter address.
+    pub listen: SocketAddr,
+    /// How often shards flush their local counters into the registry.
+    #[serde(with = "crate::duration")]
+    pub flush_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9153)),
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One `[[zone]]`: names at or below `suffix` go to `upstreams` with their own
+/// strategy and tiers. The longest matching suffix wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Name suffix, e.g. `"corp.example."`.
+    pub suffix: String,
+    /// Upstream names (or addresses) from `[[upstream]]`.
+    pub upstreams: Vec<String>,
+    /// Strategy for this zone; the global one when absent.
+    #[serde(default)]
+    pub strategy: Option<StrategyKind>,
+    /// Tier parameters for this zone; the global ones when absent.
+    #[serde(default)]
+    pub tiers: Option<TierParams>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let public = |ip: [u8; 4], name: &str| UpstreamConfig {
+            address: SocketAddr::from((ip, 53)),
+            name: Some(name.to_string()),
+            priority: 0,
+        };
+        Self {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            upstreams: vec![
+                public([1, 1, 1, 1], "cloudflare"),
+                public([8, 8, 8, 8], "google"),
+                public([9, 9, 9, 9], "quad9"),
+                public([1, 0, 0, 1], "cloudflare-2"),
+                public([8, 8, 4, 4], "google-2"),
+            ],
+            strategy: StrategyKind::default(),
+            tiers: TierParams::default(),
+            health: HealthParams::default(),
+            cache: CacheConfig::default(),
+            metrics: MetricsConfig::default(),
+            zones: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// serde's message, which names the key and the line.
+        message: String,
+    },
+    /// A value out of range or inconsistent with another.
+    #[error("invalid config: {key}: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `tiers.batch_size`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, defaults included.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Shard count with `0` resolved to the available CPUs.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Checks ranges and references; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(invalid("server.listen", "at least one address is required"));
+        }
+        for (i, a) in s.listen.iter().enumerate() {
+            if s.listen[..i].contains(a) {
+                return Err(invalid("server.listen", format!("{a} is listed twice")));
+            }
+        }
+        if s.shards > 1024 {
+            return Err(invalid("server.shards", "at most 1024"));
+        }
+        if !(8..=32768).contains(&s.uring_entries) || !s.uring_entries.is_power_of_two() {
+            return Err(invalid(
+                "server.uring_entries",
+                "must be a power of two from 8 to 32768",
+            ));
+        }
+        if !(1..=256).contains(&s.udp_receivers) {
+            return Err(invalid("server.udp_receivers", "must be from 1 to 256"));
+        }
+        if !(512..=4096).contains(&s.max_udp_size) {
+            return Err(invalid("server.max_udp_size", "must be from 512 to 4096"));
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_client_in_flight", l.max_client_in_flight),
+            ("limits.max_upstream_pending", l.max_upstream_pending),
+            ("limits.tcp_connections", l.tcp_connections),
+            ("limits.tcp_pipeline", l.tcp_pipeline),
+            ("limits.buffer_pool", l.buffer_pool),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_upstream_pending > 60000 {
+            return Err(invalid(
+                "limits.max_upstream_pending",
+                "at most 60000 (16-bit message IDs per upstream socket)",
+            ));
+        }
+        if l.upstream_timeout.is_zero() {
+            return Err(invalid("limits.upstream_timeout", "must be positive"));
+        }
+        if l.tcp_idle_timeout.is_zero() {
+            return Err(invalid("limits.tcp_idle_timeout", "must be positive"));
+        }
+        if self.upstreams.is_empty() {
+            return Err(invalid("upstream", "at least one [[upstream]] is required"));
+        }
+        if self.upstreams.len() > 64 {
+            return Err(invalid("upstream", "at most 64 upstreams"));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = format!("upstream[{i}].address");
+            if u.address.port() == 0 {
+                return Err(invalid(key, "port 0 is not a valid upstream port"));
+            }
+            if u.address.ip().is_unspecified() {
+                return Err(invalid(key, "an unspecified address cannot be an upstream"));
+            }
+            if self.upstreams[..i].iter().any(|o| o.label() == u.label()) {
+                return Err(invalid(
+                    format!("upstream[{i}].name"),
+                    format!("{:?} is used twice", u.label()),
+                ));
+            }
+        }
+        self.tiers
+            .validate()
+            .map_err(|reason| invalid("tiers", reason))?;
+        self.health
+            .validate()
+            .map_err(|reason| invalid("health", reason))?;
+        self.cache
+            .validate()
+            .map_err(|e| invalid("cache", e.to_string()))?;
+        if self.metrics.flush_interval.is_zero() {
+            return Err(invalid("metrics.flush_interval", "must be positive"));
+        }
+        for (i, z) in self.zones.iter().enumerate() {
+            if crate::zones::parse_suffix(&z.suffix).is_none() {
+                return Err(invalid(
+                    format!("zone[{i}].suffix"),
+                    format!("{:?} is not a domain name", z.suffix),
+                ));
+            }
+            if z.upstreams.is_empty() {
+                return Err(invalid(format!("zone[{i}].upstreams"), "must not be empty"));
+            }
+            for name in &z.upstreams {
+                if self.upstream_index(name).is_none() {
+                    return Err(invalid(
+                        format!("zone[{i}].upstreams"),
+                        format!("{name:?} names no [[upstream]]"),
+                    ));
+                }
+            }
+            if let Some(t) = &z.tiers {
+                let section = format!("zone[{i}].tiers");
+                t.validate_in(&section)
+                    .map_err(|reason| invalid(section, reason))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the upstream with this label or address.
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .position(|u| u.label() == name || u.address.to_string() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    const ONE: &str = "[[upstream]]\naddress = \"127.0.0.1:5300\"\n";
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::parse(&text, "printed").unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(back.upstreams.len(), 5);
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse(ONE, "t").unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.server.listen, ServerConfig::default().listen);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!("{ONE}[server]\nlisen = []\n"));
+        assert!(e.contains("lisen"), "{e}");
+        let e = err(&format!("{ONE}[tiers]\nbatchsize = 3\n"));
+        assert!(e.contains("batchsize"), "{e}");
+        let e = err("[[upstream]]\naddress = \"127.0.0.1:53\"\nweight = 1\n");
+        assert!(e.contains("weight"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err(&format!("{ONE}[server]\nio = \"kqueue\"\n"));
+        assert!(e.contains("kqueue"), "{e}");
+        let e = err("[[upstream]]\naddress = \"127.0.0.1\"\n");
+        assert!(e.contains("address"), "{e}");
+        let e = err(&format!("{ONE}[limits]\ntcp_connections = 0\n"));
+        assert!(e.contains("limits.tcp_connections"), "{e}");
+        let e = err(&format!("{ONE}[limits]\nupstream_timeout = \"fast\"\n"));
+        assert!(e.contains("fast"), "{e}");
+        let e = err("upstream = []\n");
+        assert!(e.contains("upstream"), "{e}");
+        let e = err(&format!("{ONE}[server]\nlisten = []\n"));
+        assert!(e.contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn zones_must_reference_upstreams() {
+        let e = err(&format!(
+            "{ONE}[[zone]]\nsuffix = \"corp.example.\"\nupstreams = [\"nope\"]\n"
+        ));
+        assert!(e.contains("zone[0].upstreams") && e.contains("nope"), "{e}");
+        let ok =
+            format!("{ONE}[[zone]]\nsuffix = \"corp.example\"\nupstreams = [\"127.0.0.1:5300\"]\n");
+        Config::parse(&ok, "t").unwrap();
+    }
+}

@@ -1,0 +1,289 @@
+//! Singleflight: at most one upstream flight per cache key across all shards.
+//!
+//! The first query that misses the cache for a key becomes the flight's leader and
+//! runs the tiers on its own shard; queries for the same key that arrive meanwhile,
+//! on any shard, join as waiters and get the leader's result through a oneshot
+//! channel, then patch it with their own ID and question case on their own shard.
+//!
+//! Invariants:
+//! - The table is partitioned by key hash; a partition lock is held only to insert,
+//!   join or remove, never across an await.
+//! - A flight ends exactly once: [`FlightLeader::finish`] or, if the leader is
+//!   dropped without finishing (task cancelled, shutdown), its `Drop` ends the flight
+//!   with the failure result, so no waiter waits forever.
+//! - Waiters per flight are bounded by `max_waiters`. A query past the bound gets
+//!   [`Join::Full`]: the caller resolves it on its own, without coalescing. Nobody is
+//!   refused because a name is popular, and no flight grows without bound.
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Owned flight key: lowercased wire qname, qtype, qclass, DO, CD.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FlightKey {
+    /// Lowercased wire-form name.
+    pub qname: Box<[u8]>,
+    /// Query type.
+    pub qtype: u16,
+    /// Query class.
+    pub qclass: u16,
+    /// DO bit.
+    pub dnssec_ok: bool,
+    /// CD bit.
+    pub checking_disabled: bool,
+}
+
+struct Flight<R> {
+    waiters: Vec<oneshot::Sender<R>>,
+    serial: u64,
+}
+
+type Partition<R> = Mutex<HashMap<FlightKey, Flight<R>>>;
+
+/// The shared table of flights in progress. `R` is what a flight delivers.
+pub struct FlightTable<R> {
+    partitions: Box<[Partition<R>]>,
+    hasher: RandomState,
+    max_waiters: usize,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+/// The outcome of joining.
+pub enum Join<R: Clone> {
+    /// No flight for this key was in progress: this caller runs it.
+    Leader(FlightLeader<R>),
+    /// A flight is in progress: its result arrives here.
+    Waiter(oneshot::Receiver<R>),
+    /// A flight is in progress with `max_waiters` waiters: resolve alone.
+    Full,
+}
+
+/// The right and duty to end one flight.
+pub struct FlightLeader<R: Clone> {
+    table: Arc<FlightTable<R>>,
+    key: FlightKey,
+    serial: u64,
+    failure: Option<R>,
+}
+
+impl<R: Clone> FlightTable<R> {
+    /// A table with `partitions` partitions (rounded up to a power of two).
+    pub fn new(partitions: usize, max_waiters: usize) -> Self {
+        let n = partitions.max(1).next_power_of_two();
+        Self {
+            partitions: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::with_seeds(0x7469, 0x6572, 0x646e, 0x7321),
+            max_waiters,
+            serial: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn partition(&self, key: &FlightKey) -> &Partition<R> {
+        let hash = self.hasher.hash_one(key);
+        &self.partitions[(hash as usize) & (self.partitions.len() - 1)]
+    }
+
+    /// Joins the flight for `key` or starts it. `failure` is what waiters get if the
+    /// leader is dropped without finishing.
+    pub fn join(self: &Arc<Self>, key: FlightKey, failure: R) -> Join<R> {
+        let mut part = lock(self.partition(&key));
+        if let Some(flight) = part.get_mut(&key) {
+            if flight.waiters.len() >= self.max_waiters {
+                return Join::Full;
+            }
+            let (tx, rx) = oneshot::channel();
+            flight.waiters.push(tx);
+            return Join::Waiter(rx);
+        }
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        part.insert(
+            key.clone(),
+            Flight {
+                waiters: Vec::new(),
+                serial,
+            },
+        );
+        drop(part);
+        Join::Leader(FlightLeader {
+            table: Arc::clone(self),
+            key,
+            serial,
+            failure: Some(failure),
+        })
+    }
+
+    /// Flights in progress (all partitions; for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.partitions.iter().map(|p| lock(p).len()).sum()
+    }
+
+    /// True when no flight is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn end(&self, key: &FlightKey, serial: u64, result: &R) -> usize {
+        let flight = {
+            let mut part = lock(self.partition(key));
+            match part.get(key) {
+                Some(f) if f.serial == serial => part.remove(key),
+                _ => None,
+            }
+        };
+        let Some(flight) = flight else { return 0 };
+        let mut delivered = 0;
+        for tx in flight.waiters {
+            if tx.send(result.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+impl<R: Clone> FlightLeader<R> {
+    /// Ends the flight: every waiter gets `result`. Returns how many were waiting.
+    pub fn finish(mut self, result: R) -> usize {
+        self.failure = None;
+        self.table.end(&self.key, self.serial, &result)
+    }
+
+    /// The key of this flight.
+    pub fn key(&self) -> &FlightKey {
+        &self.key
+    }
+}
+
+impl<R: Clone> Drop for FlightLeader<R> {
+    fn drop(&mut self) {
+        if let Some(failure) = self.failure.take() {
+            self.table.end(&self.key, self.serial, &failure);
+        }
+    }
+}
+
+/// Locks a partition; a poisoned lock (a panic elsewhere while held) is still usable
+/// because every critical section leaves the map consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<R: Clone> std::fmt::Debug for FlightTable<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightTable")
+            .field("partitions", &self.partitions.len())
+            .field("max_waiters", &self.max_waiters)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> FlightKey {
+        FlightKey {
+            qname: name.as_bytes().into(),
+            qtype: 1,
+            qclass: 1,
+            dnssec_ok: false,
+            checking_disabled: false,
+        }
+    }
+
+    #[test]
+    fn one_leader_many_waiters_all_answered() {
+        let table = Arc::new(FlightTable::<u32>::new(8, 100));
+        let Join::Leader(leader) = table.join(key("a"), 0) else {
+            panic!("first must lead")
+        };
+        let mut rxs = Vec::new();
+        for _ in 0..10 {
+            match table.join(key("a"), 0) {
+                Join::Waiter(rx) => rxs.push(rx),
+                _ => panic!("must wait"),
+            }
+        }
+        assert!(matches!(table.join(key("b"), 0), Join::Leader(_)));
+        assert_eq!(leader.finish(42), 10);
+        for mut rx in rxs {
+            assert_eq!(rx.try_recv().unwrap(), 42);
+        }
+        assert!(table.is_empty());
+        assert!(matches!(table.join(key("a"), 0), Join::Leader(_)));
+    }
+
+    #[test]
+    fn waiters_are_bounded() {
+        let table = Arc::new(FlightTable::<u32>::new(1, 2));
+        let _leader = table.join(key("a"), 0);
+        assert!(matches!(table.join(key("a"), 0), Join::Waiter(_)));
+        assert!(matches!(table.join(key("a"), 0), Join::Waiter(_)));
+        assert!(matches!(table.join(key("a"), 0), Join::Full));
+    }
+
+    #[test]
+    fn dropped_leader_fails_its_waiters() {
+        let table = Arc::new(FlightTable::<u32>::new(4, 10));
+        let leader = table.join(key("a"), 7);
+        let Join::Waiter(mut rx) = table.join(key("a"), 7) else {
+            panic!()
+        };
+        drop(leader);
+        assert_eq!(rx.try_recv().unwrap(), 7);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn keys_differ_by_type_class_and_bits() {
+        let table = Arc::new(FlightTable::<u32>::new(4, 10));
+        let base = key("a");
+        let _l = table.join(base.clone(), 0);
+        let variants = [
+            FlightKey {
+                qtype: 28,
+                ..base.clone()
+            },
+            FlightKey {
+                qclass: 3,
+                ..base.clone()
+            },
+            FlightKey {
+                dnssec_ok: true,
+                ..base.clone()
+            },
+            FlightKey {
+                checking_disabled: true,
+                ..base.clone()
+            },
+        ];
+        for v in variants {
+            assert!(matches!(table.join(v, 0), Join::Leader(_)));
+        }
+    }
+
+    #[test]
+    fn concurrent_joins_from_threads_make_one_leader() {
+        let table = Arc::new(FlightTable::<u32>::new(16, 1000));
+        let leaders = std::sync::atomic::AtomicUsize::new(0);
+        let held = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        if let Join::Leader(l) = table.join(key("hot"), 0) {
+                            leaders.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            held.lock().unwrap().push(l);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(leaders.into_inner(), 1);
+    }
+}

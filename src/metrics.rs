@@ -1,0 +1,460 @@
+//! Metric names, labels, and the flush of shard-local counters into `metrics`.
+//!
+//! Shards count into plain `Cell`s of their own ([`ShardStats`]): no shared atomic
+//! per packet. Every `flush_interval` each shard adds its deltas to the registry,
+//! which the Prometheus exporter serves (default `127.0.0.1:9153/metrics`). Latency
+//! samples are buffered locally (bounded) and recorded into histograms at flush.
+//!
+//! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
+
+use std::cell::{Cell, RefCell};
+
+/// Transports a query can arrive on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp = 0,
+    /// TCP.
+    Tcp = 1,
+}
+
+impl Transport {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Response codes counted per transport (label `rcode`).
+pub const RCODE_LABELS: [&str; 8] = [
+    "noerror", "formerr", "servfail", "nxdomain", "notimp", "refused", "badvers", "other",
+];
+
+/// Index into [`RCODE_LABELS`] for a (possibly extended) rcode.
+pub fn rcode_index(rcode: u16) -> usize {
+    match rcode {
+        0..=5 => rcode as usize,
+        16 => 6,
+        _ => 7,
+    }
+}
+
+/// Why a packet was dropped without an answer (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Shorter than a DNS header.
+    Short,
+    /// A response (QR=1) sent to the client port.
+    Response,
+    /// Too many client queries in flight on the shard.
+    Overload,
+    /// A reply from an upstream with an unknown ID or a different question.
+    UpstreamMismatch,
+    /// A reply from an upstream that could not be read.
+    UpstreamMalformed,
+    /// A TCP client connection refused at the connection limit.
+    TcpConnectionLimit,
+    /// A TCP frame that could not be answered (bad length, closed early).
+    TcpFrame,
+    /// The answer could not be sent.
+    SendError,
+}
+
+impl Drop {
+    const ALL: [Self; 8] = [
+        Self::Short,
+        Self::Response,
+        Self::Overload,
+        Self::UpstreamMismatch,
+        Self::UpstreamMalformed,
+        Self::TcpConnectionLimit,
+        Self::TcpFrame,
+        Self::SendError,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Short => "short",
+            Self::Response => "response",
+            Self::Overload => "overload",
+            Self::UpstreamMismatch => "upstream_mismatch",
+            Self::UpstreamMalformed => "upstream_malformed",
+            Self::TcpConnectionLimit => "tcp_connection_limit",
+            Self::TcpFrame => "tcp_frame",
+            Self::SendError => "send_error",
+        }
+    }
+}
+
+/// Cache outcomes as seen by clients (label `result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Fresh answer from the cache.
+    Hit = 0,
+    /// Not in the cache (or expired).
+    Miss = 1,
+    /// Expired answer served because upstreams failed (RFC 8767).
+    Stale = 2,
+    /// Background refresh of a popular entry near expiry.
+    Prefetch = 3,
+}
+
+const CACHE_LABELS: [&str; 4] = ["hit", "miss", "stale", "prefetch"];
+
+/// Bound on buffered latency samples per histogram between flushes.
+const MAX_SAMPLES: usize = 4096;
+
+/// A bounded local sample buffer for one histogram.
+#[derive(Debug, Default)]
+pub(crate) struct Samples(RefCell<Vec<f64>>);
+
+impl Samples {
+    /// Adds a sample; past the bound the sample replaces a slot (keeps the buffer
+    /// bounded while staying representative enough for quantiles).
+    pub(crate) fn record(&self, value: f64) {
+        let mut v = self.0.borrow_mut();
+        if v.len() < MAX_SAMPLES {
+            v.push(value);
+        } else {
+            let slot = (value.to_bits() as usize) % MAX_SAMPLES;
+            v[slot] = value;
+        }
+    }
+
+    fn drain_into(&self, h: &metrics::Histogram) {
+        let mut v = self.0.borrow_mut();
+        for s in v.drain(..) {
+            h.record(s);
+        }
+    }
+}
+
+/// Per-upstream counters of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamStats {
+    pub(crate) queries: Cell<u64>,
+    pub(crate) answers: Cell<u64>,
+    pub(crate) errors: Cell<u64>,
+    pub(crate) timeouts: Cell<u64>,
+    pub(crate) tcp_retries: Cell<u64>,
+    pub(crate) rtt: Samples,
+}
+
+/// Counters of the tier engine, one shard's worth.
+#[derive(Debug, Default)]
+pub(crate) struct TierStats {
+    /// First good answer came from the active tier / from the stagger.
+    pub(crate) answered_active: Cell<u64>,
+    pub(crate) answered_stagger: Cell<u64>,
+    /// Stagger launches by reason: answered, timeout, active failed.
+    pub(crate) stagger: [Cell<u64>; 3],
+    pub(crate) coalesced: Cell<u64>,
+    pub(crate) uncoalesced: Cell<u64>,
+    pub(crate) merges: Cell<u64>,
+    pub(crate) merged_addresses: Cell<u64>,
+    pub(crate) merge_rejected: Cell<u64>,
+    pub(crate) failed_flights: Cell<u64>,
+    pub(crate) peak_in_flight: Samples,
+    pub(crate) background: Samples,
+}
+
+/// Everything one shard counts between flushes.
+#[derive(Debug)]
+pub(crate) struct ShardStats {
+    pub(crate) queries: [[Cell<u64>; 8]; 2],
+    pub(crate) cache: [Cell<u64>; 4],
+    pub(crate) drops: [Cell<u64>; 8],
+    pub(crate) latency_hit: Samples,
+    pub(crate) latency_miss: Samples,
+    pub(crate) upstreams: Vec<UpstreamStats>,
+    pub(crate) tiers: TierStats,
+    pub(crate) tcp_connections: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl ShardStats {
+    pub(crate) fn new(upstreams: usize) -> Self {
+        Self {
+            queries: Default::default(),
+            cache: Default::default(),
+            drops: Default::default(),
+            latency_hit: Samples::default(),
+            latency_miss: Samples::default(),
+            upstreams: (0..upstreams).map(|_| UpstreamStats::default()).collect(),
+            tiers: TierStats::default(),
+            tcp_connections: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn answered(&self, transport: Transport, rcode: u16) {
+        bump(&self.queries[transport as usize][rcode_index(rcode)]);
+    }
+
+    pub(crate) fn cache(&self, result: CacheResult) {
+        bump(&self.cache[result as usize]);
+    }
+
+    pub(crate) fn dropped(&self, reason: Drop) {
+        let i = Drop::ALL.iter().position(|d| *d == reason).unwrap_or(0);
+        bump(&self.drops[i]);
+    }
+
+    pub(crate) fn upstream(&self, index: usize) -> Option<&UpstreamStats> {
+        self.upstreams.get(index)
+    }
+
+    pub(crate) fn bump(c: &Cell<u64>) {
+        bump(c);
+    }
+
+    /// Adds this shard's counts to the registry and zeroes them.
+    pub(crate) fn flush(&self, upstream_labels: &[String]) {
+        use metrics::{counter, histogram};
+        for (t, transport) in [Transport::Udp, Transport::Tcp].into_iter().enumerate() {
+            for (r, label) in RCODE_LABELS.iter().enumerate() {
+                let n = self.queries[t][r].take();
+                if n > 0 {
+                    counter!("tierdns_queries_total", "transport" => transport.as_str(), "rcode" => *label)
+                        .increment(n);
+                }
+            }
+        }
+        for (i, label) in CACHE_LABELS.iter().enumerate() {
+            let n = self.cache[i].take();
+            if n > 0 {
+                counter!("tierdns_cache_total", "result" => *label).increment(n);
+            }
+        }
+        for (i, reason) in Drop::ALL.iter().enumerate() {
+            let n = self.drops[i].take();
+            if n > 0 {
+                counter!("tierdns_drops_total", "reason" => reason.as_str()).increment(n);
+            }
+        }
+        self.latency_hit
+            .drain_into(&histogram!("tierdns_client_latency_seconds", "path" => "hit"));
+        self.latency_miss
+            .drain_into(&histogram!("tierdns_client_latency_seconds", "path" => "miss"));
+        for (u, label) in self.upstreams.iter().zip(upstream_labels) {
+            let l = label.clone();
+            let pairs = [
+                ("tierdns_upstream_queries_total", u.queries.take()),
+                ("tierdns_upstream_answers_total", u.answers.take()),
+                ("tierdns_upstream_errors_total", u.errors.take()),
+                ("tierdns_upstream_timeouts_total", u.timeouts.take()),
+                ("tierdns_upstream_tcp_retries_total", u.tcp_retries.take()),
+            ];
+            for (name, n) in pairs {
+                if n > 0 {
+                    counter!(name, "upstream" => l.clone()).increment(n);
+                }
+            }
+            u.rtt
+                .drain_into(&histogram!("tierdns_upstream_rtt_seconds", "upstream" => l));
+        }
+        let t = &self.tiers;
+        let tier_counts = [
+            (
+                "tierdns_tier_answered_total",
+                "tier",
+                "active",
+                &t.answered_active,
+            ),
+            (
+                "tierdns_tier_answered_total",
+                "tier",
+                "stagger",
+                &t.answered_stagger,
+            ),
+            (
+                "tierdns_stagger_launches_total",
+                "reason",
+                "answered",
+                &t.stagger[0],
+            ),
+            (
+                "tierdns_stagger_launches_total",
+                "reason",
+                "timeout",
+                &t.stagger[1],
+            ),
+            (
+                "tierdns_stagger_launches_total",
+                "reason",
+                "active_failed",
+                &t.stagger[2],
+            ),
+            (
+                "tierdns_flight_waiters_total",
+                "kind",
+                "coalesced",
+                &t.coalesced,
+            ),
+            (
+                "tierdns_flight_waiters_total",
+                "kind",
+                "over_bound",
+                &t.uncoalesced,
+            ),
+            (
+                "tierdns_background_merges_total",
+                "result",
+                "merged",
+                &t.merges,
+            ),
+            (
+                "tierdns_background_merges_total",
+                "result",
+                "superseded",
+                &t.merge_rejected,
+            ),
+            ("tierdns_flights_failed_total", "", "", &t.failed_flights),
+        ];
+        for (name, key, value, cell) in tier_counts {
+            let n = cell.take();
+            if n == 0 {
+                continue;
+            }
+            if key.is_empty() {
+                counter!(name).increment(n);
+            } else {
+                counter!(name, key => value).increment(n);
+            }
+        }
+        let n = t.merged_addresses.take();
+        if n > 0 {
+            counter!("tierdns_merged_addresses_total").increment(n);
+        }
+        t.peak_in_flight
+            .drain_into(&histogram!("tierdns_flight_peak_in_flight"));
+        t.background
+            .drain_into(&histogram!("tierdns_background_duration_seconds"));
+        let n = self.tcp_connections.take();
+        if n > 0 {
+            counter!("tierdns_tcp_connections_total").increment(n);
+        }
+    }
+}
+
+/// Registers descriptions and units for every metric.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "tierdns_queries_total",
+        "Client queries answered, by transport and rcode"
+    );
+    describe_counter!(
+        "tierdns_cache_total",
+        "Cache outcomes: hit, miss, stale, prefetch"
+    );
+    describe_counter!(
+        "tierdns_drops_total",
+        "Packets dropped without an answer, by reason"
+    );
+    describe_histogram!(
+        "tierdns_client_latency_seconds",
+        Unit::Seconds,
+        "Time from receiving a query to sending its answer, by path (hit, miss)"
+    );
+    describe_counter!(
+        "tierdns_upstream_queries_total",
+        "Queries sent to each upstream"
+    );
+    describe_counter!(
+        "tierdns_upstream_answers_total",
+        "Good answers (NOERROR/NXDOMAIN) from each upstream"
+    );
+    describe_counter!(
+        "tierdns_upstream_errors_total",
+        "Failed answers (rcode, malformed, network) from each upstream"
+    );
+    describe_counter!(
+        "tierdns_upstream_timeouts_total",
+        "Upstream queries that timed out"
+    );
+    describe_counter!(
+        "tierdns_upstream_tcp_retries_total",
+        "Truncated UDP answers retried over TCP"
+    );
+    describe_histogram!(
+        "tierdns_upstream_rtt_seconds",
+        Unit::Seconds,
+        "Upstream round-trip time"
+    );
+    describe_gauge!(
+        "tierdns_upstream_health",
+        "Circuit state per upstream and shard: 0 closed, 1 degraded, 2 half-open, 3 open"
+    );
+    describe_counter!(
+        "tierdns_tier_answered_total",
+        "Flights whose first good answer came from the active tier or the stagger"
+    );
+    describe_counter!(
+        "tierdns_stagger_launches_total",
+        "Flights whose stagger started, by reason"
+    );
+    describe_counter!(
+        "tierdns_flight_waiters_total",
+        "Queries that joined a flight (coalesced) or found it full"
+    );
+    describe_counter!(
+        "tierdns_background_merges_total",
+        "Background merges written to the cache or superseded by a newer write"
+    );
+    describe_counter!(
+        "tierdns_merged_addresses_total",
+        "Addresses added to cached answers by background merges"
+    );
+    describe_counter!(
+        "tierdns_flights_failed_total",
+        "Flights with no good answer from any upstream"
+    );
+    describe_histogram!(
+        "tierdns_flight_peak_in_flight",
+        "Peak concurrent upstream queries per flight"
+    );
+    describe_histogram!(
+        "tierdns_background_duration_seconds",
+        Unit::Seconds,
+        "Flight duration including background completion"
+    );
+    describe_counter!(
+        "tierdns_tcp_connections_total",
+        "TCP client connections accepted"
+    );
+    describe_gauge!("tierdns_cache_entries", "Entries in the packet cache");
+    describe_gauge!("tierdns_cache_bytes", "Bytes accounted to the packet cache");
+    describe_gauge!(
+        "tierdns_info",
+        "Build and runtime facts in labels (version, io backend)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_stay_bounded() {
+        let s = Samples::default();
+        for i in 0..(MAX_SAMPLES * 3) {
+            s.record(i as f64);
+        }
+        assert_eq!(s.0.borrow().len(), MAX_SAMPLES);
+    }
+
+    #[test]
+    fn rcodes_map_to_labels() {
+        assert_eq!(RCODE_LABELS[rcode_index(0)], "noerror");
+        assert_eq!(RCODE_LABELS[rcode_index(3)], "nxdomain");
+        assert_eq!(RCODE_LABELS[rcode_index(16)], "badvers");
+        assert_eq!(RCODE_LABELS[rcode_index(9)], "other");
+    }
+}

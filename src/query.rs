@@ -1,0 +1,308 @@
+//! Answering one client query, the same for UDP and TCP and for both backends.
+//!
+//! [`Shard::first_pass`] is the synchronous part: read the query, apply the protocol
+//! checks (FORMERR, NOTIMP, BADVERS, drops), and answer a cache hit straight into a
+//! pooled buffer. What it cannot answer is a miss for [`Shard::resolve`], which joins
+//! or leads the flight for the key and answers from its result, from a stale entry,
+//! or with SERVFAIL and an Extended DNS Error.
+
+use crate::cache::{KeyRef, Lookup};
+use crate::flight::{FlightKey, FlightLeader, Join};
+use crate::metrics::{CacheResult, Drop, ShardStats, Transport};
+use crate::resolve::{FlightResult, FlightRun};
+use crate::shard::buffers::BUF_CAPACITY;
+use crate::shard::io::Backend;
+use crate::shard::Shard;
+use crate::wire::answer::{write_reply, TtlPatch};
+use crate::wire::build::{error_reply, reject_reply, Ede, ErrorRcode};
+use crate::wire::reader::{DropReason, QueryView, Reject};
+use crate::wire::{ReplyTarget, PLAIN_UDP_MAX};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Largest reply over TCP.
+const TCP_MAX: usize = u16::MAX as usize;
+
+/// The result of the synchronous first pass. Every variant hands the output buffer
+/// back.
+pub(crate) enum First {
+    /// Send this reply.
+    Reply(Vec<u8>),
+    /// Send nothing.
+    Drop(Vec<u8>),
+    /// Not in the cache: resolve.
+    Miss(Vec<u8>),
+}
+
+/// The cache key of a query, borrowed.
+pub(crate) fn key_of<'a>(q: &'a QueryView<'_>) -> KeyRef<'a> {
+    KeyRef {
+        qname_lower: q.qname_lower(),
+        qtype: q.qtype,
+        qclass: q.qclass,
+        dnssec_ok: q.dnssec_ok(),
+        checking_disabled: q.header.cd(),
+    }
+}
+
+/// What a reply to this client may weigh, and what it must echo.
+pub(crate) fn target_of<'a>(
+    q: &'a QueryView<'_>,
+    transport: Transport,
+    max_udp: usize,
+) -> ReplyTarget<'a> {
+    let max_size = match (transport, q.edns) {
+        (Transport::Tcp, _) => TCP_MAX,
+        (Transport::Udp, None) => PLAIN_UDP_MAX,
+        (Transport::Udp, Some(e)) => (e.udp_size as usize).clamp(PLAIN_UDP_MAX, max_udp),
+    };
+    ReplyTarget {
+        id: q.header.id,
+        qname: q.qname,
+        edns: q.edns,
+        max_size,
+    }
+}
+
+/// Rcode of a reply we produced (header low bits; BADVERS is only ever ours).
+fn reply_rcode(reply: &[u8]) -> u16 {
+    reply.get(3).map_or(0, |b| u16::from(b & 0x0F))
+}
+
+/// Makes `out` a zeroed buffer of `len` bytes to write a reply into.
+fn sized(mut out: Vec<u8>, len: usize) -> Vec<u8> {
+    out.clear();
+    out.resize(len, 0);
+    out
+}
+
+impl<B: Backend> Shard<B> {
+    fn max_udp(&self) -> usize {
+        (self.shared.config.server.max_udp_size as usize).min(BUF_CAPACITY)
+    }
+
+    /// Reads the query and answers everything that needs no upstream.
+    pub(crate) fn first_pass(
+        self: &Rc<Self>,
+        packet: &[u8],
+        transport: Transport,
+        out: Vec<u8>,
+        start: Instant,
+    ) -> First {
+        let q = match QueryView::parse(packet) {
+            Ok(q) => q,
+            Err(reject) => return self.reject(packet, reject, transport, out),
+        };
+        let target = target_of(&q, transport, self.max_udp());
+        let mut out = sized(
+            out,
+            if transport == Transport::Tcp {
+                TCP_MAX
+            } else {
+                BUF_CAPACITY
+            },
+        );
+        match self
+            .shared
+            .cache
+            .lookup(&key_of(&q), start, &target, &mut out)
+        {
+            Lookup::Hit { len, prefetch } => {
+                out.truncate(len);
+                self.stats.cache(CacheResult::Hit);
+                self.stats.answered(transport, reply_rcode(&out));
+                self.stats.latency_hit.record(start.elapsed().as_secs_f64());
+                if prefetch {
+                    self.start_prefetch(packet);
+                }
+                First::Reply(out)
+            }
+            Lookup::Miss => First::Miss(out),
+        }
+    }
+
+    fn reject(&self, packet: &[u8], reject: Reject, transport: Transport, out: Vec<u8>) -> First {
+        match reject {
+            Reject::Drop(DropReason::Short) => {
+                self.stats.dropped(Drop::Short);
+                First::Drop(out)
+            }
+            Reject::Drop(DropReason::Response) => {
+                self.stats.dropped(Drop::Response);
+                First::Drop(out)
+            }
+            _ => match reject_reply(packet, reject) {
+                Some(reply) => {
+                    self.stats.answered(transport, reply_rcode_ext(reject));
+                    self.pool.put(out);
+                    First::Reply(reply)
+                }
+                None => First::Drop(out),
+            },
+        }
+    }
+
+    /// Resolves a miss: join or lead the flight, answer from its result. None means
+    /// send nothing (dropped and counted).
+    pub(crate) async fn resolve(
+        self: &Rc<Self>,
+        packet: &[u8],
+        transport: Transport,
+        start: Instant,
+    ) -> Option<Vec<u8>> {
+        let Ok(q) = QueryView::parse(packet) else {
+            return None;
+        };
+        self.in_flight.set(self.in_flight.get() + 1);
+        let reply = self.resolve_view(&q, transport, start).await;
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.stats.cache(CacheResult::Miss);
+        self.stats.answered(transport, reply_rcode(&reply));
+        self.stats
+            .latency_miss
+            .record(start.elapsed().as_secs_f64());
+        Some(reply)
+    }
+
+    async fn resolve_view(
+        self: &Rc<Self>,
+        q: &QueryView<'_>,
+        transport: Transport,
+        start: Instant,
+    ) -> Vec<u8> {
+        let target = target_of(q, transport, self.max_udp());
+        let key = key_of(q);
+        let result = match self
+            .shared
+            .flights
+            .join(flight_key(&key), FlightResult::Failed)
+        {
+            Join::Waiter(rx) => {
+                ShardStats::bump(&self.stats.tiers.coalesced);
+                rx.await.unwrap_or(FlightResult::Failed)
+            }
+            Join::Leader(leader) => self.lead(q, start, Some(leader)).await,
+            Join::Full => {
+                ShardStats::bump(&self.stats.tiers.uncoalesced);
+                self.lead(q, start, None).await
+            }
+        };
+        match result {
+            FlightResult::Answer(answer) => {
+                let mut out = sized(self.pool.get(), out_len(transport, answer.wire.len()));
+                let len = write_reply(
+                    &mut out,
+                    &answer.wire,
+                    &answer.layout,
+                    &target,
+                    TtlPatch::Age(0),
+                );
+                if len > 0 {
+                    out.truncate(len);
+                    return out;
+                }
+                self.pool.put(out);
+                error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER))
+            }
+            FlightResult::Failed => self.failure_reply(q, &target, transport),
+        }
+    }
+
+    /// Nothing good from any upstream: a stale answer if allowed, else SERVFAIL with
+    /// an Extended DNS Error.
+    fn failure_reply(
+        &self,
+        q: &QueryView<'_>,
+        target: &ReplyTarget<'_>,
+        transport: Transport,
+    ) -> Vec<u8> {
+        let mut out = sized(
+            self.pool.get(),
+            if transport == Transport::Tcp {
+                TCP_MAX
+            } else {
+                BUF_CAPACITY
+            },
+        );
+        if let Some(len) =
+            self.shared
+                .cache
+                .lookup_stale(&key_of(q), Instant::now(), target, &mut out)
+        {
+            out.truncate(len);
+            self.stats.cache(CacheResult::Stale);
+            return out;
+        }
+        self.pool.put(out);
+        error_reply(q, ErrorRcode::ServFail, Some(Ede::NO_REACHABLE_AUTHORITY))
+    }
+
+    /// Runs a flight until its first answer: caches it, ends the flight for its
+    /// waiters, and leaves the background completion running on its own.
+    async fn lead(
+        self: &Rc<Self>,
+        q: &QueryView<'_>,
+        start: Instant,
+        leader: Option<FlightLeader<FlightResult>>,
+    ) -> FlightResult {
+        let mut run = FlightRun::start(Rc::clone(self), q, start);
+        let result = run.until_first().await;
+        if let FlightResult::Answer(answer) = &result {
+            self.shared
+                .cache
+                .insert(&key_of(q), &answer.wire, Instant::now(), run.version());
+        }
+        if let Some(leader) = leader {
+            leader.finish(result.clone());
+        }
+        tokio::task::spawn_local(run.complete());
+        result
+    }
+
+    /// Refreshes a popular entry near expiry in the background, through the same
+    /// flight table and tiers; nobody waits for it. Skipped when a flight for the key
+    /// is already running.
+    fn start_prefetch(self: &Rc<Self>, packet: &[u8]) {
+        let shard = Rc::clone(self);
+        let packet = packet.to_vec();
+        tokio::task::spawn_local(async move {
+            let Ok(q) = QueryView::parse(&packet) else {
+                return;
+            };
+            let joined = shard
+                .shared
+                .flights
+                .join(flight_key(&key_of(&q)), FlightResult::Failed);
+            if let Join::Leader(leader) = joined {
+                shard.stats.cache(CacheResult::Prefetch);
+                shard.lead(&q, Instant::now(), Some(leader)).await;
+            }
+        });
+    }
+}
+
+fn flight_key(key: &KeyRef<'_>) -> FlightKey {
+    FlightKey {
+        qname: key.qname_lower.into(),
+        qtype: key.qtype,
+        qclass: key.qclass,
+        dnssec_ok: key.dnssec_ok,
+        checking_disabled: key.checking_disabled,
+    }
+}
+
+fn out_len(transport: Transport, answer_len: usize) -> usize {
+    match transport {
+        Transport::Udp => BUF_CAPACITY,
+        Transport::Tcp => answer_len.max(PLAIN_UDP_MAX),
+    }
+}
+
+fn reply_rcode_ext(reject: Reject) -> u16 {
+    match reject {
+        Reject::FormErr => 1,
+        Reject::NotImp => 4,
+        Reject::BadVers => 16,
+        Reject::Drop(_) => 0,
+    }
+}

@@ -1,0 +1,200 @@
+//! The socket layer, the only code that differs between the io backends.
+//!
+//! Both backends move owned `Vec<u8>` buffers into each operation and hand them back
+//! (the completion model io_uring needs; epoll just borrows them). A received
+//! datagram or read fills the buffer from index 0 and sets its length; a send sends
+//! the buffer's whole length. Sockets are built with socket2 by the shard and handed
+//! over with [`Backend::udp`] / [`Backend::listener`]; everything above this module is
+//! shared by both backends.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+/// A buffer handed back with the result of the operation that used it.
+pub(crate) type BufResult<T> = (io::Result<T>, Vec<u8>);
+
+/// A UDP socket on one backend.
+pub(crate) trait UdpIo: 'static {
+    /// Receives one datagram into `buf` (cleared first).
+    fn recv_from(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(usize, SocketAddr)>>;
+    /// Sends `buf` to `addr`.
+    fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> impl Future<Output = BufResult<usize>>;
+    /// Receives from the connected peer.
+    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
+    /// Sends to the connected peer.
+    fn send(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
+}
+
+/// A TCP stream on one backend; reads and writes may run from two tasks at once.
+pub(crate) trait TcpIo: 'static {
+    /// Reads what is available into `buf` starting at its current length (appends).
+    fn read(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
+    /// Writes the whole buffer.
+    fn write_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<()>>;
+}
+
+/// One io backend: how sockets become async.
+pub(crate) trait Backend: 'static {
+    /// UDP socket type.
+    type Udp: UdpIo;
+    /// TCP stream type.
+    type Stream: TcpIo;
+    /// TCP listener type.
+    type Listener: 'static;
+    /// Name for logs and metrics.
+    const NAME: &'static str;
+    /// Adopts a bound (and maybe connected) non-blocking std UDP socket.
+    fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp>;
+    /// Adopts a listening non-blocking std TCP listener.
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener>;
+    /// Accepts one connection.
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+    /// Connects to `addr`.
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
+}
+
+/// io_uring through tokio-uring.
+pub(crate) struct Uring;
+
+impl UdpIo for tokio_uring::net::UdpSocket {
+    async fn recv_from(&self, mut buf: Vec<u8>) -> BufResult<(usize, SocketAddr)> {
+        buf.clear();
+        Self::recv_from(self, buf).await
+    }
+    async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
+        Self::send_to(self, buf, addr).await
+    }
+    async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
+        buf.clear();
+        self.read(buf).await
+    }
+    async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
+        Self::send(self, buf).await
+    }
+}
+
+impl TcpIo for tokio_uring::net::TcpStream {
+    async fn read(&self, buf: Vec<u8>) -> BufResult<usize> {
+        use tokio_uring::buf::BoundedBuf;
+        let start = buf.len();
+        let cap = buf.capacity();
+        if start == cap {
+            return (Ok(0), buf);
+        }
+        let (res, slice) = Self::read(self, buf.slice(start..cap)).await;
+        (res, slice.into_inner())
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> BufResult<()> {
+        Self::write_all(self, buf).await
+    }
+}
+
+impl Backend for Uring {
+    type Udp = tokio_uring::net::UdpSocket;
+    type Stream = tokio_uring::net::TcpStream;
+    type Listener = tokio_uring::net::TcpListener;
+    const NAME: &'static str = "uring";
+
+    fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
+        Ok(tokio_uring::net::UdpSocket::from_std(socket))
+    }
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        Ok(tokio_uring::net::TcpListener::from_std(listener))
+    }
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((s, addr))
+    }
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Stream> {
+        let s = tokio_uring::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+/// epoll through tokio's current-thread reactor.
+pub(crate) struct Epoll;
+
+/// A tokio TCP stream usable from a reader and a writer task at once.
+pub(crate) struct EpollStream(tokio::net::TcpStream);
+
+impl UdpIo for tokio::net::UdpSocket {
+    async fn recv_from(&self, mut buf: Vec<u8>) -> BufResult<(usize, SocketAddr)> {
+        buf.clear();
+        let res = Self::recv_buf_from(self, &mut buf).await;
+        (res, buf)
+    }
+    async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
+        let res = Self::send_to(self, &buf, addr).await;
+        (res, buf)
+    }
+    async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
+        buf.clear();
+        let res = Self::recv_buf(self, &mut buf).await;
+        (res, buf)
+    }
+    async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
+        let res = Self::send(self, &buf).await;
+        (res, buf)
+    }
+}
+
+impl TcpIo for EpollStream {
+    async fn read(&self, mut buf: Vec<u8>) -> BufResult<usize> {
+        loop {
+            if buf.len() == buf.capacity() {
+                return (Ok(0), buf);
+            }
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                res => return (res, buf),
+            }
+        }
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> BufResult<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            if let Err(e) = self.0.writable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_write(&buf[done..]) {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+}
+
+impl Backend for Epoll {
+    type Udp = tokio::net::UdpSocket;
+    type Stream = EpollStream;
+    type Listener = tokio::net::TcpListener;
+    const NAME: &'static str = "epoll";
+
+    fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
+        tokio::net::UdpSocket::from_std(socket)
+    }
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        tokio::net::TcpListener::from_std(listener)
+    }
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((EpollStream(s), addr))
+    }
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Stream> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(EpollStream(s))
+    }
+}

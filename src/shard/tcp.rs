@@ -1,0 +1,103 @@
+//! Client TCP (RFC 7766): several queries per connection, answered as they complete
+//! (pipelined, possibly out of order), an idle timeout, and a bound on connections
+//! per shard and on queries answered at once per connection.
+
+use super::io::{Backend, TcpIo};
+use super::Shard;
+use crate::metrics::{Drop, Transport};
+use crate::query::First;
+use crate::upstream::read_frame;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Accepts connections until shutdown.
+pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Listener) {
+    let mut shutdown = shard.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            r = B::accept(&listener) => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.tcp_open.get() >= shard.shared.config.limits.tcp_connections {
+            shard.stats.dropped(Drop::TcpConnectionLimit);
+            drop(stream);
+            continue;
+        }
+        shard.tcp_open.set(shard.tcp_open.get() + 1);
+        crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
+        tokio::task::spawn_local(connection(Rc::clone(&shard), Rc::new(stream)));
+    }
+}
+
+/// Serves one connection: a reader that spawns a task per query, and a writer that
+/// sends answers as they are ready.
+async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<B::Stream>) {
+    let limits = &shard.shared.config.limits;
+    let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
+    let writer_stream = Rc::clone(&stream);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            let (res, _) = writer_stream.write_all(frame).await;
+            if res.is_err() {
+                break;
+            }
+        }
+    });
+    let mut shutdown = shard.shutdown.clone();
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let frame = tokio::select! {
+            biased;
+            r = tokio::time::timeout(limits.tcp_idle_timeout, read_frame(&*stream)) => r,
+            _ = shutdown.changed() => break,
+        };
+        let query = match frame {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    shard.stats.dropped(Drop::TcpFrame);
+                }
+                break;
+            }
+            Err(_idle) => break,
+        };
+        let shard = Rc::clone(&shard);
+        let tx = tx.clone();
+        tokio::task::spawn_local(async move {
+            let start = Instant::now();
+            let out = Vec::with_capacity(query.len().max(512));
+            let reply = match shard.first_pass(&query, Transport::Tcp, out, start) {
+                First::Reply(reply) => Some(reply),
+                First::Drop(_) => None,
+                First::Miss(_) => shard.resolve(&query, Transport::Tcp, start).await,
+            };
+            if let Some(reply) = reply {
+                let mut frame = Vec::with_capacity(reply.len() + 2);
+                frame.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&reply);
+                shard.pool.put(reply);
+                let _ = tx.send(frame).await;
+            }
+            drop(permit);
+        });
+    }
+    // Let queries already read finish and be written, then close.
+    drop(tx);
+    let _ = writer.await;
+    shard.tcp_open.set(shard.tcp_open.get() - 1);
+}

@@ -1,0 +1,72 @@
+//! Client UDP: receive, answer hits inline, hand misses to their own task.
+
+use super::io::{Backend, UdpIo};
+use super::Shard;
+use crate::metrics::{Drop, Transport};
+use crate::query::First;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// One of the shard's concurrent receive loops on one client socket. Ends at
+/// shutdown; the socket closes when the last loop holding it ends.
+pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>) {
+    let mut shutdown = shard.shutdown.clone();
+    loop {
+        let buf = shard.pool.get();
+        let (res, buf) = tokio::select! {
+            biased;
+            r = sock.recv_from(buf) => r,
+            _ = shutdown.changed() => return,
+        };
+        let peer = match res {
+            Ok((_, peer)) => peer,
+            Err(e) => {
+                shard.pool.put(buf);
+                tracing::debug!(error = %e, "client receive error");
+                continue;
+            }
+        };
+        let start = Instant::now();
+        let out = shard.pool.get();
+        match shard.first_pass(&buf, Transport::Udp, out, start) {
+            First::Reply(out) => {
+                shard.pool.put(buf);
+                send(&shard, &sock, out, peer).await;
+            }
+            First::Drop(out) => {
+                shard.pool.put(buf);
+                shard.pool.put(out);
+            }
+            First::Miss(out) => {
+                shard.pool.put(out);
+                if shard.in_flight.get() >= shard.shared.config.limits.max_client_in_flight {
+                    shard.stats.dropped(Drop::Overload);
+                    shard.pool.put(buf);
+                    continue;
+                }
+                let shard = Rc::clone(&shard);
+                let sock = Rc::clone(&sock);
+                tokio::task::spawn_local(async move {
+                    let reply = shard.resolve(&buf, Transport::Udp, start).await;
+                    shard.pool.put(buf);
+                    if let Some(reply) = reply {
+                        send(&shard, &sock, reply, peer).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn send<B: Backend>(
+    shard: &Shard<B>,
+    sock: &B::Udp,
+    reply: Vec<u8>,
+    peer: std::net::SocketAddr,
+) {
+    let (res, buf) = sock.send_to(reply, peer).await;
+    shard.pool.put(buf);
+    if res.is_err() {
+        shard.stats.dropped(Drop::SendError);
+    }
+}

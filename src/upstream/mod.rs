@@ -1,0 +1,357 @@
+//! One shard's connections to one upstream: a connected UDP socket with its table of
+//! pending queries, and reused TCP connections for truncated answers.
+//!
+//! Acceptance rules (anti-spoofing): a reply counts only if it arrives on the
+//! connected socket (the kernel filters the peer address), carries the ID of a
+//! pending query (IDs drawn from a CSPRNG, unique per socket) and repeats that
+//! query's question. Anything else is dropped and counted.
+//!
+//! Bounds: at most `max_upstream_pending` queries wait per socket; a query past the
+//! bound fails at once (the tiers move on). Every query has a hard timeout; its
+//! pending entry is removed on timeout or when the caller stops waiting.
+
+use crate::metrics::{Drop as DropReason, ShardStats};
+use crate::shard::buffers::BufferPool;
+use crate::shard::io::{Backend, TcpIo, UdpIo};
+use crate::tiers::FailKind;
+use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
+use crate::wire::reader::Header;
+use crate::wire::HEADER_LEN;
+use ahash::RandomState;
+use hashbrown::HashMap;
+use rand::Rng;
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A question in the form replies are matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuestionHash(u64);
+
+fn hasher() -> RandomState {
+    RandomState::with_seeds(0x7570, 0x7374, 0x7265, 0x616d)
+}
+
+impl QuestionHash {
+    /// From a lowercased wire name, qtype and qclass.
+    pub(crate) fn new(qname_lower: &[u8], qtype: u16, qclass: u16) -> Self {
+        Self(hasher().hash_one((qname_lower, qtype, qclass)))
+    }
+
+    /// From the question of a message; None when it has no readable question.
+    pub(crate) fn of_message(msg: &[u8]) -> Option<Self> {
+        let mut name = [0u8; MAX_NAME_LEN];
+        let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
+        let fixed = msg.get(end..end + 4)?;
+        let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+        Some(Self::new(&name[..len], qtype, qclass))
+    }
+}
+
+struct Pending {
+    question: QuestionHash,
+    tx: oneshot::Sender<Vec<u8>>,
+}
+
+/// Why the pending table refused a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    Mismatch,
+    Malformed,
+}
+
+/// The pending queries of one socket, keyed by message ID.
+struct PendingTable {
+    map: HashMap<u16, Pending>,
+    max: usize,
+}
+
+impl PendingTable {
+    /// Reserves a fresh random ID; None at the bound.
+    fn register(&mut self, question: QuestionHash) -> Option<(u16, oneshot::Receiver<Vec<u8>>)> {
+        if self.map.len() >= self.max {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let id = loop {
+            let id: u16 = rng.random();
+            if !self.map.contains_key(&id) {
+                break id;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        self.map.insert(id, Pending { question, tx });
+        Some((id, rx))
+    }
+
+    /// Hands a reply to its waiter, or gives it back with the reason it was refused.
+    fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
+        let verdict = match Header::parse(&reply) {
+            Ok(h) if h.qr() => match QuestionHash::of_message(&reply) {
+                Some(q) if self.map.get(&h.id).is_some_and(|p| p.question == q) => Ok(h.id),
+                Some(_) => Err(Dispatch::Mismatch),
+                None => Err(Dispatch::Malformed),
+            },
+            _ => Err(Dispatch::Malformed),
+        };
+        match verdict {
+            Ok(id) => {
+                if let Some(p) = self.map.remove(&id) {
+                    // The waiter may have given up just now; the reply is dropped then.
+                    let _ = p.tx.send(reply);
+                }
+                Ok(())
+            }
+            Err(why) => Err((why, reply)),
+        }
+    }
+}
+
+/// Removes a pending entry when the waiting query ends, however it ends.
+struct PendingGuard<'a> {
+    table: &'a RefCell<PendingTable>,
+    id: u16,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.table.borrow_mut().map.remove(&self.id);
+    }
+}
+
+/// A successful exchange.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// The reply, as received (our ID, the upstream's case).
+    pub(crate) reply: Vec<u8>,
+    /// Round-trip time of the attempt that produced it.
+    pub(crate) rtt: Duration,
+}
+
+/// One shard's link to one upstream.
+pub(crate) struct UpstreamLink<B: Backend> {
+    pub(crate) index: usize,
+    pub(crate) addr: SocketAddr,
+    udp: Rc<B::Udp>,
+    pending: Rc<RefCell<PendingTable>>,
+    idle_tcp: RefCell<Vec<Rc<B::Stream>>>,
+    max_idle_tcp: usize,
+    timeout: Duration,
+}
+
+/// A std UDP socket bound to a random port and connected to `addr`.
+fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    sock.set_nonblocking(true)?;
+    let any: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    sock.bind(&any.into())?;
+    sock.connect(&addr.into())?;
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    Ok(sock.into())
+}
+
+impl<B: Backend> UpstreamLink<B> {
+    /// Opens the UDP socket and starts its receive loop on the current shard runtime.
+    pub(crate) fn open(
+        index: usize,
+        addr: SocketAddr,
+        max_pending: usize,
+        max_idle_tcp: usize,
+        timeout: Duration,
+        pool: Rc<BufferPool>,
+        stats: Rc<ShardStats>,
+    ) -> io::Result<Rc<Self>> {
+        let udp = Rc::new(B::udp(connected_udp(addr)?)?);
+        let pending = Rc::new(RefCell::new(PendingTable {
+            map: HashMap::with_capacity(max_pending.min(1024)),
+            max: max_pending,
+        }));
+        tokio::task::spawn_local(receive_loop::<B>(
+            Rc::clone(&udp),
+            Rc::clone(&pending),
+            pool,
+            stats,
+        ));
+        Ok(Rc::new(Self {
+            index,
+            addr,
+            udp,
+            pending,
+            idle_tcp: RefCell::new(Vec::new()),
+            max_idle_tcp,
+            timeout,
+        }))
+    }
+
+    /// Sends `query` (any ID; it is replaced) over UDP and waits for the matching
+    /// reply; on TC=1 retries the same question over TCP. `buf` is a pooled buffer
+    /// given back through `pool`.
+    pub(crate) async fn exchange(
+        &self,
+        query: &[u8],
+        question: QuestionHash,
+        pool: &BufferPool,
+        stats: &ShardStats,
+    ) -> Result<Exchange, FailKind> {
+        let start = Instant::now();
+        let Some((id, rx)) = self.pending.borrow_mut().register(question) else {
+            return Err(FailKind::Network);
+        };
+        let _guard = PendingGuard {
+            table: &self.pending,
+            id,
+        };
+        let mut buf = pool.get();
+        buf.extend_from_slice(query);
+        if buf.len() < 2 {
+            pool.put(buf);
+            return Err(FailKind::Malformed);
+        }
+        buf[..2].copy_from_slice(&id.to_be_bytes());
+        let (res, buf) = self.udp.send(buf).await;
+        pool.put(buf);
+        if res.is_err() {
+            return Err(FailKind::Network);
+        }
+        let reply = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(FailKind::Network),
+            Err(_) => return Err(FailKind::Timeout),
+        };
+        let truncated = Header::parse(&reply).map(|h| h.tc()).unwrap_or(false);
+        if !truncated {
+            return Ok(Exchange {
+                reply,
+                rtt: start.elapsed(),
+            });
+        }
+        pool.put(reply);
+        if let Some(u) = stats.upstream(self.index) {
+            ShardStats::bump(&u.tcp_retries);
+        }
+        let tcp_start = Instant::now();
+        let reply = tokio::time::timeout(self.timeout, self.tcp_exchange(query, question))
+            .await
+            .map_err(|_| FailKind::Timeout)??;
+        Ok(Exchange {
+            reply,
+            rtt: tcp_start.elapsed(),
+        })
+    }
+
+    /// One query over TCP (RFC 7766), on an idle connection when there is one.
+    /// A reused connection may have been closed by the upstream meanwhile: then the
+    /// query is sent once more on a fresh connection.
+    async fn tcp_exchange(
+        &self,
+        query: &[u8],
+        question: QuestionHash,
+    ) -> Result<Vec<u8>, FailKind> {
+        let id: u16 = rand::rng().random();
+        let mut frame = Vec::with_capacity(query.len() + 2);
+        frame.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        frame.extend_from_slice(query);
+        frame[2..4].copy_from_slice(&id.to_be_bytes());
+        let reused = self.idle_tcp.borrow_mut().pop();
+        if let Some(stream) = reused {
+            if let Ok(reply) = tcp_round(&*stream, frame.clone(), id, question).await {
+                self.keep_idle(stream);
+                return Ok(reply);
+            }
+        }
+        let stream = Rc::new(B::connect(self.addr).await.map_err(|_| FailKind::Network)?);
+        let reply = tcp_round(&*stream, frame, id, question).await?;
+        self.keep_idle(stream);
+        Ok(reply)
+    }
+
+    fn keep_idle(&self, stream: Rc<B::Stream>) {
+        let mut idle = self.idle_tcp.borrow_mut();
+        if idle.len() < self.max_idle_tcp {
+            idle.push(stream);
+        }
+    }
+}
+
+/// Writes one framed query and reads its reply, checking ID and question.
+async fn tcp_round<S: TcpIo>(
+    stream: &S,
+    frame: Vec<u8>,
+    id: u16,
+    question: QuestionHash,
+) -> Result<Vec<u8>, FailKind> {
+    let (res, _) = stream.write_all(frame).await;
+    res.map_err(|_| FailKind::Network)?;
+    let reply = read_frame(stream).await.map_err(|_| FailKind::Network)?;
+    let header = Header::parse(&reply).map_err(|_| FailKind::Malformed)?;
+    if !header.qr() || header.id != id || QuestionHash::of_message(&reply) != Some(question) {
+        return Err(FailKind::Malformed);
+    }
+    Ok(reply)
+}
+
+/// Reads one length-prefixed DNS message.
+pub(crate) async fn read_frame<S: TcpIo>(stream: &S) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(2);
+    while buf.len() < 2 {
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    let mut msg = Vec::with_capacity(len);
+    while msg.len() < len {
+        let (res, m) = stream.read(msg).await;
+        msg = m;
+        if res? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(msg)
+}
+
+async fn receive_loop<B: Backend>(
+    udp: Rc<B::Udp>,
+    pending: Rc<RefCell<PendingTable>>,
+    pool: Rc<BufferPool>,
+    stats: Rc<ShardStats>,
+) {
+    loop {
+        let (res, buf) = udp.recv(pool.get()).await;
+        match res {
+            Ok(_) => {
+                let refused = pending.borrow_mut().dispatch(buf);
+                if let Err((why, buf)) = refused {
+                    pool.put(buf);
+                    stats.dropped(match why {
+                        Dispatch::Mismatch => DropReason::UpstreamMismatch,
+                        Dispatch::Malformed => DropReason::UpstreamMalformed,
+                    });
+                }
+            }
+            Err(e) => {
+                pool.put(buf);
+                // ICMP port unreachable surfaces as ECONNREFUSED on a connected
+                // socket: the waiting queries time out; keep receiving.
+                if e.kind() != io::ErrorKind::ConnectionRefused {
+                    tracing::debug!(error = %e, "upstream receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if Rc::strong_count(&pending) == 1 {
+            return;
+        }
+    }
+}

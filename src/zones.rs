@@ -1,0 +1,168 @@
+//! Forward zones: which upstream group, strategy and tier parameters serve a name.
+//!
+//! A zone is a name suffix; a query name belongs to the zone with the longest suffix
+//! that matches it on a label boundary, else to the default route (every upstream,
+//! the global strategy). Matching works on lowercased wire-form names and allocates
+//! nothing.
+
+use crate::config::Config;
+use crate::tiers::{StrategyKind, TierParams, UpstreamIdx};
+use crate::wire::name::MAX_NAME_LEN;
+
+/// Where queries for a set of names go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Upstreams of this route, as indices into the configured list.
+    pub upstreams: Vec<UpstreamIdx>,
+    /// Strategy.
+    pub strategy: StrategyKind,
+    /// Tier parameters.
+    pub tiers: TierParams,
+}
+
+/// The default route plus every zone, longest suffix first.
+#[derive(Debug, Clone)]
+pub struct ZoneTable {
+    default: Route,
+    zones: Vec<(Vec<u8>, Route)>,
+}
+
+/// Converts a presentation suffix (`"corp.Example."`, trailing dot optional, `"."`
+/// for the root) into lowercased wire form. None when it is not a valid name.
+pub fn parse_suffix(text: &str) -> Option<Vec<u8>> {
+    let trimmed = text.strip_suffix('.').unwrap_or(text);
+    let mut wire = Vec::with_capacity(trimmed.len() + 2);
+    if !trimmed.is_empty() {
+        for label in trimmed.split('.') {
+            if label.is_empty() || label.len() > 63 || !label.is_ascii() {
+                return None;
+            }
+            wire.push(label.len() as u8);
+            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    wire.push(0);
+    (wire.len() <= MAX_NAME_LEN).then_some(wire)
+}
+
+/// Whether `suffix` (wire form) ends `name` (wire form) on a label boundary.
+fn is_suffix(name: &[u8], suffix: &[u8]) -> bool {
+    if suffix.len() > name.len() {
+        return false;
+    }
+    let start = name.len() - suffix.len();
+    if name[start..] != *suffix {
+        return false;
+    }
+    // `start` must be the offset of a label in `name`.
+    let mut pos = 0;
+    while pos < start {
+        pos += 1 + name[pos] as usize;
+    }
+    pos == start
+}
+
+impl ZoneTable {
+    /// Builds the table from a validated config.
+    pub fn new(config: &Config) -> Self {
+        let default = Route {
+            upstreams: (0..config.upstreams.len()).collect(),
+            strategy: config.strategy,
+            tiers: config.tiers.clone(),
+        };
+        let mut zones: Vec<(Vec<u8>, Route)> = config
+            .zones
+            .iter()
+            .filter_map(|z| {
+                let suffix = parse_suffix(&z.suffix)?;
+                let upstreams = z
+                    .upstreams
+                    .iter()
+                    .filter_map(|n| config.upstream_index(n))
+                    .collect();
+                let route = Route {
+                    upstreams,
+                    strategy: z.strategy.unwrap_or(config.strategy),
+                    tiers: z.tiers.clone().unwrap_or_else(|| config.tiers.clone()),
+                };
+                Some((suffix, route))
+            })
+            .collect();
+        zones.sort_by_key(|z| std::cmp::Reverse(z.0.len()));
+        Self { default, zones }
+    }
+
+    /// The route for a lowercased wire-form name: longest matching suffix wins.
+    pub fn route(&self, qname_lower: &[u8]) -> &Route {
+        self.zones
+            .iter()
+            .find(|(suffix, _)| is_suffix(qname_lower, suffix))
+            .map_or(&self.default, |(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffix_parsing() {
+        assert_eq!(
+            parse_suffix("Example.COM."),
+            Some(b"\x07example\x03com\x00".to_vec())
+        );
+        assert_eq!(parse_suffix("example.com"), parse_suffix("example.com."));
+        assert_eq!(parse_suffix("."), Some(vec![0]));
+        assert_eq!(parse_suffix("a..b"), None);
+        assert_eq!(parse_suffix(&"x".repeat(64)), None);
+    }
+
+    #[test]
+    fn suffix_matches_on_label_boundaries_only() {
+        let name = parse_suffix("www.corp.example").unwrap();
+        assert!(is_suffix(&name, &parse_suffix("corp.example").unwrap()));
+        assert!(is_suffix(&name, &parse_suffix("www.corp.example").unwrap()));
+        assert!(is_suffix(&name, &parse_suffix(".").unwrap()));
+        assert!(!is_suffix(&name, &parse_suffix("orp.example").unwrap()));
+        let other = parse_suffix("xcorp.example").unwrap();
+        assert!(!is_suffix(&other, &parse_suffix("corp.example").unwrap()));
+    }
+
+    #[test]
+    fn longest_suffix_wins() {
+        let text = r#"
+            [[upstream]]
+            address = "127.0.0.1:5301"
+            name = "a"
+            [[upstream]]
+            address = "127.0.0.1:5302"
+            name = "b"
+            [[upstream]]
+            address = "127.0.0.1:5303"
+            name = "c"
+            [[zone]]
+            suffix = "example"
+            upstreams = ["a"]
+            strategy = "parallel"
+            [[zone]]
+            suffix = "corp.example"
+            upstreams = ["b", "c"]
+            strategy = "sequential"
+        "#;
+        let config = Config::parse(text, "t").unwrap();
+        let table = ZoneTable::new(&config);
+        let r = table.route(&parse_suffix("host.corp.example").unwrap());
+        assert_eq!(
+            (r.upstreams.as_slice(), r.strategy),
+            (&[1, 2][..], StrategyKind::Sequential)
+        );
+        let r = table.route(&parse_suffix("www.example").unwrap());
+        assert_eq!(
+            (r.upstreams.as_slice(), r.strategy),
+            (&[0][..], StrategyKind::Parallel)
+        );
+        let r = table.route(&parse_suffix("www.example.net").unwrap());
+        assert_eq!(r.upstreams, vec![0, 1, 2]);
+        assert_eq!(r.strategy, StrategyKind::Staggered);
+    }
+}

@@ -1,0 +1,277 @@
+//! The tierdns binary: CLI, the io_uring -> epoll fallback under a seccomp filter
+//! that refuses io_uring_setup (as container runtimes do), and graceful shutdown.
+#![allow(unsafe_code)]
+
+mod common;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tierdns");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tierdns-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tierdns.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn loopback_config(upstream: SocketAddr, io: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\nio = \"{io}\"\npin_cpus = false\nshutdown_grace = \"3s\"\n\
+         [metrics]\nenabled = false\n[[upstream]]\naddress = \"{upstream}\"\n"
+    )
+}
+
+/// Makes io_uring_setup fail with EPERM in the child, like Docker's default profile.
+fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe prctl calls on data that lives on its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            const NR_IO_URING_SETUP: u32 = 425;
+            let filter = [
+                // A = syscall number
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == io_uring_setup fall through, else skip one
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: NR_IO_URING_SETUP,
+                },
+                // return ERRNO(EPERM)
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x0005_0000 | libc::EPERM as u32,
+                },
+                // return ALLOW
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A running binary whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn listen_addr(line: &str) -> SocketAddr {
+        let start = line.find("listen=[").expect("listen in startup line") + "listen=[".len();
+        let end = line[start..].find(']').unwrap() + start;
+        line[start..end]
+            .split(',')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn auto_falls_back_to_epoll_when_io_uring_setup_is_refused() {
+    let up = SimUpstream::start(Behavior::default());
+    let path = write_config("fallback", &loopback_config(up.addr, "auto"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    deny_io_uring(&mut cmd);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("running");
+    assert!(line.contains("io backend epoll"), "{line}");
+    assert!(
+        line.contains("io_uring_setup failed"),
+        "the reason is logged: {line}"
+    );
+    let addr = Running::listen_addr(&line);
+    let r = udp_query(addr, &query(1, "fallback.example.", RecordType::A, None));
+    assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    assert!(run.terminate().success());
+}
+
+#[test]
+fn uring_required_but_refused_is_a_clear_startup_error() {
+    let up = SimUpstream::start(Behavior::default());
+    let path = write_config("uring-refused", &loopback_config(up.addr, "uring"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    deny_io_uring(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring is unavailable"), "{err}");
+}
+
+#[test]
+fn auto_uses_io_uring_when_available_and_sigterm_lets_in_flight_queries_finish() {
+    let up = SimUpstream::start(Behavior {
+        delay: Duration::from_millis(700),
+        ..Behavior::default()
+    });
+    let path = write_config("sigterm", &loopback_config(up.addr, "auto"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("running");
+    if !line.contains("io backend uring") {
+        eprintln!("io_uring unavailable on this kernel, only the shutdown part ran: {line}");
+    }
+    let addr = Running::listen_addr(&line);
+    // A slow query is in flight when SIGTERM arrives: it still gets its answer.
+    let client = std::thread::spawn(move || {
+        udp_query(addr, &query(5, "slow.example.", RecordType::A, None))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let status = run.terminate();
+    let reply = client.join().unwrap();
+    assert_eq!(a_records(&reply), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    assert!(status.success(), "{status:?}");
+    run.wait_for("stopped");
+}
+
+#[test]
+fn check_names_the_bad_key_and_print_config_round_trips() {
+    let bad = write_config(
+        "bad",
+        "[[upstream]]\naddress = \"127.0.0.1:53\"\n[tiers]\nbatch_sise = 2\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batch_sise"), "{err}");
+
+    let bad = write_config(
+        "bad2",
+        "[[upstream]]\naddress = \"127.0.0.1:53\"\n[limits]\ntcp_pipeline = 0\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.tcp_pipeline"));
+
+    let out = Command::new(BIN).arg("--print-config").output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("1.1.1.1:53") && printed.contains("active_tier_size = 2"),
+        "{printed}"
+    );
+    let path = write_config("printed", &printed);
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,278 @@
+//! The resolver core end to end on loopback: forwarding over UDP and TCP on both io
+//! backends, caching, case and ID echo, truncation, TCP fallback upstream, failover,
+//! SERVFAIL with EDE, malformed input.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+fn backends() -> Vec<&'static str> {
+    vec!["epoll", "uring"]
+}
+
+#[test]
+fn forwards_over_udp_and_tcp_on_both_backends_and_caches() {
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(config(&[up.addr], io, ""));
+        assert_eq!(server.backend, io);
+        let addr = server.local_addrs[0];
+
+        let reply = udp_query(
+            addr,
+            &query(0x1234, "WwW.ExAmple.COM.", RecordType::A, Some(1232)),
+        );
+        assert_eq!(reply.metadata.id, 0x1234, "{io}: ID echoed");
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a_records(&reply), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
+        assert_eq!(
+            reply.queries[0].name().to_ascii(),
+            "WwW.ExAmple.COM.",
+            "{io}: question case echoed"
+        );
+        assert_eq!(up.queries(), 1);
+
+        // A hit: same answer, other case, no new upstream query; TTL aged, not grown.
+        let hit = udp_query(addr, &query(7, "www.example.com.", RecordType::A, None));
+        assert_eq!(hit.metadata.id, 7);
+        assert_eq!(a_records(&hit), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(hit.queries[0].name().to_ascii(), "www.example.com.");
+        assert!(hit.answers[0].ttl <= 300);
+        assert!(hit.edns.is_none(), "{io}: no OPT to a client without EDNS");
+        assert_eq!(up.queries(), 1, "{io}: served from cache");
+
+        // TCP: a miss then a hit.
+        let t = tcp_query(addr, &query(99, "tcp.example.com.", RecordType::A, None));
+        assert_eq!((t.metadata.id, a_records(&t).len()), (99, 1));
+        let t = tcp_query(addr, &query(100, "TCP.example.com.", RecordType::A, None));
+        assert_eq!(t.queries[0].name().to_ascii(), "TCP.example.com.");
+        assert_eq!(up.queries(), 2);
+
+        // NXDOMAIN and NODATA pass through.
+        let nx = udp_query(addr, &query(5, "nx.example.com.", RecordType::A, None));
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        let nodata = udp_query(addr, &query(6, "www.example.com.", RecordType::AAAA, None));
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        server.shutdown();
+    }
+}
+
+#[test]
+fn upstream_queries_are_well_formed() {
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(config(&[up.addr], "epoll", ""));
+    let mut q = query(1, "Mixed.Case.example.", RecordType::A, None);
+    q.metadata.checking_disabled = true;
+    udp_query(server.local_addrs[0], &q);
+    let sent = Message::from_vec(&up.last_query.lock().unwrap()).unwrap();
+    assert_eq!(sent.queries[0].name().to_ascii(), "mixed.case.example.");
+    assert!(sent.metadata.recursion_desired && sent.metadata.checking_disabled);
+    assert_eq!(sent.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    assert_ne!(sent.metadata.id, 1, "upstream IDs are our own");
+    server.shutdown();
+}
+
+#[test]
+fn tcp_connection_carries_pipelined_queries() {
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(config(&[up.addr], "uring", ""));
+    let mut s = TcpStream::connect(server.local_addrs[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5u16 {
+        let m = query(1000 + i, &format!("p{i}.example."), RecordType::A, None);
+        write_frame(&mut s, &m.bytes()).unwrap();
+        ids.push(1000 + i);
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
+        assert_eq!(a_records(&m).len(), 1);
+        got.push(m.metadata.id);
+    }
+    got.sort();
+    assert_eq!(got, ids);
+    server.shutdown();
+}
+
+#[test]
+fn large_answers_truncate_for_small_udp_clients() {
+    let addrs: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
+    let up = SimUpstream::start(Behavior {
+        addrs: addrs.clone(),
+        ..Behavior::default()
+    });
+    let server = start(config(&[up.addr], "epoll", ""));
+    let addr = server.local_addrs[0];
+    // 60 A records: about 1 KB, more than 512.
+    let plain = udp_query(addr, &query(1, "big.example.", RecordType::A, None));
+    assert!(plain.metadata.truncation, "TC=1 without EDNS");
+    assert!(plain.answers.is_empty());
+    let raw = udp_raw(
+        addr,
+        &query(2, "big.example.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(raw.len() <= 512);
+    let edns = udp_query(addr, &query(3, "big.example.", RecordType::A, Some(1232)));
+    assert!(!edns.metadata.truncation);
+    assert_eq!(a_records(&edns), addrs);
+    let tcp = tcp_query(addr, &query(4, "big.example.", RecordType::A, None));
+    assert_eq!(a_records(&tcp), addrs);
+    server.shutdown();
+}
+
+#[test]
+fn truncated_upstream_answers_are_retried_over_tcp() {
+    for io in backends() {
+        let up = SimUpstream::start(Behavior {
+            truncate_udp: true,
+            ..Behavior::default()
+        });
+        let server = start(config(&[up.addr], io, ""));
+        let r = udp_query(
+            server.local_addrs[0],
+            &query(9, "tc.example.", RecordType::A, Some(1232)),
+        );
+        assert!(!r.metadata.truncation);
+        assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
+        assert_eq!(up.tcp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The TCP connection is reused for the next truncated answer.
+        udp_query(
+            server.local_addrs[0],
+            &query(10, "tc2.example.", RecordType::A, Some(1232)),
+        );
+        assert_eq!(up.tcp_queries.load(std::sync::atomic::Ordering::SeqCst), 2);
+        server.shutdown();
+    }
+}
+
+#[test]
+fn fails_over_to_the_next_upstream_and_servfails_with_ede_when_all_fail() {
+    let bad = SimUpstream::start(Behavior {
+        rcode: ResponseCode::ServFail,
+        ..Behavior::default()
+    });
+    let good = SimUpstream::start(Behavior {
+        addrs: vec![Ipv4Addr::new(203, 0, 113, 7)],
+        ..Behavior::default()
+    });
+    let server = start(config(
+        &[bad.addr, good.addr],
+        "epoll",
+        "strategy = \"sequential\"\n",
+    ));
+    let addr = server.local_addrs[0];
+    let r = udp_query(addr, &query(1, "f.example.", RecordType::A, None));
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&r), vec![Ipv4Addr::new(203, 0, 113, 7)]);
+
+    good.set(|b| b.rcode = ResponseCode::Refused);
+    let r = udp_query(addr, &query(2, "g.example.", RecordType::A, Some(1232)));
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    let ede = r.edns.as_ref().and_then(|e| {
+        e.options()
+            .as_ref()
+            .iter()
+            .find(|(code, _)| u16::from(*code) == 15)
+            .map(|(_, o)| o.clone())
+    });
+    assert!(
+        ede.is_some(),
+        "SERVFAIL carries an Extended DNS Error: {r:?}"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn malformed_input_gets_formerr_or_is_dropped_and_serving_continues() {
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(config(&[up.addr], "uring", ""));
+    let addr = server.local_addrs[0];
+    let wait = Duration::from_millis(300);
+    // Too short for a header: dropped.
+    assert_eq!(udp_raw(addr, b"\x12\x34\x01", wait), None);
+    // A response: dropped.
+    let mut resp = query(3, "x.example.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    resp[2] |= 0x80;
+    assert_eq!(udp_raw(addr, &resp, wait), None);
+    // QDCOUNT = 2: FORMERR with the ID echoed.
+    let mut two = query(0x4242, "x.example.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    two[5] = 2;
+    let r = Message::from_vec(&udp_raw(addr, &two, wait).unwrap()).unwrap();
+    assert_eq!(
+        (r.metadata.id, r.metadata.response_code),
+        (0x4242, ResponseCode::FormErr)
+    );
+    // Broken question: FORMERR.
+    let mut broken = query(0x4343, "x.example.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    broken.truncate(16);
+    let r = Message::from_vec(&udp_raw(addr, &broken, wait).unwrap()).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    // Opcode NOTIFY: NOTIMP.
+    let mut notify = query(0x4444, "x.example.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    notify[2] = (notify[2] & 0x87) | (4 << 3);
+    let r = Message::from_vec(&udp_raw(addr, &notify, wait).unwrap()).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+    // Random junk of every length up to 64: never a crash.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for len in 0..64 {
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = udp_raw(addr, &junk, Duration::from_millis(20));
+    }
+    // Junk over TCP: a zero-length frame, then a frame of garbage.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write_frame(&mut s, b"\x00\x01\x02").unwrap();
+    // Still serving.
+    let r = udp_query(addr, &query(77, "after.example.", RecordType::A, None));
+    assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    let r = tcp_query(addr, &query(78, "after2.example.", RecordType::A, None));
+    assert_eq!(r.metadata.id, 78);
+    server.shutdown();
+}
+
+#[test]
+fn replies_only_from_the_upstream_with_the_right_id_and_question_are_accepted() {
+    // A silent upstream: the server never gets an answer; a spoofed reply sent to
+    // the server's client port is a response and is dropped, the client gets
+    // SERVFAIL after the upstream timeout, not the spoofed data.
+    let up = SimUpstream::start(Behavior {
+        silent: true,
+        ..Behavior::default()
+    });
+    let server = start(config(
+        &[up.addr],
+        "epoll",
+        "[limits]\nupstream_timeout = \"300ms\"\n[tiers]\ntotal_collect_timeout = \"1s\"\n",
+    ));
+    let r = udp_query(
+        server.local_addrs[0],
+        &query(1, "s.example.", RecordType::A, None),
+    );
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    server.shutdown();
+}

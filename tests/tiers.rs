@@ -1,0 +1,152 @@
+//! The staggered engine end to end: five simulated upstreams with different
+//! latencies and address sets behind a real server on loopback.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn fleet() -> Vec<SimUpstream> {
+    // Latencies 20, 60, 100, 140, 180 ms; each its own two addresses.
+    (0..5u8)
+        .map(|i| {
+            SimUpstream::start(Behavior {
+                delay: Duration::from_millis(20 + 40 * u64::from(i)),
+                addrs: vec![Ipv4Addr::new(10, 0, i, 1), Ipv4Addr::new(10, 0, i, 2)],
+                ..Behavior::default()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn first_answer_comes_at_the_fastest_latency_and_the_cache_gets_the_union() {
+    let ups = fleet();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(&addrs, "uring", ""));
+    let addr = server.local_addrs[0];
+
+    let t = Instant::now();
+    let first = udp_query(addr, &query(1, "merge.example.", RecordType::A, Some(1232)));
+    let took = t.elapsed();
+    // With no health data yet, the active tier is the first two configured; the
+    // fastest of them (20 ms) answers.
+    assert_eq!(
+        a_records(&first),
+        vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]
+    );
+    assert!(
+        took < Duration::from_millis(55),
+        "answered at the fastest latency, took {took:?}"
+    );
+
+    // Background completion asks the rest (stagger starts on the first answer) and
+    // merges every address into the cache.
+    std::thread::sleep(Duration::from_millis(600));
+    let merged = udp_query(addr, &query(2, "merge.example.", RecordType::A, Some(1232)));
+    let mut want: Vec<Ipv4Addr> = (0..5u8)
+        .flat_map(|i| [Ipv4Addr::new(10, 0, i, 1), Ipv4Addr::new(10, 0, i, 2)])
+        .collect();
+    want.sort();
+    assert_eq!(a_records(&merged), want);
+    for u in &ups {
+        assert_eq!(
+            u.udp_queries.load(Ordering::SeqCst),
+            1,
+            "each upstream asked once per flight"
+        );
+    }
+    server.shutdown();
+}
+
+#[test]
+fn complete_false_is_plain_hedging() {
+    let ups = fleet();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(&addrs, "epoll", "[tiers]\ncomplete = false\n"));
+    let r = udp_query(
+        server.local_addrs[0],
+        &query(1, "hedge.example.", RecordType::A, None),
+    );
+    assert_eq!(a_records(&r).len(), 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let asked: Vec<usize> = ups.iter().map(|u| u.queries()).collect();
+    assert_eq!(
+        asked,
+        vec![1, 1, 0, 0, 0],
+        "nothing sent after the first answer"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn stagger_starts_at_once_when_the_active_tier_fails() {
+    let ups = fleet();
+    for u in &ups[..2] {
+        u.set(|b| b.rcode = ResponseCode::ServFail);
+    }
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(
+        &addrs,
+        "epoll",
+        "[tiers]\nfallback_timeout = \"2s\"\n",
+    ));
+    let t = Instant::now();
+    let r = udp_query(
+        server.local_addrs[0],
+        &query(1, "failfast.example.", RecordType::A, None),
+    );
+    let took = t.elapsed();
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    // Active tier fails after 60 ms at most; the first stagger batch (100 and 140 ms)
+    // answers at about 160 ms: far below the 2 s fallback timeout.
+    assert!(
+        took < Duration::from_millis(800),
+        "did not wait out the fallback timer: {took:?}"
+    );
+    assert_eq!(
+        a_records(&r),
+        vec![Ipv4Addr::new(10, 0, 2, 1), Ipv4Addr::new(10, 0, 2, 2)]
+    );
+    server.shutdown();
+}
+
+#[test]
+fn identical_concurrent_queries_over_all_shards_make_one_flight() {
+    let up = SimUpstream::start(Behavior {
+        delay: Duration::from_millis(300),
+        ..Behavior::default()
+    });
+    let server = start(config(
+        &[up.addr],
+        "uring",
+        "[tiers]\nactive_tier_size = 1\n",
+    ));
+    let addr = server.local_addrs[0];
+    let clients: Vec<_> = (0..100u16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                // Every client its own socket (source port), so SO_REUSEPORT spreads
+                // them over both shards; its own letter case too.
+                let name = if i % 2 == 0 {
+                    "Hot.Example."
+                } else {
+                    "hot.example."
+                };
+                let r = udp_query(addr, &query(i, name, RecordType::A, None));
+                assert_eq!(r.metadata.id, i);
+                assert_eq!(r.queries[0].name().to_ascii(), name);
+                a_records(&r)
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    }
+    assert_eq!(up.queries(), 1, "one flight for 100 identical queries");
+    server.shutdown();
+}
