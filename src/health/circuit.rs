@@ -21,6 +21,7 @@
 //! while open (a late answer to a query sent before) changes nothing.
 
 use super::{CircuitState, HealthParams};
+use crate::tiers::after;
 use crate::tiers::FailKind;
 use std::time::{Duration, Instant};
 
@@ -103,7 +104,7 @@ impl Circuit {
     fn open(&mut self, backoff: Duration, now: Instant) {
         self.state = CircuitState::Open;
         self.backoff = backoff;
-        self.retry_at = Some(now + backoff);
+        self.retry_at = Some(after(now, backoff));
         self.half_open_successes = 0;
         self.slot_taken = false;
     }
@@ -130,7 +131,7 @@ impl Circuit {
 
     fn take_slot(&mut self, now: Instant) {
         self.slot_taken = true;
-        self.retry_at = Some(now + self.backoff);
+        self.retry_at = Some(after(now, self.backoff));
     }
 
     /// The current backoff interval.

@@ -1,8 +1,8 @@
 //! Upstream health: RTT estimates, circuit breakers, and the tier order they give.
 //!
 //! This module owns, per upstream: a smoothed RTT with its variance and a ring of
-//! recent samples ([`rtt`]), a recent-failure rate, and a circuit breaker
-//! ([`circuit`]). From these [`HealthTracker::order`] ranks the candidates of a
+//! recent samples (module `rtt`), a recent-failure rate, and a circuit breaker
+//! (module `circuit`). From these [`HealthTracker::order`] ranks the candidates of a
 //! flight, as DESIGN.md "The staggered tiers" step 1 asks:
 //!
 //! 1. circuit state: closed and degraded first, then half-open; open circuits are
@@ -467,6 +467,19 @@ mod tests {
             let before = now + h.backoff(0).unwrap() - MS;
             assert_eq!(order(&mut h, &[0, 1], before), vec![1]);
         }
+    }
+
+    #[test]
+    fn absurd_backoff_does_not_overflow() {
+        let t0 = Instant::now();
+        let params = HealthParams {
+            backoff_initial: Duration::MAX,
+            backoff_max: Duration::MAX,
+            ..HealthParams::default()
+        };
+        let mut h = HealthTracker::new(params, &[0, 0]);
+        fail(&mut h, 0, 5, t0);
+        assert_eq!(order(&mut h, &[0, 1], t0 + SEC), vec![1]);
     }
 
     #[test]

@@ -562,8 +562,13 @@ mod tests {
             state ^= state << 17;
             let pos = i % g.len();
             g[pos] = (state >> 24) as u8;
-            let _ = merge(&[&g, &more]);
-            let _ = merge(&[&more, &g, &g]);
+            // Whatever comes out must itself be a readable message.
+            for out in [merge(&[&g, &more]), merge(&[&more, &g, &g])]
+                .into_iter()
+                .flatten()
+            {
+                assert!(Message::from_vec(&out.wire).is_ok());
+            }
         }
     }
 }

@@ -97,6 +97,7 @@ mod strategy;
 
 pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES};
 pub use params::{FallbackTimeout, TierParams};
+pub(crate) use plan::after;
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
 pub use strategy::StrategyKind;
 

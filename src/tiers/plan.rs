@@ -20,6 +20,15 @@ use rand::SeedableRng;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
+/// Longest timer a plan sets: absurd configured durations are clamped to this, so
+/// that `Instant` arithmetic cannot overflow.
+pub(crate) const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+/// `now + d`, with `d` clamped to [`MAX_TIMER`].
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
+}
+
 /// The upstreams to send one query each to, in this order.
 pub type SendList = SmallVec<[UpstreamIdx; 4]>;
 
@@ -136,7 +145,7 @@ impl Plan {
         let active = plan.first_send;
         let mut active_ups: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
         active_ups.extend(plan.entries.iter().take(active).map(|e| e.up));
-        plan.hedge_at = now + params.hedge_after(&active_ups, health);
+        plan.hedge_at = after(now, params.hedge_after(&active_ups, health));
         for e in &mut plan.entries {
             e.attempt = params.attempt_timeout_for(e.up, health);
         }
@@ -173,8 +182,8 @@ impl Plan {
             batch_size: params.batch_size.max(1),
             stagger_delay: params.stagger_delay,
             first_send,
-            hedge_at: now + hedge_after,
-            deadline: now + params.total_collect_timeout,
+            hedge_at: after(now, hedge_after),
+            deadline: after(now, params.total_collect_timeout),
             entries,
             next_idx: 0,
             in_flight: 0,
@@ -325,7 +334,7 @@ impl Plan {
             e.slot = Slot::InFlight;
             out.push(e.up);
             if self.kind.is_serial() {
-                self.attempt_deadline = Some(now + e.attempt);
+                self.attempt_deadline = Some(after(now, e.attempt));
             }
         }
         self.next_idx = end;
@@ -333,7 +342,7 @@ impl Plan {
         self.stats.launched += out.len();
         self.stats.peak_in_flight = self.stats.peak_in_flight.max(self.in_flight);
         if self.next_batch_at.is_some() {
-            self.next_batch_at = Some(now + self.stagger_delay);
+            self.next_batch_at = Some(after(now, self.stagger_delay));
         }
         out
     }
@@ -390,6 +399,32 @@ mod tests {
                 other => return (sent, other),
             }
         }
+    }
+
+    #[test]
+    fn absurd_durations_do_not_overflow() {
+        let t0 = Instant::now();
+        let p = TierParams {
+            total_collect_timeout: Duration::MAX,
+            stagger_delay: Duration::MAX,
+            attempt_timeout: Duration::MAX,
+            ..params()
+        };
+        let mut plan = Plan::with_hedge(
+            StrategyKind::Staggered,
+            &p,
+            &[0, 1, 2],
+            Duration::MAX,
+            t0,
+            0,
+        );
+        assert_eq!(plan.next(t0), sends(&[0, 1]));
+        assert_eq!(plan.next(t0), Action::Wait(t0 + MAX_TIMER));
+        assert_eq!(plan.deadline(), t0 + MAX_TIMER);
+        let mut plan =
+            Plan::with_hedge(StrategyKind::Sequential, &p, &[0, 1], Duration::MAX, t0, 0);
+        assert_eq!(plan.next(t0), sends(&[0]));
+        assert_eq!(plan.next(t0), Action::Wait(t0 + MAX_TIMER));
     }
 
     #[test]
