@@ -7,6 +7,8 @@
 use ahash::RandomState;
 use std::sync::OnceLock;
 
+use crate::wire::reader::QueryView;
+
 /// Borrowed key, built from a parsed query without allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyRef<'a> {
@@ -42,7 +44,19 @@ pub(super) fn hash_parts(qname_lower: &[u8], qtype: u16, qclass: u16, flags: u8)
     state().hash_one((qname_lower, qtype, qclass, flags & KEY_MASK))
 }
 
-impl KeyRef<'_> {
+impl<'a> KeyRef<'a> {
+    /// The key of a parsed client query: its lowercased name, QTYPE, QCLASS, and the
+    /// DO (from its EDNS) and CD (header) bits. Borrows the view; no allocation.
+    pub fn from_query(q: &'a QueryView<'_>) -> Self {
+        Self {
+            qname_lower: q.qname_lower(),
+            qtype: q.qtype,
+            qclass: q.qclass,
+            dnssec_ok: q.dnssec_ok(),
+            checking_disabled: q.header.cd(),
+        }
+    }
+
     /// The DO and CD bits as entry key flags.
     pub(super) fn flags(&self) -> u8 {
         (if self.dnssec_ok { KEY_DO } else { 0 })
@@ -59,6 +73,21 @@ impl KeyRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_query_takes_do_and_cd() {
+        // ID 1, RD+CD, one question WwW.Example. A IN, an OPT with DO.
+        let mut q = b"\x00\x01\x01\x10\x00\x01\x00\x00\x00\x00\x00\x01".to_vec();
+        q.extend_from_slice(b"\x03WwW\x07Example\x00\x00\x01\x00\x01");
+        q.extend_from_slice(b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00");
+        let view = QueryView::parse(&q).unwrap();
+        let k = KeyRef::from_query(&view);
+        assert_eq!(k.qname_lower, b"\x03www\x07example\x00");
+        assert_eq!(
+            (k.qtype, k.qclass, k.dnssec_ok, k.checking_disabled),
+            (1, 1, true, true)
+        );
+    }
 
     #[test]
     fn every_part_changes_the_hash() {
