@@ -157,4 +157,120 @@ mod tests {
         assert_eq!(name_eq_lower(msg, 0, b"\x03foo\x00"), Ok(true));
         assert_eq!(name_eq_lower(msg, 0, b"\x03fop\x00"), Ok(false));
     }
+
+    /// A name of exactly `total` bytes in wire form, labels of 'X'.
+    fn name_of_len(total: usize) -> Vec<u8> {
+        let mut name = Vec::new();
+        let mut left = total - 1; // the root label
+        while left > 0 {
+            let label = (left - 1).min(63);
+            name.push(label as u8);
+            name.extend(std::iter::repeat_n(b'X', label));
+            left -= 1 + label;
+        }
+        name.push(0);
+        assert_eq!(name.len(), total);
+        name
+    }
+
+    #[test]
+    fn longest_name_is_accepted_by_skip_and_read() {
+        let name = name_of_len(MAX_NAME_LEN);
+        let mut out = [0u8; MAX_NAME_LEN];
+        assert_eq!(skip_name(&name, 0), Ok(MAX_NAME_LEN));
+        assert_eq!(
+            read_name_lower(&name, 0, &mut out),
+            Ok((MAX_NAME_LEN, MAX_NAME_LEN))
+        );
+        assert!(out[1..64].iter().all(|&b| b == b'x'));
+        assert_eq!(name_eq_lower(&name, 0, &out), Ok(true));
+    }
+
+    #[test]
+    fn pointer_chain_is_capped_at_max_hops() {
+        // "\x01a\x00" at 0, then pointers each pointing at the previous one.
+        let mut msg = b"\x01a\x00".to_vec();
+        let mut prev = 0usize;
+        let mut starts = Vec::new();
+        for _ in 0..=MAX_POINTER_HOPS {
+            let here = msg.len();
+            msg.extend_from_slice(&[0xC0 | (prev >> 8) as u8, prev as u8]);
+            starts.push(here);
+            prev = here;
+        }
+        let mut out = [0u8; MAX_NAME_LEN];
+        // starting at the 16th pointer: 16 hops, allowed
+        let ok_start = starts[MAX_POINTER_HOPS - 1];
+        assert_eq!(
+            read_name_lower(&msg, ok_start, &mut out),
+            Ok((3, ok_start + 2))
+        );
+        assert_eq!(&out[..3], b"\x01a\x00");
+        // starting at the 17th: one hop too many
+        let bad_start = starts[MAX_POINTER_HOPS];
+        assert_eq!(
+            read_name_lower(&msg, bad_start, &mut out),
+            Err(WireError::BadPointer)
+        );
+        // skip_name does not follow pointers at all
+        assert_eq!(skip_name(&msg, bad_start), Ok(bad_start + 2));
+    }
+
+    #[test]
+    fn decompressed_length_is_capped() {
+        // 200-byte name at 0, then "\x3f" + 63 bytes + pointer to 0: 264 bytes expanded
+        let mut msg = name_of_len(200);
+        let start = msg.len();
+        msg.push(63);
+        msg.extend_from_slice(&[b'y'; 63]);
+        msg.extend_from_slice(&[0xC0, 0x00]);
+        let mut out = [0u8; MAX_NAME_LEN];
+        assert_eq!(
+            read_name_lower(&msg, start, &mut out),
+            Err(WireError::NameTooLong)
+        );
+        assert_eq!(
+            name_eq_lower(&msg, start, b"\x00"),
+            Err(WireError::NameTooLong)
+        );
+        // the compressed form itself is short, so skip_name is fine with it
+        assert_eq!(skip_name(&msg, start), Ok(msg.len()));
+    }
+
+    #[test]
+    fn truncated_pointers_and_labels() {
+        let mut out = [0u8; MAX_NAME_LEN];
+        assert_eq!(skip_name(b"\x01a\xC0", 0), Err(WireError::Truncated));
+        assert_eq!(
+            read_name_lower(b"\x01a\xC0", 0, &mut out),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            read_name_lower(b"\x01a", 0, &mut out),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            read_name_lower(b"\x01a\x00", 3, &mut out),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            read_name_lower(b"\x80", 0, &mut out),
+            Err(WireError::BadLabel)
+        );
+        // a pointer into the middle of a label reads whatever is there, bounded
+        let msg = b"\x03abc\x00\xC0\x02";
+        assert_eq!(read_name_lower(msg, 5, &mut out), Err(WireError::BadLabel));
+    }
+
+    #[test]
+    fn equal_ignoring_case_needs_same_length() {
+        let msg = b"\x03FoO\x03bAr\x00\xC0\x04";
+        assert_eq!(name_eq_lower(msg, 0, b"\x03foo\x03bar\x00"), Ok(true));
+        assert_eq!(name_eq_lower(msg, 0, b"\x03foo\x00"), Ok(false));
+        assert_eq!(name_eq_lower(msg, 9, b"\x03bar\x00"), Ok(true));
+        assert_eq!(
+            name_eq_lower(b"\x03FoO", 0, b"\x03foo\x00"),
+            Err(WireError::Truncated)
+        );
+    }
 }

@@ -25,7 +25,7 @@
 //! bounded by the message size, not by the counts.
 
 use super::name::{skip_name, MAX_NAME_LEN};
-use super::{Edns, WireError, HEADER_LEN};
+use super::{Edns, ReplyTarget, WireError, HEADER_LEN, PLAIN_UDP_MAX};
 
 /// Record type of the EDNS OPT pseudo-record (RFC 6891).
 const TYPE_OPT: u16 = 41;
@@ -245,6 +245,23 @@ impl<'a> QueryView<'a> {
     pub fn dnssec_ok(&self) -> bool {
         self.edns.is_some_and(|e| e.dnssec_ok)
     }
+
+    /// What an answer to this query must be patched with: the client's ID, question
+    /// name bytes and EDNS, and the largest reply it takes: 65535 over TCP, else its
+    /// EDNS UDP size (values below 512 count as 512, RFC 6891 section 6.2.3), else 512.
+    pub fn reply_target(&self, tcp: bool) -> ReplyTarget<'a> {
+        let max_size = match (tcp, self.edns) {
+            (true, _) => usize::from(u16::MAX),
+            (false, Some(edns)) => usize::from(edns.udp_size).max(PLAIN_UDP_MAX),
+            (false, None) => PLAIN_UDP_MAX,
+        };
+        ReplyTarget {
+            id: self.header.id,
+            qname: self.qname,
+            edns: self.edns,
+            max_size,
+        }
+    }
 }
 
 /// Reads the question name at offset 12, refusing compression pointers, and writes it
@@ -432,6 +449,23 @@ pub(crate) mod tests {
         assert!(q.dnssec_ok());
         assert!(q.header.cd());
         assert_eq!(q.question_end, HEADER_LEN + NAME.len() + 4);
+    }
+
+    #[test]
+    fn reply_target_sizes() {
+        let msg = edns_query();
+        let q = QueryView::parse(&msg).unwrap();
+        let t = q.reply_target(false);
+        assert_eq!((t.id, t.qname, t.max_size), (0xBEEF, NAME, 4096));
+        assert_eq!(t.edns, q.edns);
+        assert_eq!(q.reply_target(true).max_size, 65535);
+        let plain = query(1, 0, [1, 0, 0, 0], NAME, 1, &[]);
+        let q = QueryView::parse(&plain).unwrap();
+        assert_eq!(q.reply_target(false).max_size, PLAIN_UDP_MAX);
+        assert_eq!(q.reply_target(false).edns, None);
+        let tiny = query(1, 0, [1, 0, 0, 1], NAME, 1, &opt(100, 0, &[]));
+        let q = QueryView::parse(&tiny).unwrap();
+        assert_eq!(q.reply_target(false).max_size, PLAIN_UDP_MAX);
     }
 
     #[test]
