@@ -64,6 +64,19 @@ pub fn run(config: Config) -> Result<(), RunError> {
             })?;
         metrics::describe();
     }
+    // Signal handlers first, so a SIGTERM right after startup is a clean stop.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Signals)?;
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+        )
+    };
     let shards = config.shard_count();
     let upstreams: Vec<String> = config
         .upstreams
@@ -81,20 +94,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
         handle.backend,
         handle.backend_reason
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Signals)?;
     let signal = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok::<_, std::io::Error>(tokio::select! {
+        tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-        })
+        }
     });
-    let signal = signal.map_err(RunError::Signals)?;
     tracing::info!(
         signal,
         "shutting down: no new queries, finishing in-flight ones"

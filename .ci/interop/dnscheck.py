@@ -12,8 +12,8 @@ ever talks to the loopback address it is given.
   dnscheck.py raw HOST PORT CASE      send a hand-made packet; CASE is one of
                                       qdcount2 | qdcount2-tcp | qdcount0 | notify |
                                       short | badname
-  dnscheck.py metrics URL NAME SECS   poll URL until its body has a line starting
-                                      with NAME (seconds bounded)
+  dnscheck.py metrics URL REGEX SECS  poll URL until a line of its body matches REGEX
+                                      at its start (bounded by SECS seconds)
 """
 
 import os
@@ -261,7 +261,7 @@ def metrics(url, name, secs):
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 body = r.read().decode("utf-8", "replace")
-            lines = [l for l in body.splitlines() if l.startswith(name)]
+            lines = [l for l in body.splitlines() if re.match(name, l)]
             if lines:
                 print("%d lines, e.g. %s" % (len(lines), lines[0]))
                 return True
