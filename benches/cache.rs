@@ -124,6 +124,7 @@ fn filled(cfg: CacheConfig, n: usize) -> (PacketCache, Vec<Vec<u8>>) {
 fn target<'a>(view: &'a QueryView<'_>) -> ReplyTarget<'a> {
     ReplyTarget {
         id: view.header.id,
+        flags: view.header.flags,
         qname: view.qname,
         edns: view.edns,
         max_size: view.edns.map_or(PLAIN_UDP_MAX, |e| {

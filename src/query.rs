@@ -51,17 +51,11 @@ pub(crate) fn target_of<'a>(
     transport: Transport,
     max_udp: usize,
 ) -> ReplyTarget<'a> {
-    let max_size = match (transport, q.edns) {
-        (Transport::Tcp, _) => TCP_MAX,
-        (Transport::Udp, None) => PLAIN_UDP_MAX,
-        (Transport::Udp, Some(e)) => (e.udp_size as usize).clamp(PLAIN_UDP_MAX, max_udp),
-    };
-    ReplyTarget {
-        id: q.header.id,
-        qname: q.qname,
-        edns: q.edns,
-        max_size,
+    let mut target = q.reply_target(transport == Transport::Tcp);
+    if transport == Transport::Udp {
+        target.max_size = target.max_size.min(max_udp.max(PLAIN_UDP_MAX));
     }
+    target
 }
 
 /// Rcode of a reply we produced (header low bits; BADVERS is only ever ours).

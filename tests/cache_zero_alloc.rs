@@ -118,6 +118,7 @@ fn cache_hit_path_allocates_nothing() {
     let view = QueryView::parse(&queries[0]).unwrap();
     let target = ReplyTarget {
         id: view.header.id,
+        flags: view.header.flags,
         qname: view.qname,
         edns: view.edns,
         max_size: PLAIN_UDP_MAX,
@@ -147,6 +148,7 @@ fn cache_hit_path_allocates_nothing() {
         };
         let target = ReplyTarget {
             id: view.header.id,
+            flags: view.header.flags,
             qname: view.qname,
             edns: view.edns,
             max_size,

@@ -490,6 +490,7 @@ mod tests {
     fn target(qname: &[u8]) -> ReplyTarget<'_> {
         ReplyTarget {
             id: 7,
+            flags: 0x0100,
             qname,
             edns: Some(Edns {
                 udp_size: 1232,

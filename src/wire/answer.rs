@@ -472,6 +472,7 @@ fn write_reply_inner(
     out.get_mut(..body_end)?
         .copy_from_slice(src.get(..body_end)?);
     out[..2].copy_from_slice(&target.id.to_be_bytes());
+    patch_flags(out, target);
     out.get_mut(HEADER_LEN..qname_end)?
         .copy_from_slice(target.qname);
     for &off in &layout.ttl_offsets {
@@ -505,6 +506,20 @@ fn write_reply_inner(
 }
 
 /// The TC=1 reply: header, question, and a bare OPT for an EDNS client.
+/// Header bits that belong to the client, not to the stored answer: RD and CD
+/// echoed (RFC 1035 4.1.1, RFC 4035 3.2.2); AD cleared unless the client asked for
+/// it with AD or DO (RFC 6840 5.8). `out` holds at least the header.
+fn patch_flags(out: &mut [u8], target: &ReplyTarget<'_>) {
+    const RD: u8 = 0x01;
+    const AD: u8 = 0x20;
+    const CD: u8 = 0x10;
+    let [client_hi, client_lo] = target.flags.to_be_bytes();
+    out[2] = (out[2] & !RD) | (client_hi & RD);
+    let wants_ad = client_lo & AD != 0 || target.edns.is_some_and(|e| e.dnssec_ok);
+    let ad = if wants_ad { out[3] & AD } else { 0 };
+    out[3] = (out[3] & !(AD | CD)) | ad | (client_lo & CD);
+}
+
 fn write_truncated(
     dst: &mut [u8],
     src: &[u8],
@@ -517,6 +532,7 @@ fn write_truncated(
     let out = dst.get_mut(..qend + opt_len)?;
     out.get_mut(..qend)?.copy_from_slice(src.get(..qend)?);
     out[..2].copy_from_slice(&target.id.to_be_bytes());
+    patch_flags(out, target);
     out[2] |= TC_BIT;
     out[4..6].copy_from_slice(&1u16.to_be_bytes());
     out[6..10].fill(0);
@@ -609,6 +625,7 @@ pub(crate) mod tests {
     fn target<'a>(qname: &'a [u8], edns: Option<Edns>, max_size: usize) -> ReplyTarget<'a> {
         ReplyTarget {
             id: 0xBEEF,
+            flags: 0x0100,
             qname,
             edns,
             max_size,
@@ -632,6 +649,58 @@ pub(crate) mod tests {
     }
 
     const WWW_MIXED: &[u8] = b"\x03WwW\x07ExAmPle\x03COM\x00";
+
+    #[test]
+    fn client_flags_are_echoed_and_ad_needs_ad_or_do() {
+        let mut src = response(
+            "www.example.com.",
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![a("www.example.com.", 60, 1)],
+            vec![],
+            None,
+        );
+        src[3] |= 0x20; // upstream said AD
+        let plain = target(WWW_MIXED, None, 512);
+        let (bytes, msg) = patch(&src, &ReplyTarget { flags: 0, ..plain }, TtlPatch::Age(0));
+        assert!(!msg.metadata.recursion_desired, "RD echoed from the client");
+        assert!(!msg.metadata.authentic_data, "no AD without AD or DO");
+        assert_eq!(bytes[3] & 0x10, 0);
+        let (_, msg) = patch(
+            &src,
+            &ReplyTarget {
+                flags: 0x0120,
+                ..plain
+            },
+            TtlPatch::Age(0),
+        );
+        assert!(msg.metadata.recursion_desired && msg.metadata.authentic_data);
+        let do_edns = Some(Edns {
+            dnssec_ok: true,
+            ..EDNS.unwrap()
+        });
+        let (bytes, msg) = patch(
+            &src,
+            &ReplyTarget {
+                flags: 0x0110,
+                ..target(WWW_MIXED, do_edns, 1232)
+            },
+            TtlPatch::Age(0),
+        );
+        assert!(msg.metadata.authentic_data, "DO asks for AD");
+        assert_eq!(bytes[3] & 0x10, 0x10, "CD echoed");
+        // Truncated replies get the same treatment.
+        let layout = AnswerLayout::parse(&src).unwrap();
+        let mut dst = vec![0u8; src.len() + REPLY_HEADROOM];
+        let tiny = ReplyTarget {
+            flags: 0,
+            max_size: 20,
+            ..plain
+        };
+        let n = write_reply(&mut dst, &src, &layout, &tiny, TtlPatch::Age(0));
+        assert!(n > 0 && dst[2] & 0x02 != 0, "TC set");
+        assert_eq!((dst[2] & 0x01, dst[3] & 0x20), (0, 0));
+    }
 
     fn chain() -> Vec<u8> {
         response(

@@ -70,6 +70,9 @@ pub struct Edns {
 pub struct ReplyTarget<'a> {
     /// The client's message ID, echoed.
     pub id: u16,
+    /// The client's header flags word: RD and CD are echoed; AD stays set only if
+    /// the client set AD or DO (RFC 6840 section 5.8).
+    pub flags: u16,
     /// The client's question name in wire form exactly as it sent it (its letter
     /// case), uncompressed. Same length as the stored answer's question name.
     pub qname: &'a [u8],

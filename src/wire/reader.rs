@@ -257,6 +257,7 @@ impl<'a> QueryView<'a> {
         };
         ReplyTarget {
             id: self.header.id,
+            flags: self.header.flags,
             qname: self.qname,
             edns: self.edns,
             max_size,

@@ -109,9 +109,16 @@ fn answer(query: &[u8], b: &Behavior, over_udp: bool) -> Option<Vec<u8>> {
 
 impl SimUpstream {
     pub fn start(behavior: Behavior) -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
+        // UDP picks the port; TCP must get the same one, which another process may
+        // hold: try again with a new port then.
+        let (udp, addr, tcp) = (0..50)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let addr = udp.local_addr().ok()?;
+                let tcp = TcpListener::bind(addr).ok()?;
+                Some((udp, addr, tcp))
+            })
+            .expect("a loopback port free for UDP and TCP");
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         tcp.set_nonblocking(true).unwrap();
