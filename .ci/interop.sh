@@ -16,8 +16,11 @@
 #     a ~900-byte answer: TC=1 without EDNS, whole with EDNS 1232
 #   - hand-made packets: QDCOUNT=2 (UDP and TCP) and QDCOUNT=0 -> FORMERR with the
 #     same ID; opcode NOTIFY -> NOTIMP; 3 bytes -> no reply; a question running past
-#     the end -> FORMERR or no reply; afterwards normal queries still work
-#   - /metrics has tierdns_queries_total
+#     the end -> FORMERR or no reply; a response (QR=1) -> no reply; afterwards
+#     normal queries still work
+#   - DO bit (+dnssec) queries; several queries on one TCP connection (+keepopen)
+#   - /metrics has tierdns_queries_total, and counts the upstream TCP retry the big
+#     answers needed (NSD answers them with TC=1 over UDP)
 #   - SIGTERM: tierdns exits 0 within a few seconds
 # and once: `tierdns --check` rejects unknown keys and bad values, naming them.
 #
@@ -422,6 +425,7 @@ run_backend() { # IO
     raw_check notify "opcode NOTIFY -> NOTIMP, same ID"
     raw_check short "3-byte packet -> no reply"
     raw_check badname "question running past the end -> FORMERR or no reply"
+    raw_check response "a response (QR=1) sent as a query -> no reply"
     still_serving "malformed packets"
 
     local msg

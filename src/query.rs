@@ -20,6 +20,21 @@ use crate::wire::{ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
 use std::time::Instant;
 
+/// Questions answered locally, never forwarded: zone transfers (a forwarder holds no
+/// zones: REFUSED, as Unbound does), the obsolete mailbox meta types (NOTIMP), and
+/// meta types that cannot stand in a question (FORMERR, RFC 6891 6.1.1, RFC 8945).
+fn refusal(q: &QueryView<'_>) -> Option<(ErrorRcode, Option<Ede>)> {
+    match q.qtype {
+        251 | 252 => Some((ErrorRcode::Refused, Some(Ede::NOT_SUPPORTED))),
+        253 | 254 => Some((ErrorRcode::NotImp, None)),
+        41 | 249 | 250 => Some((ErrorRcode::FormErr, None)),
+        _ => None,
+    }
+}
+
+/// What waiters get when their leader goes away without a result.
+const ABANDONED: FlightResult = FlightResult::Failed(Ede::NO_REACHABLE_AUTHORITY);
+
 /// Largest reply over TCP.
 const TCP_MAX: usize = u16::MAX as usize;
 
@@ -87,6 +102,12 @@ impl<B: Backend> Shard<B> {
             Ok(q) => q,
             Err(reject) => return self.reject(packet, reject, transport, out),
         };
+        if let Some((rcode, ede)) = refusal(&q) {
+            let reply = error_reply(&q, rcode, ede);
+            self.stats.answered(transport, rcode.code());
+            self.pool.put(out);
+            return First::Reply(reply);
+        }
         let target = target_of(&q, transport, self.max_udp());
         let mut out = sized(
             out,
@@ -166,14 +187,10 @@ impl<B: Backend> Shard<B> {
     ) -> Vec<u8> {
         let target = target_of(q, transport, self.max_udp());
         let key = key_of(q);
-        let result = match self
-            .shared
-            .flights
-            .join(flight_key(&key), FlightResult::Failed)
-        {
+        let result = match self.shared.flights.join(flight_key(&key), ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
-                rx.await.unwrap_or(FlightResult::Failed)
+                rx.await.unwrap_or(ABANDONED)
             }
             Join::Leader(leader) => self.lead(q, start, Some(leader)).await,
             Join::Full => {
@@ -198,7 +215,7 @@ impl<B: Backend> Shard<B> {
                 self.pool.put(out);
                 error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER))
             }
-            FlightResult::Failed => self.failure_reply(q, &target, transport),
+            FlightResult::Failed(ede) => self.failure_reply(q, &target, transport, ede),
         }
     }
 
@@ -209,6 +226,7 @@ impl<B: Backend> Shard<B> {
         q: &QueryView<'_>,
         target: &ReplyTarget<'_>,
         transport: Transport,
+        ede: Ede,
     ) -> Vec<u8> {
         let mut out = sized(
             self.pool.get(),
@@ -228,7 +246,7 @@ impl<B: Backend> Shard<B> {
             return out;
         }
         self.pool.put(out);
-        error_reply(q, ErrorRcode::ServFail, Some(Ede::NO_REACHABLE_AUTHORITY))
+        error_reply(q, ErrorRcode::ServFail, Some(ede))
     }
 
     /// Runs a flight until its first answer: caches it, ends the flight for its
@@ -241,10 +259,20 @@ impl<B: Backend> Shard<B> {
     ) -> FlightResult {
         let mut run = FlightRun::start(Rc::clone(self), q, start);
         let result = run.until_first().await;
-        if let FlightResult::Answer(answer) = &result {
-            self.shared
-                .cache
-                .insert(&key_of(q), &answer.wire, Instant::now(), run.version());
+        match &result {
+            FlightResult::Answer(answer) => {
+                self.shared
+                    .cache
+                    .insert(&key_of(q), &answer.wire, Instant::now(), run.version());
+            }
+            // Hold the failure briefly (RFC 9520) so a dead upstream set is not
+            // hammered; the cache keeps a stale-servable answer over it.
+            FlightResult::Failed(ede) => {
+                let servfail = error_reply(q, ErrorRcode::ServFail, Some(*ede));
+                self.shared
+                    .cache
+                    .insert(&key_of(q), &servfail, Instant::now(), run.version());
+            }
         }
         if let Some(leader) = leader {
             leader.finish(result.clone());
@@ -266,7 +294,7 @@ impl<B: Backend> Shard<B> {
             let joined = shard
                 .shared
                 .flights
-                .join(flight_key(&key_of(&q)), FlightResult::Failed);
+                .join(flight_key(&key_of(&q)), ABANDONED);
             if let Join::Leader(leader) = joined {
                 shard.stats.cache(CacheResult::Prefetch);
                 shard.lead(&q, Instant::now(), Some(leader)).await;

@@ -18,7 +18,7 @@ use crate::tiers::merge;
 use crate::tiers::{Action, FailKind, Outcome, Plan, StaggerReason, UpstreamIdx};
 use crate::upstream::{Exchange, QuestionHash};
 use crate::wire::answer::AnswerLayout;
-use crate::wire::build::{write_upstream_query, MAX_UPSTREAM_QUERY_LEN};
+use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::reader::{Header, QueryView};
 use smallvec::SmallVec;
 use std::rc::Rc;
@@ -41,8 +41,9 @@ pub struct Answer {
 pub enum FlightResult {
     /// The first good answer.
     Answer(Arc<Answer>),
-    /// No upstream gave a good answer (or the leader went away).
-    Failed,
+    /// No upstream gave a good answer (or the leader went away): why, for the
+    /// Extended DNS Error of the SERVFAIL.
+    Failed(Ede),
 }
 
 type Report = (UpstreamIdx, Result<Exchange, FailKind>);
@@ -65,6 +66,19 @@ pub(crate) struct FlightRun<B: Backend> {
     tasks: SmallVec<[JoinHandle<()>; 8]>,
     first: Option<Arc<Answer>>,
     others: Vec<Vec<u8>>,
+    /// The most telling failure so far: an upstream's error rcode beats a timeout.
+    worst: Option<FailKind>,
+}
+
+/// The Extended DNS Error that says why a flight failed.
+fn failure_ede(worst: Option<FailKind>) -> Ede {
+    match worst {
+        Some(FailKind::ServFail) => Ede::UPSTREAM_SERVFAIL,
+        Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
+        Some(FailKind::Network) => Ede::NETWORK_ERROR,
+        Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
+        Some(_) => Ede::UPSTREAM_ERROR,
+    }
 }
 
 /// How an upstream reply counts for the tiers.
@@ -116,6 +130,7 @@ impl<B: Backend> FlightRun<B> {
             tasks: SmallVec::new(),
             first: None,
             others: Vec::new(),
+            worst: None,
             shard,
         }
     }
@@ -195,6 +210,14 @@ impl<B: Backend> FlightRun<B> {
                     });
                 }
                 self.plan.on_result(up, Outcome::Failed(kind), now);
+                let rank = |k: FailKind| match k {
+                    FailKind::Timeout => 0,
+                    FailKind::Network => 1,
+                    _ => 2,
+                };
+                if self.worst.is_none_or(|w| rank(kind) >= rank(w)) {
+                    self.worst = Some(kind);
+                }
                 None
             }
         }
@@ -226,7 +249,7 @@ impl<B: Backend> FlightRun<B> {
             match self.step().await {
                 (_, Some(answer)) => return FlightResult::Answer(answer),
                 (true, None) => {}
-                (false, None) => return FlightResult::Failed,
+                (false, None) => return FlightResult::Failed(failure_ede(self.worst)),
             }
         }
     }

@@ -142,9 +142,17 @@ impl Running {
             .unwrap()
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    fn sigterm(&self) {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -216,7 +224,33 @@ fn auto_uses_io_uring_when_available_and_sigterm_lets_in_flight_queries_finish()
         udp_query(addr, &query(5, "slow.example.", RecordType::A, None))
     });
     std::thread::sleep(Duration::from_millis(200));
-    let status = run.terminate();
+    run.sigterm();
+    run.wait_for("shutting down");
+    // While the slow query finishes, the listening sockets no longer take new
+    // clients: the TCP port is free and UDP queries are refused.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "still finishing in-flight work"
+    );
+    std::net::TcpListener::bind(addr).expect("TCP listener closed at SIGTERM");
+    // New UDP queries are refused (port unreachable), not silently swallowed.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.connect(addr).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    probe
+        .send(&query(6, "late.example.", RecordType::A, None).bytes())
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let late = probe.recv(&mut buf);
+    assert_eq!(
+        late.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "no socket takes new queries after SIGTERM"
+    );
+    let status = run.wait_exit();
     let reply = client.join().unwrap();
     assert_eq!(a_records(&reply), vec![Ipv4Addr::new(192, 0, 2, 1)]);
     assert!(status.success(), "{status:?}");

@@ -97,7 +97,12 @@ fn tcp_connection_carries_pipelined_queries() {
     }
     got.sort();
     assert_eq!(got, ids);
+    let addr = server.local_addrs[0];
+    drop(s);
     server.shutdown();
+    // Every socket of every shard is closed: the port is free again.
+    std::net::UdpSocket::bind(addr).expect("UDP port released at shutdown");
+    std::net::TcpListener::bind(addr).expect("TCP port released at shutdown");
 }
 
 #[test]
@@ -230,6 +235,19 @@ fn malformed_input_gets_formerr_or_is_dropped_and_serving_continues() {
     notify[2] = (notify[2] & 0x87) | (4 << 3);
     let r = Message::from_vec(&udp_raw(addr, &notify, wait).unwrap()).unwrap();
     assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+    // Zone transfers are refused locally, never forwarded.
+    let before = up.queries();
+    let r = udp_query(addr, &query(0x4545, "x.example.", RecordType::AXFR, None));
+    assert_eq!(
+        (r.metadata.id, r.metadata.response_code),
+        (0x4545, ResponseCode::Refused)
+    );
+    let r = tcp_query(
+        addr,
+        &query(0x4546, "x.example.", RecordType::IXFR, Some(1232)),
+    );
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(up.queries(), before, "not forwarded");
     // Random junk of every length up to 64: never a crash.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for len in 0..64 {
@@ -274,5 +292,77 @@ fn replies_only_from_the_upstream_with_the_right_id_and_question_are_accepted() 
         &query(1, "s.example.", RecordType::A, None),
     );
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    server.shutdown();
+}
+
+#[test]
+fn serves_stale_when_upstreams_fail_and_holds_servfail_briefly() {
+    let up = SimUpstream::start(Behavior {
+        ttl: 1,
+        ..Behavior::default()
+    });
+    let server = start(config(&[up.addr], "epoll", ""));
+    let addr = server.local_addrs[0];
+    let fresh = udp_query(addr, &query(1, "stale.example.", RecordType::A, None));
+    assert_eq!(fresh.answers[0].ttl, 1);
+    up.set(|b| b.rcode = ResponseCode::ServFail);
+    std::thread::sleep(Duration::from_millis(2100));
+    // Expired, upstream failing: the stale answer with TTL 30 (RFC 8767).
+    let stale = udp_query(addr, &query(2, "stale.example.", RecordType::A, None));
+    assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&stale), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(stale.answers[0].ttl, 30);
+
+    // A name never answered: SERVFAIL, then held (RFC 9520): no new upstream query.
+    let before = up.queries();
+    let r = udp_query(addr, &query(3, "never.example.", RecordType::A, None));
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.queries(), before + 1);
+    let r = udp_query(addr, &query(4, "never.example.", RecordType::A, None));
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(r.metadata.id, 4);
+    assert_eq!(up.queries(), before + 1, "the SERVFAIL was held");
+    server.shutdown();
+}
+
+#[test]
+fn tcp_connections_are_bounded_and_idle_ones_closed() {
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(config(
+        &[up.addr],
+        "uring",
+        "[limits]\ntcp_connections = 2\ntcp_idle_timeout = \"300ms\"\n",
+    ));
+    let addr = server.local_addrs[0];
+    // shards = 2, so up to 4 connections are served in all; open 12 and count
+    // how many answer.
+    let mut conns: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut answered = 0;
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let q = query(i as u16, "bound.example.", RecordType::A, None);
+        if write_frame(s, &q.bytes()).is_ok() && read_frame(s).is_some() {
+            answered += 1;
+        }
+    }
+    assert!(
+        (1..=4).contains(&answered),
+        "answered {answered} of 12 with a bound of 2 per shard"
+    );
+    drop(conns);
+    // An idle connection is closed by the server after tcp_idle_timeout.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut idle, &mut byte).unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "closed after the idle timeout"
+    );
     server.shutdown();
 }

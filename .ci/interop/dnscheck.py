@@ -11,7 +11,7 @@ ever talks to the loopback address it is given.
                                       reason when they differ
   dnscheck.py raw HOST PORT CASE      send a hand-made packet; CASE is one of
                                       qdcount2 | qdcount2-tcp | qdcount0 | notify |
-                                      short | badname
+                                      short | badname | response
   dnscheck.py metrics URL REGEX SECS  poll URL until a line of its body matches REGEX
                                       at its start (bounded by SECS seconds)
 """
@@ -230,6 +230,9 @@ def raw_case(host, port, case):
         # QDCOUNT=1 but the question name runs past the end of the packet
         pkt = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + b"\x3fwww"
         expect, allow_drop = 1, True
+    elif case == "response":
+        # QR=1: a response, not a query; answering it invites loops between servers
+        pkt = struct.pack("!HHHHHH", ident, 0x8180, 1, 0, 0, 0) + q
     elif case == "short":
         pkt = b"\x12\x34\x01"
     else:

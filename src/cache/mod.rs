@@ -98,6 +98,9 @@ pub enum InsertOutcome {
     Replaced,
     /// Ignored: the stored entry has a newer version.
     Superseded,
+    /// Ignored: a SERVFAIL does not displace an answer that can still be served
+    /// stale (RFC 8767 wins over RFC 9520 failure caching).
+    KeptStale,
     /// Not stored.
     Rejected(Reject),
 }
@@ -109,6 +112,7 @@ impl InsertOutcome {
             Self::Inserted => "inserted",
             Self::Replaced => "replaced",
             Self::Superseded => "superseded",
+            Self::KeptStale => "kept_stale",
             Self::Rejected(Reject::Malformed(_)) => "malformed",
             Self::Rejected(Reject::Mismatch) => "mismatch",
             Self::Rejected(Reject::NotCacheable) => "not_cacheable",
@@ -363,15 +367,24 @@ impl PacketCache {
             }
         };
         let mut outcome = InsertOutcome::Inserted;
+        let stale = self.stale_nanos();
         if let Some(slot) = part.find(hash, key) {
             if part.entry(slot).is_some_and(|old| old.version > version) {
                 part.stats.superseded += 1;
                 return InsertOutcome::Superseded;
             }
+            let servable = |old: &Entry| {
+                self.cfg.serve_stale
+                    && old.flags & SERVFAIL == 0
+                    && old.age(now).saturating_sub(old.ttl_nanos()) < stale
+            };
+            if entry.flags & SERVFAIL != 0 && part.entry(slot).is_some_and(servable) {
+                part.stats.superseded += 1;
+                return InsertOutcome::KeptStale;
+            }
             part.remove(slot);
             outcome = InsertOutcome::Replaced;
         }
-        let stale = self.stale_nanos();
         part.add(hash, entry, self.share, |e: &Entry| {
             e.age(now).saturating_sub(e.ttl_nanos()) >= stale
         });
@@ -626,6 +639,45 @@ mod tests {
         assert_eq!(
             put(&c, "nx2.example.com", &bare, t0, 1),
             InsertOutcome::Rejected(Reject::NotCacheable)
+        );
+    }
+
+    #[test]
+    fn servfail_never_displaces_a_stale_servable_answer() {
+        let c = PacketCache::new(cfg());
+        let t0 = Instant::now();
+        let ok = response(
+            "st.example.",
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![a("st.example.", 10, 1)],
+            vec![],
+            None,
+        );
+        let sf = response(
+            "st.example.",
+            RecordType::A,
+            ResponseCode::ServFail,
+            vec![],
+            vec![],
+            None,
+        );
+        assert_eq!(put(&c, "st.example", &ok, t0, 1), InsertOutcome::Inserted);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            put(&c, "st.example", &sf, later, 2),
+            InsertOutcome::KeptStale
+        );
+        let lower = wire_name("st.example");
+        let mut buf = [0u8; 512];
+        assert!(c
+            .lookup_stale(&key(&lower), later, &target(&lower), &mut buf)
+            .is_some());
+        // Once the old answer is past serving stale, the SERVFAIL is held.
+        let much_later = t0 + Duration::from_secs(3 * 86_400);
+        assert_eq!(
+            put(&c, "st.example", &sf, much_later, 3),
+            InsertOutcome::Replaced
         );
     }
 

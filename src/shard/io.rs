@@ -32,6 +32,27 @@ pub(crate) trait TcpIo: 'static {
     fn read(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
     /// Writes the whole buffer.
     fn write_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<()>>;
+    /// Shuts both directions down: pending reads and writes complete at once.
+    fn shutdown(&self);
+}
+
+/// A stream that is shut down when dropped. io_uring keeps the socket open while
+/// an operation on it is in flight, and a read abandoned by a timeout stays in
+/// flight until the peer sends or closes; shutting down completes it, so the
+/// socket really closes when tierdns is done with it.
+pub(crate) struct Closing<S: TcpIo>(pub(crate) S);
+
+impl<S: TcpIo> Drop for Closing<S> {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+impl<S: TcpIo> std::ops::Deref for Closing<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0
+    }
 }
 
 /// One io backend: how sockets become async.
@@ -89,6 +110,9 @@ impl TcpIo for tokio_uring::net::TcpStream {
     }
     async fn write_all(&self, buf: Vec<u8>) -> BufResult<()> {
         Self::write_all(self, buf).await
+    }
+    fn shutdown(&self) {
+        let _ = Self::shutdown(self, std::net::Shutdown::Both);
     }
 }
 
@@ -172,6 +196,9 @@ impl TcpIo for EpollStream {
             }
         }
         (Ok(()), buf)
+    }
+    fn shutdown(&self) {
+        // Dropping the tokio stream closes it; nothing can be pending past that.
     }
 }
 

@@ -80,6 +80,24 @@ pub enum StartError {
 struct ShardSockets {
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
+    /// Duplicates of every listening socket, to shut them down at stop: an io_uring
+    /// receive or accept in flight keeps a socket open after its loop is gone, and
+    /// with SO_REUSEPORT the kernel would keep routing new clients to it.
+    closers: Vec<socket2::Socket>,
+}
+
+impl ShardSockets {
+    fn push_udp(&mut self, sock: std::net::UdpSocket) -> std::io::Result<()> {
+        self.closers.push(socket2::Socket::from(sock.try_clone()?));
+        self.udp.push(sock);
+        Ok(())
+    }
+
+    fn push_tcp(&mut self, sock: std::net::TcpListener) -> std::io::Result<()> {
+        self.closers.push(socket2::Socket::from(sock.try_clone()?));
+        self.tcp.push(sock);
+        Ok(())
+    }
 }
 
 /// A running server.
@@ -153,6 +171,7 @@ fn bind_all(
         .map(|_| ShardSockets {
             udp: Vec::new(),
             tcp: Vec::new(),
+            closers: Vec::new(),
         })
         .collect();
     for &want in &config.server.listen {
@@ -176,11 +195,16 @@ fn bind_all(
             }
         };
         resolved.push(addr);
-        per_shard[0].udp.push(udp0);
-        per_shard[0].tcp.push(tcp0);
+        let dup_err = |source| StartError::Bind {
+            addr,
+            proto: "dup",
+            source,
+        };
+        per_shard[0].push_udp(udp0).map_err(dup_err)?;
+        per_shard[0].push_tcp(tcp0).map_err(dup_err)?;
         for sockets in per_shard.iter_mut().skip(1) {
-            sockets.udp.push(bind_udp(addr)?);
-            sockets.tcp.push(bind_tcp(addr)?);
+            sockets.push_udp(bind_udp(addr)?).map_err(dup_err)?;
+            sockets.push_tcp(bind_tcp(addr)?).map_err(dup_err)?;
         }
     }
     Ok((per_shard, resolved))
@@ -344,10 +368,10 @@ async fn shard_main<B: Backend>(
     ready: Ready,
 ) {
     match build_shard::<B>(index, shared, sockets, shutdown.clone()) {
-        Ok(shard) => {
+        Ok((built, closers)) => {
             let _ = ready.send(Ok(index));
             drop(ready);
-            serve(shard).await;
+            serve(built, closers).await;
         }
         Err(reason) => {
             let _ = ready.send(Err((index, reason)));
@@ -367,7 +391,7 @@ fn build_shard<B: Backend>(
     shared: Arc<Shared>,
     sockets: ShardSockets,
     shutdown: watch::Receiver<bool>,
-) -> Result<Built<B>, String> {
+) -> Result<(Built<B>, Vec<socket2::Socket>), String> {
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
@@ -411,10 +435,10 @@ fn build_shard<B: Backend>(
         tcp_open: Cell::new(0),
         shutdown,
     });
-    Ok((shard, udp, tcp))
+    Ok(((shard, udp, tcp), sockets.closers))
 }
 
-async fn serve<B: Backend>((shard, udp, tcp): Built<B>) {
+async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::Socket>) {
     let config = &shard.shared.config;
     let receivers = config.server.udp_receivers;
     let mut tasks = Vec::new();
@@ -440,9 +464,20 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>) {
             break;
         }
     }
-    // Stop receiving: the loops see the signal and close their sockets.
+    // Stop receiving: the loops see the signal and end; shutting the sockets down
+    // completes their abandoned operations, so the sockets really close.
     for t in tasks {
         let _ = t.await;
+    }
+    for c in closers {
+        let done = if c.r#type().ok() == Some(socket2::Type::DGRAM) {
+            release_udp(&c, receivers)
+        } else {
+            c.shutdown(std::net::Shutdown::Read)
+        };
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "closing a listening socket early failed");
+        }
     }
     let deadline = Instant::now() + shard.shared.config.server.shutdown_grace;
     while (shard.in_flight.get() > 0 || shard.tcp_open.get() > 0) && Instant::now() < deadline {
@@ -451,6 +486,32 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>) {
     flusher.abort();
     shard.stats.flush(&shard.shared.upstream_labels);
     tracing::debug!(shard = shard.index, "shard stopped");
+}
+
+/// Takes a client UDP socket out of service while its abandoned receives are still in
+/// flight. Connecting it to a private peer stops the kernel from handing it client
+/// datagrams (SO_REUSEPORT sends them to the other sockets, or refuses them), and
+/// one empty datagram per receive from that peer completes the receives, which
+/// releases the socket. io_uring offers no cancellation through tokio-uring, and
+/// shutdown(2) does not complete a pending UDP receive.
+fn release_udp(sock: &socket2::Socket, receives: usize) -> std::io::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an inet socket"))?;
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let peer = std::net::UdpSocket::bind((ip, 0))?;
+    sock.connect(&peer.local_addr()?.into())?;
+    let target = SocketAddr::new(ip, local.port());
+    for _ in 0..receives {
+        peer.send_to(&[], target)?;
+    }
+    Ok(())
 }
 
 async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {

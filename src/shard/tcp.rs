@@ -2,7 +2,7 @@
 //! (pipelined, possibly out of order), an idle timeout, and a bound on connections
 //! per shard and on queries answered at once per connection.
 
-use super::io::{Backend, TcpIo};
+use super::io::{Backend, Closing, TcpIo};
 use super::Shard;
 use crate::metrics::{Drop, Transport};
 use crate::query::First;
@@ -37,13 +37,13 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
         }
         shard.tcp_open.set(shard.tcp_open.get() + 1);
         crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-        tokio::task::spawn_local(connection(Rc::clone(&shard), Rc::new(stream)));
+        tokio::task::spawn_local(connection(Rc::clone(&shard), Rc::new(Closing(stream))));
     }
 }
 
 /// Serves one connection: a reader that spawns a task per query, and a writer that
 /// sends answers as they are ready.
-async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<B::Stream>) {
+async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<Closing<B::Stream>>) {
     let limits = &shard.shared.config.limits;
     let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
@@ -63,7 +63,7 @@ async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<B::Stream>) {
         };
         let frame = tokio::select! {
             biased;
-            r = tokio::time::timeout(limits.tcp_idle_timeout, read_frame(&*stream)) => r,
+            r = tokio::time::timeout(limits.tcp_idle_timeout, read_frame(&**stream)) => r,
             _ = shutdown.changed() => break,
         };
         let query = match frame {

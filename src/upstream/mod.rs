@@ -12,7 +12,7 @@
 
 use crate::metrics::{Drop as DropReason, ShardStats};
 use crate::shard::buffers::BufferPool;
-use crate::shard::io::{Backend, TcpIo, UdpIo};
+use crate::shard::io::{Backend, Closing, TcpIo, UdpIo};
 use crate::tiers::FailKind;
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
@@ -138,7 +138,7 @@ pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
     udp: Rc<B::Udp>,
     pending: Rc<RefCell<PendingTable>>,
-    idle_tcp: RefCell<Vec<Rc<B::Stream>>>,
+    idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
     max_idle_tcp: usize,
     timeout: Duration,
 }
@@ -263,18 +263,20 @@ impl<B: Backend> UpstreamLink<B> {
         frame[2..4].copy_from_slice(&id.to_be_bytes());
         let reused = self.idle_tcp.borrow_mut().pop();
         if let Some(stream) = reused {
-            if let Ok(reply) = tcp_round(&*stream, frame.clone(), id, question).await {
+            if let Ok(reply) = tcp_round(&**stream, frame.clone(), id, question).await {
                 self.keep_idle(stream);
                 return Ok(reply);
             }
         }
-        let stream = Rc::new(B::connect(self.addr).await.map_err(|_| FailKind::Network)?);
-        let reply = tcp_round(&*stream, frame, id, question).await?;
+        let stream = Rc::new(Closing(
+            B::connect(self.addr).await.map_err(|_| FailKind::Network)?,
+        ));
+        let reply = tcp_round(&**stream, frame, id, question).await?;
         self.keep_idle(stream);
         Ok(reply)
     }
 
-    fn keep_idle(&self, stream: Rc<B::Stream>) {
+    fn keep_idle(&self, stream: Rc<Closing<B::Stream>>) {
         let mut idle = self.idle_tcp.borrow_mut();
         if idle.len() < self.max_idle_tcp {
             idle.push(stream);

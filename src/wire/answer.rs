@@ -506,18 +506,22 @@ fn write_reply_inner(
 }
 
 /// The TC=1 reply: header, question, and a bare OPT for an EDNS client.
-/// Header bits that belong to the client, not to the stored answer: RD and CD
+/// Header bits that are ours or the client's, not the stored answer's: RD and CD
 /// echoed (RFC 1035 4.1.1, RFC 4035 3.2.2); AD cleared unless the client asked for
-/// it with AD or DO (RFC 6840 5.8). `out` holds at least the header.
+/// it with AD or DO (RFC 6840 5.8); RA set (we recurse for the client) and AA
+/// cleared (we are not the authority, whatever the upstream was). `out` holds at
+/// least the header.
 fn patch_flags(out: &mut [u8], target: &ReplyTarget<'_>) {
+    const AA: u8 = 0x04;
     const RD: u8 = 0x01;
+    const RA: u8 = 0x80;
     const AD: u8 = 0x20;
     const CD: u8 = 0x10;
     let [client_hi, client_lo] = target.flags.to_be_bytes();
-    out[2] = (out[2] & !RD) | (client_hi & RD);
+    out[2] = (out[2] & !(RD | AA)) | (client_hi & RD);
     let wants_ad = client_lo & AD != 0 || target.edns.is_some_and(|e| e.dnssec_ok);
     let ad = if wants_ad { out[3] & AD } else { 0 };
-    out[3] = (out[3] & !(AD | CD)) | ad | (client_lo & CD);
+    out[3] = (out[3] & !(AD | CD)) | RA | ad | (client_lo & CD);
 }
 
 fn write_truncated(
@@ -661,10 +665,13 @@ pub(crate) mod tests {
             None,
         );
         src[3] |= 0x20; // upstream said AD
+        src[2] |= 0x04; // and AA
+        src[3] &= !0x80; // without RA
         let plain = target(WWW_MIXED, None, 512);
         let (bytes, msg) = patch(&src, &ReplyTarget { flags: 0, ..plain }, TtlPatch::Age(0));
         assert!(!msg.metadata.recursion_desired, "RD echoed from the client");
         assert!(!msg.metadata.authentic_data, "no AD without AD or DO");
+        assert!(msg.metadata.recursion_available && !msg.metadata.authoritative);
         assert_eq!(bytes[3] & 0x10, 0);
         let (_, msg) = patch(
             &src,

@@ -152,6 +152,26 @@ impl Ede {
         code: 23,
         text: "upstream network error",
     };
+    /// 0, Other: the upstreams answered, but only with errors (SERVFAIL).
+    pub const UPSTREAM_SERVFAIL: Self = Self {
+        code: 0,
+        text: "upstreams answered SERVFAIL",
+    };
+    /// 0, Other: the upstreams answered, but only with REFUSED.
+    pub const UPSTREAM_REFUSED: Self = Self {
+        code: 0,
+        text: "upstreams answered REFUSED",
+    };
+    /// 0, Other: the upstreams answered, but only with errors or malformed replies.
+    pub const UPSTREAM_ERROR: Self = Self {
+        code: 0,
+        text: "upstreams answered with errors",
+    };
+    /// 21, Not Supported: zone transfers are not forwarded.
+    pub const NOT_SUPPORTED: Self = Self {
+        code: 21,
+        text: "zone transfers are not served",
+    };
 
     /// Length of the option on the wire: code, length, INFO-CODE and text.
     pub fn wire_len(&self) -> usize {
