@@ -51,8 +51,26 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
-pub fn run(config: Config) -> Result<(), RunError> {
+fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: running on the built-in config, nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            for warning in handle.reload(config) {
+                tracing::warn!("reload: {warning}");
+            }
+            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, health");
+        }
+        Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully. With a
+/// config file, SIGHUP rereads it: a valid file is applied (see
+/// [`shard::ServerHandle::reload`]), an invalid one is logged and ignored.
+pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunError> {
     if config.metrics.enabled {
         let addr = config.metrics.listen;
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -69,12 +87,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Signals)?;
-    let (mut term, mut int) = {
+    let (mut term, mut int, mut hup) = {
         use tokio::signal::unix::{signal, SignalKind};
         let _guard = rt.enter();
         (
             signal(SignalKind::terminate()).map_err(RunError::Signals)?,
             signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+            signal(SignalKind::hangup()).map_err(RunError::Signals)?,
         )
     };
     let shards = config.shard_count();
@@ -95,9 +114,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
         handle.backend_reason
     );
     let signal = rt.block_on(async {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
+                _ = hup.recv() => reload(&handle, path),
+            }
         }
     });
     tracing::info!(

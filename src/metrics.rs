@@ -136,12 +136,27 @@ impl Samples {
 /// Per-upstream counters of one shard.
 #[derive(Debug, Default)]
 pub(crate) struct UpstreamStats {
-    pub(crate) queries: Cell<u64>,
-    pub(crate) answers: Cell<u64>,
-    pub(crate) errors: Cell<u64>,
-    pub(crate) timeouts: Cell<u64>,
-    pub(crate) tcp_retries: Cell<u64>,
-    pub(crate) rtt: Samples,
+    queries: Cell<u64>,
+    answers: Cell<u64>,
+    errors: Cell<u64>,
+    timeouts: Cell<u64>,
+    tcp_retries: Cell<u64>,
+    rtt: Samples,
+}
+
+/// Something that happened with one upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UpstreamEvent {
+    /// A query was sent.
+    Query,
+    /// A good answer came back after this round trip.
+    Answer(std::time::Duration),
+    /// A bad answer or a network error.
+    Error,
+    /// No answer in time.
+    Timeout,
+    /// A truncated answer was retried over TCP.
+    TcpRetry,
 }
 
 /// Counters of the tier engine, one shard's worth.
@@ -170,7 +185,7 @@ pub(crate) struct ShardStats {
     pub(crate) drops: [Cell<u64>; 8],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
-    pub(crate) upstreams: Vec<UpstreamStats>,
+    upstreams: RefCell<Vec<UpstreamStats>>,
     pub(crate) tiers: TierStats,
     pub(crate) tcp_connections: Cell<u64>,
 }
@@ -187,7 +202,7 @@ impl ShardStats {
             drops: Default::default(),
             latency_hit: Samples::default(),
             latency_miss: Samples::default(),
-            upstreams: (0..upstreams).map(|_| UpstreamStats::default()).collect(),
+            upstreams: RefCell::new((0..upstreams).map(|_| UpstreamStats::default()).collect()),
             tiers: TierStats::default(),
             tcp_connections: Cell::new(0),
         }
@@ -206,8 +221,27 @@ impl ShardStats {
         bump(&self.drops[i]);
     }
 
-    pub(crate) fn upstream(&self, index: usize) -> Option<&UpstreamStats> {
-        self.upstreams.get(index)
+    /// Counts an upstream event; out-of-range indices are ignored.
+    pub(crate) fn upstream(&self, index: usize, event: UpstreamEvent) {
+        let ups = self.upstreams.borrow();
+        let Some(u) = ups.get(index) else { return };
+        match event {
+            UpstreamEvent::Query => bump(&u.queries),
+            UpstreamEvent::Answer(rtt) => {
+                bump(&u.answers);
+                u.rtt.record(rtt.as_secs_f64());
+            }
+            UpstreamEvent::Error => bump(&u.errors),
+            UpstreamEvent::Timeout => bump(&u.timeouts),
+            UpstreamEvent::TcpRetry => bump(&u.tcp_retries),
+        }
+    }
+
+    /// After a reload: flushes what the old upstream list counted under its labels,
+    /// then counts afresh for `upstreams` upstreams.
+    pub(crate) fn reset_upstreams(&self, old_labels: &[String], upstreams: usize) {
+        self.flush(old_labels);
+        *self.upstreams.borrow_mut() = (0..upstreams).map(|_| UpstreamStats::default()).collect();
     }
 
     pub(crate) fn bump(c: &Cell<u64>) {
@@ -242,7 +276,7 @@ impl ShardStats {
             .drain_into(&histogram!("tierdns_client_latency_seconds", "path" => "hit"));
         self.latency_miss
             .drain_into(&histogram!("tierdns_client_latency_seconds", "path" => "miss"));
-        for (u, label) in self.upstreams.iter().zip(upstream_labels) {
+        for (u, label) in self.upstreams.borrow().iter().zip(upstream_labels) {
             let l = label.clone();
             let pairs = [
                 ("tierdns_upstream_queries_total", u.queries.take()),

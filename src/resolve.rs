@@ -11,8 +11,9 @@
 //!    and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
 use crate::cache::{InsertOutcome, KeyRef};
-use crate::metrics::ShardStats;
+use crate::metrics::{ShardStats, UpstreamEvent};
 use crate::shard::io::Backend;
+use crate::shard::upstreams::UpstreamSet;
 use crate::shard::Shard;
 use crate::tiers::merge;
 use crate::tiers::{Action, FailKind, Outcome, Plan, StaggerReason, UpstreamIdx};
@@ -51,6 +52,8 @@ type Report = (UpstreamIdx, Result<Exchange, FailKind>);
 /// One flight in progress.
 pub(crate) struct FlightRun<B: Backend> {
     shard: Rc<Shard<B>>,
+    /// The upstream set current when the flight started, kept to its end.
+    set: Rc<UpstreamSet<B>>,
     plan: Plan,
     query: Rc<[u8]>,
     question: QuestionHash,
@@ -97,7 +100,8 @@ fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
 impl<B: Backend> FlightRun<B> {
     /// Plans the flight for `q` on its route (forward zone), in health order.
     pub(crate) fn start(shard: Rc<Shard<B>>, q: &QueryView<'_>, now: Instant) -> Self {
-        let route = shard.shared.zones.route(q.qname_lower());
+        let set = Rc::clone(&shard.upstreams.borrow());
+        let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
         let plan = {
             let mut health = shard.health.borrow_mut();
@@ -131,6 +135,7 @@ impl<B: Backend> FlightRun<B> {
             first: None,
             others: Vec::new(),
             worst: None,
+            set,
             shard,
         }
     }
@@ -151,23 +156,19 @@ impl<B: Backend> FlightRun<B> {
     }
 
     fn launch(&mut self, up: UpstreamIdx) {
-        let Some(link) = self.shard.links.get(up).cloned() else {
+        let Some(link) = self.set.links.get(up).cloned() else {
             // Not a configured upstream: the plan hears it failed.
             self.plan
                 .on_result(up, Outcome::Failed(FailKind::Network), Instant::now());
             return;
         };
-        if let Some(s) = self.shard.stats.upstream(up) {
-            ShardStats::bump(&s.queries);
-        }
+        self.record(up, UpstreamEvent::Query);
         let shard = Rc::clone(&self.shard);
         let query = Rc::clone(&self.query);
         let question = self.question;
         let tx = self.tx.clone();
         self.tasks.push(tokio::task::spawn_local(async move {
-            let res = link
-                .exchange(&query, question, &shard.pool, &shard.stats)
-                .await;
+            let res = link.exchange(&query, question, &shard.pool).await;
             let _ = tx.send((up, res));
         }));
     }
@@ -176,18 +177,19 @@ impl<B: Backend> FlightRun<B> {
     /// is the flight's first good one.
     fn on_report(&mut self, (up, res): Report) -> Option<Arc<Answer>> {
         let now = Instant::now();
-        let stats = self.shard.stats.upstream(up);
+        if res.as_ref().is_ok_and(|ex| ex.over_tcp) {
+            self.record(up, UpstreamEvent::TcpRetry);
+        }
         let verdict = res.and_then(|ex| classify(&ex.reply).map(|layout| (ex, layout)));
         match verdict {
             Ok((ex, layout)) => {
-                self.shard
-                    .health
-                    .borrow_mut()
-                    .record_success(up, ex.rtt, now);
-                if let Some(s) = stats {
-                    ShardStats::bump(&s.answers);
-                    s.rtt.record(ex.rtt.as_secs_f64());
+                if self.is_current() {
+                    self.shard
+                        .health
+                        .borrow_mut()
+                        .record_success(up, ex.rtt, now);
                 }
+                self.record(up, UpstreamEvent::Answer(ex.rtt));
                 self.plan.on_result(up, Outcome::Good, now);
                 if self.first.is_none() {
                     let answer = Arc::new(Answer {
@@ -201,14 +203,17 @@ impl<B: Backend> FlightRun<B> {
                 None
             }
             Err(kind) => {
-                self.shard.health.borrow_mut().record_failure(up, kind, now);
-                if let Some(s) = stats {
-                    ShardStats::bump(if kind == FailKind::Timeout {
-                        &s.timeouts
-                    } else {
-                        &s.errors
-                    });
+                if self.is_current() {
+                    self.shard.health.borrow_mut().record_failure(up, kind, now);
                 }
+                self.record(
+                    up,
+                    if kind == FailKind::Timeout {
+                        UpstreamEvent::Timeout
+                    } else {
+                        UpstreamEvent::Error
+                    },
+                );
                 self.plan.on_result(up, Outcome::Failed(kind), now);
                 let rank = |k: FailKind| match k {
                     FailKind::Timeout => 0,
@@ -220,6 +225,18 @@ impl<B: Backend> FlightRun<B> {
                 }
                 None
             }
+        }
+    }
+
+    /// Whether this flight's upstream indices still mean what the shard's health
+    /// and counters mean by them (no reload since the flight started).
+    fn is_current(&self) -> bool {
+        self.shard.upstreams.borrow().generation == self.set.generation
+    }
+
+    fn record(&self, up: UpstreamIdx, event: UpstreamEvent) {
+        if self.is_current() {
+            self.shard.stats.upstream(up, event);
         }
     }
 

@@ -309,3 +309,42 @@ fn check_names_the_bad_key_and_print_config_round_trips() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn sighup_reloads_a_valid_file_and_refuses_a_broken_one() {
+    let a = SimUpstream::start(Behavior {
+        addrs: vec![Ipv4Addr::new(198, 51, 100, 1)],
+        ..Behavior::default()
+    });
+    let b = SimUpstream::start(Behavior {
+        addrs: vec![Ipv4Addr::new(198, 51, 100, 2)],
+        ..Behavior::default()
+    });
+    let path = write_config("sighup", &loopback_config(a.addr, "auto"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let addr = Running::listen_addr(&run.wait_for("running"));
+    let hup = |run: &Running| {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
+    };
+    std::fs::write(&path, "[[upstream]]\nadress = \"127.0.0.1:53\"\n").unwrap();
+    hup(&run);
+    let line = run.wait_for("reload refused");
+    assert!(line.contains("adress"), "{line}");
+    let r = udp_query(addr, &query(1, "one.example.", RecordType::A, None));
+    assert_eq!(
+        a_records(&r),
+        vec![Ipv4Addr::new(198, 51, 100, 1)],
+        "still serving"
+    );
+
+    std::fs::write(&path, loopback_config(b.addr, "auto")).unwrap();
+    hup(&run);
+    run.wait_for("reloaded");
+    std::thread::sleep(Duration::from_millis(50));
+    let r = udp_query(addr, &query(2, "two.example.", RecordType::A, None));
+    assert_eq!(a_records(&r), vec![Ipv4Addr::new(198, 51, 100, 2)]);
+    assert!(run.terminate().success());
+}

@@ -225,3 +225,29 @@ impl Backend for Epoll {
         Ok(EpollStream(s))
     }
 }
+
+/// Takes a UDP socket out of service while `receives` abandoned receives on it are
+/// still in flight. Connecting it to a private peer stops the kernel from handing it client
+/// datagrams (SO_REUSEPORT sends them to the other sockets, or refuses them), and
+/// one empty datagram per receive from that peer completes the receives, which
+/// releases the socket. io_uring offers no cancellation through tokio-uring, and
+/// shutdown(2) does not complete a pending UDP receive.
+pub(crate) fn release_udp(sock: &socket2::Socket, receives: usize) -> io::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an inet socket"))?;
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let peer = std::net::UdpSocket::bind((ip, 0))?;
+    sock.connect(&peer.local_addr()?.into())?;
+    let target = SocketAddr::new(ip, local.port());
+    for _ in 0..receives {
+        peer.send_to(&[], target)?;
+    }
+    Ok(())
+}

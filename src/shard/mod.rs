@@ -17,6 +17,7 @@ pub(crate) mod buffers;
 pub(crate) mod io;
 mod tcp;
 mod udp;
+pub(crate) mod upstreams;
 
 use crate::cache::PacketCache;
 use crate::config::{Config, IoBackend};
@@ -24,8 +25,6 @@ use crate::flight::FlightTable;
 use crate::health::HealthTracker;
 use crate::metrics::ShardStats;
 use crate::resolve::FlightResult;
-use crate::upstream::UpstreamLink;
-use crate::zones::ZoneTable;
 use buffers::BufferPool;
 use io::{Backend, Epoll, Uring};
 use std::cell::{Cell, RefCell};
@@ -34,6 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use upstreams::UpstreamSet;
 
 /// State shared by every shard: the only cross-thread data on the query path.
 #[derive(Debug)]
@@ -44,10 +44,6 @@ pub struct Shared {
     pub cache: PacketCache,
     /// Flights in progress.
     pub flights: Arc<FlightTable<FlightResult>>,
-    /// Forward zones.
-    pub zones: ZoneTable,
-    /// Upstream labels for metrics and logs.
-    pub upstream_labels: Vec<String>,
 }
 
 /// Why the server could not start.
@@ -104,6 +100,7 @@ impl ShardSockets {
 pub struct ServerHandle {
     threads: Vec<std::thread::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    reload: watch::Sender<Arc<Config>>,
     /// The addresses served, with port 0 resolved (UDP and TCP share the port).
     pub local_addrs: Vec<SocketAddr>,
     /// The io backend running ("uring" or "epoll").
@@ -115,6 +112,51 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers
+    /// and health parameters take effect at once on every shard; the health of
+    /// upstreams that stay is kept. Other sections need a restart: each one that
+    /// changed is named in the returned warnings and keeps its running value.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let running = self.reload.borrow().clone();
+        let mut warnings = Vec::new();
+        let fixed = [
+            (
+                "server",
+                toml::to_string(&running.server),
+                toml::to_string(&config.server),
+            ),
+            (
+                "limits",
+                toml::to_string(&running.limits),
+                toml::to_string(&config.limits),
+            ),
+            (
+                "cache",
+                toml::to_string(&running.cache),
+                toml::to_string(&config.cache),
+            ),
+            (
+                "metrics",
+                toml::to_string(&running.metrics),
+                toml::to_string(&config.metrics),
+            ),
+        ];
+        for (section, old, new) in fixed {
+            if old.ok() != new.ok() {
+                warnings.push(format!(
+                    "[{section}] changed: it takes effect only after a restart"
+                ));
+            }
+        }
+        let mut applied = config;
+        applied.server = running.server.clone();
+        applied.limits = running.limits.clone();
+        applied.cache = running.cache.clone();
+        applied.metrics = running.metrics.clone();
+        let _ = self.reload.send(Arc::new(applied));
+        warnings
+    }
+
     /// Stops accepting, lets in-flight queries finish up to `shutdown_grace`, and
     /// joins the shard threads.
     pub fn shutdown(self) {
@@ -248,11 +290,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             (shards * 64).next_power_of_two(),
             config.limits.flight_max_waiters,
         )),
-        zones: ZoneTable::new(&config),
-        upstream_labels: config.upstreams.iter().map(|u| u.label()).collect(),
         config,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = watch::channel(Arc::new(shared.config.clone()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
     let cores = if shared.config.server.pin_cpus {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -263,6 +304,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     for (index, sockets) in sockets.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let shutdown = shutdown_rx.clone();
+        let reloads = reload_rx.clone();
         let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let thread = std::thread::Builder::new()
@@ -271,7 +313,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_shard(index, uring, shared, sockets, shutdown, ready);
+                run_shard(index, uring, shared, sockets, (shutdown, reloads), ready);
             })
             .map_err(|e| StartError::Shard {
                 shard: index,
@@ -301,6 +343,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         threads,
         shutdown: shutdown_tx,
+        reload: reload_tx,
         local_addrs,
         backend,
         backend_reason,
@@ -310,19 +353,22 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
 
 type Ready = std::sync::mpsc::Sender<Result<usize, (usize, String)>>;
 
+/// What a shard listens to: shutdown, and new configs to reload.
+type Signals = (watch::Receiver<bool>, watch::Receiver<Arc<Config>>);
+
 fn run_shard(
     index: usize,
     uring: bool,
     shared: Arc<Shared>,
     sockets: ShardSockets,
-    shutdown: watch::Receiver<bool>,
+    signals: Signals,
     ready: Ready,
 ) {
     if uring {
         let mut builder = tokio_uring::builder();
         builder.entries(shared.config.server.uring_entries);
         match tokio_uring::Runtime::new(&builder) {
-            Ok(rt) => rt.block_on(shard_main::<Uring>(index, shared, sockets, shutdown, ready)),
+            Ok(rt) => rt.block_on(shard_main::<Uring>(index, shared, sockets, signals, ready)),
             Err(e) => {
                 let _ = ready.send(Err((index, format!("io_uring runtime: {e}"))));
             }
@@ -336,7 +382,7 @@ fn run_shard(
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &rt,
-                    shard_main::<Epoll>(index, shared, sockets, shutdown, ready),
+                    shard_main::<Epoll>(index, shared, sockets, signals, ready),
                 );
             }
             Err(e) => {
@@ -350,7 +396,8 @@ fn run_shard(
 pub(crate) struct Shard<B: Backend> {
     pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) links: Vec<Rc<UpstreamLink<B>>>,
+    /// The upstream set in force; replaced whole by a reload.
+    pub(crate) upstreams: RefCell<Rc<UpstreamSet<B>>>,
     pub(crate) health: RefCell<HealthTracker>,
     pub(crate) pool: Rc<BufferPool>,
     pub(crate) stats: Rc<ShardStats>,
@@ -364,14 +411,17 @@ async fn shard_main<B: Backend>(
     index: usize,
     shared: Arc<Shared>,
     sockets: ShardSockets,
-    shutdown: watch::Receiver<bool>,
+    (shutdown, reloads): Signals,
     ready: Ready,
 ) {
-    match build_shard::<B>(index, shared, sockets, shutdown.clone()) {
+    match build_shard::<B>(index, shared, sockets, shutdown) {
         Ok((built, closers)) => {
             let _ = ready.send(Ok(index));
             drop(ready);
+            let reloader =
+                tokio::task::spawn_local(upstreams::reload_loop(Rc::clone(&built.0), reloads));
             serve(built, closers).await;
+            reloader.abort();
         }
         Err(reason) => {
             let _ = ready.send(Err((index, reason)));
@@ -395,23 +445,7 @@ fn build_shard<B: Backend>(
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
-    let links = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            UpstreamLink::<B>::open(
-                i,
-                u.address,
-                config.limits.max_upstream_pending,
-                config.limits.upstream_tcp_idle,
-                config.limits.upstream_timeout,
-                Rc::clone(&pool),
-                Rc::clone(&stats),
-            )
-            .map_err(|e| format!("upstream {} socket: {e}", u.label()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
     let udp = sockets
@@ -427,7 +461,7 @@ fn build_shard<B: Backend>(
     let shard = Rc::new(Shard {
         index,
         shared,
-        links,
+        upstreams: RefCell::new(Rc::new(set)),
         health: RefCell::new(health),
         pool,
         stats,
@@ -471,7 +505,7 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     }
     for c in closers {
         let done = if c.r#type().ok() == Some(socket2::Type::DGRAM) {
-            release_udp(&c, receivers)
+            io::release_udp(&c, receivers)
         } else {
             c.shutdown(std::net::Shutdown::Read)
         };
@@ -484,34 +518,8 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     flusher.abort();
-    shard.stats.flush(&shard.shared.upstream_labels);
+    shard.stats.flush(&shard.upstreams.borrow().labels);
     tracing::debug!(shard = shard.index, "shard stopped");
-}
-
-/// Takes a client UDP socket out of service while its abandoned receives are still in
-/// flight. Connecting it to a private peer stops the kernel from handing it client
-/// datagrams (SO_REUSEPORT sends them to the other sockets, or refuses them), and
-/// one empty datagram per receive from that peer completes the receives, which
-/// releases the socket. io_uring offers no cancellation through tokio-uring, and
-/// shutdown(2) does not complete a pending UDP receive.
-fn release_udp(sock: &socket2::Socket, receives: usize) -> std::io::Result<()> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let local = sock
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("not an inet socket"))?;
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let peer = std::net::UdpSocket::bind((ip, 0))?;
-    sock.connect(&peer.local_addr()?.into())?;
-    let target = SocketAddr::new(ip, local.port());
-    for _ in 0..receives {
-        peer.send_to(&[], target)?;
-    }
-    Ok(())
 }
 
 async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
@@ -519,9 +527,10 @@ async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        shard.stats.flush(&shard.shared.upstream_labels);
+        let set = Rc::clone(&shard.upstreams.borrow());
+        shard.stats.flush(&set.labels);
         let health = shard.health.borrow();
-        for (i, label) in shard.shared.upstream_labels.iter().enumerate() {
+        for (i, label) in set.labels.iter().enumerate() {
             let state = health.state(i);
             metrics::gauge!("tierdns_upstream_health", "upstream" => label.clone(), "shard" => shard.index.to_string())
                 .set(f64::from(state.as_gauge()));

@@ -130,12 +130,15 @@ pub(crate) struct Exchange {
     pub(crate) reply: Vec<u8>,
     /// Round-trip time of the attempt that produced it.
     pub(crate) rtt: Duration,
+    /// It came over TCP after a truncated UDP answer.
+    pub(crate) over_tcp: bool,
 }
 
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
-    pub(crate) index: usize,
     pub(crate) addr: SocketAddr,
+    /// A duplicate of the UDP socket, to release it when the link goes away.
+    closer: socket2::Socket,
     udp: Rc<B::Udp>,
     pending: Rc<RefCell<PendingTable>>,
     idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
@@ -162,7 +165,6 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 impl<B: Backend> UpstreamLink<B> {
     /// Opens the UDP socket and starts its receive loop on the current shard runtime.
     pub(crate) fn open(
-        index: usize,
         addr: SocketAddr,
         max_pending: usize,
         max_idle_tcp: usize,
@@ -170,7 +172,9 @@ impl<B: Backend> UpstreamLink<B> {
         pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
-        let udp = Rc::new(B::udp(connected_udp(addr)?)?);
+        let std_udp = connected_udp(addr)?;
+        let closer = socket2::Socket::from(std_udp.try_clone()?);
+        let udp = Rc::new(B::udp(std_udp)?);
         let pending = Rc::new(RefCell::new(PendingTable {
             map: HashMap::with_capacity(max_pending.min(1024)),
             max: max_pending,
@@ -182,8 +186,8 @@ impl<B: Backend> UpstreamLink<B> {
             stats,
         ));
         Ok(Rc::new(Self {
-            index,
             addr,
+            closer,
             udp,
             pending,
             idle_tcp: RefCell::new(Vec::new()),
@@ -200,7 +204,6 @@ impl<B: Backend> UpstreamLink<B> {
         query: &[u8],
         question: QuestionHash,
         pool: &BufferPool,
-        stats: &ShardStats,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
         let Some((id, rx)) = self.pending.borrow_mut().register(question) else {
@@ -232,12 +235,10 @@ impl<B: Backend> UpstreamLink<B> {
             return Ok(Exchange {
                 reply,
                 rtt: start.elapsed(),
+                over_tcp: false,
             });
         }
         pool.put(reply);
-        if let Some(u) = stats.upstream(self.index) {
-            ShardStats::bump(&u.tcp_retries);
-        }
         let tcp_start = Instant::now();
         let reply = tokio::time::timeout(self.timeout, self.tcp_exchange(query, question))
             .await
@@ -245,6 +246,7 @@ impl<B: Backend> UpstreamLink<B> {
         Ok(Exchange {
             reply,
             rtt: tcp_start.elapsed(),
+            over_tcp: true,
         })
     }
 
@@ -323,6 +325,17 @@ pub(crate) async fn read_frame<S: TcpIo>(stream: &S) -> io::Result<Vec<u8>> {
     Ok(msg)
 }
 
+impl<B: Backend> Drop for UpstreamLink<B> {
+    /// A link dropped after a reload removed its upstream: its receive loop is
+    /// blocked in a receive that only the upstream could complete; an empty datagram
+    /// from a private peer completes it, and the loop sees it is alone and ends.
+    fn drop(&mut self) {
+        if let Err(e) = crate::shard::io::release_udp(&self.closer, 1) {
+            tracing::debug!(error = %e, upstream = %self.addr, "releasing an upstream socket");
+        }
+    }
+}
+
 async fn receive_loop<B: Backend>(
     udp: Rc<B::Udp>,
     pending: Rc<RefCell<PendingTable>>,
@@ -331,6 +344,11 @@ async fn receive_loop<B: Backend>(
 ) {
     loop {
         let (res, buf) = udp.recv(pool.get()).await;
+        if Rc::strong_count(&pending) == 1 {
+            // The link is gone.
+            pool.put(buf);
+            return;
+        }
         match res {
             Ok(_) => {
                 let refused = pending.borrow_mut().dispatch(buf);
@@ -351,9 +369,6 @@ async fn receive_loop<B: Backend>(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-        }
-        if Rc::strong_count(&pending) == 1 {
-            return;
         }
     }
 }
