@@ -66,7 +66,7 @@ pub struct ServerConfig {
     pub pin_cpus: bool,
     /// io_uring submission queue entries per shard.
     pub uring_entries: u32,
-    /// Concurrent receive loops per client UDP socket.
+    /// Concurrent receive loops per client UDP socket with io_uring (epoll runs one).
     pub udp_receivers: usize,
     /// Largest UDP reply whatever the client's EDNS size (DNS flag day 2020: 1232);
     /// larger answers go out with TC=1 and the client retries over TCP.

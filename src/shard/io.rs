@@ -65,6 +65,11 @@ pub(crate) trait Backend: 'static {
     type Listener: 'static;
     /// Name for logs and metrics.
     const NAME: &'static str;
+    /// Whether several receive loops on one socket run in parallel. With io_uring
+    /// each loop keeps its own receive in flight, so a burst is taken without a
+    /// round trip per datagram; with epoll every waiting loop is woken by each
+    /// datagram and all but one find nothing, so one loop per socket is best.
+    const PARALLEL_RECEIVES: bool;
     /// Adopts a bound (and maybe connected) non-blocking std UDP socket.
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp>;
     /// Adopts a listening non-blocking std TCP listener.
@@ -121,6 +126,7 @@ impl Backend for Uring {
     type Stream = tokio_uring::net::TcpStream;
     type Listener = tokio_uring::net::TcpListener;
     const NAME: &'static str = "uring";
+    const PARALLEL_RECEIVES: bool = true;
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         Ok(tokio_uring::net::UdpSocket::from_std(socket))
@@ -207,6 +213,7 @@ impl Backend for Epoll {
     type Stream = EpollStream;
     type Listener = tokio::net::TcpListener;
     const NAME: &'static str = "epoll";
+    const PARALLEL_RECEIVES: bool = false;
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         tokio::net::UdpSocket::from_std(socket)

@@ -474,7 +474,11 @@ fn build_shard<B: Backend>(
 
 async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::Socket>) {
     let config = &shard.shared.config;
-    let receivers = config.server.udp_receivers;
+    let receivers = if B::PARALLEL_RECEIVES {
+        config.server.udp_receivers
+    } else {
+        1
+    };
     let mut tasks = Vec::new();
     for sock in udp {
         let sock = Rc::new(sock);
