@@ -24,6 +24,10 @@ pub(crate) trait UdpIo: 'static {
     fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
     /// Sends to the connected peer.
     fn send(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
+    /// Sends `buf` to `addr` now if the socket can take it (WouldBlock if not).
+    /// A UDP send rarely waits; sending it with one syscall spares io_uring a
+    /// submission and a completion round trip through the runtime per reply.
+    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize>;
 }
 
 /// A TCP stream on one backend; reads and writes may run from two tasks at once.
@@ -85,20 +89,29 @@ pub(crate) trait Backend: 'static {
 /// io_uring through tokio-uring.
 pub(crate) struct Uring;
 
-impl UdpIo for tokio_uring::net::UdpSocket {
+/// A UDP socket on io_uring, with a duplicate of its descriptor for direct sends.
+pub(crate) struct UringUdp {
+    io: tokio_uring::net::UdpSocket,
+    direct: socket2::Socket,
+}
+
+impl UdpIo for UringUdp {
     async fn recv_from(&self, mut buf: Vec<u8>) -> BufResult<(usize, SocketAddr)> {
         buf.clear();
-        Self::recv_from(self, buf).await
+        self.io.recv_from(buf).await
     }
     async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
-        Self::send_to(self, buf, addr).await
+        self.io.send_to(buf, addr).await
     }
     async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
         buf.clear();
-        self.read(buf).await
+        self.io.read(buf).await
     }
     async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
-        Self::send(self, buf).await
+        self.io.send(buf).await
+    }
+    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.direct.send_to(buf, &addr.into())
     }
 }
 
@@ -122,14 +135,18 @@ impl TcpIo for tokio_uring::net::TcpStream {
 }
 
 impl Backend for Uring {
-    type Udp = tokio_uring::net::UdpSocket;
+    type Udp = UringUdp;
     type Stream = tokio_uring::net::TcpStream;
     type Listener = tokio_uring::net::TcpListener;
     const NAME: &'static str = "uring";
     const PARALLEL_RECEIVES: bool = true;
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
-        Ok(tokio_uring::net::UdpSocket::from_std(socket))
+        let direct = socket2::Socket::from(socket.try_clone()?);
+        Ok(UringUdp {
+            io: tokio_uring::net::UdpSocket::from_std(socket),
+            direct,
+        })
     }
     fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
         Ok(tokio_uring::net::TcpListener::from_std(listener))
@@ -170,6 +187,9 @@ impl UdpIo for tokio::net::UdpSocket {
     async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
         let res = Self::send(self, &buf).await;
         (res, buf)
+    }
+    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        Self::try_send_to(self, buf, addr)
     }
 }
 

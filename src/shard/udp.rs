@@ -64,8 +64,17 @@ async fn send<B: Backend>(
     reply: Vec<u8>,
     peer: std::net::SocketAddr,
 ) {
-    let (res, buf) = sock.send_to(reply, peer).await;
-    shard.pool.put(buf);
+    let res = match sock.try_send_to(&reply, peer) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let (res, buf) = sock.send_to(reply, peer).await;
+            shard.pool.put(buf);
+            res
+        }
+        res => {
+            shard.pool.put(reply);
+            res
+        }
+    };
     if res.is_err() {
         shard.stats.dropped(Drop::SendError);
     }
