@@ -29,7 +29,7 @@
 
 use smallvec::SmallVec;
 
-use super::name::{read_name_lower, skip_name, MAX_NAME_LEN};
+use super::name::{read_name_lower, skip_name, MAX_NAME_LEN, MAX_POINTER_HOPS};
 use super::{ReplyTarget, WireError, EDNS_UDP_SIZE, HEADER_LEN};
 
 const TYPE_SOA: u16 = 6;
@@ -192,6 +192,7 @@ impl AnswerLayout {
             };
             let rr_start = pos;
             let fixed = skip_name(msg, pos)?;
+            check_unpatched(msg, rr_start, &ttl_offsets)?;
             let rtype = be16(msg, fixed)?;
             let ttl = be32(msg, fixed + 4)?;
             let rdlen = usize::from(be16(msg, fixed + 8)?);
@@ -210,6 +211,11 @@ impl AnswerLayout {
                 rcode |= ((ttl >> 24) as u16) << 4;
             } else {
                 ttl_offsets.push(off16(fixed + 4)?);
+                // RDATA names end inside the RDATA: read them within it.
+                let upto = msg.get(..end).ok_or(WireError::Truncated)?;
+                for name in rdata_names(upto, rtype, rdata, end)? {
+                    check_unpatched(upto, name, &ttl_offsets)?;
+                }
                 let ttl = norm_ttl(ttl);
                 match section {
                     Section::Answer => {
@@ -505,7 +511,90 @@ fn write_reply_inner(
     Some(full_len)
 }
 
-/// The TC=1 reply: header, question, and a bare OPT for an EDNS client.
+/// Offsets of the domain names inside the RDATA of the types that carry them
+/// (RFC 1035 3.3, RFC 2782, RFC 6672); other types are opaque here.
+fn rdata_names(
+    msg: &[u8],
+    rtype: u16,
+    rdata: usize,
+    end: usize,
+) -> Result<SmallVec<[usize; 2]>, WireError> {
+    let mut names = SmallVec::new();
+    if rdata >= end {
+        return Ok(names);
+    }
+    match rtype {
+        // NS, CNAME, PTR, DNAME
+        2 | 5 | 12 | 39 => names.push(rdata),
+        // MX: preference, exchange
+        15 if rdata + 2 < end => names.push(rdata + 2),
+        // SRV: priority, weight, port, target
+        33 if rdata + 6 < end => names.push(rdata + 6),
+        // SOA: MNAME, RNAME
+        TYPE_SOA => {
+            names.push(rdata);
+            names.push(skip_name(msg, rdata)?);
+        }
+        _ => {}
+    }
+    Ok(names)
+}
+
+/// Refuses a name whose compression pointers point forward, or whose labels or
+/// pointers lead into bytes that [`write_reply`] changes per client: the header
+/// (ID, flags, ARCOUNT) or a TTL recorded so far. Such a name reads differently once patched, so the reply would
+/// no longer decode. Sane servers never do this; a broken or hostile one could, and
+/// it must not get a malformed answer cached.
+fn check_unpatched(msg: &[u8], pos: usize, ttl_offsets: &[u16]) -> Result<(), WireError> {
+    let patched = |from: usize, len: usize| {
+        from < HEADER_LEN
+            || ttl_offsets.iter().any(|&t| {
+                let t = usize::from(t);
+                from < t + 4 && t < from + len
+            })
+    };
+    let mut cursor = pos;
+    // Bytes reached through a pointer must all lie before that pointer, so the name
+    // reads the same from any copy that keeps the message up to its own position.
+    let mut limit = msg.len();
+    for _ in 0..=MAX_POINTER_HOPS {
+        loop {
+            let len = usize::from(*msg.get(cursor).ok_or(WireError::Truncated)?);
+            match len & 0xC0 {
+                0x00 => {
+                    if cursor + 1 + len > limit {
+                        return Err(WireError::BadPointer);
+                    }
+                    if patched(cursor, 1 + len) {
+                        return Err(WireError::BadPointer);
+                    }
+                    if len == 0 {
+                        return Ok(());
+                    }
+                    cursor += 1 + len;
+                }
+                0xC0 => {
+                    if cursor + 2 > limit || patched(cursor, 2) {
+                        return Err(WireError::BadPointer);
+                    }
+                    let low = usize::from(*msg.get(cursor + 1).ok_or(WireError::Truncated)?);
+                    let target = ((len & 0x3F) << 8) | low;
+                    // Strictly backwards: a forward pointer may lead past the records
+                    // into bytes a reply does not carry.
+                    if target >= cursor {
+                        return Err(WireError::BadPointer);
+                    }
+                    limit = cursor;
+                    cursor = target;
+                    break;
+                }
+                _ => return Err(WireError::BadLabel),
+            }
+        }
+    }
+    Err(WireError::BadPointer)
+}
+
 /// Header bits that are ours or the client's, not the stored answer's: RD and CD
 /// echoed (RFC 1035 4.1.1, RFC 4035 3.2.2); AD cleared unless the client asked for
 /// it with AD or DO (RFC 6840 5.8); RA set (we recurse for the client) and AA
@@ -524,6 +613,7 @@ fn patch_flags(out: &mut [u8], target: &ReplyTarget<'_>) {
     out[3] = (out[3] & !(AD | CD)) | RA | ad | (client_lo & CD);
 }
 
+/// The TC=1 reply: header, question, and a bare OPT for an EDNS client.
 fn write_truncated(
     dst: &mut [u8],
     src: &[u8],
@@ -653,6 +743,32 @@ pub(crate) mod tests {
     }
 
     const WWW_MIXED: &[u8] = b"\x03WwW\x07ExAmPle\x03COM\x00";
+
+    fn unhex(h: &str) -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn names_pointing_into_patched_bytes_are_refused() {
+        // Found by fuzz/answer_layout: hickory decodes each of these, but a name's
+        // pointer leads into a TTL (first two) or the header (third), so the reply
+        // would stop decoding once TTLs or ARCOUNT are patched.
+        for (hex, what) in [
+            ("12348180000100020000000001610000010001c00c00010001000001000004c0000201c01c000100010000003c0004c0000202", "owner into a TTL"),
+            ("678981800001000000000004076578616d706c65036f726700013b9aca002b001c0001003e00000100c00c00020001000151800006036e7331c00cc0250001000105000e100004c03b9aca002b001c0001003e00000100", "rdata name into a TTL"),
+            ("3456818000010001000100000377777700001c0001c005000c00010000019700110363646e076578616d706c65036e657400c03100060001000002580027036e7331c0320a686f73746d6173746572c031783456013aa3f175fffff70000000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff000001070000", "owner into the header"),
+        ] {
+            let msg = unhex(hex);
+            assert!(Message::from_vec(&msg).is_ok(), "{what}: a decodable input");
+            assert_eq!(AnswerLayout::parse(&msg).err(), Some(WireError::BadPointer), "{what}");
+        }
+        // Ordinary compression (owners and CNAME/SOA targets pointing at names) is fine.
+        let ok = chain();
+        assert!(AnswerLayout::parse(&ok).is_ok());
+    }
 
     #[test]
     fn client_flags_are_echoed_and_ad_needs_ad_or_do() {
