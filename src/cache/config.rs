@@ -26,8 +26,9 @@ pub struct CacheConfig {
     /// Upper clamp of negative TTLs, seconds (RFC 2308 suggests at most 3 hours).
     /// Default 3600.
     pub negative_max_ttl: u32,
-    /// How long a SERVFAIL is held, seconds (RFC 9520: 1 to 5 s, at most 5 min).
-    /// Default 5.
+    /// How long a SERVFAIL is held, seconds (RFC 9520: at least 1 s, at most 5 min).
+    /// Default 1: long enough to shield a failing upstream from a retry storm,
+    /// short enough that one lost packet does not fail a name for seconds.
     pub servfail_ttl: u32,
     /// Whether expired entries may answer when every upstream failed (RFC 8767).
     /// Default true.
@@ -56,7 +57,7 @@ impl Default for CacheConfig {
             max_ttl: 86_400,
             negative_min_ttl: 1,
             negative_max_ttl: 3_600,
-            servfail_ttl: 5,
+            servfail_ttl: 1,
             serve_stale: true,
             max_stale: Duration::from_secs(86_400),
             stale_answer_ttl: 30,

@@ -683,7 +683,10 @@ mod tests {
 
     #[test]
     fn servfail_is_held_briefly_and_never_served_stale() {
-        let c = PacketCache::new(cfg());
+        let c = PacketCache::new(CacheConfig {
+            servfail_ttl: 5,
+            ..cfg()
+        });
         let t0 = Instant::now();
         let sf = response(
             "sf.example.",

@@ -189,7 +189,7 @@ mod tests {
             None,
         );
         let p = pol(&sf, &cfg).unwrap();
-        assert_eq!((p.kind, p.ttl), (Kind::ServFail, 5));
+        assert_eq!((p.kind, p.ttl), (Kind::ServFail, cfg.servfail_ttl));
         for rcode in [
             ResponseCode::Refused,
             ResponseCode::FormErr,

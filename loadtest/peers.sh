@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# peers.sh: CPU time per cache hit of tierdns, dnsdist and unbound, side by side.
+#
+# Every server forwards to the same NSD on 127.0.0.1, keeps a cache, runs pinned to
+# CPU 0 and single-threaded where that is a setting; dnsperf runs pinned to CPU 1.
+# For each server: warm the cache with one pass over the name list, then send a fixed
+# rate of cache hits and charge the server's CPU time (utime + stime of the whole
+# process, every thread, from /proc/PID/stat) over exactly that dnsperf run to the
+# queries it completed. One run, one machine: compare the rows as ratios.
+#
+# Usage:  loadtest/peers.sh
+# Environment (defaults in brackets):
+#   QPS [40000]        dnsperf -Q: fixed query rate
+#   DURATION [20]      dnsperf -l: seconds of measured load per server
+#   NAMES [1000]       names in the zone and the query file
+#   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
+#                      IO=epoll runs only the epoll row
+#   SERVERS ["tierdns dnsdist unbound"]
+#   TIERDNS_BIN        use this tierdns binary instead of `cargo build --release`
+#   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
+#   PORT_BASE [25353]  first port tried; free ports are picked upward from it
+#   OUT [loadtest/peers-results.md]   where the markdown table is written
+#   KEEP_TMP [0]       1 keeps the temp dir (configs, logs, dnsperf output)
+#
+# Installs what it lacks with apt-get (nsd dnsdist unbound dnsperf util-linux).
+# Note: on a systemd host, Debian starts the packaged nsd/unbound/dnsdist services on
+# install; this script neither uses nor stops them (it runs its own instances on
+# high loopback ports).
+#
+# Loopback only. Bounded: every dnsperf run has -l/-n and an outer `timeout`; every
+# process started here is killed by PID on exit.
+set -euo pipefail
+
+export PATH="$PATH:/usr/sbin:/sbin"
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TEMPLATES="$ROOT/loadtest/peers"
+QPS=${QPS:-40000}
+DURATION=${DURATION:-20}
+NAMES=${NAMES:-1000}
+IO=${IO:-uring epoll}
+SERVERS=${SERVERS:-tierdns dnsdist unbound}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PORT_BASE=${PORT_BASE:-25353}
+OUT=${OUT:-$ROOT/loadtest/peers-results.md}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[peers] %s\n' "$*" >&2; }
+die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
+
+for v in QPS DURATION NAMES SERVER_CPU LOAD_CPU PORT_BASE; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+((NAMES >= 1 && NAMES <= 65536)) || die "NAMES must be 1..65536"
+((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
+
+# ---------------------------------------------------------------- processes, cleanup
+TMP=$(mktemp -d /tmp/tierdns-peers.XXXXXX)
+PIDS=()
+
+stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL; forget it
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
+        log "temp dir kept: $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nsd >/dev/null || need+=(nsd)
+command -v dnsdist >/dev/null || need+=(dnsdist)
+command -v unbound >/dev/null || need+=(unbound)
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    SUDO=()
+    [[ $(id -u) == 0 ]] || SUDO=(sudo)
+    log "installing: ${need[*]}"
+    "${SUDO[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y --no-install-recommends "${need[@]}"
+fi
+for t in nsd dnsdist unbound dnsperf taskset timeout awk getconf; do
+    command -v "$t" >/dev/null || die "$t not found"
+done
+
+if [[ -n ${TIERDNS_BIN:-} ]]; then
+    [[ -x $TIERDNS_BIN ]] || die "TIERDNS_BIN=$TIERDNS_BIN is not executable"
+    TIERDNS_REV="binary $TIERDNS_BIN"
+else
+    log "building tierdns (cargo build --release)"
+    (cd "$ROOT" && cargo build --release)
+    TIERDNS_REV="commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] ||
+        TIERDNS_REV="$TIERDNS_REV + local changes"
+    TIERDNS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tierdns"
+    [[ -x $TIERDNS_BIN ]] || die "no binary at $TIERDNS_BIN"
+fi
+
+CLK_TCK=$(getconf CLK_TCK)
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- ports
+port_busy() { # UDP or TCP, any state
+    command -v ss >/dev/null || return 1
+    [[ -n $(ss -Hanut "( sport = :$1 )" 2>/dev/null) ]]
+}
+NEXT_PORT=$PORT_BASE
+pick_port() {
+    local p
+    for ((p = NEXT_PORT; p < NEXT_PORT + 500 && p < 65536; p++)); do
+        if ! port_busy "$p"; then
+            NEXT_PORT=$((p + 1))
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port from $NEXT_PORT"
+}
+
+render() { # render TEMPLATE OUT KEY=VALUE...
+    local tpl=$1 out=$2 args=() kv
+    shift 2
+    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${args[@]}" "$tpl" >"$out"
+}
+
+# ---------------------------------------------------------------- zone and query file
+{
+    # shellcheck disable=SC2016
+    echo '$ORIGIN bench.'
+    # shellcheck disable=SC2016
+    echo '$TTL 3600'
+    echo '@ IN SOA ns.bench. hostmaster.bench. 1 3600 600 86400 3600'
+    echo '@ IN NS ns.bench.'
+    echo 'ns IN A 127.0.0.1'
+    for ((i = 0; i < NAMES; i++)); do
+        echo "n$i IN A 10.$((i / 65536)).$((i / 256 % 256)).$((i % 256))"
+    done
+} >"$TMP/bench.zone"
+for ((i = 0; i < NAMES; i++)); do echo "n$i.bench A"; done >"$TMP/names.txt"
+echo "ns.bench A" >"$TMP/probe.txt"
+
+# dnsperf with a hard outer bound; output to $1
+dnsperf_run() { # dnsperf_run OUTFILE LIMIT_SECONDS dnsperf-args...
+    local out=$1 limit=$2
+    shift 2
+    timeout --kill-after=5 "$limit" taskset -c "$LOAD_CPU" dnsperf "$@" >"$out" 2>&1
+}
+completed_of() { awk '/Queries completed:/ {print $3; exit}' "$1"; }
+
+wait_ready() { # wait_ready NAME PID PORT LOG: until one query is answered (<= ~30 s)
+    local name=$1 pid=$2 port=$3 logf=$4 i
+    for ((i = 0; i < 25; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -20 "$logf" >&2 || true
+            die "$name exited during startup (log above: $logf)"
+        fi
+        if dnsperf_run "$TMP/probe.out" 5 -s 127.0.0.1 -p "$port" -d "$TMP/probe.txt" -n 1 -t 1 &&
+            [[ $(completed_of "$TMP/probe.out") == 1 ]]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -20 "$logf" >&2 || true
+    die "$name on port $port never answered"
+}
+
+cpu_ticks() { # utime + stime of the whole process (all threads), clock ticks
+    local s
+    s=$(<"/proc/$1/stat")
+    s=${s##*) } # fields from 3 on; comm may hold spaces
+    # shellcheck disable=SC2086
+    set -- $s
+    echo $((${12} + ${13}))
+}
+
+# ---------------------------------------------------------------- NSD
+NSD_PORT=$(pick_port)
+render "$TEMPLATES/nsd.conf.in" "$TMP/nsd.conf" "DIR=$TMP" "NSD_PORT=$NSD_PORT"
+nsd-checkconf "$TMP/nsd.conf" >/dev/null 2>&1 || { nsd-checkconf "$TMP/nsd.conf" || true; die "bad nsd.conf"; }
+# NSD gets the load CPU: it only sees the warm-up misses (and dnsdist health checks).
+taskset -c "$LOAD_CPU" nsd -d -c "$TMP/nsd.conf" >"$TMP/nsd.stderr" 2>&1 &
+NSD_PID=$!
+PIDS+=("$NSD_PID")
+wait_ready nsd "$NSD_PID" "$NSD_PORT" "$TMP/nsd.stderr"
+log "nsd up on 127.0.0.1:$NSD_PORT, $NAMES names"
+
+# ---------------------------------------------------------------- one server
+ROWS=()   # "name|qps|lost|latency_us|cpu_us_per_query|rcodes|threads"
+NOTES=()
+
+measure() { # measure ROW_NAME PORT LOGFILE cmd...
+    local row=$1 port=$2 logf=$3 pid
+    shift 3
+    taskset -c "$SERVER_CPU" "$@" >"$logf" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_ready "$row" "$pid" "$port" "$logf"
+
+    # Warm-up: one full pass over the names (misses go to NSD), then a check pass.
+    dnsperf_run "$TMP/$row.warm.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+        die "$row: warm-up dnsperf failed: $(tail -3 "$TMP/$row.warm.out")"
+    dnsperf_run "$TMP/$row.warm2.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+        die "$row: second warm-up dnsperf failed"
+    local warm
+    warm=$(completed_of "$TMP/$row.warm2.out")
+    [[ $warm == "$NAMES" ]] || NOTES+=("$row: warm-up pass answered $warm of $NAMES names")
+    sleep 1
+
+    local threads c0 c1 t0 t1
+    threads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 | wc -l)
+    log "$row: pid $pid ($threads threads) on CPU $SERVER_CPU, port $port: ${QPS} qps for ${DURATION}s"
+    c0=$(cpu_ticks "$pid")
+    t0=$(date +%s.%N)
+    dnsperf_run "$TMP/$row.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" \
+        -Q "$QPS" -l "$DURATION" ||
+        die "$row: dnsperf failed: $(tail -5 "$TMP/$row.out")"
+    t1=$(date +%s.%N)
+    kill -0 "$pid" 2>/dev/null || {
+        tail -20 "$logf" >&2 || true
+        die "$row died during the run (log above)"
+    }
+    c1=$(cpu_ticks "$pid")
+
+    local f=$TMP/$row.out completed lost qps lat rcodes cpu_us
+    completed=$(completed_of "$f")
+    lost=$(awk '/Queries lost:/ {print $3; exit}' "$f")
+    qps=$(awk '/Queries per second:/ {print $4; exit}' "$f")
+    lat=$(awk '/Average Latency \(s\):/ {printf "%.0f", $4 * 1e6; exit}' "$f")
+    rcodes=$(sed -n 's/^ *Response codes: *//p' "$f" | head -1)
+    [[ -n $completed && $completed -gt 0 ]] || die "$row: no queries completed: $(cat "$f")"
+    cpu_us=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$completed" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
+    log "$row: completed $completed, lost $lost, $qps qps, avg ${lat} us, cpu $((c1 - c0)) ticks" \
+        "over $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')s = $cpu_us us/query; rcodes: $rcodes"
+    [[ $rcodes =~ ^NOERROR\ [0-9]+\ \(100\.00%\)$ ]] || NOTES+=("$row: response codes: $rcodes")
+    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads")
+    stop_pid "$pid"
+}
+
+# ---------------------------------------------------------------- the servers
+for server in $SERVERS; do
+    case $server in
+    tierdns)
+        for io in $IO; do
+            case $io in
+            uring) row=tierdns ;;
+            epoll) row=tierdns-epoll ;;
+            *) die "IO: unknown backend '$io' (uring, epoll)" ;;
+            esac
+            port=$(pick_port)
+            render "$TEMPLATES/tierdns.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" "IO=$io"
+            "$TIERDNS_BIN" --config "$TMP/$row.toml" --check >/dev/null || die "bad $row.toml"
+            measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
+        done
+        ;;
+    dnsdist)
+        port=$(pick_port)
+        render "$TEMPLATES/dnsdist.conf.in" "$TMP/dnsdist.conf" "PORT=$port" "NSD_PORT=$NSD_PORT"
+        measure dnsdist "$port" "$TMP/dnsdist.log" dnsdist --supervised --disable-syslog -C "$TMP/dnsdist.conf"
+        ;;
+    unbound)
+        port=$(pick_port)
+        render "$TEMPLATES/unbound.conf.in" "$TMP/unbound.conf" "DIR=$TMP" "PORT=$port" "NSD_PORT=$NSD_PORT"
+        unbound-checkconf "$TMP/unbound.conf" >/dev/null || die "bad unbound.conf"
+        measure unbound "$port" "$TMP/unbound.log" unbound -d -c "$TMP/unbound.conf"
+        ;;
+    *) die "SERVERS: unknown server '$server' (tierdns dnsdist unbound)" ;;
+    esac
+done
+
+# ---------------------------------------------------------------- report
+base=""
+for r in "${ROWS[@]}"; do
+    IFS='|' read -r name _ _ _ cpu _ <<<"$r"
+    [[ $name == tierdns ]] && base=$cpu
+done
+if [[ -z $base ]]; then
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r name _ _ _ cpu _ <<<"$r"
+        [[ $name == tierdns* ]] && { base=$cpu; break; }
+    done
+fi
+
+cmd="QPS=$QPS DURATION=$DURATION NAMES=$NAMES IO=\"$IO\" SERVERS=\"$SERVERS\" loadtest/peers.sh"
+model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
+
+{
+    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r name qps lost lat cpu threads <<<"$r"
+        ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
+        printf '| %s | %.0f | %s | %s µs | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio"
+    done
+} >"$TMP/table.md"
+
+{
+    cat "$TMP/table.md"
+    echo
+    echo "Command: \`$cmd\`"
+    echo
+    echo "Each server pinned to CPU $SERVER_CPU (\`taskset\`), dnsperf pinned to CPU $LOAD_CPU:"
+    echo "\`dnsperf -s 127.0.0.1 -p PORT -d names.txt -Q $QPS -l $DURATION\` over $NAMES names"
+    echo "(A records, TTL 3600, served by NSD on 127.0.0.1) after a warm-up pass, so every query is a cache hit."
+    echo "CPU = utime + stime of the whole server process (all threads) from /proc/PID/stat over the dnsperf run,"
+    vers=()
+    for server in $SERVERS; do
+        case $server in
+        tierdns) vers+=("$("$TIERDNS_BIN" --version) ($TIERDNS_REV; shards = 1, io: $IO)") ;;
+        dnsdist) vers+=("$(ver dnsdist --version | awk '{print $1, $2}') (packet cache, one listener)") ;;
+        unbound) vers+=("unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}') (num-threads: 1)") ;;
+        esac
+    done
+    vers+=("upstream $(ver nsd -v)" "dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}')")
+    joined=$(printf '%s; ' "${vers[@]}")
+    echo "divided by the queries completed. Versions: ${joined%; }."
+    echo
+    echo "Machine: $(nproc) CPUs, $model, Linux $(uname -r); load average at start $LOADAVG; $(date -u '+%Y-%m-%d %H:%M UTC')."
+    if ((${#NOTES[@]})); then
+        echo
+        echo "Notes:"
+        for n in "${NOTES[@]}"; do echo "- $n"; done
+    fi
+} >"$TMP/results.md"
+
+cp "$TMP/results.md" "$OUT"
+echo
+cat "$TMP/results.md"
+log "written to $OUT"
