@@ -366,3 +366,33 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     );
     server.shutdown();
 }
+
+#[test]
+fn popular_entries_are_prefetched_before_they_expire() {
+    let up = SimUpstream::start(Behavior {
+        ttl: 4,
+        ..Behavior::default()
+    });
+    let server = start(config(
+        &[up.addr],
+        "uring",
+        "[cache]\nprefetch_min_hits = 2\nprefetch_window = 0.5\n",
+    ));
+    let addr = server.local_addrs[0];
+    for i in 0..3 {
+        udp_query(addr, &query(i, "hot.example.", RecordType::A, None));
+    }
+    assert_eq!(up.queries(), 1);
+    // Inside the last half of the TTL: a hit that triggers one background refresh.
+    std::thread::sleep(Duration::from_millis(2300));
+    let hit = udp_query(addr, &query(10, "hot.example.", RecordType::A, None));
+    assert!(hit.answers[0].ttl <= 2, "served from cache, aged");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(up.queries(), 2, "refreshed in the background");
+    // The refresh took the upstream's full TTL, not the half-expired one.
+    let fresh = udp_query(addr, &query(11, "hot.example.", RecordType::A, None));
+    assert!(fresh.answers[0].ttl >= 3, "TTL {}", fresh.answers[0].ttl);
+    udp_query(addr, &query(12, "hot.example.", RecordType::A, None));
+    assert_eq!(up.queries(), 2, "one refresh, not one per hit");
+    server.shutdown();
+}
