@@ -113,6 +113,9 @@ pub struct Limits {
     pub tcp_pipeline: usize,
     /// Idle upstream TCP connections kept per upstream per shard for reuse.
     pub upstream_tcp_idle: usize,
+    /// Upstream TCP connections in use at once per upstream per shard (for
+    /// truncated answers); past it the retry fails at once as local overload.
+    pub upstream_tcp_max: usize,
     /// Clients that may wait on one flight besides its leader; past it, the query is
     /// resolved on its own (no coalescing), so nobody is refused for popularity.
     pub flight_max_waiters: usize,
@@ -130,6 +133,7 @@ impl Default for Limits {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_pipeline: 32,
             upstream_tcp_idle: 2,
+            upstream_tcp_max: 16,
             flight_max_waiters: 1024,
             buffer_pool: 1024,
         }
@@ -343,6 +347,7 @@ impl Config {
             ("limits.tcp_connections", l.tcp_connections),
             ("limits.tcp_pipeline", l.tcp_pipeline),
             ("limits.buffer_pool", l.buffer_pool),
+            ("limits.upstream_tcp_max", l.upstream_tcp_max),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -374,6 +379,9 @@ impl Config {
             }
             if u.address.ip().is_unspecified() {
                 return Err(invalid(key, "an unspecified address cannot be an upstream"));
+            }
+            if self.upstreams[..i].iter().any(|o| o.address == u.address) {
+                return Err(invalid(key, format!("{} is listed twice", u.address)));
             }
             if self.upstreams[..i].iter().any(|o| o.label() == u.label()) {
                 return Err(invalid(

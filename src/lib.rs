@@ -75,6 +75,12 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
         let addr = config.metrics.listen;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            // Series nobody updates any more (an upstream removed by a reload)
+            // disappear after five minutes instead of showing their last value.
+            .idle_timeout(
+                metrics_util::MetricKindMask::ALL,
+                Some(std::time::Duration::from_secs(300)),
+            )
             .install()
             .map_err(|e| RunError::Metrics {
                 addr,

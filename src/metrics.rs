@@ -61,10 +61,13 @@ pub enum Drop {
     TcpFrame,
     /// The answer could not be sent.
     SendError,
+    /// An upstream query tierdns had no room for (pending table or upstream TCP
+    /// connections full).
+    UpstreamOverload,
 }
 
 impl Drop {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Short,
         Self::Response,
         Self::Overload,
@@ -73,6 +76,7 @@ impl Drop {
         Self::TcpConnectionLimit,
         Self::TcpFrame,
         Self::SendError,
+        Self::UpstreamOverload,
     ];
 
     /// Metric label.
@@ -86,6 +90,7 @@ impl Drop {
             Self::TcpConnectionLimit => "tcp_connection_limit",
             Self::TcpFrame => "tcp_frame",
             Self::SendError => "send_error",
+            Self::UpstreamOverload => "upstream_overload",
         }
     }
 }
@@ -105,8 +110,11 @@ pub enum CacheResult {
 
 const CACHE_LABELS: [&str; 4] = ["hit", "miss", "stale", "prefetch"];
 
-/// Bound on buffered latency samples per histogram between flushes.
-const MAX_SAMPLES: usize = 4096;
+/// Bound on buffered latency samples per histogram between flushes (512 KiB): at
+/// most this many per flush interval are recorded exactly; past it, new samples
+/// replace buffered ones (quantiles stay representative, `_count` undercounts; the
+/// counters, not the histograms, are the exact rates).
+const MAX_SAMPLES: usize = 65_536;
 
 /// A bounded local sample buffer for one histogram.
 #[derive(Debug, Default)]
@@ -182,7 +190,7 @@ pub(crate) struct TierStats {
 pub(crate) struct ShardStats {
     pub(crate) queries: [[Cell<u64>; 8]; 2],
     pub(crate) cache: [Cell<u64>; 4],
-    pub(crate) drops: [Cell<u64>; 8],
+    pub(crate) drops: [Cell<u64>; 9],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
     upstreams: RefCell<Vec<UpstreamStats>>,

@@ -12,8 +12,8 @@ use crate::metrics::{CacheResult, Drop, ShardStats, Transport};
 use crate::resolve::{FlightResult, FlightRun};
 use crate::shard::buffers::BUF_CAPACITY;
 use crate::shard::io::Backend;
-use crate::shard::Shard;
-use crate::wire::answer::{write_reply, TtlPatch};
+use crate::shard::{Admitted, Shard};
+use crate::wire::answer::{write_reply, TtlPatch, REPLY_HEADROOM};
 use crate::wire::build::{error_reply, reject_reply, Ede, ErrorRcode};
 use crate::wire::reader::{DropReason, QueryView, Reject};
 use crate::wire::{ReplyTarget, PLAIN_UDP_MAX};
@@ -164,14 +164,13 @@ impl<B: Backend> Shard<B> {
         packet: &[u8],
         transport: Transport,
         start: Instant,
+        _admitted: Admitted<B>,
     ) -> Option<Vec<u8>> {
         let Ok(q) = QueryView::parse(packet) else {
             return None;
         };
-        self.in_flight.set(self.in_flight.get() + 1);
-        let reply = self.resolve_view(&q, transport, start).await;
-        self.in_flight.set(self.in_flight.get() - 1);
-        self.stats.cache(CacheResult::Miss);
+        let (reply, result) = self.resolve_view(&q, transport, start).await;
+        self.stats.cache(result);
         self.stats.answered(transport, reply_rcode(&reply));
         self.stats
             .latency_miss
@@ -184,7 +183,7 @@ impl<B: Backend> Shard<B> {
         q: &QueryView<'_>,
         transport: Transport,
         start: Instant,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, CacheResult) {
         let target = target_of(q, transport, self.max_udp());
         let key = key_of(q);
         let result = match self.shared.flights.join(flight_key(&key), ABANDONED) {
@@ -192,10 +191,10 @@ impl<B: Backend> Shard<B> {
                 ShardStats::bump(&self.stats.tiers.coalesced);
                 rx.await.unwrap_or(ABANDONED)
             }
-            Join::Leader(leader) => self.lead(q, start, Some(leader)).await,
+            Join::Leader(leader) => self.lead(q, start, Some(leader), true).await,
             Join::Full => {
                 ShardStats::bump(&self.stats.tiers.uncoalesced);
-                self.lead(q, start, None).await
+                self.lead(q, start, None, true).await
             }
         };
         match result {
@@ -210,10 +209,11 @@ impl<B: Backend> Shard<B> {
                 );
                 if len > 0 {
                     out.truncate(len);
-                    return out;
+                    return (out, CacheResult::Miss);
                 }
                 self.pool.put(out);
-                error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER))
+                let reply = error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER));
+                (reply, CacheResult::Miss)
             }
             FlightResult::Failed(ede) => self.failure_reply(q, &target, transport, ede),
         }
@@ -227,7 +227,7 @@ impl<B: Backend> Shard<B> {
         target: &ReplyTarget<'_>,
         transport: Transport,
         ede: Ede,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, CacheResult) {
         let mut out = sized(
             self.pool.get(),
             if transport == Transport::Tcp {
@@ -242,20 +242,37 @@ impl<B: Backend> Shard<B> {
                 .lookup_stale(&key_of(q), Instant::now(), target, &mut out)
         {
             out.truncate(len);
-            self.stats.cache(CacheResult::Stale);
-            return out;
+            return (out, CacheResult::Stale);
         }
         self.pool.put(out);
-        error_reply(q, ErrorRcode::ServFail, Some(ede))
+        (
+            error_reply(q, ErrorRcode::ServFail, Some(ede)),
+            CacheResult::Miss,
+        )
+    }
+
+    /// SERVFAIL (EDE "resolver overloaded") for a TCP miss past
+    /// `max_client_in_flight`: a TCP client would otherwise wait out its timeout.
+    pub(crate) fn overload_reply(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let q = QueryView::parse(packet).ok()?;
+        self.stats.answered(transport, ErrorRcode::ServFail.code());
+        Some(error_reply(
+            &q,
+            ErrorRcode::ServFail,
+            Some(Ede::LOCAL_OVERLOAD),
+        ))
     }
 
     /// Runs a flight until its first answer: caches it, ends the flight for its
-    /// waiters, and leaves the background completion running on its own.
+    /// waiters, and leaves the background completion running on its own. A failure
+    /// is held in the cache only for client flights (`hold_failure`): a failed
+    /// prefetch must not replace an answer that is still fresh.
     async fn lead(
         self: &Rc<Self>,
         q: &QueryView<'_>,
         start: Instant,
         leader: Option<FlightLeader<FlightResult>>,
+        hold_failure: bool,
     ) -> FlightResult {
         let mut run = FlightRun::start(Rc::clone(self), q, start);
         let result = run.until_first().await;
@@ -266,13 +283,15 @@ impl<B: Backend> Shard<B> {
                     .insert(&key_of(q), &answer.wire, Instant::now(), run.version());
             }
             // Hold the failure briefly (RFC 9520) so a dead upstream set is not
-            // hammered; the cache keeps a stale-servable answer over it.
-            FlightResult::Failed(ede) => {
+            // hammered; the cache keeps a stale-servable answer over it. Our own
+            // overload says nothing about the name: not held.
+            FlightResult::Failed(ede) if hold_failure && *ede != Ede::LOCAL_OVERLOAD => {
                 let servfail = error_reply(q, ErrorRcode::ServFail, Some(*ede));
                 self.shared
                     .cache
                     .insert(&key_of(q), &servfail, Instant::now(), run.version());
             }
+            FlightResult::Failed(_) => {}
         }
         if let Some(leader) = leader {
             leader.finish(result.clone());
@@ -297,7 +316,7 @@ impl<B: Backend> Shard<B> {
                 .join(flight_key(&key_of(&q)), ABANDONED);
             if let Join::Leader(leader) = joined {
                 shard.stats.cache(CacheResult::Prefetch);
-                shard.lead(&q, Instant::now(), Some(leader)).await;
+                shard.lead(&q, Instant::now(), Some(leader), false).await;
             }
         });
     }
@@ -316,7 +335,8 @@ fn flight_key(key: &KeyRef<'_>) -> FlightKey {
 fn out_len(transport: Transport, answer_len: usize) -> usize {
     match transport {
         Transport::Udp => BUF_CAPACITY,
-        Transport::Tcp => answer_len.max(PLAIN_UDP_MAX),
+        // Room for an OPT record the client needs and the answer lacks.
+        Transport::Tcp => (answer_len + REPLY_HEADROOM).max(PLAIN_UDP_MAX),
     }
 }
 

@@ -11,7 +11,7 @@
 //!    and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
 use crate::cache::{InsertOutcome, KeyRef};
-use crate::metrics::{ShardStats, UpstreamEvent};
+use crate::metrics::{Drop, ShardStats, UpstreamEvent};
 use crate::shard::io::Backend;
 use crate::shard::upstreams::UpstreamSet;
 use crate::shard::Shard;
@@ -68,6 +68,8 @@ pub(crate) struct FlightRun<B: Backend> {
     rx: mpsc::UnboundedReceiver<Report>,
     tasks: SmallVec<[JoinHandle<()>; 8]>,
     first: Option<Arc<Answer>>,
+    /// When the first good answer arrived: the merge is aged from then.
+    first_at: Instant,
     others: Vec<Vec<u8>>,
     /// The most telling failure so far: an upstream's error rcode beats a timeout.
     worst: Option<FailKind>,
@@ -80,6 +82,7 @@ fn failure_ede(worst: Option<FailKind>) -> Ede {
         Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
         Some(FailKind::Network) => Ede::NETWORK_ERROR,
         Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
+        Some(FailKind::Overload) => Ede::LOCAL_OVERLOAD,
         Some(_) => Ede::UPSTREAM_ERROR,
     }
 }
@@ -133,6 +136,7 @@ impl<B: Backend> FlightRun<B> {
             rx,
             tasks: SmallVec::new(),
             first: None,
+            first_at: now,
             others: Vec::new(),
             worst: None,
             set,
@@ -197,9 +201,18 @@ impl<B: Backend> FlightRun<B> {
                         layout,
                     });
                     self.first = Some(Arc::clone(&answer));
+                    self.first_at = now;
                     return Some(answer);
                 }
                 self.others.push(ex.reply);
+                None
+            }
+            Err(FailKind::Overload) => {
+                // Our own bound, not the upstream's fault: no health, no error.
+                self.shard.stats.dropped(Drop::UpstreamOverload);
+                self.plan
+                    .on_result(up, Outcome::Failed(FailKind::Overload), now);
+                self.worst.get_or_insert(FailKind::Overload);
                 None
             }
             Err(kind) => {
@@ -216,9 +229,10 @@ impl<B: Backend> FlightRun<B> {
                 );
                 self.plan.on_result(up, Outcome::Failed(kind), now);
                 let rank = |k: FailKind| match k {
-                    FailKind::Timeout => 0,
-                    FailKind::Network => 1,
-                    _ => 2,
+                    FailKind::Overload => 0,
+                    FailKind::Timeout => 1,
+                    FailKind::Network => 2,
+                    _ => 3,
                 };
                 if self.worst.is_none_or(|w| rank(kind) >= rank(w)) {
                     self.worst = Some(kind);
@@ -309,11 +323,13 @@ impl<B: Backend> FlightRun<B> {
         let Some(merged) = merge(&all) else {
             return;
         };
-        let outcome =
-            self.shard
-                .shared
-                .cache
-                .insert(&self.key(), &merged.wire, Instant::now(), self.version);
+        let outcome = self
+            .shard
+            .shared
+            .cache
+            // Stored as of the first answer's arrival, so its TTLs age from then,
+            // not from the end of the collection.
+            .insert(&self.key(), &merged.wire, self.first_at, self.version);
         if matches!(outcome, InsertOutcome::Inserted | InsertOutcome::Replaced) {
             ShardStats::bump(&tiers.merges);
             let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;

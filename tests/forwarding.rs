@@ -396,3 +396,43 @@ fn popular_entries_are_prefetched_before_they_expire() {
     assert_eq!(up.queries(), 2, "one refresh, not one per hit");
     server.shutdown();
 }
+
+#[test]
+fn a_tcp_client_that_stops_reading_loses_its_connection_and_its_slot() {
+    let addrs: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
+    let up = SimUpstream::start(Behavior {
+        addrs,
+        ..Behavior::default()
+    });
+    let mut c = config(
+        &[up.addr],
+        "uring",
+        "[limits]\ntcp_connections = 1\ntcp_idle_timeout = \"300ms\"\ntcp_pipeline = 2\n",
+    );
+    c.server.shards = 1;
+    let server = start(c);
+    let addr = server.local_addrs[0];
+    udp_query(addr, &query(1, "big.example.", RecordType::A, Some(1232)));
+    // Pipeline queries for a 1 KB answer and never read: the server's writes stall.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    stuck
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let frame = {
+        let q = query(2, "big.example.", RecordType::A, None).bytes();
+        let mut f = (q.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(&q);
+        f
+    };
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        if std::io::Write::write_all(&mut stuck, &frame.repeat(256)).is_err() {
+            break; // the server closed it, or our own buffers are full
+        }
+    }
+    // The one connection slot of the shard is free again: a new client is served.
+    std::thread::sleep(Duration::from_millis(800));
+    let r = tcp_query(addr, &query(3, "other.example.", RecordType::A, None));
+    assert_eq!(r.metadata.id, 3);
+    server.shutdown();
+}

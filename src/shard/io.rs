@@ -224,7 +224,7 @@ impl TcpIo for EpollStream {
         (Ok(()), buf)
     }
     fn shutdown(&self) {
-        // Dropping the tokio stream closes it; nothing can be pending past that.
+        let _ = socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Both);
     }
 }
 

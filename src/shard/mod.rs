@@ -407,6 +407,30 @@ pub(crate) struct Shard<B: Backend> {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+/// A client query admitted to the miss path: counted in the shard's `in_flight`
+/// for as long as it lives, however its task ends.
+pub(crate) struct Admitted<B: Backend>(Rc<Shard<B>>);
+
+impl<B: Backend> Drop for Admitted<B> {
+    fn drop(&mut self) {
+        let n = &self.0.in_flight;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    /// Admits one more miss unless `max_client_in_flight` are being resolved;
+    /// at the bound the query is dropped and counted (`reason="overload"`).
+    pub(crate) fn admit(self: &Rc<Self>) -> Option<Admitted<B>> {
+        if self.in_flight.get() >= self.shared.config.limits.max_client_in_flight {
+            self.stats.dropped(crate::metrics::Drop::Overload);
+            return None;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        Some(Admitted(Rc::clone(self)))
+    }
+}
+
 async fn shard_main<B: Backend>(
     index: usize,
     shared: Arc<Shared>,

@@ -35,35 +35,65 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
             drop(stream);
             continue;
         }
-        shard.tcp_open.set(shard.tcp_open.get() + 1);
+        let open = Open::new(&shard);
         crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-        tokio::task::spawn_local(connection(Rc::clone(&shard), Rc::new(Closing(stream))));
+        tokio::task::spawn_local(connection(open, Rc::new(Closing(stream))));
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct Open<B: Backend>(Rc<Shard<B>>);
+
+impl<B: Backend> Open<B> {
+    fn new(shard: &Rc<Shard<B>>) -> Self {
+        shard.tcp_open.set(shard.tcp_open.get() + 1);
+        Self(Rc::clone(shard))
+    }
+}
+
+impl<B: Backend> std::ops::Drop for Open<B> {
+    fn drop(&mut self) {
+        let n = &self.0.tcp_open;
+        n.set(n.get().saturating_sub(1));
     }
 }
 
 /// Serves one connection: a reader that spawns a task per query, and a writer that
-/// sends answers as they are ready.
-async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<Closing<B::Stream>>) {
+/// sends answers as they are ready. A client that stops reading cannot hold the
+/// connection: a write that makes no progress for `tcp_idle_timeout` ends it, and
+/// the reader waits for a pipeline slot no longer than that either.
+async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
+    let shard = Rc::clone(&open.0);
     let limits = &shard.shared.config.limits;
+    let idle = limits.tcp_idle_timeout;
     let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
     let writer_stream = Rc::clone(&stream);
     let writer = tokio::task::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
-            let (res, _) = writer_stream.write_all(frame).await;
-            if res.is_err() {
-                break;
+            match tokio::time::timeout(idle, writer_stream.write_all(frame)).await {
+                Ok((Ok(()), _)) => {}
+                _ => {
+                    // Stuck or broken: wake the reader too, the connection is done.
+                    writer_stream.shutdown();
+                    break;
+                }
             }
         }
     });
     let mut shutdown = shard.shutdown.clone();
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
+        let permit = tokio::select! {
+            biased;
+            p = tokio::time::timeout(idle, Arc::clone(&permits).acquire_owned()) => match p {
+                Ok(Ok(p)) => p,
+                _ => break,
+            },
+            _ = shutdown.changed() => break,
         };
         let frame = tokio::select! {
             biased;
-            r = tokio::time::timeout(limits.tcp_idle_timeout, read_frame(&**stream)) => r,
+            r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
             _ = shutdown.changed() => break,
         };
         let query = match frame {
@@ -84,7 +114,10 @@ async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<Closing<B::Strea
             let reply = match shard.first_pass(&query, Transport::Tcp, out, start) {
                 First::Reply(reply) => Some(reply),
                 First::Drop(_) => None,
-                First::Miss(_) => shard.resolve(&query, Transport::Tcp, start).await,
+                First::Miss(_) => match shard.admit() {
+                    Some(admitted) => shard.resolve(&query, Transport::Tcp, start, admitted).await,
+                    None => shard.overload_reply(&query, Transport::Tcp),
+                },
             };
             if let Some(reply) = reply {
                 let mut frame = Vec::with_capacity(reply.len() + 2);
@@ -99,5 +132,4 @@ async fn connection<B: Backend>(shard: Rc<Shard<B>>, stream: Rc<Closing<B::Strea
     // Let queries already read finish and be written, then close.
     drop(tx);
     let _ = writer.await;
-    shard.tcp_open.set(shard.tcp_open.get() - 1);
 }

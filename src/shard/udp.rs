@@ -39,15 +39,14 @@ pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Ud
             }
             First::Miss(out) => {
                 shard.pool.put(out);
-                if shard.in_flight.get() >= shard.shared.config.limits.max_client_in_flight {
-                    shard.stats.dropped(Drop::Overload);
+                let Some(admitted) = shard.admit() else {
                     shard.pool.put(buf);
                     continue;
-                }
+                };
                 let shard = Rc::clone(&shard);
                 let sock = Rc::clone(&sock);
                 tokio::task::spawn_local(async move {
-                    let reply = shard.resolve(&buf, Transport::Udp, start).await;
+                    let reply = shard.resolve(&buf, Transport::Udp, start, admitted).await;
                     shard.pool.put(buf);
                     if let Some(reply) = reply {
                         send(&shard, &sock, reply, peer).await;

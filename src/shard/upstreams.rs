@@ -58,15 +58,8 @@ impl<B: Backend> UpstreamSet<B> {
                     kept.push((j, i));
                     link
                 }
-                None => UpstreamLink::open(
-                    u.address,
-                    limits.max_upstream_pending,
-                    limits.upstream_tcp_idle,
-                    limits.upstream_timeout,
-                    Rc::clone(pool),
-                    Rc::clone(stats),
-                )
-                .map_err(|e| format!("upstream {} socket: {e}", u.label()))?,
+                None => UpstreamLink::open(u.address, limits, Rc::clone(pool), Rc::clone(stats))
+                    .map_err(|e| format!("upstream {} socket: {e}", u.label()))?,
             };
             links.push(link);
         }

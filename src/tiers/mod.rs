@@ -132,6 +132,9 @@ pub enum FailKind {
     Malformed,
     /// The query could not be sent or the connection failed.
     Network,
+    /// tierdns itself had no room for the query (a full pending table or too many
+    /// upstream TCP connections): says nothing about the upstream's health.
+    Overload,
 }
 
 impl FailKind {
@@ -146,6 +149,7 @@ impl FailKind {
             Self::OtherRcode => "other_rcode",
             Self::Malformed => "malformed",
             Self::Network => "network",
+            Self::Overload => "overload",
         }
     }
 
@@ -156,7 +160,9 @@ impl FailKind {
     pub fn trips_circuit(self) -> bool {
         match self {
             Self::Timeout | Self::Refused | Self::Malformed | Self::Network => true,
-            Self::ServFail | Self::FormErr | Self::NotImp | Self::OtherRcode => false,
+            Self::ServFail | Self::FormErr | Self::NotImp | Self::OtherRcode | Self::Overload => {
+                false
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! bound fails at once (the tiers move on). Every query has a hard timeout; its
 //! pending entry is removed on timeout or when the caller stops waiting.
 
+use crate::config::Limits;
 use crate::metrics::{Drop as DropReason, ShardStats};
 use crate::shard::buffers::BufferPool;
 use crate::shard::io::{Backend, Closing, TcpIo, UdpIo};
@@ -20,7 +21,7 @@ use crate::wire::HEADER_LEN;
 use ahash::RandomState;
 use hashbrown::HashMap;
 use rand::Rng;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -53,6 +54,8 @@ impl QuestionHash {
 }
 
 struct Pending {
+    /// Distinguishes this registration from a later one that reuses the ID.
+    serial: u64,
     question: QuestionHash,
     tx: oneshot::Sender<Vec<u8>>,
 }
@@ -68,11 +71,15 @@ enum Dispatch {
 struct PendingTable {
     map: HashMap<u16, Pending>,
     max: usize,
+    serial: u64,
 }
 
 impl PendingTable {
     /// Reserves a fresh random ID; None at the bound.
-    fn register(&mut self, question: QuestionHash) -> Option<(u16, oneshot::Receiver<Vec<u8>>)> {
+    fn register(
+        &mut self,
+        question: QuestionHash,
+    ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
         if self.map.len() >= self.max {
             return None;
         }
@@ -84,8 +91,17 @@ impl PendingTable {
             }
         };
         let (tx, rx) = oneshot::channel();
-        self.map.insert(id, Pending { question, tx });
-        Some((id, rx))
+        self.serial += 1;
+        let serial = self.serial;
+        self.map.insert(
+            id,
+            Pending {
+                serial,
+                question,
+                tx,
+            },
+        );
+        Some((id, serial, rx))
     }
 
     /// Hands a reply to its waiter, or gives it back with the reason it was refused.
@@ -115,11 +131,21 @@ impl PendingTable {
 struct PendingGuard<'a> {
     table: &'a RefCell<PendingTable>,
     id: u16,
+    serial: u64,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.table.borrow_mut().map.remove(&self.id);
+        let mut table = self.table.borrow_mut();
+        // The reply may have removed our entry, and a later query may have taken
+        // the ID since: remove only our own registration.
+        if table
+            .map
+            .get(&self.id)
+            .is_some_and(|p| p.serial == self.serial)
+        {
+            table.map.remove(&self.id);
+        }
     }
 }
 
@@ -143,6 +169,9 @@ pub(crate) struct UpstreamLink<B: Backend> {
     pending: Rc<RefCell<PendingTable>>,
     idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
     max_idle_tcp: usize,
+    /// Upstream TCP connections in use now, and their bound.
+    tcp_busy: Cell<usize>,
+    max_tcp: usize,
     timeout: Duration,
 }
 
@@ -166,18 +195,18 @@ impl<B: Backend> UpstreamLink<B> {
     /// Opens the UDP socket and starts its receive loop on the current shard runtime.
     pub(crate) fn open(
         addr: SocketAddr,
-        max_pending: usize,
-        max_idle_tcp: usize,
-        timeout: Duration,
+        limits: &Limits,
         pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
+        let max_pending = limits.max_upstream_pending;
         let std_udp = connected_udp(addr)?;
         let closer = socket2::Socket::from(std_udp.try_clone()?);
         let udp = Rc::new(B::udp(std_udp)?);
         let pending = Rc::new(RefCell::new(PendingTable {
             map: HashMap::with_capacity(max_pending.min(1024)),
             max: max_pending,
+            serial: 0,
         }));
         tokio::task::spawn_local(receive_loop::<B>(
             Rc::clone(&udp),
@@ -191,8 +220,10 @@ impl<B: Backend> UpstreamLink<B> {
             udp,
             pending,
             idle_tcp: RefCell::new(Vec::new()),
-            max_idle_tcp,
-            timeout,
+            max_idle_tcp: limits.upstream_tcp_idle,
+            tcp_busy: Cell::new(0),
+            max_tcp: limits.upstream_tcp_max,
+            timeout: limits.upstream_timeout,
         }))
     }
 
@@ -206,12 +237,13 @@ impl<B: Backend> UpstreamLink<B> {
         pool: &BufferPool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let Some((id, rx)) = self.pending.borrow_mut().register(question) else {
-            return Err(FailKind::Network);
+        let Some((id, serial, rx)) = self.pending.borrow_mut().register(question) else {
+            return Err(FailKind::Overload);
         };
         let _guard = PendingGuard {
             table: &self.pending,
             id,
+            serial,
         };
         let mut buf = pool.get();
         buf.extend_from_slice(query);
@@ -239,8 +271,10 @@ impl<B: Backend> UpstreamLink<B> {
             });
         }
         pool.put(reply);
+        // One attempt, one deadline: the TCP retry gets what is left of it.
+        let left = self.timeout.saturating_sub(start.elapsed());
         let tcp_start = Instant::now();
-        let reply = tokio::time::timeout(self.timeout, self.tcp_exchange(query, question))
+        let reply = tokio::time::timeout(left, self.tcp_exchange(query, question))
             .await
             .map_err(|_| FailKind::Timeout)??;
         Ok(Exchange {
@@ -264,6 +298,12 @@ impl<B: Backend> UpstreamLink<B> {
         frame.extend_from_slice(query);
         frame[2..4].copy_from_slice(&id.to_be_bytes());
         let reused = self.idle_tcp.borrow_mut().pop();
+        // Bound on connections in use at once; idle ones count while reused.
+        if reused.is_none() && self.tcp_busy.get() >= self.max_tcp {
+            return Err(FailKind::Overload);
+        }
+        self.tcp_busy.set(self.tcp_busy.get() + 1);
+        let _busy = Busy(&self.tcp_busy);
         if let Some(stream) = reused {
             if let Ok(reply) = tcp_round(&**stream, frame.clone(), id, question).await {
                 self.keep_idle(stream);
@@ -336,6 +376,15 @@ impl<B: Backend> Drop for UpstreamLink<B> {
     }
 }
 
+/// Counts one use while alive.
+struct Busy<'a>(&'a Cell<usize>);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 async fn receive_loop<B: Backend>(
     udp: Rc<B::Udp>,
     pending: Rc<RefCell<PendingTable>>,
@@ -370,5 +419,74 @@ async fn receive_loop<B: Backend>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RefCell<PendingTable> {
+        RefCell::new(PendingTable {
+            map: HashMap::new(),
+            max: 4,
+            serial: 0,
+        })
+    }
+
+    #[test]
+    fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
+        let t = table();
+        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q).unwrap();
+        // The reply came and took the entry; a new query drew the same ID.
+        t.borrow_mut().map.remove(&id);
+        let (tx, _rx2) = oneshot::channel();
+        t.borrow_mut().map.insert(
+            id,
+            Pending {
+                serial: serial + 1,
+                question: q,
+                tx,
+            },
+        );
+        drop(PendingGuard {
+            table: &t,
+            id,
+            serial,
+        });
+        assert!(
+            t.borrow().map.contains_key(&id),
+            "the later query is still pending"
+        );
+        drop(PendingGuard {
+            table: &t,
+            id,
+            serial: serial + 1,
+        });
+        assert!(t.borrow().map.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_replies_must_match_id_and_question() {
+        let t = table();
+        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let ids: Vec<u16> = (0..4)
+            .map(|_| t.borrow_mut().register(q).unwrap().0)
+            .collect();
+        assert!(t.borrow_mut().register(q).is_none(), "full at its bound");
+        // A reply for the first ID but another question is refused.
+        let mut reply = vec![0u8; 12];
+        reply[..2].copy_from_slice(&ids[0].to_be_bytes());
+        reply[2] = 0x80;
+        reply[5] = 1;
+        reply.extend_from_slice(b"\x01b\x00\x00\x01\x00\x01");
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply.clone()),
+            Err((Dispatch::Mismatch, _))
+        ));
+        reply[13] = b'a';
+        assert!(t.borrow_mut().dispatch(reply).is_ok());
+        assert_eq!(t.borrow().map.len(), 3);
     }
 }

@@ -167,6 +167,11 @@ impl Ede {
         code: 0,
         text: "upstreams answered with errors",
     };
+    /// 0, Other: tierdns had no room to ask the upstreams (its own bounds).
+    pub const LOCAL_OVERLOAD: Self = Self {
+        code: 0,
+        text: "resolver overloaded",
+    };
     /// 21, Not Supported: zone transfers are not forwarded.
     pub const NOT_SUPPORTED: Self = Self {
         code: 21,
