@@ -11,6 +11,7 @@
 //!    and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
 use crate::cache::{InsertOutcome, KeyRef};
+use crate::health::{CircuitState, HealthTracker};
 use crate::metrics::{Drop, ShardStats, UpstreamEvent};
 use crate::shard::io::Backend;
 use crate::shard::upstreams::UpstreamSet;
@@ -188,10 +189,7 @@ impl<B: Backend> FlightRun<B> {
         match verdict {
             Ok((ex, layout)) => {
                 if self.is_current() {
-                    self.shard
-                        .health
-                        .borrow_mut()
-                        .record_success(up, ex.rtt, now);
+                    self.update_health(up, |h| h.record_success(up, ex.rtt, now), "answered");
                 }
                 self.record(up, UpstreamEvent::Answer(ex.rtt));
                 self.plan.on_result(up, Outcome::Good, now);
@@ -217,7 +215,7 @@ impl<B: Backend> FlightRun<B> {
             }
             Err(kind) => {
                 if self.is_current() {
-                    self.shard.health.borrow_mut().record_failure(up, kind, now);
+                    self.update_health(up, |h| h.record_failure(up, kind, now), kind.as_str());
                 }
                 self.record(
                     up,
@@ -246,6 +244,37 @@ impl<B: Backend> FlightRun<B> {
     /// and counters mean by them (no reload since the flight started).
     fn is_current(&self) -> bool {
         self.shard.upstreams.borrow().generation == self.set.generation
+    }
+
+    /// Applies a health update and logs a change of the upstream's circuit state:
+    /// rare, and what an operator wants to see in the log.
+    fn update_health(&self, up: UpstreamIdx, f: impl FnOnce(&mut HealthTracker), why: &str) {
+        let mut health = self.shard.health.borrow_mut();
+        let before = health.state(up);
+        f(&mut health);
+        let after = health.state(up);
+        if before != after {
+            let upstream = self.set.labels.get(up).map_or("?", String::as_str);
+            if after == CircuitState::Closed {
+                tracing::info!(
+                    shard = self.shard.index,
+                    upstream,
+                    from = before.as_str(),
+                    to = after.as_str(),
+                    last = why,
+                    "upstream circuit changed"
+                );
+            } else {
+                tracing::warn!(
+                    shard = self.shard.index,
+                    upstream,
+                    from = before.as_str(),
+                    to = after.as_str(),
+                    last = why,
+                    "upstream circuit changed"
+                );
+            }
+        }
     }
 
     fn record(&self, up: UpstreamIdx, event: UpstreamEvent) {

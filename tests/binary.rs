@@ -348,3 +348,34 @@ fn sighup_reloads_a_valid_file_and_refuses_a_broken_one() {
     assert_eq!(a_records(&r), vec![Ipv4Addr::new(198, 51, 100, 2)]);
     assert!(run.terminate().success());
 }
+
+#[test]
+fn circuit_changes_are_logged() {
+    let dead = SimUpstream::start(Behavior {
+        silent: true,
+        ..Behavior::default()
+    });
+    let text = format!(
+        "{}[limits]\nupstream_timeout = \"100ms\"\n",
+        loopback_config(dead.addr, "epoll")
+    );
+    let path = write_config("circuit", &text);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let addr = Running::listen_addr(&run.wait_for("running"));
+    for i in 0..5u16 {
+        udp_query(
+            addr,
+            &query(i, &format!("c{i}.example."), RecordType::A, None),
+        );
+    }
+    let line = run.wait_for("upstream circuit changed");
+    assert!(line.contains("to=\"degraded\""), "{line}");
+    let line = run.wait_for("upstream circuit changed");
+    assert!(
+        line.contains("to=\"open\"") && line.contains("WARN"),
+        "{line}"
+    );
+    assert!(run.terminate().success());
+}
