@@ -379,3 +379,14 @@ fn circuit_changes_are_logged() {
     );
     assert!(run.terminate().success());
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let config = tierdns::config::Config::parse(&readme[start..end], "README.md").unwrap();
+    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(config.zones.len(), 1);
+}
