@@ -73,8 +73,21 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
 pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunError> {
     if config.metrics.enabled {
         let addr = config.metrics.listen;
+        let bad = |e: metrics_exporter_prometheus::BuildError| RunError::Metrics {
+            addr,
+            reason: e.to_string(),
+        };
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            // Histograms with buckets (not summaries), so they aggregate across
+            // shards and nodes in PromQL.
+            .set_buckets(metrics::LATENCY_BUCKETS)
+            .map_err(bad)?
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("tierdns_flight_peak_in_flight".into()),
+                metrics::COUNT_BUCKETS,
+            )
+            .map_err(bad)?
             // Series nobody updates any more (an upstream removed by a reload)
             // disappear after five minutes instead of showing their last value.
             .idle_timeout(

@@ -385,6 +385,15 @@ impl ShardStats {
     }
 }
 
+/// Buckets of every latency histogram, in seconds: 50 µs to 5 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Buckets of the peak-in-flight histogram (queries per flight).
+pub const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0];
+
 /// Registers descriptions and units for every metric.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
