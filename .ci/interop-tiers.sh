@@ -3,7 +3,9 @@
 # 127.0.0.11-15 answer after 20, 60, 100, 140 and 180 ms, each with its own two
 # addresses. Through tierdns (both io backends) the first answer is the fastest
 # active-tier upstream's, at about its latency; once the background completion is
-# done, a repeat query returns the union of all ten addresses from the cache.
+# done, a repeat query returns the union of all ten addresses from the cache. Also:
+# /metrics is valid Prometheus text (promtool), and deploy/'s Prometheus config and
+# alerting rules check.
 #
 #   .ci/interop-tiers.sh                 builds target/release/tierdns, then runs
 #   TIERDNS_BIN=path .ci/interop-tiers.sh
@@ -16,8 +18,8 @@ PASSED=0 FAILED=0
 pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
 fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
 
-if ! command -v dig >/dev/null || ! command -v kdig >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends bind9-dnsutils knot-dnsutils >/dev/null
+if ! command -v dig >/dev/null || ! command -v kdig >/dev/null || ! command -v promtool >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends bind9-dnsutils knot-dnsutils prometheus >/dev/null
 fi
 if [ -z "${TIERDNS_BIN:-}" ]; then
     cargo build --release 2>&1 | tail -1
@@ -42,12 +44,12 @@ PIDS+=($!)
 addresses() { grep -E '^[^;].*\sIN\s+A\s' | awk '{print $NF}' | sort || true; }
 
 run_backend() { # IO
-    local io=$1 port conf out want_first want_all took
-    port=$(python3 .ci/interop/dnscheck.py freeports 1)
+    local io=$1 port mport conf out want_first want_all took
+    read -r port mport <<<"$(python3 .ci/interop/dnscheck.py freeports 2 | tr '\n' ' ')"
     conf=$WORK/tierdns-$io.toml
     {
         printf '[server]\nlisten = ["127.0.0.1:%s"]\nshards = 2\nio = "%s"\npin_cpus = false\n' "$port" "$io"
-        printf '[metrics]\nenabled = false\n'
+        printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$mport"
         for i in 0 1 2 3 4; do
             printf '[[upstream]]\naddress = "127.0.0.%s:%s"\nname = "sim%s"\n' $((11 + i)) "$FLEET_PORT" "$i"
         done
@@ -85,11 +87,24 @@ run_backend() { # IO
             fail "[$io/$client] after completion: $(addresses <<<"$out" | tr '\n' ' ')"
         fi
     done
+    # The exposition is valid Prometheus text (promtool, from Debian's prometheus).
+    sleep 1.2
+    if python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$mport/metrics', timeout=5).read().decode())" >"$WORK/metrics-$io.txt" &&
+        promtool check metrics <"$WORK/metrics-$io.txt" >"$WORK/promtool-$io.txt" 2>&1; then
+        pass "[$io] /metrics passes promtool check metrics ($(grep -c '^tierdns_' "$WORK/metrics-$io.txt") series)"
+    else
+        fail "[$io] promtool check metrics: $(head -5 "$WORK/promtool-$io.txt" "$WORK/metrics-$io.txt" 2>/dev/null | tr '\n' ' ')"
+    fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
 }
 
 run_backend uring
 run_backend epoll
+if promtool check config deploy/prometheus.yml >"$WORK/promtool-config.txt" 2>&1; then
+    pass "deploy/prometheus.yml and its rules pass promtool check config"
+else
+    fail "promtool check config: $(tr '\n' ' ' <"$WORK/promtool-config.txt")"
+fi
 echo "interop-tiers: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
