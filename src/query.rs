@@ -109,14 +109,9 @@ impl<B: Backend> Shard<B> {
             return First::Reply(reply);
         }
         let target = target_of(&q, transport, self.max_udp());
-        let mut out = sized(
-            out,
-            if transport == Transport::Tcp {
-                TCP_MAX
-            } else {
-                BUF_CAPACITY
-            },
-        );
+        // A reply never exceeds the client's limit (write_reply truncates first), so
+        // that is all the room it needs: no 4 KiB to clear per UDP hit.
+        let mut out = sized(out, target.max_size.min(reply_room(transport)));
         match self
             .shared
             .cache
@@ -228,14 +223,7 @@ impl<B: Backend> Shard<B> {
         transport: Transport,
         ede: Ede,
     ) -> (Vec<u8>, CacheResult) {
-        let mut out = sized(
-            self.pool.get(),
-            if transport == Transport::Tcp {
-                TCP_MAX
-            } else {
-                BUF_CAPACITY
-            },
-        );
+        let mut out = sized(self.pool.get(), target.max_size.min(reply_room(transport)));
         if let Some(len) =
             self.shared
                 .cache
@@ -329,6 +317,14 @@ fn flight_key(key: &KeyRef<'_>) -> FlightKey {
         qclass: key.qclass,
         dnssec_ok: key.dnssec_ok,
         checking_disabled: key.checking_disabled,
+    }
+}
+
+/// The largest buffer a reply on this transport can need.
+fn reply_room(transport: Transport) -> usize {
+    match transport {
+        Transport::Udp => BUF_CAPACITY,
+        Transport::Tcp => TCP_MAX,
     }
 }
 
