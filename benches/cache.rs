@@ -1,4 +1,4 @@
-// Run: CARGO_TARGET_DIR=/work/target-cache cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3
+// Run: cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3
 // Machine: 2-core AMD EPYC VM (shared), Linux, rustc 1.95, release profile.
 // Last results (machine loaded: load average ~5 from parallel builds, so the
 // two-thread figures especially are noisy; two runs shown where they differed):
