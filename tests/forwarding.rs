@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 fn backends() -> Vec<&'static str> {
-    vec!["epoll", "uring"]
+    vec!["epoll", uring()]
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn upstream_queries_are_well_formed() {
 #[test]
 fn tcp_connection_carries_pipelined_queries() {
     let up = SimUpstream::start(Behavior::default());
-    let server = start(config(&[up.addr], "uring", ""));
+    let server = start(config(&[up.addr], uring(), ""));
     let mut s = TcpStream::connect(server.local_addrs[0]).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut ids = Vec::new();
@@ -200,7 +200,7 @@ fn fails_over_to_the_next_upstream_and_servfails_with_ede_when_all_fail() {
 #[test]
 fn malformed_input_gets_formerr_or_is_dropped_and_serving_continues() {
     let up = SimUpstream::start(Behavior::default());
-    let server = start(config(&[up.addr], "uring", ""));
+    let server = start(config(&[up.addr], uring(), ""));
     let addr = server.local_addrs[0];
     let wait = Duration::from_millis(300);
     // Too short for a header: dropped.
@@ -330,7 +330,7 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     let up = SimUpstream::start(Behavior::default());
     let server = start(config(
         &[up.addr],
-        "uring",
+        uring(),
         "[limits]\ntcp_connections = 2\ntcp_idle_timeout = \"300ms\"\n",
     ));
     let addr = server.local_addrs[0];
@@ -375,7 +375,7 @@ fn popular_entries_are_prefetched_before_they_expire() {
     });
     let server = start(config(
         &[up.addr],
-        "uring",
+        uring(),
         "[cache]\nprefetch_min_hits = 2\nprefetch_window = 0.5\n",
     ));
     let addr = server.local_addrs[0];
@@ -406,7 +406,7 @@ fn a_tcp_client_that_stops_reading_loses_its_connection_and_its_slot() {
     });
     let mut c = config(
         &[up.addr],
-        "uring",
+        uring(),
         "[limits]\ntcp_connections = 1\ntcp_idle_timeout = \"300ms\"\ntcp_pipeline = 2\n",
     );
     c.server.shards = 1;

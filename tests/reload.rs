@@ -26,7 +26,7 @@ fn reload_keeps_the_health_of_upstreams_that_stay() {
         addrs: vec![Ipv4Addr::new(203, 0, 113, 9)],
         ..Behavior::default()
     });
-    let server = start(one_shard(config(&[dead.addr], "uring", TIMEOUTS)));
+    let server = start(one_shard(config(&[dead.addr], uring(), TIMEOUTS)));
     let addr = server.local_addrs[0];
     // Five timeouts open the dead upstream's circuit.
     for i in 0..5u16 {
@@ -42,7 +42,7 @@ fn reload_keeps_the_health_of_upstreams_that_stay() {
     // forgotten, it would lead the order again (configured first, no RTT yet).
     let warnings = server.reload(one_shard(config(
         &[dead.addr, good.addr],
-        "uring",
+        uring(),
         TIMEOUTS,
     )));
     assert!(warnings.is_empty(), "{warnings:?}");

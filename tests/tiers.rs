@@ -27,7 +27,7 @@ fn fleet() -> Vec<SimUpstream> {
 fn first_answer_comes_at_the_fastest_latency_and_the_cache_gets_the_union() {
     let ups = fleet();
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
-    let server = start(config(&addrs, "uring", ""));
+    let server = start(config(&addrs, uring(), ""));
     let addr = server.local_addrs[0];
 
     let t = Instant::now();
@@ -123,7 +123,7 @@ fn identical_concurrent_queries_over_all_shards_make_one_flight() {
     });
     let server = start(config(
         &[up.addr],
-        "uring",
+        uring(),
         "[tiers]\nactive_tier_size = 1\n",
     ));
     let addr = server.local_addrs[0];

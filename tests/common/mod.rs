@@ -236,6 +236,24 @@ pub fn config(upstreams: &[SocketAddr], io: &str, extra: &str) -> Config {
     Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// "uring" where this kernel lets us set io_uring up, else "epoll" (with a note):
+/// the suite must pass on machines whose seccomp policy refuses io_uring, while the
+/// io_uring backend is tested wherever it exists.
+pub fn uring() -> &'static str {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        std::thread::spawn(|| io_uring::IoUring::new(8).is_ok())
+            .join()
+            .unwrap_or(false)
+    });
+    if available {
+        "uring"
+    } else {
+        eprintln!("note: io_uring unavailable here; testing the epoll backend instead");
+        "epoll"
+    }
+}
+
 pub fn start(config: Config) -> ServerHandle {
     tierdns::shard::start(config).expect("server starts")
 }
