@@ -49,17 +49,6 @@ pub(crate) enum First {
     Miss(Vec<u8>),
 }
 
-/// The cache key of a query, borrowed.
-pub(crate) fn key_of<'a>(q: &'a QueryView<'_>) -> KeyRef<'a> {
-    KeyRef {
-        qname_lower: q.qname_lower(),
-        qtype: q.qtype,
-        qclass: q.qclass,
-        dnssec_ok: q.dnssec_ok(),
-        checking_disabled: q.header.cd(),
-    }
-}
-
 /// What a reply to this client may weigh, and what it must echo.
 pub(crate) fn target_of<'a>(
     q: &'a QueryView<'_>,
@@ -115,7 +104,7 @@ impl<B: Backend> Shard<B> {
         match self
             .shared
             .cache
-            .lookup(&key_of(&q), start, &target, &mut out)
+            .lookup(&KeyRef::from_query(&q), start, &target, &mut out)
         {
             Lookup::Hit { len, prefetch } => {
                 out.truncate(len);
@@ -180,7 +169,7 @@ impl<B: Backend> Shard<B> {
         start: Instant,
     ) -> (Vec<u8>, CacheResult) {
         let target = target_of(q, transport, self.max_udp());
-        let key = key_of(q);
+        let key = KeyRef::from_query(q);
         let result = match self.shared.flights.join(flight_key(&key), ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
@@ -227,7 +216,7 @@ impl<B: Backend> Shard<B> {
         if let Some(len) =
             self.shared
                 .cache
-                .lookup_stale(&key_of(q), Instant::now(), target, &mut out)
+                .lookup_stale(&KeyRef::from_query(q), Instant::now(), target, &mut out)
         {
             out.truncate(len);
             return (out, CacheResult::Stale);
@@ -266,18 +255,24 @@ impl<B: Backend> Shard<B> {
         let result = run.until_first().await;
         match &result {
             FlightResult::Answer(answer) => {
-                self.shared
-                    .cache
-                    .insert(&key_of(q), &answer.wire, Instant::now(), run.version());
+                self.shared.cache.insert(
+                    &KeyRef::from_query(q),
+                    &answer.wire,
+                    Instant::now(),
+                    run.version(),
+                );
             }
             // Hold the failure briefly (RFC 9520) so a dead upstream set is not
             // hammered; the cache keeps a stale-servable answer over it. Our own
             // overload says nothing about the name: not held.
             FlightResult::Failed(ede) if hold_failure && *ede != Ede::LOCAL_OVERLOAD => {
                 let servfail = error_reply(q, ErrorRcode::ServFail, Some(*ede));
-                self.shared
-                    .cache
-                    .insert(&key_of(q), &servfail, Instant::now(), run.version());
+                self.shared.cache.insert(
+                    &KeyRef::from_query(q),
+                    &servfail,
+                    Instant::now(),
+                    run.version(),
+                );
             }
             FlightResult::Failed(_) => {}
         }
@@ -301,7 +296,7 @@ impl<B: Backend> Shard<B> {
             let joined = shard
                 .shared
                 .flights
-                .join(flight_key(&key_of(&q)), ABANDONED);
+                .join(flight_key(&KeyRef::from_query(&q)), ABANDONED);
             if let Join::Leader(leader) = joined {
                 shard.stats.cache(CacheResult::Prefetch);
                 shard.lead(&q, Instant::now(), Some(leader), false).await;

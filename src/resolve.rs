@@ -10,7 +10,7 @@
 //!    the plan is done (never past `total_collect_timeout`), merges the good answers
 //!    and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
-use crate::cache::{InsertOutcome, KeyRef};
+use crate::cache::KeyRef;
 use crate::health::{CircuitState, HealthTracker};
 use crate::metrics::{Drop, ShardStats, UpstreamEvent};
 use crate::shard::io::Backend;
@@ -359,7 +359,7 @@ impl<B: Backend> FlightRun<B> {
             // Stored as of the first answer's arrival, so its TTLs age from then,
             // not from the end of the collection.
             .insert(&self.key(), &merged.wire, self.first_at, self.version);
-        if matches!(outcome, InsertOutcome::Inserted | InsertOutcome::Replaced) {
+        if outcome.stored() {
             ShardStats::bump(&tiers.merges);
             let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;
             tiers.merged_addresses.set(added);

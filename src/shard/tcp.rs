@@ -82,6 +82,8 @@ async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
         }
     });
     let mut shutdown = shard.shutdown.clone();
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
             biased;
@@ -89,12 +91,12 @@ async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
                 Ok(Ok(p)) => p,
                 _ => break,
             },
-            _ = shutdown.changed() => break,
+            _ = &mut stop => break,
         };
         let frame = tokio::select! {
             biased;
             r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
-            _ = shutdown.changed() => break,
+            _ = &mut stop => break,
         };
         let query = match frame {
             Ok(Ok(q)) => q,

@@ -11,12 +11,17 @@ use std::time::Instant;
 /// shutdown; the socket closes when the last loop holding it ends.
 pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>) {
     let mut shutdown = shard.shutdown.clone();
+    // One wait for the shutdown signal for the whole loop: a fresh `changed()` per
+    // datagram would take the channel's waiter lock, shared by all shards, twice
+    // per packet.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     loop {
         let buf = shard.pool.get();
         let (res, buf) = tokio::select! {
             biased;
             r = sock.recv_from(buf) => r,
-            _ = shutdown.changed() => return,
+            _ = &mut stop => return,
         };
         let peer = match res {
             Ok((_, peer)) => peer,
