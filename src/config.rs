@@ -66,8 +66,14 @@ pub struct ServerConfig {
     pub pin_cpus: bool,
     /// io_uring submission queue entries per shard.
     pub uring_entries: u32,
-    /// Concurrent receive loops per client UDP socket with io_uring (epoll runs one).
+    /// Concurrent receive loops per client UDP socket with io_uring (epoll runs one)
+    /// when the multishot receive is off or unavailable.
     pub udp_receivers: usize,
+    /// With io_uring: receive client UDP with one multishot receive into a ring of
+    /// provided buffers and send the replies in batches (Linux 6.0+; on an older
+    /// kernel tierdns logs why and falls back). `false`: one receive operation per
+    /// datagram.
+    pub udp_multishot: bool,
     /// Largest UDP reply whatever the client's EDNS size (DNS flag day 2020: 1232);
     /// larger answers go out with TC=1 and the client retries over TCP.
     pub max_udp_size: u16,
@@ -85,6 +91,7 @@ impl Default for ServerConfig {
             pin_cpus: true,
             uring_entries: 1024,
             udp_receivers: 8,
+            udp_multishot: true,
             max_udp_size: 1232,
             shutdown_grace: Duration::from_secs(3),
         }

@@ -64,10 +64,12 @@ pub enum Drop {
     /// An upstream query tierdns had no room for (pending table or upstream TCP
     /// connections full).
     UpstreamOverload,
+    /// A client datagram longer than the receive buffer (io_uring multishot path).
+    Oversize,
 }
 
 impl Drop {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Short,
         Self::Response,
         Self::Overload,
@@ -77,6 +79,7 @@ impl Drop {
         Self::TcpFrame,
         Self::SendError,
         Self::UpstreamOverload,
+        Self::Oversize,
     ];
 
     /// Metric label.
@@ -91,6 +94,7 @@ impl Drop {
             Self::TcpFrame => "tcp_frame",
             Self::SendError => "send_error",
             Self::UpstreamOverload => "upstream_overload",
+            Self::Oversize => "oversize",
         }
     }
 }
@@ -190,7 +194,7 @@ pub(crate) struct TierStats {
 pub(crate) struct ShardStats {
     pub(crate) queries: [[Cell<u64>; 8]; 2],
     pub(crate) cache: [Cell<u64>; 4],
-    pub(crate) drops: [Cell<u64>; 9],
+    pub(crate) drops: [Cell<u64>; Drop::ALL.len()],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
     upstreams: RefCell<Vec<UpstreamStats>>,

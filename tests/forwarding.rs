@@ -16,9 +16,17 @@ fn backends() -> Vec<&'static str> {
 
 #[test]
 fn forwards_over_udp_and_tcp_on_both_backends_and_caches() {
-    for io in backends() {
+    // io_uring twice: client UDP through the multishot ring (default), and through one
+    // receive operation per datagram (`udp_multishot = false`).
+    let mut runs: Vec<(&str, bool)> = backends().into_iter().map(|io| (io, true)).collect();
+    if uring() == "uring" {
+        runs.push(("uring", false));
+    }
+    for (io, multishot) in runs {
         let up = SimUpstream::start(Behavior::default());
-        let server = start(config(&[up.addr], io, ""));
+        let mut cfg = config(&[up.addr], io, "");
+        cfg.server.udp_multishot = multishot;
+        let server = start(cfg);
         assert_eq!(server.backend, io);
         let addr = server.local_addrs[0];
 

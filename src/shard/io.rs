@@ -28,6 +28,8 @@ pub(crate) trait UdpIo: 'static {
     /// A UDP send rarely waits; sending it with one syscall spares io_uring a
     /// submission and a completion round trip through the runtime per reply.
     fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize>;
+    /// The socket's descriptor, for a ring of its own (see `ring`).
+    fn raw_fd(&self) -> std::os::fd::RawFd;
 }
 
 /// A TCP stream on one backend; reads and writes may run from two tasks at once.
@@ -74,6 +76,9 @@ pub(crate) trait Backend: 'static {
     /// round trip per datagram; with epoll every waiting loop is woken by each
     /// datagram and all but one find nothing, so one loop per socket is best.
     const PARALLEL_RECEIVES: bool;
+    /// Whether client UDP can be served by a multishot receive on a ring of its own
+    /// (`ring`), when `server.udp_multishot` allows it.
+    const MULTISHOT: bool;
     /// Adopts a bound (and maybe connected) non-blocking std UDP socket.
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp>;
     /// Adopts a listening non-blocking std TCP listener.
@@ -113,6 +118,9 @@ impl UdpIo for UringUdp {
     fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         self.direct.send_to(buf, &addr.into())
     }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.direct)
+    }
 }
 
 impl TcpIo for tokio_uring::net::TcpStream {
@@ -140,6 +148,7 @@ impl Backend for Uring {
     type Listener = tokio_uring::net::TcpListener;
     const NAME: &'static str = "uring";
     const PARALLEL_RECEIVES: bool = true;
+    const MULTISHOT: bool = true;
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         let direct = socket2::Socket::from(socket.try_clone()?);
@@ -191,6 +200,9 @@ impl UdpIo for tokio::net::UdpSocket {
     fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         Self::try_send_to(self, buf, addr)
     }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
 }
 
 impl TcpIo for EpollStream {
@@ -234,6 +246,7 @@ impl Backend for Epoll {
     type Listener = tokio::net::TcpListener;
     const NAME: &'static str = "epoll";
     const PARALLEL_RECEIVES: bool = false;
+    const MULTISHOT: bool = false;
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         tokio::net::UdpSocket::from_std(socket)

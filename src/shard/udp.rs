@@ -62,7 +62,8 @@ pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Ud
     }
 }
 
-async fn send<B: Backend>(
+/// Sends a reply now if the socket takes it, else through the backend; counts a failure.
+pub(super) async fn send<B: Backend>(
     shard: &Shard<B>,
     sock: &B::Udp,
     reply: Vec<u8>,

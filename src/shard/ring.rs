@@ -1,0 +1,735 @@
+//! Client UDP on io_uring, the way that makes io_uring cheap: one multishot
+//! receive into a ring of provided buffers, replies pushed as send SQEs and submitted
+//! together, one `io_uring_enter` per batch.
+//!
+//! tokio-uring has no multishot receive and no provided buffer ring, so each client
+//! socket gets a small ring of its own, built with the `io-uring` crate beneath
+//! tokio-uring. Its descriptor is registered with the shard's reactor: the loop
+//! sleeps with everything else the shard waits for and wakes when completions are
+//! posted. Misses are resolved in their own tasks as on every other path and answer
+//! with a direct `sendto`; only the receive and the hits' replies go through here.
+//!
+//! Bounds: [`RECV_BUFFERS`] buffers of [`RECV_BUFFER_SIZE`] bytes (the kernel stops
+//! the receive with `ENOBUFS` when all are taken; datagrams then wait in the socket's
+//! receive queue, whose size is the bound, and the receive is re-armed once buffers
+//! are back), [`SEND_SLOTS`] replies in flight (past it a reply goes out by
+//! `sendto` at once, or is dropped and counted if the socket cannot take it).
+
+use super::io::{Backend, UdpIo};
+use super::{udp, Shard};
+use crate::metrics::{Drop, Transport};
+use crate::query::First;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::alloc::{self, Layout};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+
+/// Provided receive buffers per client socket (a power of two, as the kernel wants).
+pub(crate) const RECV_BUFFERS: u16 = 256;
+/// Bytes per receive buffer: the kernel's recvmsg header, the peer's address and the
+/// datagram. A query longer than what is left is dropped and counted (`oversize`).
+pub(crate) const RECV_BUFFER_SIZE: usize = 2048;
+/// Replies submitted and not yet completed, per client socket.
+pub(crate) const SEND_SLOTS: usize = 256;
+/// Room for the peer's address in each receive buffer (IPv4 or IPv6).
+const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
+/// Buffer group of the receive buffers.
+const GROUP: u16 = 0;
+/// `user_data` of the multishot receive; sends carry `SEND | slot`.
+const RECV: u64 = 1 << 62;
+const SEND: u64 = 1 << 63;
+/// `user_data` of the cancel at shutdown.
+const CANCEL: u64 = 1 << 61;
+/// Completions taken off the queue at a time.
+const BATCH: usize = 64;
+
+/// What a completion says, copied off the queue.
+#[derive(Clone, Copy, Default)]
+struct Done {
+    data: u64,
+    res: i32,
+    flags: u32,
+}
+
+/// Why the multishot path could not start; the caller falls back to per-datagram
+/// receive operations and logs this once.
+#[derive(Debug)]
+pub(crate) struct Unsupported(pub(crate) String);
+
+/// The ring of provided receive buffers: the shared ring the kernel takes buffer
+/// addresses from, and the buffers themselves.
+struct BufRing {
+    /// Page-aligned array of `RECV_BUFFERS` `io_uring_buf` entries, shared with the
+    /// kernel.
+    entries: *mut types::BufRingEntry,
+    /// The buffers, `RECV_BUFFER_SIZE` each, never moved or freed while registered.
+    data: Box<[u8]>,
+    /// Next tail to publish.
+    tail: u16,
+}
+
+impl BufRing {
+    fn layout() -> Layout {
+        // 16-byte entries; a page-aligned allocation, as the kernel requires.
+        Layout::from_size_align(
+            usize::from(RECV_BUFFERS) * size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("constant layout")
+    }
+
+    fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { alloc::alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>();
+        if entries.is_null() {
+            alloc::handle_alloc_error(Self::layout());
+        }
+        let mut ring = Self {
+            entries,
+            data: vec![0u8; usize::from(RECV_BUFFERS) * RECV_BUFFER_SIZE].into_boxed_slice(),
+            tail: 0,
+        };
+        for bid in 0..RECV_BUFFERS {
+            ring.give(bid);
+        }
+        ring.publish();
+        ring
+    }
+
+    /// Hands buffer `bid` back to the kernel (seen once published).
+    fn give(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (RECV_BUFFERS - 1));
+        let addr = self.data[usize::from(bid) * RECV_BUFFER_SIZE..].as_ptr() as u64;
+        // SAFETY: `index` < RECV_BUFFERS, inside the allocation; the kernel only
+        // reads entries between its head and the published tail, and this one is
+        // past the published tail until `publish`.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        entry.set_addr(addr);
+        entry.set_len(RECV_BUFFER_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every buffer given so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `entries` points at the ring's first entry, which overlays the
+        // tail field the kernel reads; it is a valid, aligned u16 for the ring's life
+        // and is written only by this thread (and atomically, with release ordering,
+        // so the entries written before are visible first).
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16) -> Option<&[u8]> {
+        let start = usize::from(bid).checked_mul(RECV_BUFFER_SIZE)?;
+        self.data.get(start..start + RECV_BUFFER_SIZE)
+    }
+}
+
+impl std::ops::Drop for BufRing {
+    fn drop(&mut self) {
+        if self.entries.is_null() {
+            return; // leaked on purpose by `Ring::drop`
+        }
+        // SAFETY: allocated in `new` with this layout; the ring is dropped only after
+        // the buffer group is unregistered or the io_uring closed (see `Ring::drop`).
+        unsafe { alloc::dealloc(self.entries.cast(), Self::layout()) }
+    }
+}
+
+/// A reply the kernel is sending: the message header points into the slot, so
+/// slots live in a boxed slice that never moves.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: socket2::SockAddr,
+    buf: Vec<u8>,
+}
+
+/// One client socket's ring and everything the kernel may point into.
+struct Ring {
+    uring: AsyncFd<IoUring>,
+    fd: RawFd,
+    /// The recvmsg header the multishot receive was prepared from (name room only).
+    recv_hdr: Box<libc::msghdr>,
+    bufs: BufRing,
+    slots: Box<[SendSlot]>,
+    free: Vec<u16>,
+    /// Sends submitted and not completed.
+    sending: usize,
+    /// The multishot receive is armed (no final completion seen since).
+    armed: bool,
+    /// Taken down cleanly: nothing in flight, buffer group unregistered.
+    quiet: bool,
+}
+
+impl Ring {
+    fn new(fd: RawFd) -> Result<Self, Unsupported> {
+        let entries = (SEND_SLOTS * 2).next_power_of_two() as u32;
+        let cq = (usize::from(RECV_BUFFERS) + SEND_SLOTS + 64).next_power_of_two() as u32;
+        let build = |coop: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_single_issuer();
+            if coop {
+                // Completions of a running shard are delivered when it next enters the
+                // kernel instead of by an interrupt per datagram (Linux 5.19+).
+                b.setup_coop_taskrun();
+            }
+            b.build(entries)
+        };
+        let uring = build(true)
+            .or_else(|_| build(false))
+            .map_err(|e| Unsupported(format!("io_uring_setup: {e}")))?;
+        let mut probe = io_uring::Probe::new();
+        uring
+            .submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| Unsupported(format!("io_uring probe: {e}")))?;
+        if !probe.is_supported(opcode::RecvMsgMulti::CODE)
+            || !probe.is_supported(opcode::SendMsg::CODE)
+        {
+            return Err(Unsupported(
+                "recvmsg/sendmsg not supported by io_uring".into(),
+            ));
+        }
+        let bufs = BufRing::new();
+        // SAFETY: the entries stay allocated and in place until the group is
+        // unregistered or the ring closed, both before `bufs` is dropped (`Drop`).
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring(bufs.entries as u64, RECV_BUFFERS, GROUP)
+                .map_err(|e| Unsupported(format!("provided buffer ring (Linux 5.19+): {e}")))?;
+        }
+        // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+        let slots = (0..SEND_SLOTS)
+            .map(|_| SendSlot {
+                // SAFETY: as above.
+                hdr: unsafe { std::mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                addr: socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                buf: Vec::new(),
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        // SAFETY: the ring owns its descriptor, which stays open and the same until
+        // the `AsyncFd` (which owns the ring) is dropped.
+        let uring = unsafe { AsyncFd::register(uring) }
+            .map_err(|e| Unsupported(format!("registering the ring: {e}")))?;
+        Ok(Self {
+            uring,
+            fd,
+            recv_hdr,
+            bufs,
+            slots,
+            free: (0..SEND_SLOTS as u16).rev().collect(),
+            sending: 0,
+            armed: false,
+            quiet: false,
+        })
+    }
+
+    fn ring(&mut self) -> &mut IoUring {
+        self.uring.get_mut()
+    }
+
+    /// Queues an entry, submitting what is queued first if the queue is full.
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in the entries pushed here (the receive header,
+            // the send slots, the buffer ring) stays valid until their completion is
+            // seen, which `Drop` waits for.
+            if unsafe { self.ring().submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring().submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The completion queue is full: the caller drains it next.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        let entry = opcode::RecvMsgMulti::new(types::Fd(self.fd), &*self.recv_hdr, GROUP)
+            .build()
+            .user_data(RECV);
+        self.push(&entry)?;
+        self.armed = true;
+        Ok(())
+    }
+
+    /// Queues `buf` to `peer`. Gives the buffer back if no slot is free.
+    fn send(&mut self, buf: Vec<u8>, peer: SocketAddr) -> Result<(), Vec<u8>> {
+        let Some(i) = self.free.pop() else {
+            return Err(buf);
+        };
+        let slot = &mut self.slots[usize::from(i)];
+        slot.addr = socket2::SockAddr::from(peer);
+        slot.buf = buf;
+        slot.iov = libc::iovec {
+            iov_base: slot.buf.as_mut_ptr().cast(),
+            iov_len: slot.buf.len(),
+        };
+        slot.hdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
+        slot.hdr.msg_namelen = slot.addr.len();
+        slot.hdr.msg_iov = &mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        let entry = opcode::SendMsg::new(types::Fd(self.fd), &slot.hdr)
+            .build()
+            .user_data(SEND | u64::from(i));
+        match self.push(&entry) {
+            Ok(()) => {
+                self.sending += 1;
+                Ok(())
+            }
+            Err(_) => {
+                self.free.push(i);
+                Err(std::mem::take(&mut self.slots[usize::from(i)].buf))
+            }
+        }
+    }
+
+    /// Copies up to [`BATCH`] completions off the queue.
+    fn reap(&mut self, into: &mut [Done; BATCH]) -> usize {
+        let mut cq = self.ring().completion();
+        cq.sync();
+        let mut n = 0;
+        for (slot, cqe) in into.iter_mut().zip(&mut cq) {
+            *slot = Done {
+                data: cqe.user_data(),
+                res: cqe.result(),
+                flags: cqe.flags(),
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// Cancels the receive and waits (bounded) for it and every send to complete,
+    /// so nothing the kernel points at is freed under it.
+    fn quiesce(&mut self) {
+        let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+        if self.armed && self.push(&cancel).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut cqes = [Done::default(); BATCH];
+        while (self.armed || self.sending > 0) && Instant::now() < deadline {
+            let want = 1;
+            match self.ring().submit_and_wait(want) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(_) => return,
+            }
+            let n = self.reap(&mut cqes);
+            for cqe in &cqes[..n] {
+                let data = cqe.data;
+                if data == RECV && !cqueue::more(cqe.flags) {
+                    self.armed = false;
+                } else if data & SEND != 0 {
+                    self.sending -= 1;
+                }
+            }
+        }
+        if !self.armed && self.sending == 0 {
+            self.quiet = self.ring().submitter().unregister_buf_ring(GROUP).is_ok();
+        }
+    }
+}
+
+impl std::ops::Drop for Ring {
+    fn drop(&mut self) {
+        if !self.quiet {
+            // The kernel may still write into the buffers or read a send header:
+            // leak them rather than free memory it points at. Only reachable if the
+            // ring could not be quiesced within its bound at shutdown.
+            tracing::warn!("client io_uring not quiet at shutdown; leaking its buffers");
+            std::mem::forget(std::mem::take(&mut self.slots));
+            let bufs = std::mem::replace(&mut self.bufs.data, Box::new([]));
+            std::mem::forget(bufs);
+            self.bufs.entries = std::ptr::null_mut();
+        }
+    }
+}
+
+/// The peer's address from the raw `sockaddr` the kernel wrote.
+fn peer_of(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddrV4::new(Ipv4Addr::from(ip), port).into())
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
+            Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope).into())
+        }
+        _ => None,
+    }
+}
+
+/// Serves one client socket through its own ring until shutdown. Returns
+/// `Err(Unsupported)` without touching the socket if the kernel lacks what it needs.
+pub(super) async fn receive_loop<B: Backend>(
+    shard: Rc<Shard<B>>,
+    sock: Rc<B::Udp>,
+) -> Result<(), Unsupported> {
+    let mut ring = Ring::new(sock.raw_fd())?;
+    if let Err(e) = ring.arm().and_then(|()| ring.submit()) {
+        return Err(Unsupported(format!("arming the multishot receive: {e}")));
+    }
+    let mut shutdown = shard.shutdown.clone();
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
+    let mut cqes = [Done::default(); BATCH];
+    loop {
+        let ready = tokio::select! {
+            biased;
+            r = ring.uring.readable() => r,
+            _ = &mut stop => break,
+        };
+        let mut guard = match ready {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "client io_uring: waiting for completions failed");
+                break;
+            }
+        };
+        guard.clear_ready();
+        drop(guard);
+        loop {
+            let n = ring.reap(&mut cqes);
+            let mut failed = false;
+            for cqe in &cqes[..n] {
+                failed |= complete(&shard, &sock, &mut ring, cqe);
+            }
+            ring.bufs.publish();
+            if failed {
+                // A persistent receive error would re-arm in a tight loop: pace it.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !ring.armed {
+                if let Err(e) = ring.arm() {
+                    tracing::error!(error = %e, "client io_uring: re-arming the receive failed");
+                }
+            }
+            let queued = !ring.ring().submission().is_empty();
+            if queued {
+                if let Err(e) = ring.submit() {
+                    tracing::error!(error = %e, "client io_uring: submit failed");
+                }
+            }
+            // Sends usually complete inside the submit: take their completions now
+            // rather than on a wake-up of their own.
+            if n < BATCH && !queued {
+                break;
+            }
+        }
+    }
+    ring.quiesce();
+    Ok(())
+}
+
+/// Handles one completion: a datagram, a send done, or the receive ending. True if
+/// the receive ended with an error (not for want of buffers).
+fn complete<B: Backend>(
+    shard: &Rc<Shard<B>>,
+    sock: &Rc<B::Udp>,
+    ring: &mut Ring,
+    cqe: &Done,
+) -> bool {
+    let data = cqe.data;
+    if data & SEND != 0 {
+        let i = (data & !SEND) as usize;
+        let Some(slot) = ring.slots.get_mut(i) else {
+            return false;
+        };
+        ring.sending -= 1;
+        shard.pool.put(std::mem::take(&mut slot.buf));
+        ring.free.push(i as u16);
+        if cqe.res < 0 {
+            shard.stats.dropped(Drop::SendError);
+        }
+        return false;
+    }
+    if data != RECV {
+        return false;
+    }
+    if !cqueue::more(cqe.flags) {
+        ring.armed = false;
+    }
+    let res = cqe.res;
+    let Some(bid) = cqueue::buffer_select(cqe.flags) else {
+        // No buffer: the receive ended (ENOBUFS when all buffers were taken, or an
+        // error); it is re-armed after this batch.
+        let failed = res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED;
+        if failed {
+            tracing::debug!(error = %io::Error::from_raw_os_error(-res), "client receive error");
+        }
+        return failed;
+    };
+    let len = usize::try_from(res).unwrap_or(0);
+    handle(shard, sock, ring, bid, len);
+    ring.bufs.give(bid);
+    false
+}
+
+fn handle<B: Backend>(
+    shard: &Rc<Shard<B>>,
+    sock: &Rc<B::Udp>,
+    ring: &mut Ring,
+    bid: u16,
+    len: usize,
+) {
+    let Some(buffer) = ring.bufs.buffer(bid) else {
+        return;
+    };
+    let Ok(msg) = types::RecvMsgOut::parse(&buffer[..len.min(buffer.len())], &ring.recv_hdr) else {
+        shard.stats.dropped(Drop::Short);
+        return;
+    };
+    if msg.is_payload_truncated() {
+        shard.stats.dropped(Drop::Oversize);
+        return;
+    }
+    let Some(peer) = peer_of(msg.name_data()) else {
+        return;
+    };
+    let packet = msg.payload_data();
+    let start = Instant::now();
+    let out = shard.pool.get();
+    match shard.first_pass(packet, Transport::Udp, out, start) {
+        First::Reply(out) => {
+            if let Err(out) = ring.send(out, peer) {
+                // Every slot is busy: send it now, or count it lost.
+                if sock.try_send_to(&out, peer).is_err() {
+                    shard.stats.dropped(Drop::SendError);
+                }
+                shard.pool.put(out);
+            }
+        }
+        First::Drop(out) => shard.pool.put(out),
+        First::Miss(out) => {
+            shard.pool.put(out);
+            let Some(admitted) = shard.admit() else {
+                return;
+            };
+            let mut query = shard.pool.get();
+            query.extend_from_slice(packet);
+            let shard = Rc::clone(shard);
+            let sock = Rc::clone(sock);
+            tokio::task::spawn_local(async move {
+                let reply = shard.resolve(&query, Transport::Udp, start, admitted).await;
+                shard.pool.put(query);
+                if let Some(reply) = reply {
+                    udp::send(&shard, &sock, reply, peer).await;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_v4(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut b = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        b.extend_from_slice(&port.to_be_bytes());
+        b.extend_from_slice(&ip);
+        b.resize(16, 0);
+        b
+    }
+
+    #[test]
+    fn peer_addresses_from_raw_sockaddrs() {
+        assert_eq!(
+            peer_of(&raw_v4([127, 0, 0, 9], 5300)),
+            Some(SocketAddr::from(([127, 0, 0, 9], 5300)))
+        );
+        let mut v6 = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        v6.extend_from_slice(&53u16.to_be_bytes());
+        v6.extend_from_slice(&7u32.to_be_bytes());
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        v6.extend_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(
+            peer_of(&v6),
+            Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 53, 7, 3).into())
+        );
+        // Cut short, or a family that is neither: no address.
+        assert_eq!(peer_of(&v6[..20]), None);
+        assert_eq!(peer_of(&[]), None);
+        assert_eq!(peer_of(&[0xff, 0xff, 0, 53, 1, 2, 3, 4]), None);
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// Waits for completions (a test may block its runtime).
+    fn wait(ring: &mut Ring, cqes: &mut [Done; BATCH]) -> usize {
+        ring.ring().submit_and_wait(1).unwrap();
+        ring.reap(cqes)
+    }
+
+    #[test]
+    fn a_burst_past_the_buffers_ends_the_receive_and_re_arming_takes_the_rest() {
+        runtime().block_on(async {
+            let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket2::SockRef::from(&server)
+                .set_recv_buffer_size(8 << 20)
+                .unwrap();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.connect(server.local_addr().unwrap()).unwrap();
+            // More datagrams than buffers, queued before the receive is armed, then
+            // one longer than a buffer.
+            let total = usize::from(RECV_BUFFERS) + 100;
+            for i in 0..total as u32 {
+                client.send(&i.to_be_bytes()).unwrap();
+            }
+            client.send(&[7u8; RECV_BUFFER_SIZE]).unwrap();
+            let mut ring = match Ring::new(std::os::fd::AsRawFd::as_raw_fd(&server)) {
+                Ok(r) => r,
+                Err(Unsupported(why)) => {
+                    eprintln!("note: no multishot io_uring here ({why}); not tested");
+                    return;
+                }
+            };
+            ring.arm().unwrap();
+            ring.submit().unwrap();
+            let mut cqes = [Done::default(); BATCH];
+            let (mut seen, mut held) = (vec![0u32; total], Vec::new());
+            let (mut ends, mut oversize) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while seen.contains(&0) || oversize == 0 {
+                assert!(Instant::now() < deadline, "burst not received in time");
+                let n = wait(&mut ring, &mut cqes);
+                for cqe in &cqes[..n] {
+                    assert_eq!(cqe.data, RECV);
+                    if !cqueue::more(cqe.flags) {
+                        ring.armed = false;
+                    }
+                    let Some(bid) = cqueue::buffer_select(cqe.flags) else {
+                        assert_eq!(
+                            cqe.res,
+                            -libc::ENOBUFS,
+                            "the receive ends for want of buffers"
+                        );
+                        ends += 1;
+                        continue;
+                    };
+                    let buf = ring.bufs.buffer(bid).unwrap();
+                    let msg =
+                        types::RecvMsgOut::parse(&buf[..cqe.res as usize], &ring.recv_hdr).unwrap();
+                    assert_eq!(peer_of(msg.name_data()), client.local_addr().ok());
+                    if msg.is_payload_truncated() {
+                        oversize += 1;
+                    } else {
+                        let i = u32::from_be_bytes(msg.payload_data().try_into().unwrap());
+                        seen[i as usize] += 1;
+                    }
+                    held.push(bid);
+                }
+                // Buffers go back only once the receive has ended: all of them were
+                // taken, so the burst must have outgrown them.
+                if !ring.armed {
+                    for bid in held.drain(..) {
+                        ring.bufs.give(bid);
+                    }
+                    ring.bufs.publish();
+                    ring.arm().unwrap();
+                    ring.submit().unwrap();
+                }
+            }
+            assert!(ends >= 1, "the receive ended with ENOBUFS at the bound");
+            assert!(seen.iter().all(|&n| n == 1), "every datagram exactly once");
+            assert_eq!(oversize, 1, "the long datagram is flagged truncated");
+            ring.quiesce();
+            assert!(ring.quiet, "cancelled and unregistered cleanly");
+        });
+    }
+
+    #[test]
+    fn sends_past_the_slots_are_handed_back_and_slots_return_on_completion() {
+        runtime().block_on(async {
+            let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket2::SockRef::from(&client)
+                .set_recv_buffer_size(8 << 20)
+                .unwrap();
+            let peer = client.local_addr().unwrap();
+            let Ok(mut ring) = Ring::new(std::os::fd::AsRawFd::as_raw_fd(&server)) else {
+                eprintln!("note: no multishot io_uring here; not tested");
+                return;
+            };
+            for i in 0..SEND_SLOTS as u32 {
+                assert!(ring.send(i.to_be_bytes().to_vec(), peer).is_ok());
+            }
+            let back = ring.send(b"one too many".to_vec(), peer);
+            assert_eq!(back.unwrap_err(), b"one too many", "no slot: handed back");
+            ring.submit().unwrap();
+            let mut cqes = [Done::default(); BATCH];
+            while ring.sending > 0 {
+                let n = wait(&mut ring, &mut cqes);
+                for cqe in &cqes[..n] {
+                    assert!(
+                        cqe.data & SEND != 0 && cqe.res == 4,
+                        "a 4-byte send completed"
+                    );
+                    let i = (cqe.data & !SEND) as usize;
+                    assert_eq!(ring.slots[i].buf, (i as u32).to_be_bytes());
+                    ring.sending -= 1;
+                    ring.free.push(i as u16);
+                }
+            }
+            assert_eq!(ring.free.len(), SEND_SLOTS);
+            assert!(ring.send(b"again".to_vec(), peer).is_ok(), "slots are back");
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut got = [0u8; 16];
+            for i in 0..SEND_SLOTS as u32 {
+                let n = client.recv(&mut got).unwrap();
+                assert_eq!(&got[..n], i.to_be_bytes(), "sent in order");
+            }
+            ring.submit().unwrap();
+            ring.quiesce();
+            assert!(ring.quiet);
+        });
+    }
+
+    #[test]
+    fn buffer_ring_hands_out_every_buffer_once() {
+        let ring = BufRing::new();
+        assert_eq!(ring.tail, RECV_BUFFERS);
+        assert!(ring.buffer(RECV_BUFFERS - 1).is_some());
+        assert!(ring.buffer(RECV_BUFFERS).is_none());
+    }
+}
