@@ -371,8 +371,16 @@ fn run_shard(
     if uring {
         let mut builder = tokio_uring::builder();
         builder.entries(shared.config.server.uring_entries);
-        builder.uring_builder(tokio_uring::uring_builder().setup_coop_taskrun());
-        match tokio_uring::Runtime::new(&builder) {
+        // Completions for a running shard wait until it next enters the kernel rather
+        // than interrupting it (Linux 5.19+); older kernels get the default ring.
+        let mut coop = tokio_uring::uring_builder();
+        coop.setup_coop_taskrun();
+        builder.uring_builder(&coop);
+        let rt = tokio_uring::Runtime::new(&builder).or_else(|_| {
+            builder.uring_builder(&tokio_uring::uring_builder());
+            tokio_uring::Runtime::new(&builder)
+        });
+        match rt {
             Ok(rt) => rt.block_on(shard_main::<Uring>(index, shared, sockets, signals, ready)),
             Err(e) => {
                 let _ = ready.send(Err((index, format!("io_uring runtime: {e}"))));

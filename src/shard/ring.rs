@@ -326,28 +326,31 @@ impl Ring {
         n
     }
 
-    /// Cancels the receive and waits (bounded) for it and every send to complete,
-    /// so nothing the kernel points at is freed under it.
+    /// Cancels everything on the socket and waits, at most a second, for the
+    /// receive and every send to complete, so nothing the kernel points at is freed
+    /// under it.
     fn quiesce(&mut self) {
-        let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
-        if self.armed && self.push(&cancel).is_err() {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(self.fd)).all())
+            .build()
+            .user_data(CANCEL);
+        if (self.armed || self.sending > 0) && self.push(&cancel).is_err() {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(1);
+        let tick = types::Timespec::new().nsec(50_000_000);
+        let args = types::SubmitArgs::new().timespec(&tick);
         let mut cqes = [Done::default(); BATCH];
         while (self.armed || self.sending > 0) && Instant::now() < deadline {
-            let want = 1;
-            match self.ring().submit_and_wait(want) {
+            match self.ring().submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
                 Err(_) => return,
             }
             let n = self.reap(&mut cqes);
             for cqe in &cqes[..n] {
-                let data = cqe.data;
-                if data == RECV && !cqueue::more(cqe.flags) {
+                if cqe.data == RECV && !cqueue::more(cqe.flags) {
                     self.armed = false;
-                } else if data & SEND != 0 {
+                } else if cqe.data & SEND != 0 {
                     self.sending -= 1;
                 }
             }
