@@ -444,3 +444,27 @@ fn a_tcp_client_that_stops_reading_loses_its_connection_and_its_slot() {
     assert_eq!(r.metadata.id, 3);
     server.shutdown();
 }
+
+#[test]
+fn client_datagrams_longer_than_the_receive_buffer_are_dropped_on_both_backends() {
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(config(&[up.addr], io, ""));
+        let addr = server.local_addrs[0];
+        // A good query with 3000 bytes of trailing junk: longer than the 2048-byte
+        // receive buffer, so it is dropped (counted as oversize), never half-read.
+        let mut long = query(9, "long.example.", RecordType::A, None)
+            .to_vec()
+            .unwrap();
+        long.resize(3000, 0xAB);
+        assert_eq!(
+            udp_raw(addr, &long, Duration::from_millis(300)),
+            None,
+            "{io}"
+        );
+        assert_eq!(up.queries(), 0, "{io}: not forwarded");
+        let r = udp_query(addr, &query(10, "long.example.", RecordType::A, None));
+        assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
+        server.shutdown();
+    }
+}

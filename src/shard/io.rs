@@ -7,9 +7,11 @@
 //! over with [`Backend::udp`] / [`Backend::listener`]; everything above this module is
 //! shared by both backends.
 
+use super::{mmsg, ring, udp, Shard};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::rc::Rc;
 
 /// A buffer handed back with the result of the operation that used it.
 pub(crate) type BufResult<T> = (io::Result<T>, Vec<u8>);
@@ -76,9 +78,16 @@ pub(crate) trait Backend: 'static {
     /// round trip per datagram; with epoll every waiting loop is woken by each
     /// datagram and all but one find nothing, so one loop per socket is best.
     const PARALLEL_RECEIVES: bool;
-    /// Whether client UDP can be served by a multishot receive on a ring of its own
-    /// (`ring`), when `server.udp_multishot` allows it.
-    const MULTISHOT: bool;
+    /// Serves one client UDP socket until shutdown: receive, answer hits at once,
+    /// hand misses to tasks of their own. `receivers` is how many per-datagram loops
+    /// to run where that is the way.
+    fn serve_udp(
+        shard: Rc<Shard<Self>>,
+        sock: Rc<Self::Udp>,
+        receivers: usize,
+    ) -> impl Future<Output = ()>
+    where
+        Self: Sized;
     /// Adopts a bound (and maybe connected) non-blocking std UDP socket.
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp>;
     /// Adopts a listening non-blocking std TCP listener.
@@ -148,7 +157,30 @@ impl Backend for Uring {
     type Listener = tokio_uring::net::TcpListener;
     const NAME: &'static str = "uring";
     const PARALLEL_RECEIVES: bool = true;
-    const MULTISHOT: bool = true;
+
+    /// One multishot receive on a ring of its own (`ring`), unless turned off
+    /// (`server.udp_multishot`) or the kernel lacks it: then `receivers` loops of one
+    /// receive operation per datagram.
+    async fn serve_udp(shard: Rc<Shard<Self>>, sock: Rc<Self::Udp>, receivers: usize) {
+        if shard.shared.config.server.udp_multishot {
+            match ring::receive_loop(Rc::clone(&shard), Rc::clone(&sock)).await {
+                Ok(()) => return,
+                Err(ring::Unsupported(why)) => tracing::warn!(
+                    shard = shard.index,
+                    reason = %why,
+                    "client UDP: no multishot io_uring receive; one receive operation per datagram instead"
+                ),
+            }
+        }
+        let loops: Vec<_> = (0..receivers)
+            .map(|_| {
+                tokio::task::spawn_local(udp::receive_loop(Rc::clone(&shard), Rc::clone(&sock)))
+            })
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+    }
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         let direct = socket2::Socket::from(socket.try_clone()?);
@@ -246,7 +278,12 @@ impl Backend for Epoll {
     type Listener = tokio::net::TcpListener;
     const NAME: &'static str = "epoll";
     const PARALLEL_RECEIVES: bool = false;
-    const MULTISHOT: bool = false;
+
+    /// Batches: every queued datagram in one `recvmmsg`, the hits' replies in one
+    /// `sendmmsg` (`mmsg`).
+    async fn serve_udp(shard: Rc<Shard<Self>>, sock: Rc<Self::Udp>, _receivers: usize) {
+        mmsg::receive_loop(shard, sock).await;
+    }
 
     fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
         tokio::net::UdpSocket::from_std(socket)
@@ -290,4 +327,57 @@ pub(crate) fn release_udp(sock: &socket2::Socket, receives: usize) -> io::Result
         peer.send_to(&[], target)?;
     }
     Ok(())
+}
+
+/// The peer's address from the raw `sockaddr` the kernel wrote.
+pub(crate) fn peer_of(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddrV4::new(Ipv4Addr::from(ip), port).into())
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
+            Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope).into())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_v4(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut b = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        b.extend_from_slice(&port.to_be_bytes());
+        b.extend_from_slice(&ip);
+        b.resize(16, 0);
+        b
+    }
+
+    #[test]
+    fn peer_addresses_from_raw_sockaddrs() {
+        assert_eq!(
+            peer_of(&raw_v4([127, 0, 0, 9], 5300)),
+            Some(SocketAddr::from(([127, 0, 0, 9], 5300)))
+        );
+        let mut v6 = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        v6.extend_from_slice(&53u16.to_be_bytes());
+        v6.extend_from_slice(&7u32.to_be_bytes());
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        v6.extend_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(
+            peer_of(&v6),
+            Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 53, 7, 3).into())
+        );
+        // Cut short, or a family that is neither: no address.
+        assert_eq!(peer_of(&v6[..20]), None);
+        assert_eq!(peer_of(&[]), None);
+        assert_eq!(peer_of(&[0xff, 0xff, 0, 53, 1, 2, 3, 4]), None);
+    }
 }

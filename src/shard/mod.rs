@@ -16,8 +16,10 @@
 pub(crate) mod buffers;
 pub(crate) mod io;
 mod tcp;
-// The one module with `unsafe`: the io_uring buffer ring and message headers are
-// memory shared with the kernel. Each block says why it is sound.
+// The two modules with `unsafe`: batched socket calls and the io_uring buffer ring
+// and message headers, memory shared with the kernel. Each block says why it is sound.
+#[allow(unsafe_code)]
+mod mmsg;
 #[allow(unsafe_code)]
 mod ring;
 mod udp;
@@ -519,20 +521,11 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     let mut tasks = Vec::new();
     for sock in udp {
         let sock = Rc::new(sock);
-        if B::MULTISHOT && config.server.udp_multishot {
-            tasks.push(tokio::task::spawn_local(multishot_or_not(
-                Rc::clone(&shard),
-                sock,
-                receivers,
-            )));
-            continue;
-        }
-        for _ in 0..receivers {
-            tasks.push(tokio::task::spawn_local(udp::receive_loop(
-                Rc::clone(&shard),
-                Rc::clone(&sock),
-            )));
-        }
+        tasks.push(tokio::task::spawn_local(B::serve_udp(
+            Rc::clone(&shard),
+            sock,
+            receivers,
+        )));
     }
     for listener in tcp {
         tasks.push(tokio::task::spawn_local(tcp::accept_loop(
@@ -569,26 +562,6 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     flusher.abort();
     shard.stats.flush(&shard.upstreams.borrow().labels);
     tracing::debug!(shard = shard.index, "shard stopped");
-}
-
-/// Serves a client socket through its own multishot ring, or, where the kernel
-/// lacks what that needs, with `receivers` per-datagram receive loops.
-async fn multishot_or_not<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>, receivers: usize) {
-    let Err(ring::Unsupported(why)) = ring::receive_loop(Rc::clone(&shard), Rc::clone(&sock)).await
-    else {
-        return;
-    };
-    tracing::warn!(
-        shard = shard.index,
-        reason = %why,
-        "client UDP: no multishot io_uring receive; one receive operation per datagram instead"
-    );
-    let loops: Vec<_> = (0..receivers)
-        .map(|_| tokio::task::spawn_local(udp::receive_loop(Rc::clone(&shard), Rc::clone(&sock))))
-        .collect();
-    for l in loops {
-        let _ = l.await;
-    }
 }
 
 async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {

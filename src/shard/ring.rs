@@ -15,14 +15,13 @@
 //! are back), [`SEND_SLOTS`] replies in flight (past it a reply goes out by
 //! `sendto` at once, or is dropped and counted if the socket cannot take it).
 
-use super::io::{Backend, UdpIo};
+use super::io::{peer_of, Backend, UdpIo};
 use super::{udp, Shard};
-use crate::metrics::{Drop, Transport};
-use crate::query::First;
+use crate::metrics::Drop;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::alloc::{self, Layout};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -376,25 +375,6 @@ impl std::ops::Drop for Ring {
     }
 }
 
-/// The peer's address from the raw `sockaddr` the kernel wrote.
-fn peer_of(name: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
-    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
-    match i32::from(family) {
-        libc::AF_INET => {
-            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(SocketAddrV4::new(Ipv4Addr::from(ip), port).into())
-        }
-        libc::AF_INET6 => {
-            let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
-            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope).into())
-        }
-        _ => None,
-    }
-}
-
 /// Serves one client socket through its own ring until shutdown. Returns
 /// `Err(Unsupported)` without touching the socket if the kernel lacks what it needs.
 pub(super) async fn receive_loop<B: Backend>(
@@ -522,72 +502,21 @@ fn handle<B: Backend>(
     let Some(peer) = peer_of(msg.name_data()) else {
         return;
     };
-    let packet = msg.payload_data();
-    let start = Instant::now();
-    let out = shard.pool.get();
-    match shard.first_pass(packet, Transport::Udp, out, start) {
-        First::Reply(out) => {
-            if let Err(out) = ring.send(out, peer) {
-                // Every slot is busy: send it now, or count it lost.
-                if sock.try_send_to(&out, peer).is_err() {
-                    shard.stats.dropped(Drop::SendError);
-                }
-                shard.pool.put(out);
-            }
+    let Some(reply) = udp::take(shard, sock, msg.payload_data(), peer) else {
+        return;
+    };
+    if let Err(reply) = ring.send(reply, peer) {
+        // Every slot is busy: send it now, or count it lost.
+        if sock.try_send_to(&reply, peer).is_err() {
+            shard.stats.dropped(Drop::SendError);
         }
-        First::Drop(out) => shard.pool.put(out),
-        First::Miss(out) => {
-            shard.pool.put(out);
-            let Some(admitted) = shard.admit() else {
-                return;
-            };
-            let mut query = shard.pool.get();
-            query.extend_from_slice(packet);
-            let shard = Rc::clone(shard);
-            let sock = Rc::clone(sock);
-            tokio::task::spawn_local(async move {
-                let reply = shard.resolve(&query, Transport::Udp, start, admitted).await;
-                shard.pool.put(query);
-                if let Some(reply) = reply {
-                    udp::send(&shard, &sock, reply, peer).await;
-                }
-            });
-        }
+        shard.pool.put(reply);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn raw_v4(ip: [u8; 4], port: u16) -> Vec<u8> {
-        let mut b = (libc::AF_INET as u16).to_ne_bytes().to_vec();
-        b.extend_from_slice(&port.to_be_bytes());
-        b.extend_from_slice(&ip);
-        b.resize(16, 0);
-        b
-    }
-
-    #[test]
-    fn peer_addresses_from_raw_sockaddrs() {
-        assert_eq!(
-            peer_of(&raw_v4([127, 0, 0, 9], 5300)),
-            Some(SocketAddr::from(([127, 0, 0, 9], 5300)))
-        );
-        let mut v6 = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
-        v6.extend_from_slice(&53u16.to_be_bytes());
-        v6.extend_from_slice(&7u32.to_be_bytes());
-        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        v6.extend_from_slice(&3u32.to_ne_bytes());
-        assert_eq!(
-            peer_of(&v6),
-            Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 53, 7, 3).into())
-        );
-        // Cut short, or a family that is neither: no address.
-        assert_eq!(peer_of(&v6[..20]), None);
-        assert_eq!(peer_of(&[]), None);
-        assert_eq!(peer_of(&[0xff, 0xff, 0, 53, 1, 2, 3, 4]), None);
-    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,321 @@
+//! Client UDP on epoll in batches: one `recvmmsg` takes every datagram queued on the
+//! socket (up to [`BATCH`]), the replies of the hits among them leave with one
+//! `sendmmsg`. Misses go to tasks of their own and answer with a single send, as on
+//! every path.
+//!
+//! Bounds: [`BATCH`] receive buffers of [`RECV_BUFFER_SIZE`] bytes per client
+//! socket; a longer datagram is dropped and counted (`oversize`), like on the
+//! io_uring ring. Replies a full socket will not take are sent one by one through
+//! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
+
+use super::io::{peer_of, Backend, UdpIo};
+use super::{udp, Shard};
+use crate::metrics::Drop;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use tokio::io::Interest;
+
+/// Datagrams taken per `recvmmsg`, and replies sent per `sendmmsg`.
+pub(crate) const BATCH: usize = 32;
+/// Bytes per receive buffer (same as the io_uring ring's payload room, roughly).
+pub(crate) const RECV_BUFFER_SIZE: usize = 2048;
+/// Room for the sender's address (IPv4 or IPv6).
+const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
+/// Batches taken in a row before the loop lets other tasks run.
+const BATCHES_PER_TURN: usize = 8;
+
+/// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
+struct RecvBatch {
+    data: Box<[u8]>,
+    names: Box<[[u8; NAME_LEN]; BATCH]>,
+    iovs: Box<[libc::iovec; BATCH]>,
+    hdrs: Box<[libc::mmsghdr; BATCH]>,
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        Self {
+            data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
+            names: Box::new([[0u8; NAME_LEN]; BATCH]),
+            iovs: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; BATCH],
+            ),
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            hdrs: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams without waiting.
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for (i, ((iov, name), hdr)) in self
+            .iovs
+            .iter_mut()
+            .zip(self.names.iter_mut())
+            .zip(self.hdrs.iter_mut())
+            .enumerate()
+        {
+            *iov = libc::iovec {
+                iov_base: self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr().cast(),
+                iov_len: RECV_BUFFER_SIZE,
+            };
+            hdr.msg_hdr.msg_name = name.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+            hdr.msg_len = 0;
+        }
+        // SAFETY: every header points at live buffers of the lengths it states
+        // (`data`, `names`, `iovs` are owned by `self` and not moved during the
+        // call); the kernel writes at most those lengths and BATCH headers.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last receive: its bytes and sender, or why it is not
+    /// served.
+    fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), Drop> {
+        let hdr = &self.hdrs[i];
+        if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return Err(Drop::Oversize);
+        }
+        let len = (hdr.msg_len as usize).min(RECV_BUFFER_SIZE);
+        let name_len = (hdr.msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        let peer = peer_of(&self.names[i][..name_len]).ok_or(Drop::Short)?;
+        let start = i * RECV_BUFFER_SIZE;
+        Ok((&self.data[start..start + len], peer))
+    }
+}
+
+/// Replies waiting for the batch's `sendmmsg`.
+struct SendBatch {
+    replies: Vec<(Vec<u8>, SocketAddr)>,
+    addrs: Box<[socket2::SockAddr]>,
+    iovs: Box<[libc::iovec; BATCH]>,
+    hdrs: Box<[libc::mmsghdr; BATCH]>,
+}
+
+impl SendBatch {
+    fn new() -> Self {
+        let any = socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        Self {
+            replies: Vec::with_capacity(BATCH),
+            addrs: vec![any; BATCH].into_boxed_slice(),
+            iovs: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; BATCH],
+            ),
+            // SAFETY: as in `RecvBatch::new`.
+            hdrs: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+
+    /// Sends `replies[from..]` with one call; how many the socket took.
+    fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let todo = &mut self.replies[from..];
+        for (i, (reply, peer)) in todo.iter_mut().enumerate() {
+            self.addrs[i] = socket2::SockAddr::from(*peer);
+            self.iovs[i] = libc::iovec {
+                iov_base: reply.as_mut_ptr().cast(),
+                iov_len: reply.len(),
+            };
+            let hdr = &mut self.hdrs[i];
+            hdr.msg_hdr.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
+            hdr.msg_hdr.msg_namelen = self.addrs[i].len();
+            hdr.msg_hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: the first `todo.len()` (≤ BATCH) headers point at the replies and
+        // addresses just filled in, all alive and unmoved until the call returns.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                todo.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Serves one client socket until shutdown.
+pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>)
+where
+    B::Udp: Batched,
+{
+    let mut shutdown = shard.shutdown.clone();
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
+    let fd = sock.raw_fd();
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
+    loop {
+        let ready = tokio::select! {
+            biased;
+            r = sock.ready_to_read() => r,
+            _ = &mut stop => return,
+        };
+        if let Err(e) = ready {
+            tracing::error!(error = %e, "client socket: waiting to read failed");
+            return;
+        }
+        for _ in 0..BATCHES_PER_TURN {
+            let n = match sock.try_read_with(|| rx.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client receive error");
+                    break;
+                }
+            };
+            for i in 0..n {
+                match rx.datagram(i) {
+                    Ok((packet, peer)) => {
+                        if let Some(reply) = udp::take(&shard, &sock, packet, peer) {
+                            tx.replies.push((reply, peer));
+                        }
+                    }
+                    Err(reason) => shard.stats.dropped(reason),
+                }
+            }
+            flush(&shard, &sock, fd, &mut tx).await;
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+}
+
+/// Sends the batch's replies: one `sendmmsg` for as many as the socket takes, the
+/// rest one by one through the reactor.
+async fn flush<B: Backend>(shard: &Shard<B>, sock: &B::Udp, fd: RawFd, tx: &mut SendBatch) {
+    let mut sent = 0;
+    while sent < tx.replies.len() {
+        match tx.send(fd, sent) {
+            Ok(n) if n > 0 => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(_) | Err(_) => break,
+        }
+    }
+    let mut rest = tx.replies.drain(..);
+    for (reply, _) in rest.by_ref().take(sent) {
+        shard.pool.put(reply);
+    }
+    // Whatever the kernel refused (full socket buffer, or an error for one
+    // destination): each goes on its own, waiting for room, or is counted lost.
+    let rest: smallvec::SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
+    for (reply, peer) in rest {
+        udp::send(shard, sock, reply, peer).await;
+    }
+}
+
+/// What the batched loop needs from a socket beyond [`UdpIo`]: readiness, and a
+/// non-blocking call that clears it on `WouldBlock`.
+pub(crate) trait Batched {
+    /// Waits until the socket may have datagrams.
+    fn ready_to_read(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    /// Runs `f`, a non-blocking read; `WouldBlock` clears the readiness.
+    fn try_read_with<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+impl Batched for tokio::net::UdpSocket {
+    async fn ready_to_read(&self) -> io::Result<()> {
+        self.readable().await
+    }
+    fn try_read_with<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.try_io(Interest::READABLE, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&server, &client] {
+            socket2::SockRef::from(s)
+                .set_recv_buffer_size(4 << 20)
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        client.connect(server.local_addr().unwrap()).unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn a_receive_takes_at_most_a_batch_and_flags_oversize_datagrams() {
+        let (server, client) = pair();
+        let total = BATCH + 8;
+        for i in 0..total as u32 {
+            client.send(&i.to_be_bytes()).unwrap();
+        }
+        client.send(&[1u8; RECV_BUFFER_SIZE + 1]).unwrap();
+        let mut rx = RecvBatch::new();
+        let fd = server.as_raw_fd();
+        assert_eq!(rx.recv(fd).unwrap(), BATCH, "a full batch, no more");
+        for i in 0..BATCH {
+            let (bytes, peer) = rx.datagram(i).unwrap();
+            assert_eq!(bytes, (i as u32).to_be_bytes());
+            assert_eq!(peer, client.local_addr().unwrap());
+        }
+        assert_eq!(rx.recv(fd).unwrap(), 9, "the rest, and the long one");
+        for i in 0..8 {
+            assert_eq!(
+                rx.datagram(i).unwrap().0,
+                ((BATCH + i) as u32).to_be_bytes()
+            );
+        }
+        assert_eq!(rx.datagram(8).unwrap_err(), Drop::Oversize);
+        let empty = rx.recv(fd).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock, "never waits");
+    }
+
+    #[test]
+    fn one_send_carries_a_batch_in_order() {
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let mut tx = SendBatch::new();
+        for i in 0..BATCH as u32 {
+            tx.replies.push((i.to_be_bytes().to_vec(), peer));
+        }
+        assert_eq!(tx.send(server.as_raw_fd(), 0).unwrap(), BATCH);
+        // From an offset: only the rest.
+        assert_eq!(tx.send(server.as_raw_fd(), BATCH - 2).unwrap(), 2);
+        let mut got = [0u8; 8];
+        for i in (0..BATCH as u32).chain([BATCH as u32 - 2, BATCH as u32 - 1]) {
+            let n = client.recv(&mut got).unwrap();
+            assert_eq!(&got[..n], i.to_be_bytes());
+        }
+    }
+}
