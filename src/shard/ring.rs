@@ -223,10 +223,13 @@ impl Ring {
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        // Readable only: the ring's descriptor also reports writable whenever the
+        // submission queue has room, which would wake the shard for nothing.
         // SAFETY: the ring owns its descriptor, which stays open and the same until
         // the `AsyncFd` (which owns the ring) is dropped.
-        let uring = unsafe { AsyncFd::register(uring) }
-            .map_err(|e| Unsupported(format!("registering the ring: {e}")))?;
+        let uring =
+            unsafe { AsyncFd::register_with_interest(uring, tokio::io::Interest::READABLE) }
+                .map_err(|e| Unsupported(format!("registering the ring: {e}")))?;
         Ok(Self {
             uring,
             fd,
