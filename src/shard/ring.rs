@@ -503,6 +503,7 @@ fn handle<B: Backend>(
         return;
     }
     let Some(peer) = peer_of(msg.name_data()) else {
+        shard.stats.dropped(Drop::Short);
         return;
     };
     let Some(reply) = udp::take(shard, sock, msg.payload_data(), peer) else {
