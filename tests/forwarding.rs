@@ -14,15 +14,19 @@ fn backends() -> Vec<&'static str> {
     vec!["epoll", uring()]
 }
 
-#[test]
-fn forwards_over_udp_and_tcp_on_both_backends_and_caches() {
-    // io_uring twice: client UDP through the multishot ring (default), and through one
-    // receive operation per datagram (`udp_multishot = false`).
+/// Every client UDP path: epoll (recvmmsg batches), and io_uring twice: the multishot
+/// ring (default) and one receive operation per datagram (`udp_multishot = false`).
+fn runs() -> Vec<(&'static str, bool)> {
     let mut runs: Vec<(&str, bool)> = backends().into_iter().map(|io| (io, true)).collect();
     if uring() == "uring" {
         runs.push(("uring", false));
     }
-    for (io, multishot) in runs {
+    runs
+}
+
+#[test]
+fn forwards_over_udp_and_tcp_on_both_backends_and_caches() {
+    for (io, multishot) in runs() {
         let up = SimUpstream::start(Behavior::default());
         let mut cfg = config(&[up.addr], io, "");
         cfg.server.udp_multishot = multishot;
@@ -466,5 +470,75 @@ fn client_datagrams_longer_than_the_receive_buffer_are_dropped_on_both_backends(
         let r = udp_query(addr, &query(10, "long.example.", RecordType::A, None));
         assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
         server.shutdown();
+    }
+}
+
+#[test]
+fn a_flood_of_hits_starves_neither_misses_nor_shutdown() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    for (io, multishot) in runs() {
+        let up = SimUpstream::start(Behavior::default());
+        let mut cfg = config(&[up.addr], io, "");
+        cfg.server.shards = 1;
+        cfg.server.udp_multishot = multishot;
+        let server = start(cfg);
+        let addr = server.local_addrs[0];
+        udp_query(addr, &query(1, "hot.example.", RecordType::A, None));
+        // Two senders keep the one shard's client socket full of hits, never
+        // reading the replies, for at most 10 s.
+        let stop = Arc::new(AtomicBool::new(false));
+        let floods: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    s.connect(addr).unwrap();
+                    let hit = query(2, "hot.example.", RecordType::A, None).bytes();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let mut sent = 0u64;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        if s.send(&hit).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // A miss over TCP needs the shard's other tasks (the connection, the upstream
+        // reply): it is answered while the flood goes on. (Over UDP it would share the
+        // flooded socket, where the kernel drops what does not fit.)
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        write_frame(
+            &mut s,
+            &query(3, "cold.example.", RecordType::A, None).bytes(),
+        )
+        .unwrap();
+        let reply = read_frame(&mut s).expect("miss answered over TCP during the flood");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(a_records(&reply), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
+        let waited = started.elapsed();
+        // Shutdown is seen under the flood too.
+        let started = Instant::now();
+        server.shutdown();
+        let stopping = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
+        eprintln!(
+            "{io} (multishot {multishot}): {sent} hits sent; miss answered in {waited:?}; shutdown took {stopping:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(2),
+            "{io}: miss waited {waited:?}"
+        );
+        assert!(
+            stopping < Duration::from_secs(4),
+            "{io}: shutdown took {stopping:?}"
+        );
     }
 }

@@ -13,6 +13,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::rc::Rc;
 
+/// The longest client UDP datagram served; a longer one is dropped and counted
+/// (`oversize`). Real queries are a few hundred bytes at most.
+pub(crate) const MAX_QUERY: usize = 2048;
+
 /// A buffer handed back with the result of the operation that used it.
 pub(crate) type BufResult<T> = (io::Result<T>, Vec<u8>);
 

@@ -8,7 +8,7 @@
 //! io_uring ring. Replies a full socket will not take are sent one by one through
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
-use super::io::{peer_of, Backend, UdpIo};
+use super::io::{peer_of, Backend, UdpIo, MAX_QUERY};
 use super::{udp, Shard};
 use crate::metrics::Drop;
 use std::io;
@@ -19,8 +19,8 @@ use tokio::io::Interest;
 
 /// Datagrams taken per `recvmmsg`, and replies sent per `sendmmsg`.
 pub(crate) const BATCH: usize = 32;
-/// Bytes per receive buffer (same as the io_uring ring's payload room, roughly).
-pub(crate) const RECV_BUFFER_SIZE: usize = 2048;
+/// Bytes per receive buffer: the longest datagram served, as on the io_uring ring.
+pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
 /// Room for the sender's address (IPv4 or IPv6).
 const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 /// Batches taken in a row before the loop lets other tasks run.
@@ -171,27 +171,41 @@ where
     B::Udp: Batched,
 {
     let mut shutdown = shard.shutdown.clone();
+    let watch = shard.shutdown.clone();
     let stop = shutdown.changed();
     tokio::pin!(stop);
     let fd = sock.raw_fd();
     let mut rx = RecvBatch::new();
     let mut tx = SendBatch::new();
+    // Whether to wait for readiness before the next turn (not after a turn cut
+    // short while datagrams were still coming).
+    let mut wait = true;
     loop {
-        let ready = tokio::select! {
-            biased;
-            r = sock.ready_to_read() => r,
-            _ = &mut stop => return,
-        };
-        if let Err(e) = ready {
-            tracing::error!(error = %e, "client socket: waiting to read failed");
-            return;
+        if wait {
+            let ready = tokio::select! {
+                biased;
+                r = sock.ready_to_read() => r,
+                _ = &mut stop => return,
+            };
+            if let Err(e) = ready {
+                tracing::error!(error = %e, "client socket: waiting to read failed");
+                return;
+            }
         }
-        for _ in 0..BATCHES_PER_TURN {
+        wait = true;
+        for turn in 0.. {
+            if turn == BATCHES_PER_TURN {
+                wait = false;
+                break;
+            }
             let n = match sock.try_read_with(|| rx.recv(fd)) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
+                    // Readiness stays set after an error: pace the retry.
                     tracing::debug!(error = %e, "client receive error");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    wait = false;
                     break;
                 }
             };
@@ -208,6 +222,14 @@ where
             flush(&shard, &sock, fd, &mut tx).await;
             if n < BATCH {
                 break;
+            }
+        }
+        if !wait {
+            // Still busy: let the shard's other tasks run (readiness futures use no
+            // cooperative budget here, so nothing else would make this loop yield).
+            tokio::task::yield_now().await;
+            if watch.has_changed().unwrap_or(true) {
+                return;
             }
         }
     }

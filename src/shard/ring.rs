@@ -15,7 +15,7 @@
 //! are back), [`SEND_SLOTS`] replies in flight (past it a reply goes out by
 //! `sendto` at once, or is dropped and counted if the socket cannot take it).
 
-use super::io::{peer_of, Backend, UdpIo};
+use super::io::{peer_of, Backend, UdpIo, MAX_QUERY};
 use super::{udp, Shard};
 use crate::metrics::Drop;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -30,9 +30,11 @@ use tokio::io::unix::AsyncFd;
 
 /// Provided receive buffers per client socket (a power of two, as the kernel wants).
 pub(crate) const RECV_BUFFERS: u16 = 256;
-/// Bytes per receive buffer: the kernel's recvmsg header, the peer's address and the
-/// datagram. A query longer than what is left is dropped and counted (`oversize`).
-pub(crate) const RECV_BUFFER_SIZE: usize = 2048;
+/// The kernel's `io_uring_recvmsg_out` header at the start of each received buffer.
+const RECVMSG_OUT: usize = 16;
+/// Bytes per receive buffer: the kernel's header, the peer's address and up to
+/// [`MAX_QUERY`] bytes of datagram; a longer one is dropped and counted (`oversize`).
+pub(crate) const RECV_BUFFER_SIZE: usize = RECVMSG_OUT + NAME_LEN + MAX_QUERY;
 /// Replies submitted and not yet completed, per client socket.
 pub(crate) const SEND_SLOTS: usize = 256;
 /// Room for the peer's address in each receive buffer (IPv4 or IPv6).
@@ -44,8 +46,15 @@ const RECV: u64 = 1 << 62;
 const SEND: u64 = 1 << 63;
 /// `user_data` of the cancel at shutdown.
 const CANCEL: u64 = 1 << 61;
+/// `user_data` of the no-op that wakes a busy loop through the reactor.
+const NOP: u64 = 1 << 60;
 /// Completions taken off the queue at a time.
 const BATCH: usize = 64;
+/// Passes over the completion queue before the loop lets other tasks run.
+const PASSES_PER_TURN: usize = 8;
+/// Receives failing in a row (not for want of buffers) before the socket falls
+/// back to per-datagram receive operations.
+const MAX_RECEIVE_FAILURES: u32 = 100;
 
 /// What a completion says, copied off the queue.
 #[derive(Clone, Copy, Default)]
@@ -60,38 +69,62 @@ struct Done {
 #[derive(Debug)]
 pub(crate) struct Unsupported(pub(crate) String);
 
+/// One entry of the kernel's provided-buffer ring (`struct io_uring_buf`). The
+/// ring's tail overlays `resv` of entry 0 (`struct io_uring_buf_ring`), so entries are
+/// only ever written field by field through raw pointers, never as references.
+#[repr(C)]
+struct RawBuf {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
 /// The ring of provided receive buffers: the shared ring the kernel takes buffer
-/// addresses from, and the buffers themselves.
+/// addresses from, and the buffers themselves. Both are raw allocations: the kernel
+/// writes into buffers it has taken while this side holds no reference to them.
 struct BufRing {
-    /// Page-aligned array of `RECV_BUFFERS` `io_uring_buf` entries, shared with the
-    /// kernel.
-    entries: *mut types::BufRingEntry,
-    /// The buffers, `RECV_BUFFER_SIZE` each, never moved or freed while registered.
-    data: Box<[u8]>,
+    /// Page-aligned array of `RECV_BUFFERS` entries, shared with the kernel.
+    entries: *mut RawBuf,
+    /// `RECV_BUFFERS` buffers of `RECV_BUFFER_SIZE` bytes.
+    data: *mut u8,
     /// Next tail to publish.
     tail: u16,
+    /// Leaked on purpose (see `Ring::drop`): never freed.
+    leaked: bool,
 }
 
 impl BufRing {
-    fn layout() -> Layout {
+    fn entries_layout() -> Layout {
         // 16-byte entries; a page-aligned allocation, as the kernel requires.
-        Layout::from_size_align(
-            usize::from(RECV_BUFFERS) * size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .expect("constant layout")
+        Layout::from_size_align(usize::from(RECV_BUFFERS) * size_of::<RawBuf>(), 4096)
+            .expect("constant layout")
+    }
+
+    fn data_layout() -> Layout {
+        Layout::from_size_align(usize::from(RECV_BUFFERS) * RECV_BUFFER_SIZE, 64)
+            .expect("constant layout")
     }
 
     fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let entries = unsafe { alloc::alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>();
+        // SAFETY: both layouts have a non-zero size.
+        let (entries, data) = unsafe {
+            (
+                alloc::alloc_zeroed(Self::entries_layout()).cast::<RawBuf>(),
+                alloc::alloc_zeroed(Self::data_layout()),
+            )
+        };
         if entries.is_null() {
-            alloc::handle_alloc_error(Self::layout());
+            alloc::handle_alloc_error(Self::entries_layout());
+        }
+        if data.is_null() {
+            alloc::handle_alloc_error(Self::data_layout());
         }
         let mut ring = Self {
             entries,
-            data: vec![0u8; usize::from(RECV_BUFFERS) * RECV_BUFFER_SIZE].into_boxed_slice(),
+            data,
             tail: 0,
+            leaked: false,
         };
         for bid in 0..RECV_BUFFERS {
             ring.give(bid);
@@ -100,46 +133,65 @@ impl BufRing {
         ring
     }
 
-    /// Hands buffer `bid` back to the kernel (seen once published).
+    /// Hands buffer `bid` (< RECV_BUFFERS) back to the kernel, seen once published.
     fn give(&mut self, bid: u16) {
+        debug_assert!(bid < RECV_BUFFERS);
+        let bid = bid & (RECV_BUFFERS - 1);
         let index = usize::from(self.tail & (RECV_BUFFERS - 1));
-        let addr = self.data[usize::from(bid) * RECV_BUFFER_SIZE..].as_ptr() as u64;
-        // SAFETY: `index` < RECV_BUFFERS, inside the allocation; the kernel only
-        // reads entries between its head and the published tail, and this one is
-        // past the published tail until `publish`.
-        let entry = unsafe { &mut *self.entries.add(index) };
-        entry.set_addr(addr);
-        entry.set_len(RECV_BUFFER_SIZE as u32);
-        entry.set_bid(bid);
+        // SAFETY: `index` and `bid` are below RECV_BUFFERS, so both pointers stay
+        // inside their allocations. The kernel reads only entries between its head
+        // and the published tail; this one is past the published tail until
+        // `publish`, and its `resv` (entry 0's is the tail) is not touched.
+        unsafe {
+            let buffer = self.data.add(usize::from(bid) * RECV_BUFFER_SIZE);
+            let entry = self.entries.add(index);
+            std::ptr::addr_of_mut!((*entry).addr).write(buffer as u64);
+            std::ptr::addr_of_mut!((*entry).len).write(RECV_BUFFER_SIZE as u32);
+            std::ptr::addr_of_mut!((*entry).bid).write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 
     /// Makes every buffer given so far visible to the kernel.
     fn publish(&self) {
-        // SAFETY: `entries` points at the ring's first entry, which overlays the
-        // tail field the kernel reads; it is a valid, aligned u16 for the ring's life
-        // and is written only by this thread (and atomically, with release ordering,
-        // so the entries written before are visible first).
+        // SAFETY: entry 0's `resv` is the ring's tail, a valid, aligned u16 for the
+        // ring's life, written only by this thread, atomically and with release
+        // ordering so the entries written before it are visible first.
         unsafe {
-            let tail = types::BufRingEntry::tail(self.entries).cast_mut();
+            let tail = std::ptr::addr_of_mut!((*self.entries).resv);
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
         }
     }
 
+    /// Buffer `bid`, which the kernel has filled and handed over (its completion
+    /// was seen) and has not been given back.
     fn buffer(&self, bid: u16) -> Option<&[u8]> {
-        let start = usize::from(bid).checked_mul(RECV_BUFFER_SIZE)?;
-        self.data.get(start..start + RECV_BUFFER_SIZE)
+        if bid >= RECV_BUFFERS {
+            return None;
+        }
+        // SAFETY: in bounds (checked); the kernel is done with this buffer until
+        // `give`, which needs `&mut self` and so cannot run while this borrow lives.
+        Some(unsafe {
+            std::slice::from_raw_parts(
+                self.data.add(usize::from(bid) * RECV_BUFFER_SIZE),
+                RECV_BUFFER_SIZE,
+            )
+        })
     }
 }
 
 impl std::ops::Drop for BufRing {
     fn drop(&mut self) {
-        if self.entries.is_null() {
-            return; // leaked on purpose by `Ring::drop`
+        if self.leaked {
+            return;
         }
-        // SAFETY: allocated in `new` with this layout; the ring is dropped only after
-        // the buffer group is unregistered or the io_uring closed (see `Ring::drop`).
-        unsafe { alloc::dealloc(self.entries.cast(), Self::layout()) }
+        // SAFETY: allocated in `new` with these layouts; the ring is dropped only
+        // after the buffer group is unregistered or the io_uring closed with nothing
+        // in flight (see `Ring::drop`).
+        unsafe {
+            alloc::dealloc(self.entries.cast(), Self::entries_layout());
+            alloc::dealloc(self.data, Self::data_layout());
+        }
     }
 }
 
@@ -371,9 +423,7 @@ impl std::ops::Drop for Ring {
             // ring could not be quiesced within its bound at shutdown.
             tracing::warn!("client io_uring not quiet at shutdown; leaking its buffers");
             std::mem::forget(std::mem::take(&mut self.slots));
-            let bufs = std::mem::replace(&mut self.bufs.data, Box::new([]));
-            std::mem::forget(bufs);
-            self.bufs.entries = std::ptr::null_mut();
+            self.bufs.leaked = true;
         }
     }
 }
@@ -386,47 +436,80 @@ pub(super) async fn receive_loop<B: Backend>(
 ) -> Result<(), Unsupported> {
     let mut ring = Ring::new(sock.raw_fd())?;
     if let Err(e) = ring.arm().and_then(|()| ring.submit()) {
+        ring.quiesce();
         return Err(Unsupported(format!("arming the multishot receive: {e}")));
     }
     let mut shutdown = shard.shutdown.clone();
+    let watch = shard.shutdown.clone();
     let stop = shutdown.changed();
     tokio::pin!(stop);
     let mut cqes = [Done::default(); BATCH];
+    // Receives that ended in an error in a row; past the bound the socket falls
+    // back to per-datagram receive operations rather than retrying forever.
+    let mut failures = 0u32;
+    // Whether to wait for completions before the next pass (not after a pass that
+    // was cut short, or after an error that must be retried).
+    let mut wait = true;
     loop {
-        let ready = tokio::select! {
-            biased;
-            r = ring.uring.readable() => r,
-            _ = &mut stop => break,
-        };
-        let mut guard = match ready {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "client io_uring: waiting for completions failed");
+        if wait {
+            let ready = tokio::select! {
+                biased;
+                r = ring.uring.readable() => r,
+                _ = &mut stop => break,
+            };
+            match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!(error = %e, "client io_uring: waiting for completions failed");
+                    break;
+                }
+            }
+        }
+        wait = true;
+        let mut retry = false;
+        for pass in 0.. {
+            if pass == PASSES_PER_TURN {
+                // Still busy: let the shard's other tasks (misses, upstream replies,
+                // TCP, timers) run, then go on without waiting.
+                wait = false;
                 break;
             }
-        };
-        guard.clear_ready();
-        drop(guard);
-        loop {
             let n = ring.reap(&mut cqes);
-            let mut failed = false;
+            let mut failed = 0;
             for cqe in &cqes[..n] {
-                failed |= complete(&shard, &sock, &mut ring, cqe);
+                failed += u32::from(complete(&shard, &sock, &mut ring, cqe));
             }
             ring.bufs.publish();
-            if failed {
-                // A persistent receive error would re-arm in a tight loop: pace it.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            failures = if failed > 0 {
+                failures + failed
+            } else if n > 0 {
+                0
+            } else {
+                failures
+            };
+            if failures >= MAX_RECEIVE_FAILURES {
+                ring.quiesce();
+                return Err(Unsupported(format!(
+                    "{failures} receives in a row failed on the socket"
+                )));
+            }
+            if failed > 0 {
+                retry = true;
+                break;
             }
             if !ring.armed {
                 if let Err(e) = ring.arm() {
                     tracing::error!(error = %e, "client io_uring: re-arming the receive failed");
+                    retry = true;
+                    break;
                 }
             }
             let queued = !ring.ring().submission().is_empty();
             if queued {
                 if let Err(e) = ring.submit() {
                     tracing::error!(error = %e, "client io_uring: submit failed");
+                    retry = true;
+                    break;
                 }
             }
             // Sends usually complete inside the submit: take their completions now
@@ -434,6 +517,27 @@ pub(super) async fn receive_loop<B: Backend>(
             if n < BATCH && !queued {
                 break;
             }
+        }
+        if retry {
+            // Paced, and without waiting for a completion that may never come: the
+            // receive must be re-armed (or the queue submitted) for one to arrive.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            wait = false;
+        } else if !wait {
+            // Still busy. A plain yield would keep the runtime from ever parking, and
+            // tokio-uring submits its queued operations (upstream queries, TCP) only
+            // when the runtime parks. So wait through the reactor instead: a no-op's
+            // completion makes the ring readable again, and the loop resumes right
+            // after the park.
+            let nop = opcode::Nop::new().build().user_data(NOP);
+            if ring.push(&nop).and_then(|()| ring.submit()).is_ok() {
+                wait = true;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        if !wait && watch.has_changed().unwrap_or(true) {
+            break;
         }
     }
     ring.quiesce();
@@ -478,6 +582,10 @@ fn complete<B: Backend>(
         }
         return failed;
     };
+    if bid >= RECV_BUFFERS {
+        // Not one of ours; never handed out, so never given back.
+        return false;
+    }
     let len = usize::try_from(res).unwrap_or(0);
     handle(shard, sock, ring, bid, len);
     ring.bufs.give(bid);
