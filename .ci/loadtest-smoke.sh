@@ -11,7 +11,7 @@ if [ -z "${TIERDNS_BIN:-}" ]; then
     cargo build --release 2>&1 | tail -1
     export TIERDNS_BIN=${CARGO_TARGET_DIR:-target}/release/tierdns
 fi
-QPS=${QPS:-5000} DURATION=${DURATION:-3} NAMES=${NAMES:-200} OUT="$out" \
+QPS=${QPS:-5000} DURATION=${DURATION:-3} ROUNDS=${ROUNDS:-1} NAMES=${NAMES:-200} OUT="$out" \
     timeout 600 loadtest/peers.sh
 passed=0 failed=0
 check() { # check NAME CONDITION-DESCRIPTION COMMAND...

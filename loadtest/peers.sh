@@ -11,7 +11,9 @@
 # Usage:  loadtest/peers.sh
 # Environment (defaults in brackets):
 #   QPS [40000]        dnsperf -Q: fixed query rate
-#   DURATION [20]      dnsperf -l: seconds of measured load per server
+#   DURATION [20]      dnsperf -l: seconds of measured load per server and round
+#   ROUNDS [3]         rounds; each runs every server once, in turn, so a noisy
+#                      machine hits all of them alike; the table shows medians
 #   NAMES [1000]       names in the zone and the query file
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
@@ -38,6 +40,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TEMPLATES="$ROOT/loadtest/peers"
 QPS=${QPS:-40000}
 DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-3}
 NAMES=${NAMES:-1000}
 IO=${IO:-uring epoll}
 SERVERS=${SERVERS:-tierdns dnsdist unbound}
@@ -50,11 +53,12 @@ KEEP_TMP=${KEEP_TMP:-0}
 log() { printf '[peers] %s\n' "$*" >&2; }
 die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
 
-for v in QPS DURATION NAMES SERVER_CPU LOAD_CPU PORT_BASE; do
+for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 ((NAMES >= 1 && NAMES <= 65536)) || die "NAMES must be 1..65536"
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
+((ROUNDS >= 1 && ROUNDS <= 20)) || die "ROUNDS must be 1..20"
 
 # ---------------------------------------------------------------- processes, cleanup
 TMP=$(mktemp -d /tmp/tierdns-peers.XXXXXX)
@@ -213,8 +217,8 @@ log "nsd up on 127.0.0.1:$NSD_PORT, $NAMES names"
 ROWS=()   # "name|qps|lost|latency_us|cpu_us_per_query|rcodes|threads"
 NOTES=()
 
-measure() { # measure ROW_NAME PORT LOGFILE cmd...
-    local row=$1 port=$2 logf=$3 pid
+measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
+    local row=$1 port=$2 logf=$3 pid run=$1.r$ROUND
     shift 3
     taskset -c "$SERVER_CPU" "$@" >"$logf" 2>&1 &
     pid=$!
@@ -222,23 +226,23 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...
     wait_ready "$row" "$pid" "$port" "$logf"
 
     # Warm-up: one full pass over the names (misses go to NSD), then a check pass.
-    dnsperf_run "$TMP/$row.warm.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
-        die "$row: warm-up dnsperf failed: $(tail -3 "$TMP/$row.warm.out")"
-    dnsperf_run "$TMP/$row.warm2.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+    dnsperf_run "$TMP/$run.warm.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+        die "$row: warm-up dnsperf failed: $(tail -3 "$TMP/$run.warm.out")"
+    dnsperf_run "$TMP/$run.warm2.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
         die "$row: second warm-up dnsperf failed"
     local warm
-    warm=$(completed_of "$TMP/$row.warm2.out")
+    warm=$(completed_of "$TMP/$run.warm2.out")
     [[ $warm == "$NAMES" ]] || NOTES+=("$row: warm-up pass answered $warm of $NAMES names")
     sleep 1
 
     local threads c0 c1 t0 t1
     threads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 | wc -l)
-    log "$row: pid $pid ($threads threads) on CPU $SERVER_CPU, port $port: ${QPS} qps for ${DURATION}s"
+    log "$row (round $ROUND/$ROUNDS): pid $pid ($threads threads) on CPU $SERVER_CPU, port $port: ${QPS} qps for ${DURATION}s"
     c0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
-    dnsperf_run "$TMP/$row.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" \
+    dnsperf_run "$TMP/$run.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" \
         -Q "$QPS" -l "$DURATION" ||
-        die "$row: dnsperf failed: $(tail -5 "$TMP/$row.out")"
+        die "$row: dnsperf failed: $(tail -5 "$TMP/$run.out")"
     t1=$(date +%s.%N)
     kill -0 "$pid" 2>/dev/null || {
         tail -20 "$logf" >&2 || true
@@ -246,7 +250,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...
     }
     c1=$(cpu_ticks "$pid")
 
-    local f=$TMP/$row.out completed lost qps lat rcodes cpu_us
+    local f=$TMP/$run.out completed lost qps lat rcodes cpu_us
     completed=$(completed_of "$f")
     lost=$(awk '/Queries lost:/ {print $3; exit}' "$f")
     qps=$(awk '/Queries per second:/ {print $4; exit}' "$f")
@@ -262,6 +266,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...
 }
 
 # ---------------------------------------------------------------- the servers
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
 for server in $SERVERS; do
     case $server in
     tierdns)
@@ -291,31 +296,51 @@ for server in $SERVERS; do
     *) die "SERVERS: unknown server '$server' (tierdns dnsdist unbound)" ;;
     esac
 done
+done
 
 # ---------------------------------------------------------------- report
-base=""
+# One line per server: medians over the rounds (lost: the sum), every round's CPU.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+NAMES_SEEN=()
 for r in "${ROWS[@]}"; do
+    IFS='|' read -r name _ <<<"$r"
+    [[ " ${NAMES_SEEN[*]} " == *" $name "* ]] || NAMES_SEEN+=("$name")
+done
+SUMMARY=() # "name|qps|lost|lat|cpu|cpus"
+for name in "${NAMES_SEEN[@]}"; do
+    qs="" lost=0 lats="" cpus=""
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r n qps l lat cpu _ <<<"$r"
+        [[ $n == "$name" ]] || continue
+        qs+=" $qps" lats+=" $lat" cpus+=" $cpu"
+        lost=$((lost + l))
+    done
+    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }")
+done
+base=""
+for r in "${SUMMARY[@]}"; do
     IFS='|' read -r name _ _ _ cpu _ <<<"$r"
     [[ $name == tierdns ]] && base=$cpu
 done
 if [[ -z $base ]]; then
-    for r in "${ROWS[@]}"; do
+    for r in "${SUMMARY[@]}"; do
         IFS='|' read -r name _ _ _ cpu _ <<<"$r"
         [[ $name == tierdns* ]] && { base=$cpu; break; }
     done
 fi
 
-cmd="QPS=$QPS DURATION=$DURATION NAMES=$NAMES IO=\"$IO\" SERVERS=\"$SERVERS\" loadtest/peers.sh"
+cmd="QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES IO=\"$IO\" SERVERS=\"$SERVERS\" loadtest/peers.sh"
 model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
 
 {
-    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns |"
-    echo "|---|---:|---:|---:|---:|---:|"
-    for r in "${ROWS[@]}"; do
-        IFS='|' read -r name qps lost lat cpu threads <<<"$r"
+    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+    for r in "${SUMMARY[@]}"; do
+        IFS='|' read -r name qps lost lat cpu cpus <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
-        printf '| %s | %.0f | %s | %s µs | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio"
+        printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }"
     done
 } >"$TMP/table.md"
 
@@ -324,6 +349,7 @@ ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
     echo
     echo "Command: \`$cmd\`"
     echo
+    echo "$ROUNDS round(s), each running every server once in turn; qps, latency and CPU are medians over the rounds, lost is the sum."
     echo "Each server pinned to CPU $SERVER_CPU (\`taskset\`), dnsperf pinned to CPU $LOAD_CPU:"
     echo "\`dnsperf -s 127.0.0.1 -p PORT -d names.txt -Q $QPS -l $DURATION\` over $NAMES names"
     echo "(A records, TTL 3600, served by NSD on 127.0.0.1) after a warm-up pass, so every query is a cache hit."
