@@ -64,7 +64,7 @@ pub enum Drop {
     /// An upstream query tierdns had no room for (pending table or upstream TCP
     /// connections full).
     UpstreamOverload,
-    /// A client datagram longer than the receive buffer (io_uring multishot path).
+    /// A client UDP datagram longer than the 2048-byte receive buffer.
     Oversize,
 }
 
