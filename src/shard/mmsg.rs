@@ -26,6 +26,18 @@ const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 /// Batches taken in a row before the loop lets other tasks run.
 const BATCHES_PER_TURN: usize = 8;
 
+/// [`BATCH`] empty I/O vectors and message headers, filled in before each call.
+#[allow(clippy::type_complexity)]
+fn empty_headers() -> (Box<[libc::iovec; BATCH]>, Box<[libc::mmsghdr; BATCH]>) {
+    let iov = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+    let hdrs = Box::new(unsafe { std::mem::zeroed() });
+    (Box::new([iov; BATCH]), hdrs)
+}
+
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
 struct RecvBatch {
     data: Box<[u8]>,
@@ -36,17 +48,12 @@ struct RecvBatch {
 
 impl RecvBatch {
     fn new() -> Self {
+        let (iovs, hdrs) = empty_headers();
         Self {
             data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
-            iovs: Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; BATCH],
-            ),
-            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-            hdrs: Box::new(unsafe { std::mem::zeroed() }),
+            iovs,
+            hdrs,
         }
     }
 
@@ -116,17 +123,12 @@ struct SendBatch {
 impl SendBatch {
     fn new() -> Self {
         let any = socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (iovs, hdrs) = empty_headers();
         Self {
             replies: Vec::with_capacity(BATCH),
             addrs: vec![any; BATCH].into_boxed_slice(),
-            iovs: Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; BATCH],
-            ),
-            // SAFETY: as in `RecvBatch::new`.
-            hdrs: Box::new(unsafe { std::mem::zeroed() }),
+            iovs,
+            hdrs,
         }
     }
 
