@@ -52,8 +52,9 @@ const NOP: u64 = 1 << 60;
 const BATCH: usize = 64;
 /// Passes over the completion queue before the loop lets other tasks run.
 const PASSES_PER_TURN: usize = 8;
-/// Receives failing in a row (not for want of buffers) before the socket falls
-/// back to per-datagram receive operations.
+/// Failures in a row (receives ending in an error other than want of buffers, or
+/// arming or submitting failing) before the socket falls back to per-datagram
+/// receive operations.
 const MAX_RECEIVE_FAILURES: u32 = 100;
 
 /// What a completion says, copied off the queue.
@@ -420,7 +421,7 @@ impl std::ops::Drop for Ring {
         if !self.quiet {
             // The kernel may still write into the buffers or read a send header:
             // leak them rather than free memory it points at. Only reachable if the
-            // ring could not be quiesced within its bound at shutdown.
+            // ring could not be quiesced within its bound (at shutdown or fallback).
             tracing::warn!("client io_uring not quiet at shutdown; leaking its buffers");
             std::mem::forget(std::mem::take(&mut self.slots));
             self.bufs.leaked = true;
@@ -429,7 +430,9 @@ impl std::ops::Drop for Ring {
 }
 
 /// Serves one client socket through its own ring until shutdown. Returns
-/// `Err(Unsupported)` without touching the socket if the kernel lacks what it needs.
+/// `Err(Unsupported)` if the kernel lacks what it needs, or if receiving (or arming,
+/// or submitting) keeps failing; the ring is taken down first, so the caller can
+/// serve the socket another way.
 pub(super) async fn receive_loop<B: Backend>(
     shard: Rc<Shard<B>>,
     sock: Rc<B::Udp>,
@@ -470,7 +473,7 @@ pub(super) async fn receive_loop<B: Backend>(
         for pass in 0.. {
             if pass == PASSES_PER_TURN {
                 // Still busy: let the shard's other tasks (misses, upstream replies,
-                // TCP, timers) run, then go on without waiting.
+                // TCP, timers) run first (see below).
                 wait = false;
                 break;
             }
@@ -500,6 +503,7 @@ pub(super) async fn receive_loop<B: Backend>(
             if !ring.armed {
                 if let Err(e) = ring.arm() {
                     tracing::error!(error = %e, "client io_uring: re-arming the receive failed");
+                    failures += 1;
                     retry = true;
                     break;
                 }
@@ -508,6 +512,7 @@ pub(super) async fn receive_loop<B: Backend>(
             if queued {
                 if let Err(e) = ring.submit() {
                     tracing::error!(error = %e, "client io_uring: submit failed");
+                    failures += 1;
                     retry = true;
                     break;
                 }
