@@ -8,7 +8,7 @@
 //! io_uring ring. Replies a full socket will not take are sent one by one through
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
-use super::io::{peer_of, Backend, UdpIo, MAX_QUERY};
+use super::io::{peer_of, Epoll, UdpIo, MAX_QUERY};
 use super::{udp, Shard};
 use crate::metrics::Drop;
 use std::io;
@@ -168,10 +168,7 @@ impl SendBatch {
 }
 
 /// Serves one client socket until shutdown.
-pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>)
-where
-    B::Udp: Batched,
-{
+pub(super) async fn receive_loop(shard: Rc<Shard<Epoll>>, sock: Rc<tokio::net::UdpSocket>) {
     let mut shutdown = shard.shutdown.clone();
     let watch = shard.shutdown.clone();
     let stop = shutdown.changed();
@@ -186,7 +183,7 @@ where
         if wait {
             let ready = tokio::select! {
                 biased;
-                r = sock.ready_to_read() => r,
+                r = sock.readable() => r,
                 _ = &mut stop => return,
             };
             if let Err(e) = ready {
@@ -200,7 +197,7 @@ where
                 wait = false;
                 break;
             }
-            let n = match sock.try_read_with(|| rx.recv(fd)) {
+            let n = match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -239,7 +236,7 @@ where
 
 /// Sends the batch's replies: one `sendmmsg` for as many as the socket takes, the
 /// rest one by one through the reactor.
-async fn flush<B: Backend>(shard: &Shard<B>, sock: &B::Udp, fd: RawFd, tx: &mut SendBatch) {
+async fn flush(shard: &Shard<Epoll>, sock: &tokio::net::UdpSocket, fd: RawFd, tx: &mut SendBatch) {
     let mut sent = 0;
     while sent < tx.replies.len() {
         match tx.send(fd, sent) {
@@ -257,24 +254,6 @@ async fn flush<B: Backend>(shard: &Shard<B>, sock: &B::Udp, fd: RawFd, tx: &mut 
     let rest: smallvec::SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
     for (reply, peer) in rest {
         udp::send(shard, sock, reply, peer).await;
-    }
-}
-
-/// What the batched loop needs from a socket beyond [`UdpIo`]: readiness, and a
-/// non-blocking call that clears it on `WouldBlock`.
-pub(crate) trait Batched {
-    /// Waits until the socket may have datagrams.
-    fn ready_to_read(&self) -> impl std::future::Future<Output = io::Result<()>>;
-    /// Runs `f`, a non-blocking read; `WouldBlock` clears the readiness.
-    fn try_read_with<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
-}
-
-impl Batched for tokio::net::UdpSocket {
-    async fn ready_to_read(&self) -> io::Result<()> {
-        self.readable().await
-    }
-    fn try_read_with<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        self.try_io(Interest::READABLE, f)
     }
 }
 

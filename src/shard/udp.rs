@@ -32,33 +32,10 @@ pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Ud
                 continue;
             }
         };
-        let start = Instant::now();
-        let out = shard.pool.get();
-        match shard.first_pass(&buf, Transport::Udp, out, start) {
-            First::Reply(out) => {
-                shard.pool.put(buf);
-                send(&shard, &sock, out, peer).await;
-            }
-            First::Drop(out) => {
-                shard.pool.put(buf);
-                shard.pool.put(out);
-            }
-            First::Miss(out) => {
-                shard.pool.put(out);
-                let Some(admitted) = shard.admit() else {
-                    shard.pool.put(buf);
-                    continue;
-                };
-                let shard = Rc::clone(&shard);
-                let sock = Rc::clone(&sock);
-                tokio::task::spawn_local(async move {
-                    let reply = shard.resolve(&buf, Transport::Udp, start, admitted).await;
-                    shard.pool.put(buf);
-                    if let Some(reply) = reply {
-                        send(&shard, &sock, reply, peer).await;
-                    }
-                });
-            }
+        let reply = take(&shard, &sock, &buf, peer);
+        shard.pool.put(buf);
+        if let Some(reply) = reply {
+            send(&shard, &sock, reply, peer).await;
         }
     }
 }
