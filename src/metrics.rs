@@ -7,6 +7,7 @@
 //!
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
+use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
 
 /// Transports a query can arrive on.
@@ -36,8 +37,8 @@ pub const RCODE_LABELS: [&str; 8] = [
 /// Index into [`RCODE_LABELS`] for a (possibly extended) rcode.
 pub fn rcode_index(rcode: u16) -> usize {
     match rcode {
-        0..=5 => rcode as usize,
-        16 => 6,
+        rcode::NOERROR..=rcode::REFUSED => rcode as usize,
+        rcode::BADVERS => 6,
         _ => 7,
     }
 }

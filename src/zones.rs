@@ -6,7 +6,8 @@
 //! nothing.
 
 use crate::config::Config;
-use crate::tiers::{StrategyKind, TierParams, UpstreamIdx};
+use crate::health::UpstreamIdx;
+use crate::tiers::{StrategyKind, TierParams};
 use crate::wire::name::MAX_NAME_LEN;
 
 /// Where queries for a set of names go.

@@ -1,4 +1,6 @@
-//! [`KeyRef`]: the borrowed cache key, and the one hash the cache partitions by.
+//! The cache key, borrowed ([`KeyRef`], built from a parsed query without
+//! allocation) and owned ([`Key`], held by a flight), and the one hash every table
+//! partitions by: the cache and the singleflight table.
 //!
 //! The key is (lowercased qname, qtype, qclass, DO, CD). It is never stored as such:
 //! an entry's name, qtype and qclass are its stored answer's question (lowercased at
@@ -23,6 +25,34 @@ pub struct KeyRef<'a> {
     /// The query's CD bit: an answer the upstream did not validate must not serve a
     /// client that asked for validation.
     pub checking_disabled: bool,
+}
+
+/// Owned key, the same parts as [`KeyRef`]: what a flight holds for its whole life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The question name in uncompressed wire form, ASCII-lowercased.
+    pub qname_lower: Box<[u8]>,
+    /// QTYPE.
+    pub qtype: u16,
+    /// QCLASS.
+    pub qclass: u16,
+    /// DO bit.
+    pub dnssec_ok: bool,
+    /// CD bit.
+    pub checking_disabled: bool,
+}
+
+impl Key {
+    /// Borrows it as a [`KeyRef`].
+    pub fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            qname_lower: &self.qname_lower,
+            qtype: self.qtype,
+            qclass: self.qclass,
+            dnssec_ok: self.dnssec_ok,
+            checking_disabled: self.checking_disabled,
+        }
+    }
 }
 
 /// Flag bit for DO in an entry's key flags.
@@ -57,14 +87,26 @@ impl<'a> KeyRef<'a> {
         }
     }
 
+    /// An owned copy (one allocation, for the name).
+    pub fn to_key(&self) -> Key {
+        Key {
+            qname_lower: self.qname_lower.into(),
+            qtype: self.qtype,
+            qclass: self.qclass,
+            dnssec_ok: self.dnssec_ok,
+            checking_disabled: self.checking_disabled,
+        }
+    }
+
     /// The DO and CD bits as entry key flags.
     pub(super) fn flags(&self) -> u8 {
         (if self.dnssec_ok { KEY_DO } else { 0 })
             | (if self.checking_disabled { KEY_CD } else { 0 })
     }
 
-    /// The 64-bit key hash (per-process random keys), the same for every table that
-    /// asks: the cache partitions by it; the singleflight table may reuse it.
+    /// The 64-bit key hash (per-process random keys, so a client cannot choose names
+    /// that collide), the same for every table that asks: the cache and the
+    /// singleflight table partition and look up by it.
     pub fn hash(&self) -> u64 {
         hash_parts(self.qname_lower, self.qtype, self.qclass, self.flags())
     }

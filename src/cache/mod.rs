@@ -35,7 +35,7 @@ mod ttl;
 
 pub use config::{CacheConfig, CacheConfigError};
 pub use entry::ENTRY_OVERHEAD;
-pub use key::KeyRef;
+pub use key::{Key, KeyRef};
 
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,10 +20,7 @@
 
 use super::config::CacheConfig;
 use crate::wire::answer::AnswerLayout;
-
-const RCODE_NOERROR: u16 = 0;
-const RCODE_SERVFAIL: u16 = 2;
-const RCODE_NXDOMAIN: u16 = 3;
+use crate::wire::rcode;
 
 /// What kind of answer an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +56,7 @@ pub(super) fn policy(layout: &AnswerLayout, cfg: &CacheConfig) -> Option<Policy>
         })
     };
     match layout.rcode() {
-        RCODE_NOERROR if layout.has_qtype_answer() => {
+        rcode::NOERROR if layout.has_qtype_answer() => {
             let natural = layout.min_answer_ttl()?;
             Some(Policy {
                 kind: Kind::Positive,
@@ -67,8 +64,8 @@ pub(super) fn policy(layout: &AnswerLayout, cfg: &CacheConfig) -> Option<Policy>
                 lo: cfg.min_ttl,
             })
         }
-        RCODE_NOERROR | RCODE_NXDOMAIN => negative(layout),
-        RCODE_SERVFAIL => Some(Policy {
+        rcode::NOERROR | rcode::NXDOMAIN => negative(layout),
+        rcode::SERVFAIL => Some(Policy {
             kind: Kind::ServFail,
             ttl: cfg.servfail_ttl,
             lo: 0,

@@ -1,4 +1,5 @@
-//! Singleflight: at most one upstream flight per cache key across all shards.
+//! Singleflight: at most one upstream flight per cache key across all shards, and
+//! what a flight delivers ([`FlightResult`]).
 //!
 //! The first query that misses the cache for a key becomes the flight's leader and
 //! runs the tiers on its own shard; queries for the same key that arrive meanwhile,
@@ -6,8 +7,9 @@
 //! channel, then patch it with their own ID and question case on their own shard.
 //!
 //! Invariants:
-//! - The table is partitioned by key hash; a partition lock is held only to insert,
-//!   join or remove, never across an await.
+//! - The table is partitioned by the cache key's hash ([`KeyRef::hash`], random
+//!   per process: a client cannot pick colliding names); a partition lock is held
+//!   only to insert, join or remove, never across an await.
 //! - A flight ends exactly once: [`FlightLeader::finish`] or, if the leader is
 //!   dropped without finishing (task cancelled, shutdown), its `Drop` ends the flight
 //!   with the failure result, so no waiter waits forever.
@@ -15,38 +17,28 @@
 //!   [`Join::Full`]: the caller resolves it on its own, without coalescing. Nobody is
 //!   refused because a name is popular, and no flight grows without bound.
 
-use ahash::RandomState;
-use hashbrown::HashMap;
-use std::hash::Hash;
+mod result;
+
+pub use result::{Answer, FlightResult};
+
+use crate::cache::{Key, KeyRef};
+use hashbrown::HashTable;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Owned flight key: lowercased wire qname, qtype, qclass, DO, CD.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FlightKey {
-    /// Lowercased wire-form name.
-    pub qname: Box<[u8]>,
-    /// Query type.
-    pub qtype: u16,
-    /// Query class.
-    pub qclass: u16,
-    /// DO bit.
-    pub dnssec_ok: bool,
-    /// CD bit.
-    pub checking_disabled: bool,
-}
-
 struct Flight<R> {
+    key: Key,
+    /// The key's hash, kept so the table can grow without rehashing names.
+    hash: u64,
     waiters: Vec<oneshot::Sender<R>>,
     serial: u64,
 }
 
-type Partition<R> = Mutex<HashMap<FlightKey, Flight<R>>>;
+type Partition<R> = Mutex<HashTable<Flight<R>>>;
 
 /// The shared table of flights in progress. `R` is what a flight delivers.
 pub struct FlightTable<R> {
     partitions: Box<[Partition<R>]>,
-    hasher: RandomState,
     max_waiters: usize,
     serial: std::sync::atomic::AtomicU64,
 }
@@ -64,7 +56,7 @@ pub enum Join<R: Clone> {
 /// The right and duty to end one flight.
 pub struct FlightLeader<R: Clone> {
     table: Arc<FlightTable<R>>,
-    key: FlightKey,
+    key: Key,
     serial: u64,
     failure: Option<R>,
 }
@@ -74,23 +66,23 @@ impl<R: Clone> FlightTable<R> {
     pub fn new(partitions: usize, max_waiters: usize) -> Self {
         let n = partitions.max(1).next_power_of_two();
         Self {
-            partitions: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::with_seeds(0x7469, 0x6572, 0x646e, 0x7321),
+            partitions: (0..n).map(|_| Mutex::new(HashTable::new())).collect(),
             max_waiters,
             serial: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    fn partition(&self, key: &FlightKey) -> &Partition<R> {
-        let hash = self.hasher.hash_one(key);
+    fn partition(&self, hash: u64) -> &Partition<R> {
+        // The low bits pick the partition; hashbrown uses the high ones inside it.
         &self.partitions[(hash as usize) & (self.partitions.len() - 1)]
     }
 
     /// Joins the flight for `key` or starts it. `failure` is what waiters get if the
-    /// leader is dropped without finishing.
-    pub fn join(self: &Arc<Self>, key: FlightKey, failure: R) -> Join<R> {
-        let mut part = lock(self.partition(&key));
-        if let Some(flight) = part.get_mut(&key) {
+    /// leader is dropped without finishing. Only a new leader copies the key.
+    pub fn join(self: &Arc<Self>, key: &KeyRef<'_>, failure: R) -> Join<R> {
+        let hash = key.hash();
+        let mut part = lock(self.partition(hash));
+        if let Some(flight) = part.find_mut(hash, |f| f.key.key_ref() == *key) {
             if flight.waiters.len() >= self.max_waiters {
                 return Join::Full;
             }
@@ -101,12 +93,16 @@ impl<R: Clone> FlightTable<R> {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        part.insert(
-            key.clone(),
+        let key = key.to_key();
+        part.insert_unique(
+            hash,
             Flight {
+                key: key.clone(),
+                hash,
                 waiters: Vec::new(),
                 serial,
             },
+            |f| f.hash,
         );
         drop(part);
         Join::Leader(FlightLeader {
@@ -127,13 +123,14 @@ impl<R: Clone> FlightTable<R> {
         self.len() == 0
     }
 
-    fn end(&self, key: &FlightKey, serial: u64, result: &R) -> usize {
+    fn end(&self, key: &Key, serial: u64, result: &R) -> usize {
+        let key = key.key_ref();
+        let hash = key.hash();
         let flight = {
-            let mut part = lock(self.partition(key));
-            match part.get(key) {
-                Some(f) if f.serial == serial => part.remove(key),
-                _ => None,
-            }
+            let mut part = lock(self.partition(hash));
+            part.find_entry(hash, |f| f.key.key_ref() == key && f.serial == serial)
+                .ok()
+                .map(|entry| entry.remove().0)
         };
         let Some(flight) = flight else { return 0 };
         let mut delivered = 0;
@@ -154,7 +151,7 @@ impl<R: Clone> FlightLeader<R> {
     }
 
     /// The key of this flight.
-    pub fn key(&self) -> &FlightKey {
+    pub fn key(&self) -> &Key {
         &self.key
     }
 }
@@ -186,9 +183,9 @@ impl<R: Clone> std::fmt::Debug for FlightTable<R> {
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> FlightKey {
-        FlightKey {
-            qname: name.as_bytes().into(),
+    fn key(name: &str) -> Key {
+        Key {
+            qname_lower: name.as_bytes().into(),
             qtype: 1,
             qclass: 1,
             dnssec_ok: false,
@@ -199,39 +196,51 @@ mod tests {
     #[test]
     fn one_leader_many_waiters_all_answered() {
         let table = Arc::new(FlightTable::<u32>::new(8, 100));
-        let Join::Leader(leader) = table.join(key("a"), 0) else {
+        let Join::Leader(leader) = table.join(&key("a").key_ref(), 0) else {
             panic!("first must lead")
         };
         let mut rxs = Vec::new();
         for _ in 0..10 {
-            match table.join(key("a"), 0) {
+            match table.join(&key("a").key_ref(), 0) {
                 Join::Waiter(rx) => rxs.push(rx),
                 _ => panic!("must wait"),
             }
         }
-        assert!(matches!(table.join(key("b"), 0), Join::Leader(_)));
+        assert!(matches!(
+            table.join(&key("b").key_ref(), 0),
+            Join::Leader(_)
+        ));
         assert_eq!(leader.finish(42), 10);
         for mut rx in rxs {
             assert_eq!(rx.try_recv().unwrap(), 42);
         }
         assert!(table.is_empty());
-        assert!(matches!(table.join(key("a"), 0), Join::Leader(_)));
+        assert!(matches!(
+            table.join(&key("a").key_ref(), 0),
+            Join::Leader(_)
+        ));
     }
 
     #[test]
     fn waiters_are_bounded() {
         let table = Arc::new(FlightTable::<u32>::new(1, 2));
-        let _leader = table.join(key("a"), 0);
-        assert!(matches!(table.join(key("a"), 0), Join::Waiter(_)));
-        assert!(matches!(table.join(key("a"), 0), Join::Waiter(_)));
-        assert!(matches!(table.join(key("a"), 0), Join::Full));
+        let _leader = table.join(&key("a").key_ref(), 0);
+        assert!(matches!(
+            table.join(&key("a").key_ref(), 0),
+            Join::Waiter(_)
+        ));
+        assert!(matches!(
+            table.join(&key("a").key_ref(), 0),
+            Join::Waiter(_)
+        ));
+        assert!(matches!(table.join(&key("a").key_ref(), 0), Join::Full));
     }
 
     #[test]
     fn dropped_leader_fails_its_waiters() {
         let table = Arc::new(FlightTable::<u32>::new(4, 10));
-        let leader = table.join(key("a"), 7);
-        let Join::Waiter(mut rx) = table.join(key("a"), 7) else {
+        let leader = table.join(&key("a").key_ref(), 7);
+        let Join::Waiter(mut rx) = table.join(&key("a").key_ref(), 7) else {
             panic!()
         };
         drop(leader);
@@ -243,27 +252,27 @@ mod tests {
     fn keys_differ_by_type_class_and_bits() {
         let table = Arc::new(FlightTable::<u32>::new(4, 10));
         let base = key("a");
-        let _l = table.join(base.clone(), 0);
+        let _l = table.join(&base.key_ref(), 0);
         let variants = [
-            FlightKey {
+            Key {
                 qtype: 28,
                 ..base.clone()
             },
-            FlightKey {
+            Key {
                 qclass: 3,
                 ..base.clone()
             },
-            FlightKey {
+            Key {
                 dnssec_ok: true,
                 ..base.clone()
             },
-            FlightKey {
+            Key {
                 checking_disabled: true,
                 ..base.clone()
             },
         ];
         for v in variants {
-            assert!(matches!(table.join(v, 0), Join::Leader(_)));
+            assert!(matches!(table.join(&v.key_ref(), 0), Join::Leader(_)));
         }
     }
 
@@ -276,7 +285,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..25 {
-                        if let Join::Leader(l) = table.join(key("hot"), 0) {
+                        if let Join::Leader(l) = table.join(&key("hot").key_ref(), 0) {
                             leaders.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             held.lock().unwrap().push(l);
                         }

@@ -17,12 +17,10 @@
 //! never comes, e.g. because the flight ended first); the backoff starts at
 //! `backoff_initial`, doubles on each failed probe, never exceeds `backoff_max`, and
 //! resets when the circuit closes. Only failures that
-//! [trip circuits](crate::tiers::FailKind::trips_circuit) count; a success received
+//! [trip circuits](super::FailKind::trips_circuit) count; a success received
 //! while open (a late answer to a query sent before) changes nothing.
 
-use super::{CircuitState, HealthParams};
-use crate::tiers::after;
-use crate::tiers::FailKind;
+use super::{after, CircuitState, FailKind, HealthParams};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]

@@ -26,17 +26,30 @@
 //! successes adds 100ms to the score, decaying by 0.8 with each success).
 
 mod circuit;
+mod fail;
 mod rtt;
 
+pub use fail::FailKind;
 pub use rtt::RTT_SAMPLES;
 
-use crate::tiers::{FailKind, UpstreamIdx};
 use circuit::Circuit;
 use rtt::{quantile_micros, RttEstimator};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
+
+/// Index of an upstream in the configured upstream list.
+pub type UpstreamIdx = usize;
+
+/// Longest timer set from a configured duration: absurd values are clamped to this,
+/// so that `Instant` arithmetic cannot overflow.
+pub(crate) const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+/// `now + d`, with `d` clamped to [`MAX_TIMER`].
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
+}
 
 /// The `[health]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,38 +1,39 @@
 //! Shards: N pinned threads, each with its own single-threaded runtime, sockets,
 //! upstream links, buffer pool and counters.
 //!
-//! Startup binds every socket on the calling thread first (so a port in use or a
-//! port 0 is resolved once and reported before anything runs), then starts one
-//! thread per shard. A shard owns, per listen address, a SO_REUSEPORT UDP socket
-//! (the kernel spreads clients over shards) and a SO_REUSEPORT TCP listener; per
-//! upstream, one connected UDP socket and a few idle TCP connections. Only the cache
-//! and the flight table are shared between shards.
+//! Startup binds every socket on the calling thread first ([`sockets`]), chooses the
+//! io backend ([`runtime`]), then starts one thread per shard. A shard owns, per
+//! listen address, a SO_REUSEPORT UDP socket (the kernel spreads clients over shards)
+//! and a SO_REUSEPORT TCP listener; per upstream, one connected UDP socket and a few
+//! idle TCP connections ([`upstreams`]). Only the cache and the flight table are
+//! shared between shards.
 //!
-//! The io backend is chosen once: `uring` (tokio-uring), `epoll` (tokio
-//! current-thread), or `auto`, which probes io_uring_setup and falls back to epoll
-//! when the kernel refuses it (seccomp, `kernel.io_uring_disabled`, old kernel). The
-//! reason is logged and exported in `tierdns_info`.
+//! What a shard drives, one file each:
+//! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
+//! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
+//!   the flight, the reply);
+//! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
+//! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
-pub(crate) mod buffers;
-pub(crate) mod io;
+mod flight_run;
+mod reload;
+mod runtime;
+mod serve;
+mod sockets;
+mod stats;
 mod tcp;
-// The two modules with `unsafe`: batched socket calls and the io_uring buffer ring
-// and message headers, memory shared with the kernel. Each block says why it is sound.
-#[allow(unsafe_code)]
-mod mmsg;
-#[allow(unsafe_code)]
-mod ring;
 mod udp;
-pub(crate) mod upstreams;
+mod upstreams;
 
 use crate::cache::PacketCache;
-use crate::config::{Config, IoBackend};
-use crate::flight::FlightTable;
+use crate::config::Config;
+use crate::flight::{FlightResult, FlightTable};
 use crate::health::HealthTracker;
+use crate::io::buffers::BufferPool;
+use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::resolve::FlightResult;
-use buffers::BufferPool;
-use io::{Backend, Epoll, Uring};
+use runtime::{choose_backend, run_shard};
+use sockets::{bind_all, ShardSockets};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -78,30 +79,6 @@ pub enum StartError {
     },
 }
 
-/// One shard's sockets, bound before its thread starts.
-struct ShardSockets {
-    udp: Vec<std::net::UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
-    /// Duplicates of every listening socket, to shut them down at stop: an io_uring
-    /// receive or accept in flight keeps a socket open after its loop is gone, and
-    /// with SO_REUSEPORT the kernel would keep routing new clients to it.
-    closers: Vec<socket2::Socket>,
-}
-
-impl ShardSockets {
-    fn push_udp(&mut self, sock: std::net::UdpSocket) -> std::io::Result<()> {
-        self.closers.push(socket2::Socket::from(sock.try_clone()?));
-        self.udp.push(sock);
-        Ok(())
-    }
-
-    fn push_tcp(&mut self, sock: std::net::TcpListener) -> std::io::Result<()> {
-        self.closers.push(socket2::Socket::from(sock.try_clone()?));
-        self.tcp.push(sock);
-        Ok(())
-    }
-}
-
 /// A running server.
 pub struct ServerHandle {
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -118,51 +95,6 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers
-    /// and health parameters take effect at once on every shard; the health of
-    /// upstreams that stay is kept. Other sections need a restart: each one that
-    /// changed is named in the returned warnings and keeps its running value.
-    pub fn reload(&self, config: Config) -> Vec<String> {
-        let running = self.reload.borrow().clone();
-        let mut warnings = Vec::new();
-        let fixed = [
-            (
-                "server",
-                toml::to_string(&running.server),
-                toml::to_string(&config.server),
-            ),
-            (
-                "limits",
-                toml::to_string(&running.limits),
-                toml::to_string(&config.limits),
-            ),
-            (
-                "cache",
-                toml::to_string(&running.cache),
-                toml::to_string(&config.cache),
-            ),
-            (
-                "metrics",
-                toml::to_string(&running.metrics),
-                toml::to_string(&config.metrics),
-            ),
-        ];
-        for (section, old, new) in fixed {
-            if old.ok() != new.ok() {
-                warnings.push(format!(
-                    "[{section}] changed: it takes effect only after a restart"
-                ));
-            }
-        }
-        let mut applied = config;
-        applied.server = running.server.clone();
-        applied.limits = running.limits.clone();
-        applied.cache = running.cache.clone();
-        applied.metrics = running.metrics.clone();
-        let _ = self.reload.send(Arc::new(applied));
-        warnings
-    }
-
     /// Stops accepting, lets in-flight queries finish up to `shutdown_grace`, and
     /// joins the shard threads.
     pub fn shutdown(self) {
@@ -170,117 +102,6 @@ impl ServerHandle {
         for t in self.threads {
             let _ = t.join();
         }
-    }
-}
-
-fn reuse_port_socket(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, ty, None)?;
-    sock.set_reuse_port(true)?;
-    sock.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    Ok(sock)
-}
-
-fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
-    let err = |source| StartError::Bind {
-        addr,
-        proto: "udp",
-        source,
-    };
-    let sock = reuse_port_socket(addr, socket2::Type::DGRAM).map_err(err)?;
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
-    Ok(sock.into())
-}
-
-fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
-    let err = |source| StartError::Bind {
-        addr,
-        proto: "tcp",
-        source,
-    };
-    let sock = reuse_port_socket(addr, socket2::Type::STREAM).map_err(err)?;
-    sock.listen(1024).map_err(err)?;
-    Ok(sock.into())
-}
-
-/// Binds every shard's sockets; a port 0 is resolved by the first bind and reused.
-fn bind_all(
-    config: &Config,
-    shards: usize,
-) -> Result<(Vec<ShardSockets>, Vec<SocketAddr>), StartError> {
-    let mut resolved = Vec::new();
-    let mut per_shard: Vec<ShardSockets> = (0..shards)
-        .map(|_| ShardSockets {
-            udp: Vec::new(),
-            tcp: Vec::new(),
-            closers: Vec::new(),
-        })
-        .collect();
-    for &want in &config.server.listen {
-        // With port 0, the kernel picks a UDP port; TCP then takes the same number,
-        // retried a few times in case that TCP port is taken.
-        let mut attempt = 0;
-        let (addr, udp0, tcp0) = loop {
-            let udp0 = bind_udp(want)?;
-            let addr = udp0.local_addr().map_err(|source| StartError::Bind {
-                addr: want,
-                proto: "udp",
-                source,
-            })?;
-            match bind_tcp(addr) {
-                Ok(tcp0) => break (addr, udp0, tcp0),
-                Err(e) if want.port() == 0 && attempt < 8 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "retrying port choice");
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        resolved.push(addr);
-        let dup_err = |source| StartError::Bind {
-            addr,
-            proto: "dup",
-            source,
-        };
-        per_shard[0].push_udp(udp0).map_err(dup_err)?;
-        per_shard[0].push_tcp(tcp0).map_err(dup_err)?;
-        for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push_udp(bind_udp(addr)?).map_err(dup_err)?;
-            sockets.push_tcp(bind_tcp(addr)?).map_err(dup_err)?;
-        }
-    }
-    Ok((per_shard, resolved))
-}
-
-/// Decides the backend: (use uring, reason).
-fn choose_backend(config: &Config) -> Result<(bool, String), StartError> {
-    // Probe on a throwaway thread: tearing a ring down queues task work on the
-    // thread that made it, which interrupts that thread's next blocking syscall.
-    let entries = config.server.uring_entries;
-    let probe = || {
-        std::thread::spawn(move || io_uring::IoUring::new(entries).map(drop))
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("io_uring probe panicked")))
-    };
-    match config.server.io {
-        IoBackend::Epoll => Ok((false, "configured io = \"epoll\"".into())),
-        IoBackend::Uring => {
-            probe().map_err(StartError::Uring)?;
-            Ok((true, "configured io = \"uring\"".into()))
-        }
-        IoBackend::Auto => match probe() {
-            Ok(()) => Ok((true, "io = \"auto\" and io_uring is available".into())),
-            Err(e) => Ok((
-                false,
-                format!("io = \"auto\" and io_uring_setup failed ({e}); falling back to epoll"),
-            )),
-        },
     }
 }
 
@@ -362,51 +183,6 @@ type Ready = std::sync::mpsc::Sender<Result<usize, (usize, String)>>;
 /// What a shard listens to: shutdown, and new configs to reload.
 type Signals = (watch::Receiver<bool>, watch::Receiver<Arc<Config>>);
 
-fn run_shard(
-    index: usize,
-    uring: bool,
-    shared: Arc<Shared>,
-    sockets: ShardSockets,
-    signals: Signals,
-    ready: Ready,
-) {
-    if uring {
-        let mut builder = tokio_uring::builder();
-        builder.entries(shared.config.server.uring_entries);
-        // Completions for a running shard wait until it next enters the kernel rather
-        // than interrupting it (Linux 5.19+); older kernels get the default ring.
-        let mut coop = tokio_uring::uring_builder();
-        coop.setup_coop_taskrun();
-        builder.uring_builder(&coop);
-        let rt = tokio_uring::Runtime::new(&builder).or_else(|_| {
-            builder.uring_builder(&tokio_uring::uring_builder());
-            tokio_uring::Runtime::new(&builder)
-        });
-        match rt {
-            Ok(rt) => rt.block_on(shard_main::<Uring>(index, shared, sockets, signals, ready)),
-            Err(e) => {
-                let _ = ready.send(Err((index, format!("io_uring runtime: {e}"))));
-            }
-        }
-    } else {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        match rt {
-            Ok(rt) => {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(
-                    &rt,
-                    shard_main::<Epoll>(index, shared, sockets, signals, ready),
-                );
-            }
-            Err(e) => {
-                let _ = ready.send(Err((index, format!("tokio runtime: {e}"))));
-            }
-        }
-    }
-}
-
 /// Everything one shard owns.
 pub(crate) struct Shard<B: Backend> {
     pub(crate) index: usize,
@@ -458,7 +234,7 @@ async fn shard_main<B: Backend>(
             let _ = ready.send(Ok(index));
             drop(ready);
             let reloader =
-                tokio::task::spawn_local(upstreams::reload_loop(Rc::clone(&built.0), reloads));
+                tokio::task::spawn_local(reload::reload_loop(Rc::clone(&built.0), reloads));
             serve(built, closers).await;
             reloader.abort();
         }
@@ -521,7 +297,7 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     let mut tasks = Vec::new();
     for sock in udp {
         let sock = Rc::new(sock);
-        tasks.push(tokio::task::spawn_local(B::serve_udp(
+        tasks.push(tokio::task::spawn_local(udp::serve_udp(
             Rc::clone(&shard),
             sock,
             receivers,
@@ -533,7 +309,7 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
             listener,
         )));
     }
-    let flusher = tokio::task::spawn_local(flush_loop(Rc::clone(&shard)));
+    let flusher = tokio::task::spawn_local(stats::flush_loop(Rc::clone(&shard)));
     let mut shutdown = shard.shutdown.clone();
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
@@ -547,7 +323,7 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     }
     for c in closers {
         let done = if c.r#type().ok() == Some(socket2::Type::DGRAM) {
-            io::release_udp(&c, receivers)
+            crate::io::release_udp(&c, receivers)
         } else {
             c.shutdown(std::net::Shutdown::Read)
         };
@@ -562,25 +338,4 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     flusher.abort();
     shard.stats.flush(&shard.upstreams.borrow().labels);
     tracing::debug!(shard = shard.index, "shard stopped");
-}
-
-async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
-    let mut tick = tokio::time::interval(shard.shared.config.metrics.flush_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let set = Rc::clone(&shard.upstreams.borrow());
-        shard.stats.flush(&set.labels);
-        let health = shard.health.borrow();
-        for (i, label) in set.labels.iter().enumerate() {
-            let state = health.state(i);
-            metrics::gauge!("tierdns_upstream_health", "upstream" => label.clone(), "shard" => shard.index.to_string())
-                .set(f64::from(state.as_gauge()));
-        }
-        drop(health);
-        if shard.index == 0 {
-            metrics::gauge!("tierdns_cache_entries").set(shard.shared.cache.len() as f64);
-            metrics::gauge!("tierdns_cache_bytes").set(shard.shared.cache.bytes() as f64);
-        }
-    }
 }

@@ -2,11 +2,11 @@
 //! (pipelined, possibly out of order), an idle timeout, and a bound on connections
 //! per shard and on queries answered at once per connection.
 
-use super::io::{Backend, Closing, TcpIo};
+use super::serve::First;
 use super::Shard;
+use crate::io::frame::{framed, read_frame};
+use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{Drop, Transport};
-use crate::query::First;
-use crate::upstream::read_frame;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,11 +122,13 @@ async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
                 },
             };
             if let Some(reply) = reply {
-                let mut frame = Vec::with_capacity(reply.len() + 2);
-                frame.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&reply);
+                // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
+                // have nothing to frame it with, and goes unsent.
+                let frame = framed(&reply);
                 shard.pool.put(reply);
-                let _ = tx.send(frame).await;
+                if let Some(frame) = frame {
+                    let _ = tx.send(frame).await;
+                }
             }
             drop(permit);
         });

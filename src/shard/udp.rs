@@ -1,49 +1,85 @@
-//! Client UDP: receive, answer hits inline, hand misses to their own task.
+//! Client UDP: the shard's side of the receive loops in [`crate::io`]. Hits are
+//! answered inline (the loop sends the reply in its batch); misses are copied into a
+//! pooled buffer and resolved in a task of their own, which sends its reply.
+//!
+//! Which loop serves a socket: on epoll, `recvmmsg`/`sendmmsg` batches
+//! ([`crate::io::mmsg`]); on io_uring, a multishot receive on a ring of its own
+//! ([`crate::io::ring`]) unless `server.udp_multishot = false` or the kernel lacks
+//! it, then `udp_receivers` loops of one receive operation per datagram.
 
-use super::io::{Backend, UdpIo};
+use super::serve::First;
 use super::Shard;
+use crate::io::buffers::BufferPool;
+use crate::io::udp::{self, send_reply, DatagramService, UdpDrop};
+use crate::io::{mmsg, ring, Backend};
 use crate::metrics::{Drop, Transport};
-use crate::query::First;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// One of the shard's concurrent receive loops on one client socket. Ends at
-/// shutdown; the socket closes when the last loop holding it ends.
-pub(super) async fn receive_loop<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>) {
-    let mut shutdown = shard.shutdown.clone();
-    // One wait for the shutdown signal for the whole loop: a fresh `changed()` per
-    // datagram would take the channel's waiter lock, shared by all shards, twice
-    // per packet.
-    let stop = shutdown.changed();
-    tokio::pin!(stop);
-    loop {
-        let buf = shard.pool.get();
-        let (res, buf) = tokio::select! {
-            biased;
-            r = sock.recv_from(buf) => r,
-            _ = &mut stop => return,
-        };
-        let peer = match res {
-            Ok((_, peer)) => peer,
-            Err(e) => {
-                shard.pool.put(buf);
-                tracing::debug!(error = %e, "client receive error");
-                continue;
-            }
-        };
-        let reply = take(&shard, &sock, &buf, peer);
-        shard.pool.put(buf);
-        if let Some(reply) = reply {
-            send(&shard, &sock, reply, peer).await;
+/// Serves one client UDP socket until shutdown.
+pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>, receivers: usize) {
+    let service = Rc::new(UdpService {
+        shard: Rc::clone(&shard),
+        sock: Rc::clone(&sock),
+    });
+    let stop = shard.shutdown.clone();
+    if let Some(tokio_sock) = B::readiness(&sock) {
+        mmsg::serve(tokio_sock, &*service, stop).await;
+        return;
+    }
+    if shard.shared.config.server.udp_multishot {
+        match ring::serve(&*sock, &*service, stop.clone()).await {
+            Ok(()) => return,
+            Err(ring::Unsupported(why)) => tracing::warn!(
+                shard = shard.index,
+                reason = %why,
+                "client UDP: no multishot io_uring receive; one receive operation per datagram instead"
+            ),
         }
+    }
+    let loops: Vec<_> = (0..receivers)
+        .map(|_| {
+            tokio::task::spawn_local(udp::receive_loop(
+                Rc::clone(&sock),
+                Rc::clone(&service),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// One client socket of one shard, as the receive loops see it.
+struct UdpService<B: Backend> {
+    shard: Rc<Shard<B>>,
+    sock: Rc<B::Udp>,
+}
+
+impl<B: Backend> DatagramService for UdpService<B> {
+    fn datagram(&self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+        take(&self.shard, &self.sock, packet, peer)
+    }
+
+    fn dropped(&self, why: UdpDrop) {
+        self.shard.stats.dropped(match why {
+            UdpDrop::Oversize => Drop::Oversize,
+            UdpDrop::NoAddress => Drop::Short,
+            UdpDrop::SendError => Drop::SendError,
+        });
+    }
+
+    fn pool(&self) -> &BufferPool {
+        &self.shard.pool
     }
 }
 
 /// One client datagram received into a buffer the caller keeps: a hit's (or a
 /// refusal's) reply is returned for the caller to send in its batch; a miss is copied
 /// into a pooled buffer and resolved in a task of its own, which sends its reply.
-pub(super) fn take<B: Backend>(
+fn take<B: Backend>(
     shard: &Rc<Shard<B>>,
     sock: &Rc<B::Udp>,
     packet: &[u8],
@@ -68,33 +104,12 @@ pub(super) fn take<B: Backend>(
                 let reply = shard.resolve(&query, Transport::Udp, start, admitted).await;
                 shard.pool.put(query);
                 if let Some(reply) = reply {
-                    send(&shard, &sock, reply, peer).await;
+                    if send_reply(&*sock, &shard.pool, reply, peer).await.is_err() {
+                        shard.stats.dropped(Drop::SendError);
+                    }
                 }
             });
             None
         }
-    }
-}
-
-/// Sends a reply now if the socket takes it, else through the backend; counts a failure.
-pub(super) async fn send<B: Backend>(
-    shard: &Shard<B>,
-    sock: &B::Udp,
-    reply: Vec<u8>,
-    peer: SocketAddr,
-) {
-    let res = match sock.try_send_to(&reply, peer) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let (res, buf) = sock.send_to(reply, peer).await;
-            shard.pool.put(buf);
-            res
-        }
-        res => {
-            shard.pool.put(reply);
-            res
-        }
-    };
-    if res.is_err() {
-        shard.stats.dropped(Drop::SendError);
     }
 }

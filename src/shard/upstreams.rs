@@ -12,10 +12,9 @@
 //! counters under its labels, and swaps. Links of removed upstreams close once the
 //! last flight using them ends.
 
-use super::buffers::BufferPool;
-use super::io::Backend;
-use super::Shard;
 use crate::config::Config;
+use crate::io::buffers::BufferPool;
+use crate::io::Backend;
 use crate::metrics::ShardStats;
 use crate::upstream::UpstreamLink;
 use crate::zones::ZoneTable;
@@ -71,41 +70,5 @@ impl<B: Backend> UpstreamSet<B> {
             config,
         };
         Ok((set, kept))
-    }
-}
-
-/// Applies every new config sent to this shard until shutdown.
-pub(super) async fn reload_loop<B: Backend>(
-    shard: Rc<Shard<B>>,
-    mut configs: tokio::sync::watch::Receiver<Arc<Config>>,
-) {
-    while configs.changed().await.is_ok() {
-        let config = Arc::clone(&configs.borrow_and_update());
-        let old = Rc::clone(&shard.upstreams.borrow());
-        match UpstreamSet::build(config, Some(&old), &shard.pool, &shard.stats) {
-            Ok((set, kept)) => {
-                let new = &set.config;
-                let priorities: Vec<i32> = new.upstreams.iter().map(|u| u.priority).collect();
-                let health =
-                    shard
-                        .health
-                        .borrow()
-                        .carry_over(new.health.clone(), &priorities, &kept);
-                shard
-                    .stats
-                    .reset_upstreams(&old.labels, new.upstreams.len());
-                *shard.health.borrow_mut() = health;
-                tracing::debug!(
-                    shard = shard.index,
-                    generation = set.generation,
-                    kept = kept.len(),
-                    "upstream set reloaded"
-                );
-                *shard.upstreams.borrow_mut() = Rc::new(set);
-            }
-            Err(e) => {
-                tracing::error!(shard = shard.index, error = %e, "reload failed; keeping the running upstream set");
-            }
-        }
     }
 }

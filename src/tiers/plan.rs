@@ -13,21 +13,14 @@
 //! Allocation: none for up to 8 candidate upstreams and send batches of up to 4.
 
 use super::{Outcome, StrategyKind, TierParams, UpstreamIdx};
-use crate::health::HealthTracker;
+#[cfg(test)]
+use crate::health::MAX_TIMER;
+use crate::health::{after, HealthTracker};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
-
-/// Longest timer a plan sets: absurd configured durations are clamped to this, so
-/// that `Instant` arithmetic cannot overflow.
-pub(crate) const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
-
-/// `now + d`, with `d` clamped to [`MAX_TIMER`].
-pub(crate) fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
-}
 
 /// The upstreams to send one query each to, in this order.
 pub type SendList = SmallVec<[UpstreamIdx; 4]>;

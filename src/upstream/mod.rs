@@ -11,10 +11,11 @@
 //! pending entry is removed on timeout or when the caller stops waiting.
 
 use crate::config::Limits;
+use crate::health::FailKind;
+use crate::io::buffers::BufferPool;
+use crate::io::frame::{framed, read_frame};
+use crate::io::{Backend, Closing, TcpIo, UdpIo};
 use crate::metrics::{Drop as DropReason, ShardStats};
-use crate::shard::buffers::BufferPool;
-use crate::shard::io::{Backend, Closing, TcpIo, UdpIo};
-use crate::tiers::FailKind;
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
@@ -293,10 +294,11 @@ impl<B: Backend> UpstreamLink<B> {
         question: QuestionHash,
     ) -> Result<Vec<u8>, FailKind> {
         let id: u16 = rand::rng().random();
-        let mut frame = Vec::with_capacity(query.len() + 2);
-        frame.extend_from_slice(&(query.len() as u16).to_be_bytes());
-        frame.extend_from_slice(query);
-        frame[2..4].copy_from_slice(&id.to_be_bytes());
+        let mut frame = framed(query).ok_or(FailKind::Malformed)?;
+        frame
+            .get_mut(2..4)
+            .ok_or(FailKind::Malformed)?
+            .copy_from_slice(&id.to_be_bytes());
         let reused = self.idle_tcp.borrow_mut().pop();
         // Bound on connections in use at once; idle ones count while reused.
         if reused.is_none() && self.tcp_busy.get() >= self.max_tcp {
@@ -343,34 +345,12 @@ async fn tcp_round<S: TcpIo>(
     Ok(reply)
 }
 
-/// Reads one length-prefixed DNS message.
-pub(crate) async fn read_frame<S: TcpIo>(stream: &S) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(2);
-    while buf.len() < 2 {
-        let (res, b) = stream.read(buf).await;
-        buf = b;
-        if res? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-    let mut msg = Vec::with_capacity(len);
-    while msg.len() < len {
-        let (res, m) = stream.read(msg).await;
-        msg = m;
-        if res? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(msg)
-}
-
 impl<B: Backend> Drop for UpstreamLink<B> {
     /// A link dropped after a reload removed its upstream: its receive loop is
     /// blocked in a receive that only the upstream could complete; an empty datagram
     /// from a private peer completes it, and the loop sees it is alone and ends.
     fn drop(&mut self) {
-        if let Err(e) = crate::shard::io::release_udp(&self.closer, 1) {
+        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
             tracing::debug!(error = %e, upstream = %self.addr, "releasing an upstream socket");
         }
     }

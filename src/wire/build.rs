@@ -17,7 +17,7 @@ use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::reader::{Header, QueryView, Reject};
-use super::{EDNS_UDP_SIZE, HEADER_LEN};
+use super::{rcode, EDNS_UDP_SIZE, HEADER_LEN};
 
 /// EDNS option code of an Extended DNS Error (RFC 8914 section 2).
 pub const EDE_OPTION_CODE: u16 = 15;
@@ -92,11 +92,11 @@ impl ErrorRcode {
     /// The full (extended) response code value.
     pub fn code(self) -> u16 {
         match self {
-            Self::FormErr => 1,
-            Self::ServFail => 2,
-            Self::NotImp => 4,
-            Self::Refused => 5,
-            Self::BadVers => 16,
+            Self::FormErr => rcode::FORMERR,
+            Self::ServFail => rcode::SERVFAIL,
+            Self::NotImp => rcode::NOTIMP,
+            Self::Refused => rcode::REFUSED,
+            Self::BadVers => rcode::BADVERS,
         }
     }
 

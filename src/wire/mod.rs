@@ -13,6 +13,7 @@
 pub mod answer;
 pub mod build;
 pub mod name;
+pub mod rcode;
 pub mod reader;
 
 /// Size of the fixed DNS header.

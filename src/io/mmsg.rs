@@ -1,42 +1,28 @@
 //! Client UDP on epoll in batches: one `recvmmsg` takes every datagram queued on the
-//! socket (up to [`BATCH`]), the replies of the hits among them leave with one
-//! `sendmmsg`. Misses go to tasks of their own and answer with a single send, as on
-//! every path.
+//! socket (up to [`BATCH`]), the replies the service gives at once (cache hits)
+//! leave with one `sendmmsg`. Datagrams the service keeps (misses) are answered
+//! later with a send of their own, as on every path.
 //!
 //! Bounds: [`BATCH`] receive buffers of [`RECV_BUFFER_SIZE`] bytes per client
 //! socket; a longer datagram is dropped and counted (`oversize`), like on the
 //! io_uring ring. Replies a full socket will not take are sent one by one through
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
-use super::io::{peer_of, Epoll, UdpIo, MAX_QUERY};
-use super::{udp, Shard};
-use crate::metrics::Drop;
+use super::msghdr::{self, NAME_LEN};
+use super::udp::{send_reply, DatagramService, UdpDrop};
+use super::{peer_of, MAX_QUERY};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::Interest;
+use tokio::sync::watch;
 
 /// Datagrams taken per `recvmmsg`, and replies sent per `sendmmsg`.
 pub(crate) const BATCH: usize = 32;
 /// Bytes per receive buffer: the longest datagram served, as on the io_uring ring.
 pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
-/// Room for the sender's address (IPv4 or IPv6).
-const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 /// Batches taken in a row before the loop lets other tasks run.
 const BATCHES_PER_TURN: usize = 8;
-
-/// [`BATCH`] empty I/O vectors and message headers, filled in before each call.
-#[allow(clippy::type_complexity)]
-fn empty_headers() -> (Box<[libc::iovec; BATCH]>, Box<[libc::mmsghdr; BATCH]>) {
-    let iov = libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    };
-    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-    let hdrs = Box::new(unsafe { std::mem::zeroed() });
-    (Box::new([iov; BATCH]), hdrs)
-}
 
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
 struct RecvBatch {
@@ -48,7 +34,7 @@ struct RecvBatch {
 
 impl RecvBatch {
     fn new() -> Self {
-        let (iovs, hdrs) = empty_headers();
+        let (iovs, hdrs) = msghdr::empty_batch();
         Self {
             data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
@@ -66,17 +52,15 @@ impl RecvBatch {
             .zip(self.hdrs.iter_mut())
             .enumerate()
         {
-            *iov = libc::iovec {
-                iov_base: self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr().cast(),
-                iov_len: RECV_BUFFER_SIZE,
-            };
-            hdr.msg_hdr.msg_name = name.as_mut_ptr().cast();
-            hdr.msg_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-            hdr.msg_hdr.msg_flags = 0;
+            msghdr::point(
+                &mut hdr.msg_hdr,
+                iov,
+                (
+                    self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr(),
+                    RECV_BUFFER_SIZE,
+                ),
+                (name.as_mut_ptr().cast(), NAME_LEN as libc::socklen_t),
+            );
             hdr.msg_len = 0;
         }
         // SAFETY: every header points at live buffers of the lengths it states
@@ -99,14 +83,14 @@ impl RecvBatch {
 
     /// Datagram `i` of the last receive: its bytes and sender, or why it is not
     /// served.
-    fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), Drop> {
+    fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), UdpDrop> {
         let hdr = &self.hdrs[i];
         if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return Err(Drop::Oversize);
+            return Err(UdpDrop::Oversize);
         }
         let len = (hdr.msg_len as usize).min(RECV_BUFFER_SIZE);
         let name_len = (hdr.msg_hdr.msg_namelen as usize).min(NAME_LEN);
-        let peer = peer_of(&self.names[i][..name_len]).ok_or(Drop::Short)?;
+        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
         let start = i * RECV_BUFFER_SIZE;
         Ok((&self.data[start..start + len], peer))
     }
@@ -123,7 +107,7 @@ struct SendBatch {
 impl SendBatch {
     fn new() -> Self {
         let any = socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (iovs, hdrs) = empty_headers();
+        let (iovs, hdrs) = msghdr::empty_batch();
         Self {
             replies: Vec::with_capacity(BATCH),
             addrs: vec![any; BATCH].into_boxed_slice(),
@@ -137,18 +121,13 @@ impl SendBatch {
         let todo = &mut self.replies[from..];
         for (i, (reply, peer)) in todo.iter_mut().enumerate() {
             self.addrs[i] = socket2::SockAddr::from(*peer);
-            self.iovs[i] = libc::iovec {
-                iov_base: reply.as_mut_ptr().cast(),
-                iov_len: reply.len(),
-            };
-            let hdr = &mut self.hdrs[i];
-            hdr.msg_hdr.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
-            hdr.msg_hdr.msg_namelen = self.addrs[i].len();
-            hdr.msg_hdr.msg_iov = &mut self.iovs[i];
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-            hdr.msg_hdr.msg_flags = 0;
+            let addr = &self.addrs[i];
+            msghdr::point(
+                &mut self.hdrs[i].msg_hdr,
+                &mut self.iovs[i],
+                (reply.as_mut_ptr(), reply.len()),
+                (addr.as_ptr() as *mut libc::c_void, addr.len()),
+            );
         }
         // SAFETY: the first `todo.len()` (≤ BATCH) headers point at the replies and
         // addresses just filled in, all alive and unmoved until the call returns.
@@ -167,13 +146,17 @@ impl SendBatch {
     }
 }
 
-/// Serves one client socket until shutdown.
-pub(super) async fn receive_loop(shard: Rc<Shard<Epoll>>, sock: Rc<tokio::net::UdpSocket>) {
-    let mut shutdown = shard.shutdown.clone();
-    let watch = shard.shutdown.clone();
-    let stop = shutdown.changed();
+/// Serves one client socket until `stop` changes: every queued datagram in one
+/// `recvmmsg`, the replies the service gives at once in one `sendmmsg`.
+pub(crate) async fn serve<S: DatagramService>(
+    sock: &tokio::net::UdpSocket,
+    service: &S,
+    mut stop: watch::Receiver<bool>,
+) {
+    let watch = stop.clone();
+    let stop = stop.changed();
     tokio::pin!(stop);
-    let fd = sock.raw_fd();
+    let fd = sock.as_raw_fd();
     let mut rx = RecvBatch::new();
     let mut tx = SendBatch::new();
     // Whether to wait for readiness before the next turn (not after a turn cut
@@ -211,14 +194,14 @@ pub(super) async fn receive_loop(shard: Rc<Shard<Epoll>>, sock: Rc<tokio::net::U
             for i in 0..n {
                 match rx.datagram(i) {
                     Ok((packet, peer)) => {
-                        if let Some(reply) = udp::take(&shard, &sock, packet, peer) {
+                        if let Some(reply) = service.datagram(packet, peer) {
                             tx.replies.push((reply, peer));
                         }
                     }
-                    Err(reason) => shard.stats.dropped(reason),
+                    Err(why) => service.dropped(why),
                 }
             }
-            flush(&shard, &sock, fd, &mut tx).await;
+            flush(sock, service, fd, &mut tx).await;
             if n < BATCH {
                 break;
             }
@@ -236,7 +219,12 @@ pub(super) async fn receive_loop(shard: Rc<Shard<Epoll>>, sock: Rc<tokio::net::U
 
 /// Sends the batch's replies: one `sendmmsg` for as many as the socket takes, the
 /// rest one by one through the reactor.
-async fn flush(shard: &Shard<Epoll>, sock: &tokio::net::UdpSocket, fd: RawFd, tx: &mut SendBatch) {
+async fn flush<S: DatagramService>(
+    sock: &tokio::net::UdpSocket,
+    service: &S,
+    fd: RawFd,
+    tx: &mut SendBatch,
+) {
     let mut sent = 0;
     while sent < tx.replies.len() {
         match tx.send(fd, sent) {
@@ -247,20 +235,21 @@ async fn flush(shard: &Shard<Epoll>, sock: &tokio::net::UdpSocket, fd: RawFd, tx
     }
     let mut rest = tx.replies.drain(..);
     for (reply, _) in rest.by_ref().take(sent) {
-        shard.pool.put(reply);
+        service.pool().put(reply);
     }
     // Whatever the kernel refused (full socket buffer, or an error for one
     // destination): each goes on its own, waiting for room, or is counted lost.
     let rest: smallvec::SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
     for (reply, peer) in rest {
-        udp::send(shard, sock, reply, peer).await;
+        if send_reply(sock, service.pool(), reply, peer).await.is_err() {
+            service.dropped(UdpDrop::SendError);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
@@ -299,7 +288,7 @@ mod tests {
                 ((BATCH + i) as u32).to_be_bytes()
             );
         }
-        assert_eq!(rx.datagram(8).unwrap_err(), Drop::Oversize);
+        assert_eq!(rx.datagram(8).unwrap_err(), UdpDrop::Oversize);
         let empty = rx.recv(fd).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock, "never waits");
     }

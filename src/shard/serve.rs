@@ -6,17 +6,17 @@
 //! or leads the flight for the key and answers from its result, from a stale entry,
 //! or with SERVFAIL and an Extended DNS Error.
 
+use super::flight_run::FlightRun;
+use super::{Admitted, Shard};
 use crate::cache::{KeyRef, Lookup};
-use crate::flight::{FlightKey, FlightLeader, Join};
+use crate::flight::{FlightLeader, FlightResult, Join};
+use crate::io::buffers::BUF_CAPACITY;
+use crate::io::Backend;
 use crate::metrics::{CacheResult, Drop, ShardStats, Transport};
-use crate::resolve::{FlightResult, FlightRun};
-use crate::shard::buffers::BUF_CAPACITY;
-use crate::shard::io::Backend;
-use crate::shard::{Admitted, Shard};
 use crate::wire::answer::{write_reply, TtlPatch, REPLY_HEADROOM};
 use crate::wire::build::{error_reply, reject_reply, Ede, ErrorRcode};
 use crate::wire::reader::{DropReason, QueryView, Reject};
-use crate::wire::{ReplyTarget, PLAIN_UDP_MAX};
+use crate::wire::{rcode, ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ const TCP_MAX: usize = u16::MAX as usize;
 
 /// The result of the synchronous first pass. Every variant hands the output buffer
 /// back.
-pub(crate) enum First {
+pub(super) enum First {
     /// Send this reply.
     Reply(Vec<u8>),
     /// Send nothing.
@@ -50,7 +50,7 @@ pub(crate) enum First {
 }
 
 /// What a reply to this client may weigh, and what it must echo.
-pub(crate) fn target_of<'a>(
+pub(super) fn target_of<'a>(
     q: &'a QueryView<'_>,
     transport: Transport,
     max_udp: usize,
@@ -80,7 +80,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Reads the query and answers everything that needs no upstream.
-    pub(crate) fn first_pass(
+    pub(super) fn first_pass(
         self: &Rc<Self>,
         packet: &[u8],
         transport: Transport,
@@ -143,7 +143,7 @@ impl<B: Backend> Shard<B> {
 
     /// Resolves a miss: join or lead the flight, answer from its result. None means
     /// send nothing (dropped and counted).
-    pub(crate) async fn resolve(
+    pub(super) async fn resolve(
         self: &Rc<Self>,
         packet: &[u8],
         transport: Transport,
@@ -170,7 +170,7 @@ impl<B: Backend> Shard<B> {
     ) -> (Vec<u8>, CacheResult) {
         let target = target_of(q, transport, self.max_udp());
         let key = KeyRef::from_query(q);
-        let result = match self.shared.flights.join(flight_key(&key), ABANDONED) {
+        let result = match self.shared.flights.join(&key, ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
                 rx.await.unwrap_or(ABANDONED)
@@ -230,7 +230,7 @@ impl<B: Backend> Shard<B> {
 
     /// SERVFAIL (EDE "resolver overloaded") for a TCP miss past
     /// `max_client_in_flight`: a TCP client would otherwise wait out its timeout.
-    pub(crate) fn overload_reply(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub(super) fn overload_reply(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let q = QueryView::parse(packet).ok()?;
         self.stats.answered(transport, ErrorRcode::ServFail.code());
         Some(error_reply(
@@ -251,28 +251,23 @@ impl<B: Backend> Shard<B> {
         leader: Option<FlightLeader<FlightResult>>,
         hold_failure: bool,
     ) -> FlightResult {
-        let mut run = FlightRun::start(Rc::clone(self), q, start);
+        let key = KeyRef::from_query(q);
+        let mut run = FlightRun::start(Rc::clone(self), q, key.to_key(), start);
         let result = run.until_first().await;
         match &result {
             FlightResult::Answer(answer) => {
-                self.shared.cache.insert(
-                    &KeyRef::from_query(q),
-                    &answer.wire,
-                    Instant::now(),
-                    run.version(),
-                );
+                self.shared
+                    .cache
+                    .insert(&key, &answer.wire, Instant::now(), run.version());
             }
             // Hold the failure briefly (RFC 9520) so a dead upstream set is not
             // hammered; the cache keeps a stale-servable answer over it. Our own
             // overload says nothing about the name: not held.
             FlightResult::Failed(ede) if hold_failure && *ede != Ede::LOCAL_OVERLOAD => {
                 let servfail = error_reply(q, ErrorRcode::ServFail, Some(*ede));
-                self.shared.cache.insert(
-                    &KeyRef::from_query(q),
-                    &servfail,
-                    Instant::now(),
-                    run.version(),
-                );
+                self.shared
+                    .cache
+                    .insert(&key, &servfail, Instant::now(), run.version());
             }
             FlightResult::Failed(_) => {}
         }
@@ -296,22 +291,12 @@ impl<B: Backend> Shard<B> {
             let joined = shard
                 .shared
                 .flights
-                .join(flight_key(&KeyRef::from_query(&q)), ABANDONED);
+                .join(&KeyRef::from_query(&q), ABANDONED);
             if let Join::Leader(leader) = joined {
                 shard.stats.cache(CacheResult::Prefetch);
                 shard.lead(&q, Instant::now(), Some(leader), false).await;
             }
         });
-    }
-}
-
-fn flight_key(key: &KeyRef<'_>) -> FlightKey {
-    FlightKey {
-        qname: key.qname_lower.into(),
-        qtype: key.qtype,
-        qclass: key.qclass,
-        dnssec_ok: key.dnssec_ok,
-        checking_disabled: key.checking_disabled,
     }
 }
 
@@ -333,9 +318,9 @@ fn out_len(transport: Transport, answer_len: usize) -> usize {
 
 fn reply_rcode_ext(reject: Reject) -> u16 {
     match reject {
-        Reject::FormErr => 1,
-        Reject::NotImp => 4,
-        Reject::BadVers => 16,
-        Reject::Drop(_) => 0,
+        Reject::FormErr => rcode::FORMERR,
+        Reject::NotImp => rcode::NOTIMP,
+        Reject::BadVers => rcode::BADVERS,
+        Reject::Drop(_) => rcode::NOERROR,
     }
 }

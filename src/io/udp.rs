@@ -1,0 +1,107 @@
+//! Serving a client UDP socket, the part every loop shares: what the loops ask of
+//! the code that answers (a [`DatagramService`]), how a reply leaves when a batch
+//! cannot take it, and the plain loop of one receive operation per datagram.
+//!
+//! The loops know bytes and addresses only: the service reads the datagram, answers
+//! it (a reply to send now) or keeps it (a miss it answers later on its own).
+
+use super::buffers::BufferPool;
+use super::{UdpIo, MAX_QUERY};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use tokio::sync::watch;
+
+/// Why a datagram was not served, or a reply not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UdpDrop {
+    /// Longer than [`MAX_QUERY`].
+    Oversize,
+    /// No readable sender address (or no message header at all).
+    NoAddress,
+    /// The kernel refused the reply.
+    SendError,
+}
+
+/// What answers the datagrams of one client socket.
+pub(crate) trait DatagramService: 'static {
+    /// One datagram from `peer`: the reply to send now, if there is one. A datagram
+    /// that needs more time is the service's to answer later; the bytes are only
+    /// borrowed for this call.
+    fn datagram(&self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>>;
+    /// A datagram not served, or a reply lost.
+    fn dropped(&self, why: UdpDrop);
+    /// Where reply buffers go back to once sent.
+    fn pool(&self) -> &BufferPool;
+}
+
+/// Sends `reply` to `peer` now if the socket takes it, else through the backend
+/// (waiting for room); the buffer goes back to `pool`. An error is returned for the
+/// caller to count.
+pub(crate) async fn send_reply<U: UdpIo>(
+    sock: &U,
+    pool: &BufferPool,
+    reply: Vec<u8>,
+    peer: SocketAddr,
+) -> io::Result<usize> {
+    match sock.try_send_to(&reply, peer) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let (res, buf) = sock.send_to(reply, peer).await;
+            pool.put(buf);
+            res
+        }
+        res => {
+            pool.put(reply);
+            res
+        }
+    }
+}
+
+/// One receive operation per datagram, until `stop` changes. Several of these may
+/// run on one socket (io_uring without multishot receive); the socket closes when
+/// the last loop holding it ends.
+pub(crate) async fn receive_loop<U: UdpIo, S: DatagramService>(
+    sock: Rc<U>,
+    service: Rc<S>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // One wait for the stop signal for the whole loop: a fresh `changed()` per
+    // datagram would take the channel's waiter lock, shared by all shards, twice
+    // per packet.
+    let stop = stop.changed();
+    tokio::pin!(stop);
+    loop {
+        // A pooled buffer has room for more than MAX_QUERY bytes, so a longer
+        // datagram shows as too long (the kernel cuts one to the room given).
+        let buf = service.pool().get();
+        let (res, buf) = tokio::select! {
+            biased;
+            r = sock.recv_from(buf) => r,
+            _ = &mut stop => return,
+        };
+        let peer = match res {
+            Ok((len, _)) if len > MAX_QUERY => {
+                service.pool().put(buf);
+                service.dropped(UdpDrop::Oversize);
+                continue;
+            }
+            Ok((_, peer)) => peer,
+            Err(e) => {
+                service.pool().put(buf);
+                tracing::debug!(error = %e, "client receive error");
+                continue;
+            }
+        };
+        let reply = service.datagram(&buf, peer);
+        service.pool().put(buf);
+        if let Some(reply) = reply {
+            if send_reply(&*sock, service.pool(), reply, peer)
+                .await
+                .is_err()
+            {
+                service.dropped(UdpDrop::SendError);
+            }
+        }
+    }
+}
+const _: () = assert!(super::buffers::BUF_CAPACITY > MAX_QUERY);

@@ -1,0 +1,91 @@
+//! The io_uring backend, through tokio-uring: one operation per receive, send, read
+//! or write. Client UDP on this backend is served by [`super::ring`] (a multishot
+//! receive on a ring of its own) where the kernel has it.
+
+use super::{Backend, BufResult, TcpIo, UdpIo};
+use std::io;
+use std::net::SocketAddr;
+
+/// io_uring through tokio-uring.
+pub(crate) struct Uring;
+
+/// A UDP socket on io_uring, with a duplicate of its descriptor for direct sends.
+pub(crate) struct UringUdp {
+    io: tokio_uring::net::UdpSocket,
+    direct: socket2::Socket,
+}
+
+impl UdpIo for UringUdp {
+    async fn recv_from(&self, mut buf: Vec<u8>) -> BufResult<(usize, SocketAddr)> {
+        buf.clear();
+        self.io.recv_from(buf).await
+    }
+    async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
+        self.io.send_to(buf, addr).await
+    }
+    async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
+        buf.clear();
+        self.io.read(buf).await
+    }
+    async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
+        self.io.send(buf).await
+    }
+    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.direct.send_to(buf, &addr.into())
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.direct)
+    }
+}
+
+impl TcpIo for tokio_uring::net::TcpStream {
+    async fn read(&self, buf: Vec<u8>) -> BufResult<usize> {
+        use tokio_uring::buf::BoundedBuf;
+        let start = buf.len();
+        let cap = buf.capacity();
+        if start == cap {
+            return (Ok(0), buf);
+        }
+        let (res, slice) = Self::read(self, buf.slice(start..cap)).await;
+        (res, slice.into_inner())
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> BufResult<()> {
+        Self::write_all(self, buf).await
+    }
+    fn shutdown(&self) {
+        let _ = Self::shutdown(self, std::net::Shutdown::Both);
+    }
+}
+
+impl Backend for Uring {
+    type Udp = UringUdp;
+    type Stream = tokio_uring::net::TcpStream;
+    type Listener = tokio_uring::net::TcpListener;
+    const NAME: &'static str = "uring";
+    const PARALLEL_RECEIVES: bool = true;
+
+    fn readiness(_: &Self::Udp) -> Option<&tokio::net::UdpSocket> {
+        None
+    }
+
+    fn udp(socket: std::net::UdpSocket) -> io::Result<Self::Udp> {
+        let direct = socket2::Socket::from(socket.try_clone()?);
+        Ok(UringUdp {
+            io: tokio_uring::net::UdpSocket::from_std(socket),
+            direct,
+        })
+    }
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        Ok(tokio_uring::net::TcpListener::from_std(listener))
+    }
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((s, addr))
+    }
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Stream> {
+        let s = tokio_uring::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}

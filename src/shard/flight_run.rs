@@ -1,0 +1,448 @@
+//! The driver of one flight: runs a [`Plan`] on the shard's upstream links.
+//!
+//! In two layers, as the tier engine wants (logic over events and time, I/O at the
+//! edge):
+//!
+//! - [`FlightState`]: what the flight knows and decides, without sockets or a clock.
+//!   Every call takes `now`. It hands out what to send and when to wake up
+//!   ([`FlightState::next`]), takes each upstream result ([`FlightState::on_report`]:
+//!   classify, feed the plan, keep the first good answer and the rest for the merge),
+//!   and at the end merges ([`FlightState::finish`]). Its tests drive it with a
+//!   stepped clock against simulated upstreams.
+//! - [`FlightRun`]: the shard's I/O around it. It sends over the upstream links,
+//!   sleeps until the state's wake-up or a result, reads the clock and passes it in,
+//!   records health and counters, and splits the flight in two phases:
+//!   1. [`FlightRun::until_first`]: until the first good answer (returned at once, for
+//!      the clients and the cache) or the plan gives up.
+//!   2. [`FlightRun::complete`]: spawned, nobody waits for it. Keeps collecting until
+//!      the plan is done (never past `total_collect_timeout`), merges the good answers
+//!      and rewrites the cache entry only if no newer flight wrote it meanwhile.
+
+use super::upstreams::UpstreamSet;
+use super::Shard;
+use crate::cache::Key;
+use crate::flight::{Answer, FlightResult};
+use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
+use crate::io::Backend;
+use crate::metrics::{Drop, ShardStats, UpstreamEvent};
+use crate::tiers::{merge, Action, Merged, Outcome, Plan, PlanStats, SendList, StaggerReason};
+use crate::upstream::{Exchange, QuestionHash};
+use crate::wire::answer::AnswerLayout;
+use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
+use crate::wire::rcode;
+use crate::wire::reader::{Header, QueryView};
+use smallvec::SmallVec;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One upstream's result, as the driver reports it.
+type Report = (UpstreamIdx, Result<Exchange, FailKind>);
+
+/// The Extended DNS Error that says why a flight failed.
+fn failure_ede(worst: Option<FailKind>) -> Ede {
+    match worst {
+        Some(FailKind::ServFail) => Ede::UPSTREAM_SERVFAIL,
+        Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
+        Some(FailKind::Network) => Ede::NETWORK_ERROR,
+        Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
+        Some(FailKind::Overload) => Ede::LOCAL_OVERLOAD,
+        Some(_) => Ede::UPSTREAM_ERROR,
+    }
+}
+
+/// How telling a failure is, for the EDE: an upstream's own error beats a network
+/// error, which beats a timeout, which beats our own overload.
+fn telling(kind: FailKind) -> u8 {
+    match kind {
+        FailKind::Overload => 0,
+        FailKind::Timeout => 1,
+        FailKind::Network => 2,
+        _ => 3,
+    }
+}
+
+/// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
+/// they can be patched and cached), every other rcode is a failure of its kind.
+fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
+    let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
+    match u16::from(header.rcode()) {
+        rcode::NOERROR | rcode::NXDOMAIN => {
+            AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)
+        }
+        rcode::FORMERR => Err(FailKind::FormErr),
+        rcode::SERVFAIL => Err(FailKind::ServFail),
+        rcode::NOTIMP => Err(FailKind::NotImp),
+        rcode::REFUSED => Err(FailKind::Refused),
+        _ => Err(FailKind::OtherRcode),
+    }
+}
+
+/// What one upstream result meant, for the driver to record (health, counters).
+#[derive(Debug, Clone)]
+pub(super) enum Heard {
+    /// A good answer after this round trip; the flight's first good one if
+    /// `first` is set (then it is what the clients get).
+    Good {
+        rtt: Duration,
+        first: Option<Arc<Answer>>,
+    },
+    /// A failure that says something about the upstream.
+    Failed(FailKind),
+    /// Our own bound refused the query: nothing about the upstream.
+    Overload,
+}
+
+/// What a finished flight leaves behind.
+#[derive(Debug)]
+pub(super) struct Finished {
+    /// The plan's own account (stagger reason, first good, peak in flight).
+    pub(super) stats: PlanStats,
+    /// The merged answer, if more than one good answer came and they merge, with
+    /// the time the first arrived (the merge ages from then).
+    pub(super) merged: Option<(Merged, Instant)>,
+}
+
+/// One flight's state: the plan and what came back. No I/O, no clock.
+pub(super) struct FlightState {
+    plan: Plan,
+    first: Option<Arc<Answer>>,
+    /// When the first good answer arrived: the merge is aged from then.
+    first_at: Instant,
+    others: Vec<Vec<u8>>,
+    /// The most telling failure so far (see [`telling`]).
+    worst: Option<FailKind>,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Send one query to each, then ask again.
+    Send(SendList),
+    /// Wait for a result, but not past this instant; then ask again.
+    Wait(Instant),
+    /// The flight is over: [`FlightState::finish`].
+    Done,
+}
+
+impl FlightState {
+    pub(super) fn new(plan: Plan, now: Instant) -> Self {
+        Self {
+            plan,
+            first: None,
+            first_at: now,
+            others: Vec::new(),
+            worst: None,
+        }
+    }
+
+    /// What to do at `now`.
+    pub(super) fn next(&mut self, now: Instant) -> Next {
+        match self.plan.next(now) {
+            Action::Send(list) => Next::Send(list),
+            Action::Wait(at) => Next::Wait(at),
+            Action::Done => Next::Done,
+        }
+    }
+
+    /// Takes one upstream's result at `now`.
+    pub(super) fn on_report(
+        &mut self,
+        up: UpstreamIdx,
+        res: Result<Exchange, FailKind>,
+        now: Instant,
+    ) -> Heard {
+        match res.and_then(|ex| classify(&ex.reply).map(|layout| (ex, layout))) {
+            Ok((ex, layout)) => {
+                self.plan.on_result(up, Outcome::Good, now);
+                if self.first.is_some() {
+                    self.others.push(ex.reply);
+                    return Heard::Good {
+                        rtt: ex.rtt,
+                        first: None,
+                    };
+                }
+                let answer = Arc::new(Answer {
+                    wire: ex.reply,
+                    layout,
+                });
+                self.first = Some(Arc::clone(&answer));
+                self.first_at = now;
+                Heard::Good {
+                    rtt: ex.rtt,
+                    first: Some(answer),
+                }
+            }
+            Err(kind) => {
+                self.plan.on_result(up, Outcome::Failed(kind), now);
+                if self.worst.is_none_or(|w| telling(kind) >= telling(w)) {
+                    self.worst = Some(kind);
+                }
+                if kind == FailKind::Overload {
+                    Heard::Overload
+                } else {
+                    Heard::Failed(kind)
+                }
+            }
+        }
+    }
+
+    /// Why the flight has no answer, for the SERVFAIL's Extended DNS Error.
+    pub(super) fn failure(&self) -> Ede {
+        failure_ede(self.worst)
+    }
+
+    /// Ends the flight: its plan's stats, and the merge of its good answers.
+    pub(super) fn finish(self) -> Finished {
+        let stats = *self.plan.stats();
+        let merged = self.first.as_ref().and_then(|first| {
+            if self.others.is_empty() {
+                return None;
+            }
+            let mut all: SmallVec<[&[u8]; 8]> = SmallVec::new();
+            all.push(&first.wire);
+            all.extend(self.others.iter().map(Vec::as_slice));
+            merge(&all).map(|m| (m, self.first_at))
+        });
+        Finished { stats, merged }
+    }
+}
+
+/// One flight in progress on a shard: the state, and the I/O around it.
+pub(super) struct FlightRun<B: Backend> {
+    shard: Rc<Shard<B>>,
+    /// The upstream set current when the flight started, kept to its end.
+    set: Rc<UpstreamSet<B>>,
+    state: FlightState,
+    query: Rc<[u8]>,
+    question: QuestionHash,
+    key: Key,
+    version: u64,
+    started: Instant,
+    tx: mpsc::UnboundedSender<Report>,
+    rx: mpsc::UnboundedReceiver<Report>,
+    tasks: SmallVec<[JoinHandle<()>; 8]>,
+}
+
+impl<B: Backend> FlightRun<B> {
+    /// Plans the flight for `q` on its route (forward zone), in health order.
+    pub(super) fn start(shard: Rc<Shard<B>>, q: &QueryView<'_>, key: Key, now: Instant) -> Self {
+        let set = Rc::clone(&shard.upstreams.borrow());
+        let route = set.zones.route(q.qname_lower());
+        let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
+        let plan = {
+            let mut health = shard.health.borrow_mut();
+            health.order(&route.upstreams, now, &mut order);
+            Plan::new(
+                route.strategy,
+                &route.tiers,
+                &order,
+                &health,
+                now,
+                rand::random(),
+            )
+        };
+        let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
+        let len = write_upstream_query(&mut buf, 0, q);
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            state: FlightState::new(plan, now),
+            query: buf[..len].into(),
+            question: QuestionHash::new(q.qname_lower(), q.qtype, q.qclass),
+            key,
+            version: shard.shared.cache.next_version(),
+            started: now,
+            tx,
+            rx,
+            tasks: SmallVec::new(),
+            set,
+            shard,
+        }
+    }
+
+    /// The cache version this flight writes with.
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn launch(&mut self, up: UpstreamIdx, now: Instant) {
+        let Some(link) = self.set.links.get(up).cloned() else {
+            // Not a configured upstream: the plan hears it failed.
+            self.state.on_report(up, Err(FailKind::Network), now);
+            return;
+        };
+        self.record(up, UpstreamEvent::Query);
+        let shard = Rc::clone(&self.shard);
+        let query = Rc::clone(&self.query);
+        let question = self.question;
+        let tx = self.tx.clone();
+        self.tasks.push(tokio::task::spawn_local(async move {
+            let res = link.exchange(&query, question, &shard.pool).await;
+            let _ = tx.send((up, res));
+        }));
+    }
+
+    /// Feeds one result to the state, then records what it meant. Returns the
+    /// answer when it is the flight's first good one.
+    fn on_report(&mut self, (up, res): Report, now: Instant) -> Option<Arc<Answer>> {
+        if res.as_ref().is_ok_and(|ex| ex.over_tcp) {
+            self.record(up, UpstreamEvent::TcpRetry);
+        }
+        match self.state.on_report(up, res, now) {
+            Heard::Good { rtt, first } => {
+                if self.is_current() {
+                    self.update_health(up, |h| h.record_success(up, rtt, now), "answered");
+                }
+                self.record(up, UpstreamEvent::Answer(rtt));
+                first
+            }
+            Heard::Overload => {
+                // Our own bound, not the upstream's fault: no health, no error.
+                self.shard.stats.dropped(Drop::UpstreamOverload);
+                None
+            }
+            Heard::Failed(kind) => {
+                if self.is_current() {
+                    self.update_health(up, |h| h.record_failure(up, kind, now), kind.as_str());
+                }
+                self.record(
+                    up,
+                    if kind == FailKind::Timeout {
+                        UpstreamEvent::Timeout
+                    } else {
+                        UpstreamEvent::Error
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether this flight's upstream indices still mean what the shard's health
+    /// and counters mean by them (no reload since the flight started).
+    fn is_current(&self) -> bool {
+        self.shard.upstreams.borrow().generation == self.set.generation
+    }
+
+    /// Applies a health update and logs a change of the upstream's circuit state:
+    /// rare, and what an operator wants to see in the log.
+    fn update_health(&self, up: UpstreamIdx, f: impl FnOnce(&mut HealthTracker), why: &str) {
+        let mut health = self.shard.health.borrow_mut();
+        let before = health.state(up);
+        f(&mut health);
+        let after = health.state(up);
+        if before != after {
+            let upstream = self.set.labels.get(up).map_or("?", String::as_str);
+            if after == CircuitState::Closed {
+                tracing::info!(
+                    shard = self.shard.index,
+                    upstream,
+                    from = before.as_str(),
+                    to = after.as_str(),
+                    last = why,
+                    "upstream circuit changed"
+                );
+            } else {
+                tracing::warn!(
+                    shard = self.shard.index,
+                    upstream,
+                    from = before.as_str(),
+                    to = after.as_str(),
+                    last = why,
+                    "upstream circuit changed"
+                );
+            }
+        }
+    }
+
+    fn record(&self, up: UpstreamIdx, event: UpstreamEvent) {
+        if self.is_current() {
+            self.shard.stats.upstream(up, event);
+        }
+    }
+
+    /// Drives the flight one step. Returns false once it is done. The clock is
+    /// read here, at the edge, and passed in.
+    async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
+        let now = Instant::now();
+        match self.state.next(now) {
+            Next::Send(list) => {
+                for up in list {
+                    self.launch(up, now);
+                }
+                (true, None)
+            }
+            Next::Wait(at) => {
+                let report = tokio::select! {
+                    r = self.rx.recv() => r,
+                    _ = tokio::time::sleep_until(at.into()) => None,
+                };
+                let answer = report.and_then(|r| self.on_report(r, Instant::now()));
+                (true, answer)
+            }
+            Next::Done => (false, None),
+        }
+    }
+
+    /// Runs until the first good answer, or until the plan gives up.
+    pub(super) async fn until_first(&mut self) -> FlightResult {
+        loop {
+            match self.step().await {
+                (_, Some(answer)) => return FlightResult::Answer(answer),
+                (true, None) => {}
+                (false, None) => return FlightResult::Failed(self.state.failure()),
+            }
+        }
+    }
+
+    /// Background completion: collect until the plan is done, merge, and write the
+    /// merged answer if this flight's version is still the newest for the key.
+    pub(super) async fn complete(mut self) {
+        while self.step().await.0 {}
+        for t in &self.tasks {
+            t.abort();
+        }
+        let Finished { stats, merged } = self.state.finish();
+        let tiers = &self.shard.stats.tiers;
+        if let Some(reason) = stats.stagger_reason {
+            let i = match reason {
+                StaggerReason::Answered => 0,
+                StaggerReason::Timeout => 1,
+                StaggerReason::ActiveFailed => 2,
+            };
+            ShardStats::bump(&tiers.stagger[i]);
+        }
+        match stats.first_good {
+            Some((_, true)) => ShardStats::bump(&tiers.answered_active),
+            Some((_, false)) => ShardStats::bump(&tiers.answered_stagger),
+            None => ShardStats::bump(&tiers.failed_flights),
+        }
+        tiers.peak_in_flight.record(stats.peak_in_flight as f64);
+        tiers
+            .background
+            .record(self.started.elapsed().as_secs_f64());
+        let Some((merged, first_at)) = merged else {
+            return;
+        };
+        // Stored as of the first answer's arrival, so its TTLs age from then, not
+        // from the end of the collection.
+        let outcome = self.shard.shared.cache.insert(
+            &self.key.key_ref(),
+            &merged.wire,
+            first_at,
+            self.version,
+        );
+        if outcome.stored() {
+            ShardStats::bump(&tiers.merges);
+            let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;
+            tiers.merged_addresses.set(added);
+        } else {
+            ShardStats::bump(&tiers.merge_rejected);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Reloading the config (SIGHUP, or [`ServerHandle::reload`]): upstreams, forward
+//! zones, strategy, tiers and health parameters take effect at once on every shard;
+//! the health of upstreams that stay is kept. The other sections need a restart.
+
+use super::upstreams::UpstreamSet;
+use super::{ServerHandle, Shard};
+use crate::config::Config;
+use crate::io::Backend;
+use std::rc::Rc;
+use std::sync::Arc;
+
+impl ServerHandle {
+    /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers
+    /// and health parameters take effect at once on every shard; the health of
+    /// upstreams that stay is kept. Other sections need a restart: each one that
+    /// changed is named in the returned warnings and keeps its running value.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let running = self.reload.borrow().clone();
+        let (applied, warnings) = reloadable(&running, config);
+        let _ = self.reload.send(Arc::new(applied));
+        warnings
+    }
+}
+
+/// The config a reload applies: `new`, with the sections that need a restart
+/// (`server`, `limits`, `cache`, `metrics`) kept as running; and a warning for each
+/// of those that changed.
+fn reloadable(running: &Config, new: Config) -> (Config, Vec<String>) {
+    let fixed = [
+        (
+            "server",
+            toml::to_string(&running.server),
+            toml::to_string(&new.server),
+        ),
+        (
+            "limits",
+            toml::to_string(&running.limits),
+            toml::to_string(&new.limits),
+        ),
+        (
+            "cache",
+            toml::to_string(&running.cache),
+            toml::to_string(&new.cache),
+        ),
+        (
+            "metrics",
+            toml::to_string(&running.metrics),
+            toml::to_string(&new.metrics),
+        ),
+    ];
+    let warnings = fixed
+        .into_iter()
+        .filter(|(_, old, new)| old.as_ref().ok() != new.as_ref().ok())
+        .map(|(section, _, _)| format!("[{section}] changed: it takes effect only after a restart"))
+        .collect();
+    let mut applied = new;
+    applied.server = running.server.clone();
+    applied.limits = running.limits.clone();
+    applied.cache = running.cache.clone();
+    applied.metrics = running.metrics.clone();
+    (applied, warnings)
+}
+
+/// Applies every new config sent to this shard until shutdown.
+pub(super) async fn reload_loop<B: Backend>(
+    shard: Rc<Shard<B>>,
+    mut configs: tokio::sync::watch::Receiver<Arc<Config>>,
+) {
+    while configs.changed().await.is_ok() {
+        let config = Arc::clone(&configs.borrow_and_update());
+        let old = Rc::clone(&shard.upstreams.borrow());
+        match UpstreamSet::build(config, Some(&old), &shard.pool, &shard.stats) {
+            Ok((set, kept)) => {
+                let new = &set.config;
+                let priorities: Vec<i32> = new.upstreams.iter().map(|u| u.priority).collect();
+                let health =
+                    shard
+                        .health
+                        .borrow()
+                        .carry_over(new.health.clone(), &priorities, &kept);
+                shard
+                    .stats
+                    .reset_upstreams(&old.labels, new.upstreams.len());
+                *shard.health.borrow_mut() = health;
+                tracing::debug!(
+                    shard = shard.index,
+                    generation = set.generation,
+                    kept = kept.len(),
+                    "upstream set reloaded"
+                );
+                *shard.upstreams.borrow_mut() = Rc::new(set);
+            }
+            Err(e) => {
+                tracing::error!(shard = shard.index, error = %e, "reload failed; keeping the running upstream set");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_that_need_a_restart_keep_their_running_value_and_are_named() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.limits.max_client_in_flight += 1;
+        new.metrics.enabled = !running.metrics.enabled;
+        new.tiers.batch_size += 1;
+        let (applied, warnings) = reloadable(&running, new);
+        assert_eq!(
+            warnings,
+            [
+                "[limits] changed: it takes effect only after a restart",
+                "[metrics] changed: it takes effect only after a restart"
+            ]
+        );
+        assert_eq!(
+            applied.limits.max_client_in_flight,
+            running.limits.max_client_in_flight
+        );
+        assert_eq!(applied.metrics.enabled, running.metrics.enabled);
+        assert_eq!(
+            applied.tiers.batch_size,
+            running.tiers.batch_size + 1,
+            "applied"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_config_reloads_without_warnings() {
+        let (_, warnings) = reloadable(&Config::default(), Config::default());
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+}

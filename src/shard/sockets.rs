@@ -1,0 +1,153 @@
+//! Binding the listening sockets, on the calling thread before any shard starts:
+//! a port in use is reported once, and a port 0 is resolved once and shared by every
+//! shard (UDP and TCP take the same number). Each shard gets its own SO_REUSEPORT
+//! socket per listen address, so the kernel spreads clients over the shards.
+
+use super::StartError;
+use crate::config::Config;
+use std::net::SocketAddr;
+
+/// One shard's sockets, bound before its thread starts.
+pub(super) struct ShardSockets {
+    pub(super) udp: Vec<std::net::UdpSocket>,
+    pub(super) tcp: Vec<std::net::TcpListener>,
+    /// Duplicates of every listening socket, to shut them down at stop: an io_uring
+    /// receive or accept in flight keeps a socket open after its loop is gone, and
+    /// with SO_REUSEPORT the kernel would keep routing new clients to it.
+    pub(super) closers: Vec<socket2::Socket>,
+}
+
+impl ShardSockets {
+    fn push_udp(&mut self, sock: std::net::UdpSocket) -> std::io::Result<()> {
+        self.closers.push(socket2::Socket::from(sock.try_clone()?));
+        self.udp.push(sock);
+        Ok(())
+    }
+
+    fn push_tcp(&mut self, sock: std::net::TcpListener) -> std::io::Result<()> {
+        self.closers.push(socket2::Socket::from(sock.try_clone()?));
+        self.tcp.push(sock);
+        Ok(())
+    }
+}
+
+fn reuse_port_socket(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, ty, None)?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
+    let err = |source| StartError::Bind {
+        addr,
+        proto: "udp",
+        source,
+    };
+    let sock = reuse_port_socket(addr, socket2::Type::DGRAM).map_err(err)?;
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    Ok(sock.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        addr,
+        proto: "tcp",
+        source,
+    };
+    let sock = reuse_port_socket(addr, socket2::Type::STREAM).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// Binds every shard's sockets; a port 0 is resolved by the first bind and reused.
+pub(super) fn bind_all(
+    config: &Config,
+    shards: usize,
+) -> Result<(Vec<ShardSockets>, Vec<SocketAddr>), StartError> {
+    let mut resolved = Vec::new();
+    let mut per_shard: Vec<ShardSockets> = (0..shards)
+        .map(|_| ShardSockets {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            closers: Vec::new(),
+        })
+        .collect();
+    for &want in &config.server.listen {
+        // With port 0, the kernel picks a UDP port; TCP then takes the same number,
+        // retried a few times in case that TCP port is taken.
+        let mut attempt = 0;
+        let (addr, udp0, tcp0) = loop {
+            let udp0 = bind_udp(want)?;
+            let addr = udp0.local_addr().map_err(|source| StartError::Bind {
+                addr: want,
+                proto: "udp",
+                source,
+            })?;
+            match bind_tcp(addr) {
+                Ok(tcp0) => break (addr, udp0, tcp0),
+                Err(e) if want.port() == 0 && attempt < 8 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "retrying port choice");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        resolved.push(addr);
+        let dup_err = |source| StartError::Bind {
+            addr,
+            proto: "dup",
+            source,
+        };
+        per_shard[0].push_udp(udp0).map_err(dup_err)?;
+        per_shard[0].push_tcp(tcp0).map_err(dup_err)?;
+        for sockets in per_shard.iter_mut().skip(1) {
+            sockets.push_udp(bind_udp(addr)?).map_err(dup_err)?;
+            sockets.push_tcp(bind_tcp(addr)?).map_err(dup_err)?;
+        }
+    }
+    Ok((per_shard, resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_resolved_once_and_shared_by_every_shard_and_both_protocols() {
+        let mut config = Config::default();
+        config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let (shards, addrs) = bind_all(&config, 3).unwrap();
+        assert_eq!(addrs.len(), 1);
+        assert_ne!(addrs[0].port(), 0);
+        assert_eq!(shards.len(), 3);
+        for s in &shards {
+            assert_eq!(s.udp.len(), 1);
+            assert_eq!(s.tcp.len(), 1);
+            assert_eq!(s.closers.len(), 2);
+            assert_eq!(s.udp[0].local_addr().unwrap(), addrs[0]);
+            assert_eq!(s.tcp[0].local_addr().unwrap(), addrs[0]);
+        }
+    }
+
+    #[test]
+    fn a_port_taken_by_a_socket_without_reuse_port_is_a_bind_error() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut config = Config::default();
+        config.server.listen = vec![taken.local_addr().unwrap()];
+        match bind_all(&config, 1) {
+            Err(StartError::Bind { proto, addr, .. }) => {
+                assert_eq!(proto, "udp");
+                assert_eq!(addr, taken.local_addr().unwrap());
+            }
+            other => panic!("expected a bind error, got {:?}", other.map(|(_, a)| a)),
+        }
+    }
+}

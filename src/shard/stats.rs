@@ -1,0 +1,27 @@
+//! The shard's periodic flush of its local counters into the metrics registry
+//! (`metrics.flush_interval`): no shared atomic per packet.
+
+use super::Shard;
+use crate::io::Backend;
+use std::rc::Rc;
+
+pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
+    let mut tick = tokio::time::interval(shard.shared.config.metrics.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let set = Rc::clone(&shard.upstreams.borrow());
+        shard.stats.flush(&set.labels);
+        let health = shard.health.borrow();
+        for (i, label) in set.labels.iter().enumerate() {
+            let state = health.state(i);
+            metrics::gauge!("tierdns_upstream_health", "upstream" => label.clone(), "shard" => shard.index.to_string())
+                .set(f64::from(state.as_gauge()));
+        }
+        drop(health);
+        if shard.index == 0 {
+            metrics::gauge!("tierdns_cache_entries").set(shard.shared.cache.len() as f64);
+            metrics::gauge!("tierdns_cache_bytes").set(shard.shared.cache.bytes() as f64);
+        }
+    }
+}
