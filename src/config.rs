@@ -5,9 +5,9 @@
 //! references between sections) and names the key at fault. Without a file, tierdns
 //! runs on [`Config::default`]: listen on 127.0.0.1:5353, five public upstreams.
 
-use crate::cache::CacheConfig;
-use crate::health::HealthParams;
-use crate::tiers::{StrategyKind, TierParams};
+use crate::cache::{CacheConfig, CacheConfigError};
+use crate::health::{HealthParams, HealthParamsError};
+use crate::tiers::{StrategyKind, TierParams, TierParamsError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -210,6 +210,27 @@ pub struct ZoneConfig {
     pub tiers: Option<TierParams>,
 }
 
+impl ZoneConfig {
+    /// The suffix as a lowercased wire-form name, parsed by hickory-proto (escapes
+    /// such as `\.` inside a label are read as the RFC 1035 presentation format says;
+    /// the trailing dot is optional, `"."` is the root).
+    pub fn suffix_wire(&self) -> Result<Vec<u8>, String> {
+        parse_suffix(&self.suffix)
+    }
+}
+
+/// A presentation-format name as a lowercased wire-form name.
+pub(crate) fn parse_suffix(text: &str) -> Result<Vec<u8>, String> {
+    let name = hickory_proto::rr::Name::from_ascii(text).map_err(|e| e.to_string())?;
+    let mut wire = Vec::with_capacity(text.len() + 2);
+    for label in name.iter() {
+        wire.push(label.len() as u8);
+        wire.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    wire.push(0);
+    Ok(wire)
+}
+
 impl Default for Config {
     fn default() -> Self {
         let public = |ip: [u8; 4], name: &str| UpstreamConfig {
@@ -256,6 +277,15 @@ pub enum ConfigError {
         /// serde's message, which names the key and the line.
         message: String,
     },
+    /// A `[tiers]` value (or a zone's) out of range.
+    #[error("invalid config: {0}")]
+    Tiers(#[from] TierParamsError),
+    /// A `[health]` value out of range.
+    #[error("invalid config: {0}")]
+    Health(#[from] HealthParamsError),
+    /// A `[cache]` value out of range.
+    #[error("invalid config: {0}")]
+    Cache(#[from] CacheConfigError),
     /// A value out of range or inconsistent with another.
     #[error("invalid config: {key}: {reason}")]
     Invalid {
@@ -397,23 +427,17 @@ impl Config {
                 ));
             }
         }
-        self.tiers
-            .validate()
-            .map_err(|reason| invalid("tiers", reason))?;
-        self.health
-            .validate()
-            .map_err(|reason| invalid("health", reason))?;
-        self.cache
-            .validate()
-            .map_err(|e| invalid("cache", e.to_string()))?;
+        self.tiers.validate()?;
+        self.health.validate()?;
+        self.cache.validate()?;
         if self.metrics.flush_interval.is_zero() {
             return Err(invalid("metrics.flush_interval", "must be positive"));
         }
         for (i, z) in self.zones.iter().enumerate() {
-            if crate::zones::parse_suffix(&z.suffix).is_none() {
+            if let Err(why) = z.suffix_wire() {
                 return Err(invalid(
                     format!("zone[{i}].suffix"),
-                    format!("{:?} is not a domain name", z.suffix),
+                    format!("{:?} is not a domain name: {why}", z.suffix),
                 ));
             }
             if z.upstreams.is_empty() {
@@ -428,9 +452,7 @@ impl Config {
                 }
             }
             if let Some(t) = &z.tiers {
-                let section = format!("zone[{i}].tiers");
-                t.validate_in(&section)
-                    .map_err(|reason| invalid(section, reason))?;
+                t.validate_in(&format!("zone[{i}].tiers"))?;
             }
         }
         Ok(())
@@ -447,6 +469,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_suffixes_are_names_in_presentation_format() {
+        assert_eq!(
+            parse_suffix("Example.COM."),
+            Ok(b"\x07example\x03com\x00".to_vec())
+        );
+        assert_eq!(parse_suffix("example.com"), parse_suffix("example.com."));
+        assert_eq!(parse_suffix("."), Ok(vec![0]));
+        // An escaped dot is part of its label, not a separator.
+        assert_eq!(
+            parse_suffix("a\\.b.example"),
+            Ok(b"\x03a.b\x07example\x00".to_vec())
+        );
+        assert!(parse_suffix("a..b").is_err());
+        assert!(
+            parse_suffix(&"x".repeat(64)).is_err(),
+            "a label over 63 bytes"
+        );
+        assert!(
+            parse_suffix(&"abcdefg.".repeat(40)).is_err(),
+            "a name over 255 bytes"
+        );
+    }
 
     fn err(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()

@@ -45,7 +45,7 @@ pub fn rcode_index(rcode: u16) -> usize {
 
 /// Why a packet was dropped without an answer (label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Shorter than a DNS header.
     Short,
     /// A response (QR=1) sent to the client port.
@@ -69,7 +69,7 @@ pub enum Drop {
     Oversize,
 }
 
-impl Drop {
+impl DropReason {
     const ALL: [Self; 10] = [
         Self::Short,
         Self::Response,
@@ -195,7 +195,7 @@ pub(crate) struct TierStats {
 pub(crate) struct ShardStats {
     pub(crate) queries: [[Cell<u64>; 8]; 2],
     pub(crate) cache: [Cell<u64>; 4],
-    pub(crate) drops: [Cell<u64>; Drop::ALL.len()],
+    pub(crate) drops: [Cell<u64>; DropReason::ALL.len()],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
     upstreams: RefCell<Vec<UpstreamStats>>,
@@ -229,8 +229,11 @@ impl ShardStats {
         bump(&self.cache[result as usize]);
     }
 
-    pub(crate) fn dropped(&self, reason: Drop) {
-        let i = Drop::ALL.iter().position(|d| *d == reason).unwrap_or(0);
+    pub(crate) fn dropped(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|d| *d == reason)
+            .unwrap_or(0);
         bump(&self.drops[i]);
     }
 
@@ -279,7 +282,7 @@ impl ShardStats {
                 counter!("tierdns_cache_total", "result" => *label).increment(n);
             }
         }
-        for (i, reason) in Drop::ALL.iter().enumerate() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
             let n = self.drops[i].take();
             if n > 0 {
                 counter!("tierdns_drops_total", "reason" => reason.as_str()).increment(n);

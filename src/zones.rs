@@ -8,7 +8,6 @@
 use crate::config::Config;
 use crate::health::UpstreamIdx;
 use crate::tiers::{StrategyKind, TierParams};
-use crate::wire::name::MAX_NAME_LEN;
 
 /// Where queries for a set of names go.
 #[derive(Debug, Clone)]
@@ -26,24 +25,6 @@ pub struct Route {
 pub struct ZoneTable {
     default: Route,
     zones: Vec<(Vec<u8>, Route)>,
-}
-
-/// Converts a presentation suffix (`"corp.Example."`, trailing dot optional, `"."`
-/// for the root) into lowercased wire form. None when it is not a valid name.
-pub fn parse_suffix(text: &str) -> Option<Vec<u8>> {
-    let trimmed = text.strip_suffix('.').unwrap_or(text);
-    let mut wire = Vec::with_capacity(trimmed.len() + 2);
-    if !trimmed.is_empty() {
-        for label in trimmed.split('.') {
-            if label.is_empty() || label.len() > 63 || !label.is_ascii() {
-                return None;
-            }
-            wire.push(label.len() as u8);
-            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
-    }
-    wire.push(0);
-    (wire.len() <= MAX_NAME_LEN).then_some(wire)
 }
 
 /// Whether `suffix` (wire form) ends `name` (wire form) on a label boundary.
@@ -75,7 +56,7 @@ impl ZoneTable {
             .zones
             .iter()
             .filter_map(|z| {
-                let suffix = parse_suffix(&z.suffix)?;
+                let suffix = z.suffix_wire().ok()?;
                 let upstreams = z
                     .upstreams
                     .iter()
@@ -105,18 +86,7 @@ impl ZoneTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suffix_parsing() {
-        assert_eq!(
-            parse_suffix("Example.COM."),
-            Some(b"\x07example\x03com\x00".to_vec())
-        );
-        assert_eq!(parse_suffix("example.com"), parse_suffix("example.com."));
-        assert_eq!(parse_suffix("."), Some(vec![0]));
-        assert_eq!(parse_suffix("a..b"), None);
-        assert_eq!(parse_suffix(&"x".repeat(64)), None);
-    }
+    use crate::config::parse_suffix;
 
     #[test]
     fn suffix_matches_on_label_boundaries_only() {

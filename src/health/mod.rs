@@ -90,30 +90,50 @@ impl Default for HealthParams {
 
 impl HealthParams {
     /// Checks the section; the error names the bad key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), HealthParamsError> {
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
-            return Err(format!(
-                "health.ewma_alpha must be in (0, 1], got {}",
-                self.ewma_alpha
-            ));
+            return Err(HealthParamsError::EwmaAlpha(self.ewma_alpha));
         }
         if self.degraded_after == 0 {
-            return Err("health.degraded_after must be >= 1".into());
+            return Err(HealthParamsError::DegradedAfter);
         }
         if self.open_after < self.degraded_after {
-            return Err("health.open_after must be >= health.degraded_after".into());
+            return Err(HealthParamsError::OpenAfter);
         }
         if self.close_after == 0 {
-            return Err("health.close_after must be >= 1".into());
+            return Err(HealthParamsError::CloseAfter);
         }
         if self.backoff_initial.is_zero() {
-            return Err("health.backoff_initial must be > 0".into());
+            return Err(HealthParamsError::BackoffInitial);
         }
         if self.backoff_max < self.backoff_initial {
-            return Err("health.backoff_max must be >= health.backoff_initial".into());
+            return Err(HealthParamsError::BackoffMax);
         }
         Ok(())
     }
+}
+
+/// A [`HealthParams`] value out of range; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HealthParamsError {
+    /// `health.ewma_alpha` outside (0, 1].
+    #[error("health.ewma_alpha must be in (0, 1], got {0}")]
+    EwmaAlpha(f64),
+    /// `health.degraded_after` is zero.
+    #[error("health.degraded_after must be >= 1")]
+    DegradedAfter,
+    /// `health.open_after` below `health.degraded_after`.
+    #[error("health.open_after must be >= health.degraded_after")]
+    OpenAfter,
+    /// `health.close_after` is zero.
+    #[error("health.close_after must be >= 1")]
+    CloseAfter,
+    /// `health.backoff_initial` is zero.
+    #[error("health.backoff_initial must be > 0")]
+    BackoffInitial,
+    /// `health.backoff_max` below `health.backoff_initial`.
+    #[error("health.backoff_max must be >= health.backoff_initial")]
+    BackoffMax,
 }
 
 /// Circuit breaker state of one upstream.
@@ -395,17 +415,29 @@ mod tests {
             ewma_alpha: 0.0,
             ..p.clone()
         };
-        assert!(bad.validate().unwrap_err().contains("health.ewma_alpha"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("health.ewma_alpha"));
         let bad = HealthParams {
             open_after: 2,
             ..p.clone()
         };
-        assert!(bad.validate().unwrap_err().contains("health.open_after"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("health.open_after"));
         let bad = HealthParams {
             backoff_max: MS,
             ..p
         };
-        assert!(bad.validate().unwrap_err().contains("health.backoff_max"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("health.backoff_max"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::cache::Key;
 use crate::flight::{Answer, FlightResult};
 use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
-use crate::metrics::{Drop, ShardStats, UpstreamEvent};
+use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{merge, Action, Merged, Outcome, Plan, PlanStats, SendList, StaggerReason};
 use crate::upstream::{Exchange, QuestionHash};
 use crate::wire::answer::AnswerLayout;
@@ -300,7 +300,7 @@ impl<B: Backend> FlightRun<B> {
             }
             Heard::Overload => {
                 // Our own bound, not the upstream's fault: no health, no error.
-                self.shard.stats.dropped(Drop::UpstreamOverload);
+                self.shard.stats.dropped(DropReason::UpstreamOverload);
                 None
             }
             Heard::Failed(kind) => {

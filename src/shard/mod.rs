@@ -214,7 +214,7 @@ impl<B: Backend> Shard<B> {
     /// at the bound the query is dropped and counted (`reason="overload"`).
     pub(crate) fn admit(self: &Rc<Self>) -> Option<Admitted<B>> {
         if self.in_flight.get() >= self.shared.config.limits.max_client_in_flight {
-            self.stats.dropped(crate::metrics::Drop::Overload);
+            self.stats.dropped(crate::metrics::DropReason::Overload);
             return None;
         }
         self.in_flight.set(self.in_flight.get() + 1);

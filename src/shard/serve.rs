@@ -12,10 +12,10 @@ use crate::cache::{KeyRef, Lookup};
 use crate::flight::{FlightLeader, FlightResult, Join};
 use crate::io::buffers::BUF_CAPACITY;
 use crate::io::Backend;
-use crate::metrics::{CacheResult, Drop, ShardStats, Transport};
+use crate::metrics::{CacheResult, DropReason, ShardStats, Transport};
 use crate::wire::answer::{write_reply, TtlPatch, REPLY_HEADROOM};
 use crate::wire::build::{error_reply, reject_reply, Ede, ErrorRcode};
-use crate::wire::reader::{DropReason, QueryView, Reject};
+use crate::wire::reader::{Discard, QueryView, Reject};
 use crate::wire::{rcode, ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
 use std::time::Instant;
@@ -122,12 +122,12 @@ impl<B: Backend> Shard<B> {
 
     fn reject(&self, packet: &[u8], reject: Reject, transport: Transport, out: Vec<u8>) -> First {
         match reject {
-            Reject::Drop(DropReason::Short) => {
-                self.stats.dropped(Drop::Short);
+            Reject::Drop(Discard::Short) => {
+                self.stats.dropped(DropReason::Short);
                 First::Drop(out)
             }
-            Reject::Drop(DropReason::Response) => {
-                self.stats.dropped(Drop::Response);
+            Reject::Drop(Discard::Response) => {
+                self.stats.dropped(DropReason::Response);
                 First::Drop(out)
             }
             _ => match reject_reply(packet, reject) {

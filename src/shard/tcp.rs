@@ -6,7 +6,7 @@ use super::serve::First;
 use super::Shard;
 use crate::io::frame::{framed, read_frame};
 use crate::io::{Backend, Closing, TcpIo};
-use crate::metrics::{Drop, Transport};
+use crate::metrics::{DropReason, Transport};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +31,7 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
             }
         };
         if shard.tcp_open.get() >= shard.shared.config.limits.tcp_connections {
-            shard.stats.dropped(Drop::TcpConnectionLimit);
+            shard.stats.dropped(DropReason::TcpConnectionLimit);
             drop(stream);
             continue;
         }
@@ -51,7 +51,7 @@ impl<B: Backend> Open<B> {
     }
 }
 
-impl<B: Backend> std::ops::Drop for Open<B> {
+impl<B: Backend> Drop for Open<B> {
     fn drop(&mut self) {
         let n = &self.0.tcp_open;
         n.set(n.get().saturating_sub(1));
@@ -102,7 +102,7 @@ async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
             Ok(Ok(q)) => q,
             Ok(Err(e)) => {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    shard.stats.dropped(Drop::TcpFrame);
+                    shard.stats.dropped(DropReason::TcpFrame);
                 }
                 break;
             }

@@ -12,7 +12,7 @@ use super::Shard;
 use crate::io::buffers::BufferPool;
 use crate::io::udp::{self, send_reply, DatagramService, UdpDrop};
 use crate::io::{mmsg, ring, Backend};
-use crate::metrics::{Drop, Transport};
+use crate::metrics::{DropReason, Transport};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -65,9 +65,9 @@ impl<B: Backend> DatagramService for UdpService<B> {
 
     fn dropped(&self, why: UdpDrop) {
         self.shard.stats.dropped(match why {
-            UdpDrop::Oversize => Drop::Oversize,
-            UdpDrop::NoAddress => Drop::Short,
-            UdpDrop::SendError => Drop::SendError,
+            UdpDrop::Oversize => DropReason::Oversize,
+            UdpDrop::NoAddress => DropReason::Short,
+            UdpDrop::SendError => DropReason::SendError,
         });
     }
 
@@ -105,7 +105,7 @@ fn take<B: Backend>(
                 shard.pool.put(query);
                 if let Some(reply) = reply {
                     if send_reply(&*sock, &shard.pool, reply, peer).await.is_err() {
-                        shard.stats.dropped(Drop::SendError);
+                        shard.stats.dropped(DropReason::SendError);
                     }
                 }
             });

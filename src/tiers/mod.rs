@@ -97,7 +97,7 @@ mod strategy;
 
 use crate::health::{FailKind, UpstreamIdx};
 pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES};
-pub use params::{FallbackTimeout, TierParams};
+pub use params::{FallbackTimeout, TierParams, TierParamsError};
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
 pub use strategy::StrategyKind;
 

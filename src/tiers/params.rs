@@ -80,6 +80,18 @@ pub struct TierParams {
     pub attempt_timeout: Duration,
 }
 
+/// A [`TierParams`] value out of range: the key, as `section.key`, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{section}.{key} {rule}")]
+pub struct TierParamsError {
+    /// The config section (`tiers`, or a forward zone's `zone[N].tiers`).
+    pub section: String,
+    /// The key in it.
+    pub key: &'static str,
+    /// What the value must be.
+    pub rule: String,
+}
+
 impl Default for TierParams {
     fn default() -> Self {
         Self {
@@ -99,37 +111,43 @@ impl Default for TierParams {
 
 impl TierParams {
     /// Checks the section `[tiers]`; the error names the bad key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TierParamsError> {
         self.validate_in("tiers")
     }
 
     /// Checks these parameters as config section `section` (e.g. a forward zone's);
     /// the error names the bad key as `section.key`.
-    pub fn validate_in(&self, section: &str) -> Result<(), String> {
+    pub fn validate_in(&self, section: &str) -> Result<(), TierParamsError> {
+        let bad = |key: &'static str, rule: String| TierParamsError {
+            section: section.to_string(),
+            key,
+            rule,
+        };
         if self.active_tier_size == 0 {
-            return Err(format!("{section}.active_tier_size must be >= 1"));
+            return Err(bad("active_tier_size", "must be >= 1".into()));
         }
         if self.batch_size == 0 {
-            return Err(format!("{section}.batch_size must be >= 1"));
+            return Err(bad("batch_size", "must be >= 1".into()));
         }
         if self.total_collect_timeout.is_zero() {
-            return Err(format!("{section}.total_collect_timeout must be > 0"));
+            return Err(bad("total_collect_timeout", "must be > 0".into()));
         }
         if self.attempt_timeout.is_zero() {
-            return Err(format!("{section}.attempt_timeout must be > 0"));
+            return Err(bad("attempt_timeout", "must be > 0".into()));
         }
         if !(self.auto_quantile > 0.0 && self.auto_quantile <= 1.0) {
-            return Err(format!(
-                "{section}.auto_quantile must be in (0, 1], got {}",
-                self.auto_quantile
+            return Err(bad(
+                "auto_quantile",
+                format!("must be in (0, 1], got {}", self.auto_quantile),
             ));
         }
         if self.auto_min > self.auto_max {
-            return Err(format!("{section}.auto_min must be <= {section}.auto_max"));
+            return Err(bad("auto_min", format!("must be <= {section}.auto_max")));
         }
         if self.auto_min > self.attempt_timeout {
-            return Err(format!(
-                "{section}.auto_min must be <= {section}.attempt_timeout"
+            return Err(bad(
+                "auto_min",
+                format!("must be <= {section}.attempt_timeout"),
             ));
         }
         Ok(())
@@ -217,8 +235,8 @@ mod tests {
             ..TierParams::default()
         };
         assert_eq!(
-            bad.validate(),
-            Err("tiers.batch_size must be >= 1".to_string())
+            bad.validate().unwrap_err().to_string(),
+            "tiers.batch_size must be >= 1"
         );
         let bad = TierParams {
             active_tier_size: 0,
@@ -227,25 +245,23 @@ mod tests {
         assert!(bad
             .validate_in("zone.example")
             .unwrap_err()
+            .to_string()
             .starts_with("zone.example.active_tier_size"));
         let bad = TierParams {
             auto_quantile: 1.5,
             ..TierParams::default()
         };
-        assert!(bad.validate().unwrap_err().contains("auto_quantile"));
+        assert_eq!(bad.validate().unwrap_err().key, "auto_quantile");
         let bad = TierParams {
             total_collect_timeout: Duration::ZERO,
             ..TierParams::default()
         };
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .contains("total_collect_timeout"));
+        assert_eq!(bad.validate().unwrap_err().key, "total_collect_timeout");
         let bad = TierParams {
             auto_min: Duration::from_secs(2),
             ..TierParams::default()
         };
-        assert!(bad.validate().unwrap_err().contains("auto_min"));
+        assert_eq!(bad.validate().unwrap_err().key, "auto_min");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::health::FailKind;
 use crate::io::buffers::BufferPool;
 use crate::io::frame::{framed, read_frame};
 use crate::io::{Backend, Closing, TcpIo, UdpIo};
-use crate::metrics::{Drop as DropReason, ShardStats};
+use crate::metrics::{DropReason, ShardStats};
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;

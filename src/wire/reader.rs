@@ -5,8 +5,8 @@
 //! and, if not, which error it deserves ([`Reject`]). The checks run in this order,
 //! and the first one that fails decides:
 //!
-//! 1. shorter than a header: dropped ([`DropReason::Short`]);
-//! 2. QR=1: dropped ([`DropReason::Response`]), we never answer responses (no loops);
+//! 1. shorter than a header: dropped ([`Discard::Short`]);
+//! 2. QR=1: dropped ([`Discard::Response`]), we never answer responses (no loops);
 //! 3. opcode other than QUERY: [`Reject::NotImp`], whatever the counts say;
 //! 4. QDCOUNT other than 1, a broken, truncated or compressed question name, a
 //!    missing QTYPE/QCLASS, a record that overruns the message, an OPT that is broken,
@@ -116,14 +116,14 @@ impl Header {
 
 /// Why a datagram gets no answer at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum Discard {
     /// Shorter than a DNS header: nothing to echo an ID into.
     Short,
     /// QR=1: a response, never answered (avoids reflection loops).
     Response,
 }
 
-impl DropReason {
+impl Discard {
     /// Label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -137,7 +137,7 @@ impl DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// Not answerable: drop silently.
-    Drop(DropReason),
+    Drop(Discard),
     /// Answer FORMERR: wrong QDCOUNT, broken question or records, broken OPT.
     FormErr,
     /// Answer NOTIMP: opcode other than QUERY.
@@ -194,9 +194,9 @@ impl<'a> QueryView<'a> {
     /// As [`parse`](Self::parse) but accepts any EDNS version: what the BADVERS reply
     /// is built from.
     pub(crate) fn parse_any_version(msg: &'a [u8]) -> Result<Self, Reject> {
-        let header = Header::parse(msg).map_err(|_| Reject::Drop(DropReason::Short))?;
+        let header = Header::parse(msg).map_err(|_| Reject::Drop(Discard::Short))?;
         if header.qr() {
-            return Err(Reject::Drop(DropReason::Response));
+            return Err(Reject::Drop(Discard::Response));
         }
         if header.opcode() != 0 {
             return Err(Reject::NotImp);
@@ -556,22 +556,22 @@ pub(crate) mod tests {
         for len in 0..HEADER_LEN {
             assert_eq!(
                 QueryView::parse(&edns_query()[..len]).err(),
-                Some(Reject::Drop(DropReason::Short))
+                Some(Reject::Drop(Discard::Short))
             );
         }
         // QR=1 wins over anything else, even a non-QUERY opcode and odd counts
         let msg = query(1, 0x8000 | (4 << 11), [3, 0, 0, 0], NAME, 1, &[]);
         assert_eq!(
             QueryView::parse(&msg).err(),
-            Some(Reject::Drop(DropReason::Response))
+            Some(Reject::Drop(Discard::Response))
         );
         let resp = [0, 1, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(
             QueryView::parse(&resp).err(),
-            Some(Reject::Drop(DropReason::Response))
+            Some(Reject::Drop(Discard::Response))
         );
-        assert_eq!(Reject::Drop(DropReason::Response).as_str(), "response");
-        assert_eq!(DropReason::Short.as_str(), "short");
+        assert_eq!(Reject::Drop(Discard::Response).as_str(), "response");
+        assert_eq!(Discard::Short.as_str(), "short");
     }
 
     #[test]
