@@ -1,18 +1,27 @@
 //! tierdns: a caching DNS forwarder for Linux edge nodes.
 //!
-//! One query, end to end:
-//! 1. A shard thread ([`shard`]) receives it on its own SO_REUSEPORT socket, UDP or
-//!    TCP, into a pooled buffer, on io_uring or epoll ([`shard::ServerHandle`]).
-//! 2. [`wire::reader`] reads header, question and EDNS in place; protocol errors get
-//!    FORMERR / NOTIMP / BADVERS from [`wire::build`], junk is dropped and counted.
-//! 3. The shared [`cache`] answers hits by copying stored bytes and patching ID,
-//!    question case and TTLs ([`wire::answer`]).
-//! 4. A miss joins or leads the key's flight in [`flight`] (one per key, all shards).
-//! 5. The leader runs the [`tiers`] plan for its [`zones`] route, in [`health`]
-//!    order, over the shard's [`upstream`] links; [`resolve`] is that I/O driver.
-//! 6. The first good answer goes to every waiter and into the cache; background
-//!    completion merges the rest and rewrites the entry under a version guard.
-//! 7. Shard-local counters are flushed to Prometheus by [`metrics`].
+//! One query, top to bottom; imports go the same way, and [`io`] sits underneath:
+//! 1. [`shard`]: a pinned thread receives the query on its own SO_REUSEPORT socket,
+//!    UDP ([`shard`]'s `udp`) or TCP (`tcp`), and answers it (`serve`): hit or miss.
+//! 2. [`wire`]: [`wire::reader`] reads header, question and EDNS in place; protocol
+//!    errors get FORMERR / NOTIMP / BADVERS from [`wire::build`], junk is dropped
+//!    and counted.
+//! 3. [`cache`]: the shared, partitioned packet cache answers a hit by copying the
+//!    stored bytes and patching ID, question case and TTLs ([`wire::answer`]).
+//! 4. [`flight`]: a miss joins or leads the one flight for its key (all shards).
+//! 5. [`tiers`]: the leader's shard (`flight_run`) runs the tier plan for its
+//!    [`zones`] route: which upstreams to ask and when, then the merge.
+//! 6. [`upstream`]: the shard's links to each upstream: connected UDP with a
+//!    pending-query table, TCP for truncated answers.
+//! 7. [`health`]: EWMA RTT and circuit breaker per upstream, the order of the next
+//!    plan, and the failure kinds everything above shares.
+//! 8. [`io`] moves bytes and knows no DNS: the io_uring and epoll backends, the
+//!    buffer pool, the batched receive loops, TCP framing.
+//!
+//! The first good answer goes to every waiter and into the cache; background
+//! completion merges the rest and rewrites the entry under a version guard.
+//! Shard-local counters are flushed to Prometheus by [`metrics`]; [`config`] holds
+//! every key with its default.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,11 +30,11 @@ pub mod config;
 pub mod duration;
 pub mod flight;
 pub mod health;
-pub(crate) mod io;
+pub mod io;
 pub mod metrics;
 pub mod shard;
 pub mod tiers;
-pub(crate) mod upstream;
+pub mod upstream;
 pub mod wire;
 pub mod zones;
 
