@@ -26,32 +26,22 @@ impl ServerHandle {
 /// (`server`, `limits`, `cache`, `metrics`) kept as running; and a warning for each
 /// of those that changed.
 fn reloadable(running: &Config, new: Config) -> (Config, Vec<String>) {
-    let fixed = [
-        (
-            "server",
-            toml::to_string(&running.server),
-            toml::to_string(&new.server),
-        ),
-        (
-            "limits",
-            toml::to_string(&running.limits),
-            toml::to_string(&new.limits),
-        ),
-        (
-            "cache",
-            toml::to_string(&running.cache),
-            toml::to_string(&new.cache),
-        ),
-        (
-            "metrics",
-            toml::to_string(&running.metrics),
-            toml::to_string(&new.metrics),
-        ),
-    ];
-    let warnings = fixed
+    // Each section as TOML, so a change anywhere in it is seen.
+    let fixed = |c: &Config| {
+        [
+            ("server", toml::to_string(&c.server).ok()),
+            ("limits", toml::to_string(&c.limits).ok()),
+            ("cache", toml::to_string(&c.cache).ok()),
+            ("metrics", toml::to_string(&c.metrics).ok()),
+        ]
+    };
+    let warnings = fixed(running)
         .into_iter()
-        .filter(|(_, old, new)| old.as_ref().ok() != new.as_ref().ok())
-        .map(|(section, _, _)| format!("[{section}] changed: it takes effect only after a restart"))
+        .zip(fixed(&new))
+        .filter(|((_, old), (_, new))| old != new)
+        .map(|((section, _), _)| {
+            format!("[{section}] changed: it takes effect only after a restart")
+        })
         .collect();
     let mut applied = new;
     applied.server = running.server.clone();
