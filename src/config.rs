@@ -3,10 +3,12 @@
 //! Every section is `deny_unknown_fields`: a misspelt key is an error naming it,
 //! never silently ignored. [`Config::validate`] checks what serde cannot (ranges,
 //! references between sections) and names the key at fault. Without a file, tierdns
-//! runs on [`Config::default`]: listen on 127.0.0.1:5353, five public upstreams.
+//! runs on [`Config::default`]: listen on 127.0.0.1:5353, serve loopback clients only,
+//! five public upstreams.
 
 use crate::cache::{CacheConfig, CacheConfigError};
 use crate::health::{HealthParams, HealthParamsError};
+use crate::policy::{AccessConfig, AccessConfigError, AccessList};
 use crate::tiers::{StrategyKind, TierParams, TierParamsError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Bounds on queues, tables and connections.
     pub limits: Limits,
+    /// Which clients are served (default: loopback only).
+    pub access: AccessConfig,
     /// The upstream resolvers, in configured order.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -241,6 +245,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::default(),
             limits: Limits::default(),
+            access: AccessConfig::default(),
             upstreams: vec![
                 public([1, 1, 1, 1], "cloudflare"),
                 public([8, 8, 8, 8], "google"),
@@ -286,6 +291,9 @@ pub enum ConfigError {
     /// A `[cache]` value out of range.
     #[error("invalid config: {0}")]
     Cache(#[from] CacheConfigError),
+    /// An `[access]` entry that is not a network.
+    #[error("invalid config: {0}")]
+    Access(#[from] AccessConfigError),
     /// A value out of range or inconsistent with another.
     #[error("invalid config: {key}: {reason}")]
     Invalid {
@@ -430,6 +438,7 @@ impl Config {
         self.tiers.validate()?;
         self.health.validate()?;
         self.cache.validate()?;
+        AccessList::new(&self.access)?;
         if self.metrics.flush_interval.is_zero() {
             return Err(invalid("metrics.flush_interval", "must be positive"));
         }
@@ -541,6 +550,30 @@ mod tests {
         assert!(e.contains("upstream"), "{e}");
         let e = err(&format!("{ONE}[server]\nlisten = []\n"));
         assert!(e.contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn access_defaults_to_loopback_and_names_a_bad_network() {
+        let c = Config::parse(ONE, "t").unwrap();
+        assert_eq!(c.access.allow, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.access.action, crate::policy::AccessAction::Refuse);
+        let e = err(&format!(
+            "{ONE}[access]\nallow = [\"10.0.0.0/8\", \"fc00::/7\", \"10.0.0.0/33\"]\n"
+        ));
+        assert!(
+            e.contains("access.allow[2]: \"10.0.0.0/33\" is not a network"),
+            "{e}"
+        );
+        let e = err(&format!("{ONE}[access]\naction = \"reject\"\n"));
+        assert!(e.contains("reject"), "{e}");
+        let e = err(&format!("{ONE}[access]\nallowed = []\n"));
+        assert!(e.contains("allowed"), "{e}");
+        let c = Config::parse(
+            &format!("{ONE}[access]\nallow = [\"0.0.0.0/0\"]\naction = \"drop\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.access.action, crate::policy::AccessAction::Drop);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod flight;
 pub mod health;
 pub mod io;
 pub mod metrics;
+pub mod policy;
 pub mod shard;
 pub mod tiers;
 pub mod upstream;
@@ -69,7 +70,7 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
             for warning in handle.reload(config) {
                 tracing::warn!("reload: {warning}");
             }
-            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, health");
+            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, health, access");
         }
         Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
     }

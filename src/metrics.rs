@@ -7,6 +7,7 @@
 //!
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
+use crate::policy::AccessAction;
 use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
 
@@ -201,6 +202,8 @@ pub(crate) struct ShardStats {
     upstreams: RefCell<Vec<UpstreamStats>>,
     pub(crate) tiers: TierStats,
     pub(crate) tcp_connections: Cell<u64>,
+    /// Clients outside `access.allow`, by transport and action.
+    access_denied: [[Cell<u64>; 2]; 2],
 }
 
 fn bump(c: &Cell<u64>) {
@@ -218,7 +221,13 @@ impl ShardStats {
             upstreams: RefCell::new((0..upstreams).map(|_| UpstreamStats::default()).collect()),
             tiers: TierStats::default(),
             tcp_connections: Cell::new(0),
+            access_denied: Default::default(),
         }
+    }
+
+    /// Counts a query (or, for `drop` over TCP, a connection) denied by `[access]`.
+    pub(crate) fn access_denied(&self, transport: Transport, action: AccessAction) {
+        bump(&self.access_denied[transport as usize][action_index(action)]);
     }
 
     pub(crate) fn answered(&self, transport: Transport, rcode: u16) {
@@ -390,6 +399,22 @@ impl ShardStats {
         if n > 0 {
             counter!("tierdns_tcp_connections_total").increment(n);
         }
+        for transport in [Transport::Udp, Transport::Tcp] {
+            for action in [AccessAction::Refuse, AccessAction::Drop] {
+                let n = self.access_denied[transport as usize][action_index(action)].take();
+                if n > 0 {
+                    counter!("tierdns_access_denied_total", "action" => action.as_str(), "transport" => transport.as_str())
+                        .increment(n);
+                }
+            }
+        }
+    }
+}
+
+fn action_index(action: AccessAction) -> usize {
+    match action {
+        AccessAction::Refuse => 0,
+        AccessAction::Drop => 1,
     }
 }
 
@@ -487,6 +512,10 @@ pub fn describe() {
     describe_counter!(
         "tierdns_tcp_connections_total",
         "TCP client connections accepted"
+    );
+    describe_counter!(
+        "tierdns_access_denied_total",
+        "Clients outside access.allow, by transport and action: refuse (REFUSED + EDE 18, per query) or drop (per UDP query; per TCP connection, closed at accept)"
     );
     describe_gauge!("tierdns_cache_entries", "Entries in the packet cache");
     describe_gauge!("tierdns_cache_bytes", "Bytes accounted to the packet cache");

@@ -10,12 +10,14 @@
 //!
 //! What a shard drives, one file each:
 //! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
+//! - [`gate`]: the client policy every listener applies first (access list);
 //! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
 //! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
 mod flight_run;
+mod gate;
 mod reload;
 mod runtime;
 mod serve;
@@ -32,6 +34,7 @@ use crate::health::HealthTracker;
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
+use crate::policy::Policy;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, ShardSockets};
 use std::cell::{Cell, RefCell};
@@ -192,6 +195,8 @@ pub(crate) struct Shard<B: Backend> {
     pub(crate) health: RefCell<HealthTracker>,
     pub(crate) pool: Rc<BufferPool>,
     pub(crate) stats: Rc<ShardStats>,
+    /// The client policy in force ([`gate`]); replaced whole by a reload.
+    pub(crate) policy: RefCell<Rc<Policy>>,
     /// Client queries being resolved (misses) on this shard.
     pub(crate) in_flight: Cell<usize>,
     pub(crate) tcp_open: Cell<usize>,
@@ -263,6 +268,7 @@ fn build_shard<B: Backend>(
     let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
+    let policy = Policy::new(&config.access).map_err(|e| e.to_string())?;
     let udp = sockets
         .udp
         .into_iter()
@@ -280,6 +286,7 @@ fn build_shard<B: Backend>(
         health: RefCell::new(health),
         pool,
         stats,
+        policy: RefCell::new(Rc::new(policy)),
         in_flight: Cell::new(0),
         tcp_open: Cell::new(0),
         shutdown,

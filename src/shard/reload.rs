@@ -1,17 +1,19 @@
 //! Reloading the config (SIGHUP, or [`ServerHandle::reload`]): upstreams, forward
-//! zones, strategy, tiers and health parameters take effect at once on every shard;
-//! the health of upstreams that stay is kept. The other sections need a restart.
+//! zones, strategy, tiers, health parameters and the client policy (`[access]`)
+//! take effect at once on every shard; the health of upstreams that stay is kept.
+//! The other sections need a restart.
 
 use super::upstreams::UpstreamSet;
 use super::{ServerHandle, Shard};
 use crate::config::Config;
 use crate::io::Backend;
+use crate::policy::Policy;
 use std::rc::Rc;
 use std::sync::Arc;
 
 impl ServerHandle {
-    /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers
-    /// and health parameters take effect at once on every shard; the health of
+    /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers,
+    /// health parameters and `[access]` take effect at once on every shard; the health of
     /// upstreams that stay is kept. Other sections need a restart: each one that
     /// changed is named in the returned warnings and keeps its running value.
     pub fn reload(&self, config: Config) -> Vec<String> {
@@ -58,6 +60,13 @@ pub(super) async fn reload_loop<B: Backend>(
 ) {
     while configs.changed().await.is_ok() {
         let config = Arc::clone(&configs.borrow_and_update());
+        // The client policy first: it does not depend on the upstreams.
+        match Policy::new(&config.access) {
+            Ok(policy) => *shard.policy.borrow_mut() = Rc::new(policy),
+            Err(e) => {
+                tracing::error!(shard = shard.index, error = %e, "reload: keeping the running client policy");
+            }
+        }
         let old = Rc::clone(&shard.upstreams.borrow());
         match UpstreamSet::build(config, Some(&old), &shard.pool, &shard.stats) {
             Ok((set, kept)) => {
@@ -116,6 +125,17 @@ mod tests {
             running.tiers.batch_size + 1,
             "applied"
         );
+    }
+
+    #[test]
+    fn access_is_applied_by_a_reload_without_a_warning() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.access.allow = vec!["10.0.0.0/8".into()];
+        new.access.action = crate::policy::AccessAction::Drop;
+        let (applied, warnings) = reloadable(&running, new.clone());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(applied.access, new.access);
     }
 
     #[test]

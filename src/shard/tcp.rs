@@ -2,6 +2,7 @@
 //! (pipelined, possibly out of order), an idle timeout, and a bound on connections
 //! per shard and on queries answered at once per connection.
 
+use super::gate::Gate;
 use super::serve::First;
 use super::Shard;
 use crate::io::frame::{framed, read_frame};
@@ -21,7 +22,7 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
             r = B::accept(&listener) => r,
             _ = shutdown.changed() => return,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "accept failed");
@@ -30,6 +31,10 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
                 continue;
             }
         };
+        if !shard.tcp_accepts(peer.ip()) {
+            drop(stream);
+            continue;
+        }
         if shard.tcp_open.get() >= shard.shared.config.limits.tcp_connections {
             shard.stats.dropped(DropReason::TcpConnectionLimit);
             drop(stream);
@@ -37,7 +42,7 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
         }
         let open = Open::new(&shard);
         crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-        tokio::task::spawn_local(connection(open, Rc::new(Closing(stream))));
+        tokio::task::spawn_local(connection(open, Rc::new(Closing(stream)), peer.ip()));
     }
 }
 
@@ -61,8 +66,14 @@ impl<B: Backend> Drop for Open<B> {
 /// Serves one connection: a reader that spawns a task per query, and a writer that
 /// sends answers as they are ready. A client that stops reading cannot hold the
 /// connection: a write that makes no progress for `tcp_idle_timeout` ends it, and
-/// the reader waits for a pipeline slot no longer than that either.
-async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
+/// the reader waits for a pipeline slot no longer than that either. Every query
+/// passes the gate first: REFUSED for a client outside `access.allow` (action
+/// `refuse`), the connection closed for `drop` (a reload may deny an open one).
+async fn connection<B: Backend>(
+    open: Open<B>,
+    stream: Rc<Closing<B::Stream>>,
+    client: std::net::IpAddr,
+) {
     let shard = Rc::clone(&open.0);
     let limits = &shard.shared.config.limits;
     let idle = limits.tcp_idle_timeout;
@@ -108,12 +119,24 @@ async fn connection<B: Backend>(open: Open<B>, stream: Rc<Closing<B::Stream>>) {
             }
             Err(_idle) => break,
         };
+        let gate = shard.gate(client, Transport::Tcp);
+        if gate == Gate::Drop {
+            break;
+        }
         let shard = Rc::clone(&shard);
         let tx = tx.clone();
         tokio::task::spawn_local(async move {
             let start = Instant::now();
             let out = Vec::with_capacity(query.len().max(512));
-            let reply = match shard.first_pass(&query, Transport::Tcp, out, start) {
+            let first = if gate == Gate::Pass {
+                shard.first_pass(&query, Transport::Tcp, out, start)
+            } else {
+                match shard.gated_reply(gate, &query, Transport::Tcp) {
+                    Some(reply) => First::Reply(reply),
+                    None => First::Drop(out),
+                }
+            };
+            let reply = match first {
                 First::Reply(reply) => Some(reply),
                 First::Drop(_) => None,
                 First::Miss(_) => match shard.admit() {

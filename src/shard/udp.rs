@@ -7,6 +7,7 @@
 //! ([`crate::io::ring`]) unless `server.udp_multishot = false` or the kernel lacks
 //! it, then `udp_receivers` loops of one receive operation per datagram.
 
+use super::gate::Gate;
 use super::serve::First;
 use super::Shard;
 use crate::io::buffers::BufferPool;
@@ -76,15 +77,20 @@ impl<B: Backend> DatagramService for UdpService<B> {
     }
 }
 
-/// One client datagram received into a buffer the caller keeps: a hit's (or a
-/// refusal's) reply is returned for the caller to send in its batch; a miss is copied
-/// into a pooled buffer and resolved in a task of its own, which sends its reply.
+/// One client datagram received into a buffer the caller keeps: past the gate, a
+/// hit's (or a refusal's) reply is returned for the caller to send in its batch; a
+/// miss is copied into a pooled buffer and resolved in a task of its own, which
+/// sends its reply.
 fn take<B: Backend>(
     shard: &Rc<Shard<B>>,
     sock: &Rc<B::Udp>,
     packet: &[u8],
     peer: SocketAddr,
 ) -> Option<Vec<u8>> {
+    let gate = shard.gate(peer.ip(), Transport::Udp);
+    if gate != Gate::Pass {
+        return shard.gated_reply(gate, packet, Transport::Udp);
+    }
     let start = Instant::now();
     let out = shard.pool.get();
     match shard.first_pass(packet, Transport::Udp, out, start) {

@@ -172,6 +172,11 @@ impl Ede {
         code: 0,
         text: "resolver overloaded",
     };
+    /// 18, Prohibited: the client is outside `access.allow`; goes with REFUSED.
+    pub const PROHIBITED: Self = Self {
+        code: 18,
+        text: "client not allowed",
+    };
     /// 21, Not Supported: zone transfers are not forwarded.
     pub const NOT_SUPPORTED: Self = Self {
         code: 21,

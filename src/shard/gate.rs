@@ -1,0 +1,80 @@
+//! The client gate: the first thing every listener does with a query, before it is
+//! read. [`Shard::gate`] asks the shard's [`Policy`](crate::policy::Policy) about the client's address and
+//! counts what it denies; [`Shard::gated_reply`] is the reply a denied query gets.
+//!
+//! One function for every listener (UDP and TCP today; TLS and HTTPS listeners call
+//! the same two), so a client outside `access.allow` is treated alike on all of them.
+//! A denied query is read only as far as its reply needs: a REFUSED echoes the
+//! question and the client's EDNS; anything that cannot be read that far is dropped
+//! (a denied client gets no FORMERR or NOTIMP either).
+//!
+//! TCP: a client whose action is `drop` is closed at accept ([`Shard::tcp_accepts`]);
+//! on an open connection every query goes through the gate again, so a reload that
+//! denies a client takes effect on its open connections too (REFUSED, or the
+//! connection closed for `drop`).
+
+use super::Shard;
+use crate::io::Backend;
+use crate::metrics::Transport;
+use crate::policy::{AccessAction, AccessVerdict};
+use crate::wire::build::{error_reply, Ede, ErrorRcode};
+use crate::wire::reader::QueryView;
+use std::net::IpAddr;
+
+/// What the gate says about one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Serve it.
+    Pass,
+    /// REFUSED with EDE 18 (Prohibited).
+    Refuse,
+    /// No answer (over TCP: close the connection).
+    Drop,
+}
+
+impl<B: Backend> Shard<B> {
+    /// The gate for one query from `client`: the access list, counted when it
+    /// denies. No allocation, no lock.
+    pub(super) fn gate(&self, client: IpAddr, transport: Transport) -> Gate {
+        let verdict = self.policy.borrow().access.check(client);
+        match verdict {
+            AccessVerdict::Allow => Gate::Pass,
+            AccessVerdict::Deny(action) => {
+                self.stats.access_denied(transport, action);
+                match action {
+                    AccessAction::Refuse => Gate::Refuse,
+                    AccessAction::Drop => Gate::Drop,
+                }
+            }
+        }
+    }
+
+    /// Whether a TCP connection from `client` is kept: false (counted) when the
+    /// client is denied with `drop`. A `refuse` client's connection is kept and
+    /// each of its queries answered REFUSED.
+    pub(super) fn tcp_accepts(&self, client: IpAddr) -> bool {
+        let verdict = self.policy.borrow().access.check(client);
+        if verdict == AccessVerdict::Deny(AccessAction::Drop) {
+            self.stats.access_denied(Transport::Tcp, AccessAction::Drop);
+            return false;
+        }
+        true
+    }
+
+    /// The reply a query the gate stopped gets, if any; counted as answered.
+    pub(super) fn gated_reply(
+        &self,
+        gate: Gate,
+        packet: &[u8],
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match gate {
+            Gate::Pass | Gate::Drop => None,
+            Gate::Refuse => {
+                let q = QueryView::parse(packet).ok()?;
+                self.stats.answered(transport, ErrorRcode::Refused.code());
+                Some(error_reply(&q, ErrorRcode::Refused, Some(Ede::PROHIBITED)))
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Edge hardening end to end on loopback: the access list (`[access]`) over UDP and
+//! TCP on both io backends, its counter, and its reload.
+//!
+//! Clients outside the allow list are sockets bound to 127.0.0.2 while the list
+//! allows 127.0.0.1/32 only: loopback, never another address. The tests of this
+//! file run one at a time (they read a process-wide metrics registry).
+
+mod common;
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::RecordType;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use tierdns::config::Config;
+
+/// The allowed client address, and one outside the list.
+const INSIDE: &str = "127.0.0.1";
+const OUTSIDE: &str = "127.0.0.2";
+
+const ONLY_INSIDE: &str = "[access]\nallow = [\"127.0.0.1/32\"]\n";
+const ONLY_INSIDE_DROP: &str = "[access]\nallow = [\"127.0.0.1/32\"]\naction = \"drop\"\n";
+
+fn backends() -> Vec<&'static str> {
+    vec!["epoll", uring()]
+}
+
+/// One test at a time, and the metrics registry they read.
+fn serial() -> (
+    MutexGuard<'static, ()>,
+    &'static metrics_exporter_prometheus::PrometheusHandle,
+) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let handle = HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("a recorder for this test process")
+    });
+    (guard, handle)
+}
+
+/// The value of a counter with these labels (0 when absent).
+fn counter(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    name: &str,
+    labels: &[&str],
+) -> u64 {
+    handle
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn server_config(up: SocketAddr, io: &str, extra: &str) -> Config {
+    let mut c = config(&[up], io, extra);
+    c.metrics.flush_interval = Duration::from_millis(20);
+    c
+}
+
+/// Sends `bytes` from a socket bound to `src` and waits up to `wait` for a reply.
+fn udp_from(src: &str, server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind((src, 0)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send_to(bytes, server).unwrap();
+    let mut buf = [0u8; 65535];
+    let n = s.recv(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// A TCP connection from `src` to `server`.
+fn tcp_from(src: &str, server: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let bind: SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&bind.into()).unwrap();
+    sock.connect_timeout(&server.into(), Duration::from_secs(2))
+        .unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+fn ede(m: &Message) -> Option<u16> {
+    match m.edns.as_ref()?.option(EdnsCode::Unknown(15))? {
+        EdnsOption::Unknown(15, data) => Some(u16::from_be_bytes([*data.first()?, *data.get(1)?])),
+        _ => None,
+    }
+}
+
+fn assert_prohibited(m: &Message, id: u16, what: &str) {
+    assert_eq!(m.metadata.id, id, "{what}: ID echoed");
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{what}");
+    assert_eq!(ede(m), Some(18), "{what}: EDE 18 Prohibited");
+    assert!(m.answers.is_empty(), "{what}");
+    assert_eq!(
+        m.queries[0].name().to_ascii(),
+        "Denied.Example.",
+        "{what}: question echoed"
+    );
+}
+
+#[test]
+fn clients_outside_allow_are_refused_with_ede_18_over_udp_and_tcp() {
+    let (_serial, metrics) = serial();
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(server_config(up.addr, io, ONLY_INSIDE));
+        let addr = server.local_addrs[0];
+        let udp_before = counter(
+            metrics,
+            "tierdns_access_denied_total",
+            &["\"refuse\"", "\"udp\""],
+        );
+        let tcp_before = counter(
+            metrics,
+            "tierdns_access_denied_total",
+            &["\"refuse\"", "\"tcp\""],
+        );
+        let q = query(0x5151, "Denied.Example.", RecordType::A, Some(1232));
+
+        let reply = udp_from(OUTSIDE, addr, &q.bytes(), Duration::from_secs(3)).expect("an answer");
+        assert_prohibited(&Message::from_vec(&reply).unwrap(), 0x5151, io);
+
+        // Over TCP: the connection stays, each query is answered REFUSED.
+        let mut s = tcp_from(OUTSIDE, addr);
+        for _ in 0..2 {
+            write_frame(&mut s, &q.bytes()).unwrap();
+            let m = Message::from_vec(&read_frame(&mut s).expect("a TCP reply")).unwrap();
+            assert_prohibited(&m, 0x5151, io);
+        }
+        drop(s);
+        assert_eq!(up.queries(), 0, "{io}: nothing went upstream");
+
+        // The allowed address is served as before, on both transports.
+        let ok = udp_from(INSIDE, addr, &q.bytes(), Duration::from_secs(3)).expect("an answer");
+        let ok = Message::from_vec(&ok).unwrap();
+        assert_eq!(ok.metadata.response_code, ResponseCode::NoError, "{io}");
+        assert_eq!(a_records(&ok).len(), 1);
+        let mut s = tcp_from(INSIDE, addr);
+        write_frame(&mut s, &q.bytes()).unwrap();
+        let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io}");
+        drop(s);
+        server.shutdown();
+        assert_eq!(
+            counter(
+                metrics,
+                "tierdns_access_denied_total",
+                &["\"refuse\"", "\"udp\""]
+            ) - udp_before,
+            1,
+            "{io}"
+        );
+        assert_eq!(
+            counter(
+                metrics,
+                "tierdns_access_denied_total",
+                &["\"refuse\"", "\"tcp\""]
+            ) - tcp_before,
+            2,
+            "{io}"
+        );
+    }
+}
+
+#[test]
+fn drop_gives_no_answer_and_closes_tcp_at_accept() {
+    let (_serial, metrics) = serial();
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(server_config(up.addr, io, ONLY_INSIDE_DROP));
+        let addr = server.local_addrs[0];
+        let udp_before = counter(
+            metrics,
+            "tierdns_access_denied_total",
+            &["\"drop\"", "\"udp\""],
+        );
+        let tcp_before = counter(
+            metrics,
+            "tierdns_access_denied_total",
+            &["\"drop\"", "\"tcp\""],
+        );
+        let q = query(7, "denied.example.", RecordType::A, None);
+
+        let reply = udp_from(OUTSIDE, addr, &q.bytes(), Duration::from_millis(500));
+        assert!(reply.is_none(), "{io}: no UDP answer, got {reply:02x?}");
+
+        // The connection is closed by the server, not left hanging.
+        let mut s = tcp_from(OUTSIDE, addr);
+        let _ = write_frame(&mut s, &q.bytes());
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{io}: expected the connection closed, got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "{io}: closed at once");
+        assert_eq!(up.queries(), 0, "{io}");
+
+        let ok = udp_from(INSIDE, addr, &q.bytes(), Duration::from_secs(3)).expect("allowed");
+        assert_eq!(
+            Message::from_vec(&ok).unwrap().metadata.response_code,
+            ResponseCode::NoError
+        );
+        server.shutdown();
+        assert_eq!(
+            counter(
+                metrics,
+                "tierdns_access_denied_total",
+                &["\"drop\"", "\"udp\""]
+            ) - udp_before,
+            1,
+            "{io}"
+        );
+        assert_eq!(
+            counter(
+                metrics,
+                "tierdns_access_denied_total",
+                &["\"drop\"", "\"tcp\""]
+            ) - tcp_before,
+            1,
+            "{io}"
+        );
+    }
+}
+
+/// Polls `f` until it returns true or two seconds pass.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
+    let (_serial, _) = serial();
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(server_config(up.addr, io, ONLY_INSIDE));
+        let addr = server.local_addrs[0];
+        let q = query(9, "reload.example.", RecordType::A, None);
+        let rcode_within = |src: &str, wait: Duration| {
+            udp_from(src, addr, &q.bytes(), wait)
+                .and_then(|r| Message::from_vec(&r).ok())
+                .map(|m| m.metadata.response_code)
+        };
+        let rcode = |src: &str| rcode_within(src, Duration::from_secs(2));
+        assert_eq!(rcode(OUTSIDE), Some(ResponseCode::Refused), "{io}");
+        // An open TCP connection from outside: refused now, served after the reload.
+        let mut s = tcp_from(OUTSIDE, addr);
+        write_frame(&mut s, &q.bytes()).unwrap();
+        let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{io}");
+
+        let warnings = server.reload(server_config(
+            up.addr,
+            io,
+            "[access]\nallow = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n",
+        ));
+        assert!(
+            warnings.is_empty(),
+            "{io}: [access] needs no restart: {warnings:?}"
+        );
+        // Both shards: several queries, from fresh source ports, all served.
+        assert!(
+            eventually(|| (0..8).all(|_| rcode(OUTSIDE) == Some(ResponseCode::NoError))),
+            "{io}: the reloaded allow list applies on every shard"
+        );
+        write_frame(&mut s, &q.bytes()).unwrap();
+        let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "{io}: open connection"
+        );
+        drop(s);
+
+        // And back: a reload to `drop` closes the client out again.
+        server.reload(server_config(up.addr, io, ONLY_INSIDE_DROP));
+        assert!(
+            eventually(
+                || (0..8).all(|_| rcode_within(OUTSIDE, Duration::from_millis(200)).is_none())
+            ),
+            "{io}: dropped after the second reload"
+        );
+        assert_eq!(rcode(INSIDE), Some(ResponseCode::NoError));
+        server.shutdown();
+    }
+}
