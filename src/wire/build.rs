@@ -258,13 +258,14 @@ pub fn formerr_from_header(msg: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The reply a [`Reject`] from [`QueryView::parse`] deserves, if any: nothing for a
-/// drop, a header-only FORMERR or NOTIMP, and for BADVERS a reply with the question
-/// and an OPT record of version 0 (RFC 6891 section 6.1.3).
+/// drop, a header-only FORMERR, a header-only NOTIMP with no flag but QR (see
+/// [`notimp_reply`]), and for BADVERS a reply with the question and an OPT record of
+/// version 0 (RFC 6891 section 6.1.3).
 pub fn reject_reply(msg: &[u8], reject: Reject) -> Option<Vec<u8>> {
     match reject {
         Reject::Drop(_) => None,
         Reject::FormErr => header_only_reply(msg, ErrorRcode::FormErr),
-        Reject::NotImp => header_only_reply(msg, ErrorRcode::NotImp),
+        Reject::NotImp => notimp_reply(msg),
         Reject::BadVers => match QueryView::parse_any_version(msg) {
             Ok(q) => Some(error_reply(&q, ErrorRcode::BadVers, None)),
             Err(_) => header_only_reply(msg, ErrorRcode::FormErr),
@@ -282,6 +283,26 @@ fn header_only_reply(msg: &[u8], rcode: ErrorRcode) -> Option<Vec<u8>> {
     Some(encode(&reply, &header, rcode))
 }
 
+/// NOTIMP for an opcode tierdns does not implement: the client's ID and opcode,
+/// QR=1, and no other flag: RD and CD are not echoed and RA is not set, since their
+/// meaning under an unknown opcode is unknown (RFC 1035 section 4.1.1 defines them
+/// for QUERY; the ISC DNS compliance tests `opcode` and `opcodeflg` expect this).
+/// No question (its format is the opcode's) and no OPT. `None` for a message shorter
+/// than a header or a response.
+pub fn notimp_reply(msg: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::parse(msg).ok()?;
+    if header.qr() {
+        return None;
+    }
+    let mut reply = Message::new(
+        header.id,
+        MessageType::Response,
+        OpCode::from_u8(header.opcode()),
+    );
+    reply.metadata.response_code = ErrorRcode::NotImp.to_hickory();
+    Some(encode(&reply, &header, ErrorRcode::NotImp))
+}
+
 /// A response skeleton echoing what the client's header asks to be echoed.
 fn reply_for(header: &Header, rcode: ErrorRcode) -> Message {
     let mut msg = Message::new(
@@ -297,14 +318,17 @@ fn reply_for(header: &Header, rcode: ErrorRcode) -> Message {
 }
 
 /// Encodes `msg`; should hickory refuse, falls back to a bare 12-byte header with the
-/// same ID, opcode, flags and (low 4 bits of the) rcode, so a client always hears back.
+/// same ID, opcode, flags (those `msg` sets) and (low 4 bits of the) rcode, so a
+/// client always hears back.
 fn encode(msg: &Message, header: &Header, rcode: ErrorRcode) -> Vec<u8> {
     msg.to_vec().unwrap_or_else(|_| {
+        let bit = |set: bool, mask: u16| if set { mask } else { 0 };
+        let m = &msg.metadata;
         let flags: u16 = 0x8000
             | (header.flags & 0x7800) // opcode
-            | (header.flags & 0x0100) // RD
-            | 0x0080 // RA
-            | (header.flags & 0x0010) // CD
+            | bit(m.recursion_desired, 0x0100)
+            | bit(m.recursion_available, 0x0080)
+            | bit(m.checking_disabled, 0x0010)
             | (rcode.code() & 0x000F);
         let mut bare = vec![0u8; HEADER_LEN];
         let mut w = Writer {
@@ -527,6 +551,37 @@ mod tests {
         let r = QueryView::parse(&two).err().unwrap();
         let m = decode(&reject_reply(&two, r).unwrap());
         assert_eq!((m.id, m.response_code), (4, ResponseCode::FormErr));
+    }
+
+    #[test]
+    fn notimp_for_an_unknown_opcode_sets_no_flag_but_qr() {
+        // opcode 15, RD, CD, AD, and a question: every flag the client could set.
+        let client = query(
+            0xA1B2,
+            (15 << 11) | 0x0100 | 0x0020 | 0x0010,
+            [1, 0, 0, 0],
+            b"\x01x\x00",
+            1,
+            &[],
+        );
+        let reject = QueryView::parse(&client).err().unwrap();
+        assert_eq!(reject, Reject::NotImp);
+        let reply = reject_reply(&client, reject).expect("NOTIMP is answered");
+        // ID; QR=1, opcode 15, AA TC RD RA Z AD CD all 0, rcode 4; no section.
+        assert_eq!(reply, [0xA1, 0xB2, 0xF8, 0x04, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let m = decode(&reply);
+        assert!(!m.recursion_desired && !m.recursion_available && !m.checking_disabled);
+        assert_eq!(m.response_code, ResponseCode::NotImp);
+
+        // NOTIFY (4) with RD: likewise, RD not echoed.
+        let notify = query(3, (4 << 11) | 0x0100, [1, 0, 0, 0], b"\x00", 6, &[]);
+        assert_eq!(
+            notimp_reply(&notify).unwrap(),
+            [0, 3, 0xA0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Responses and short messages get nothing.
+        assert_eq!(notimp_reply(&[0, 1, 0xF8, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(notimp_reply(&[0, 1, 0x78]), None);
     }
 
     #[test]
