@@ -300,3 +300,58 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         server.shutdown();
     }
 }
+
+#[test]
+fn any_is_answered_locally_with_the_rfc8482_hinfo() {
+    let (_serial, _) = serial();
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let server = start(server_config(up.addr, io, ""));
+        let addr = server.local_addrs[0];
+        for (i, edns) in [None, Some(1232)].into_iter().enumerate() {
+            let q = query(0x7700 + i as u16, "AnY.Example.", RecordType::ANY, edns);
+            for m in [udp_query(addr, &q), tcp_query(addr, &q)] {
+                assert_eq!(m.metadata.id, 0x7700 + i as u16, "{io}");
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io}");
+                assert!(!m.metadata.truncation, "{io}");
+                assert_eq!(m.queries[0].name().to_ascii(), "AnY.Example.", "{io}");
+                assert_eq!(m.answers.len(), 1, "{io}");
+                let r = &m.answers[0];
+                assert_eq!(r.name.to_ascii(), "AnY.Example.", "{io}");
+                match &r.data {
+                    hickory_proto::rr::RData::HINFO(h) => {
+                        assert_eq!((&*h.cpu, &*h.os), (&b"RFC8482"[..], &b""[..]))
+                    }
+                    other => panic!("{io}: not HINFO: {other:?}"),
+                }
+                assert_eq!(m.edns.is_some(), edns.is_some(), "{io}: OPT as the client");
+            }
+        }
+        // And again: still local (nothing was cached and nothing goes upstream).
+        let m = udp_query(addr, &query(1, "any.example.", RecordType::ANY, None));
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(up.queries(), 0, "{io}: ANY never reaches the upstream");
+        server.shutdown();
+    }
+}
+
+#[test]
+fn an_unknown_opcode_gets_a_notimp_with_no_flag_echoed() {
+    let (_serial, _) = serial();
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(server_config(up.addr, uring(), ""));
+    let mut q = query(0x4242, "x.example.", RecordType::A, None);
+    q.metadata.checking_disabled = true;
+    let mut bytes = q.bytes();
+    bytes[2] |= 15 << 3; // opcode 15, RD and CD still set
+    let reply = udp_from(
+        INSIDE,
+        server.local_addrs[0],
+        &bytes,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(reply, [0x42, 0x42, 0xF8, 0x04, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(up.queries(), 0);
+    server.shutdown();
+}

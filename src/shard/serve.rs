@@ -1,7 +1,8 @@
 //! Answering one client query, the same for UDP and TCP and for both backends.
 //!
 //! [`Shard::first_pass`] is the synchronous part: read the query, apply the protocol
-//! checks (FORMERR, NOTIMP, BADVERS, drops), and answer a cache hit straight into a
+//! checks (FORMERR, NOTIMP, BADVERS, drops), answer what is local (zone transfers
+//! refused, ANY with RFC 8482's HINFO), and answer a cache hit straight into a
 //! pooled buffer. What it cannot answer is a miss for [`Shard::resolve`], which joins
 //! or leads the flight for the key and answers from its result, from a stale entry,
 //! or with SERVFAIL and an Extended DNS Error.
@@ -14,7 +15,7 @@ use crate::io::buffers::BUF_CAPACITY;
 use crate::io::Backend;
 use crate::metrics::{CacheResult, DropReason, ShardStats, Transport};
 use crate::wire::answer::{write_reply, TtlPatch, REPLY_HEADROOM};
-use crate::wire::build::{error_reply, reject_reply, Ede, ErrorRcode};
+use crate::wire::build::{any_reply, error_reply, reject_reply, Ede, ErrorRcode};
 use crate::wire::reader::{Discard, QueryView, Reject};
 use crate::wire::{rcode, ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
@@ -31,6 +32,9 @@ fn refusal(q: &QueryView<'_>) -> Option<(ErrorRcode, Option<Ede>)> {
         _ => None,
     }
 }
+
+/// QTYPE ANY: answered with the minimal synthesized HINFO of RFC 8482.
+const QTYPE_ANY: u16 = 255;
 
 /// What waiters get when their leader goes away without a result.
 const ABANDONED: FlightResult = FlightResult::Failed(Ede::NO_REACHABLE_AUTHORITY);
@@ -98,6 +102,13 @@ impl<B: Backend> Shard<B> {
             return First::Reply(reply);
         }
         let target = target_of(&q, transport, self.max_udp());
+        if q.qtype == QTYPE_ANY {
+            // RFC 8482: a minimal local answer, never forwarded nor cached.
+            let reply = any_reply(&q, target.max_size);
+            self.stats.answered(transport, rcode::NOERROR);
+            self.pool.put(out);
+            return First::Reply(reply);
+        }
         // A reply never exceeds the client's limit (write_reply truncates first), so
         // that is all the room it needs: no 4 KiB to clear per UDP hit.
         let mut out = sized(out, target.max_size.min(reply_room(transport)));

@@ -14,6 +14,8 @@
 
 use hickory_proto::op::{Edns as HickoryEdns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::HINFO;
+use hickory_proto::rr::{RData, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::reader::{Header, QueryView, Reject};
@@ -247,7 +249,53 @@ pub fn error_reply(q: &QueryView<'_>, rcode: ErrorRcode, ede: Option<Ede>) -> Ve
         }
         msg.set_edns(edns);
     }
-    encode(&msg, &q.header, rcode)
+    encode(&msg, &q.header, rcode.code())
+}
+
+/// TTL of the synthesized answer to an ANY query. RFC 8482 leaves it to the
+/// responder; an hour lets stub and downstream caches keep it, so a client that
+/// repeats ANY does not come back each time.
+pub const ANY_HINFO_TTL: u32 = 3600;
+
+/// The minimal answer to a query with QTYPE ANY (RFC 8482 section 4.2): NOERROR with
+/// one synthesized HINFO record at the question name, CPU `"RFC8482"` and an empty
+/// OS, TTL [`ANY_HINFO_TTL`], in the question's class. Answered locally: nothing is
+/// forwarded or cached.
+///
+/// The reply echoes like any local reply ([`error_reply`]): the client's ID, RD and
+/// CD, its question byte for byte (the record's owner is a compression pointer to
+/// it, so it shows the client's letter case), RA=1, and an OPT record (with the
+/// client's DO bit) only if the client sent one. Should it exceed `max_size` (it
+/// cannot in practice: at most about 300 bytes), it goes out with TC=1 and no record.
+pub fn any_reply(q: &QueryView<'_>, max_size: usize) -> Vec<u8> {
+    let mut msg = Message::new(q.header.id, MessageType::Response, OpCode::Query);
+    msg.metadata.recursion_desired = q.header.rd();
+    msg.metadata.checking_disabled = q.header.cd();
+    msg.metadata.recursion_available = true;
+    msg.metadata.response_code = ResponseCode::NoError;
+    let question = q.msg.get(HEADER_LEN..q.question_end).unwrap_or_default();
+    if let Ok(query) = Query::read(&mut BinDecoder::new(question)) {
+        let hinfo = HINFO::new("RFC8482".to_string(), String::new());
+        let mut record =
+            Record::from_rdata(query.name().clone(), ANY_HINFO_TTL, RData::HINFO(hinfo));
+        record.dns_class = query.query_class();
+        msg.add_query(query);
+        msg.add_answer(record);
+    }
+    if let Some(edns) = q.edns {
+        let mut opt = HickoryEdns::new();
+        opt.set_max_payload(EDNS_UDP_SIZE)
+            .set_version(0)
+            .set_dnssec_ok(edns.dnssec_ok);
+        msg.set_edns(opt);
+    }
+    let reply = encode(&msg, &q.header, rcode::NOERROR);
+    if reply.len() <= max_size {
+        return reply;
+    }
+    msg.answers.clear();
+    msg.metadata.truncation = true;
+    encode(&msg, &q.header, rcode::NOERROR)
 }
 
 /// Builds a FORMERR for a message whose question could not be read: the client's ID,
@@ -280,7 +328,7 @@ fn header_only_reply(msg: &[u8], rcode: ErrorRcode) -> Option<Vec<u8>> {
         return None;
     }
     let reply = reply_for(&header, rcode);
-    Some(encode(&reply, &header, rcode))
+    Some(encode(&reply, &header, rcode.code()))
 }
 
 /// NOTIMP for an opcode tierdns does not implement: the client's ID and opcode,
@@ -300,7 +348,7 @@ pub fn notimp_reply(msg: &[u8]) -> Option<Vec<u8>> {
         OpCode::from_u8(header.opcode()),
     );
     reply.metadata.response_code = ErrorRcode::NotImp.to_hickory();
-    Some(encode(&reply, &header, ErrorRcode::NotImp))
+    Some(encode(&reply, &header, rcode::NOTIMP))
 }
 
 /// A response skeleton echoing what the client's header asks to be echoed.
@@ -320,7 +368,7 @@ fn reply_for(header: &Header, rcode: ErrorRcode) -> Message {
 /// Encodes `msg`; should hickory refuse, falls back to a bare 12-byte header with the
 /// same ID, opcode, flags (those `msg` sets) and (low 4 bits of the) rcode, so a
 /// client always hears back.
-fn encode(msg: &Message, header: &Header, rcode: ErrorRcode) -> Vec<u8> {
+fn encode(msg: &Message, header: &Header, rcode: u16) -> Vec<u8> {
     msg.to_vec().unwrap_or_else(|_| {
         let bit = |set: bool, mask: u16| if set { mask } else { 0 };
         let m = &msg.metadata;
@@ -329,7 +377,7 @@ fn encode(msg: &Message, header: &Header, rcode: ErrorRcode) -> Vec<u8> {
             | bit(m.recursion_desired, 0x0100)
             | bit(m.recursion_available, 0x0080)
             | bit(m.checking_disabled, 0x0010)
-            | (rcode.code() & 0x000F);
+            | (rcode & 0x000F);
         let mut bare = vec![0u8; HEADER_LEN];
         let mut w = Writer {
             out: &mut bare,
@@ -582,6 +630,69 @@ mod tests {
         // Responses and short messages get nothing.
         assert_eq!(notimp_reply(&[0, 1, 0xF8, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(notimp_reply(&[0, 1, 0x78]), None);
+    }
+
+    #[test]
+    fn any_is_answered_with_the_rfc8482_hinfo() {
+        // ExAmple.CoM ANY, RD and CD, no EDNS.
+        let client = query(
+            0x0A0B,
+            0x0110,
+            [1, 0, 0, 0],
+            b"\x07ExAmple\x03CoM\x00",
+            255,
+            &[],
+        );
+        let q = QueryView::parse(&client).unwrap();
+        let reply = any_reply(&q, 512);
+        let mut want = vec![
+            0x0A, 0x0B, // ID
+            0x81, 0x90, // QR, RD, RA, CD; rcode NOERROR
+            0, 1, 0, 1, 0, 0, 0, 0, // one question, one answer
+        ];
+        want.extend_from_slice(&client[12..]); // the question, letter case and all
+        want.extend_from_slice(&[
+            0xC0, 0x0C, // owner: the question name
+            0, 13, 0, 1, // HINFO IN
+            0, 0, 0x0E, 0x10, // TTL 3600
+            0, 9, // RDLENGTH
+            7, b'R', b'F', b'C', b'8', b'4', b'8', b'2', // CPU "RFC8482"
+            0,    // OS ""
+        ]);
+        assert_eq!(reply, want);
+        let m = decode(&reply);
+        assert_eq!(m.answers[0].name.to_ascii(), "ExAmple.CoM.");
+
+        // With EDNS: an OPT with our size and the client's DO; class echoed.
+        let mut client = query(
+            7,
+            0x0100,
+            [1, 0, 0, 1],
+            b"\x01x\x00",
+            255,
+            &opt(4096, 0x8000, &[]),
+        );
+        client[17] = 0; // QCLASS CH (3)
+        client[18] = 3;
+        let q = QueryView::parse(&client).unwrap();
+        let m = decode(&any_reply(&q, 4096));
+        assert_eq!(m.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.answers[0].ttl, ANY_HINFO_TTL);
+        assert_eq!(m.answers[0].dns_class, DNSClass::CH);
+        match &m.answers[0].data {
+            RData::HINFO(h) => assert_eq!((&*h.cpu, &*h.os), (&b"RFC8482"[..], &b""[..])),
+            other => panic!("not HINFO: {other:?}"),
+        }
+        let edns = m.edns.as_ref().expect("OPT echoed");
+        assert!(edns.flags().dnssec_ok);
+        assert_eq!(edns.max_payload(), EDNS_UDP_SIZE);
+        assert!(!m.authentic_data && !m.truncation);
+
+        // Too small a limit: TC=1, the question, no record.
+        let m = decode(&any_reply(&q, 20));
+        assert!(m.truncation && m.answers.is_empty());
+        assert_eq!(m.queries.len(), 1);
     }
 
     #[test]
