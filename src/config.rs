@@ -8,7 +8,9 @@
 
 use crate::cache::{CacheConfig, CacheConfigError};
 use crate::health::{HealthParams, HealthParamsError};
-use crate::policy::{AccessConfig, AccessConfigError, AccessList};
+use crate::policy::{
+    AccessConfig, AccessConfigError, AccessList, RateLimitConfig, RateLimitConfigError,
+};
 use crate::tiers::{StrategyKind, TierParams, TierParamsError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// Which clients are served (default: loopback only).
     pub access: AccessConfig,
+    /// Per-client-prefix rate limit over UDP (default: off).
+    pub ratelimit: RateLimitConfig,
     /// The upstream resolvers, in configured order.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -246,6 +250,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             limits: Limits::default(),
             access: AccessConfig::default(),
+            ratelimit: RateLimitConfig::default(),
             upstreams: vec![
                 public([1, 1, 1, 1], "cloudflare"),
                 public([8, 8, 8, 8], "google"),
@@ -294,6 +299,9 @@ pub enum ConfigError {
     /// An `[access]` entry that is not a network.
     #[error("invalid config: {0}")]
     Access(#[from] AccessConfigError),
+    /// A `[ratelimit]` value out of range.
+    #[error("invalid config: {0}")]
+    RateLimit(#[from] RateLimitConfigError),
     /// A value out of range or inconsistent with another.
     #[error("invalid config: {key}: {reason}")]
     Invalid {
@@ -439,6 +447,7 @@ impl Config {
         self.health.validate()?;
         self.cache.validate()?;
         AccessList::new(&self.access)?;
+        self.ratelimit.validate()?;
         if self.metrics.flush_interval.is_zero() {
             return Err(invalid("metrics.flush_interval", "must be positive"));
         }
@@ -574,6 +583,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.access.action, crate::policy::AccessAction::Drop);
+    }
+
+    #[test]
+    fn ratelimit_is_off_by_default_and_names_a_bad_value() {
+        let c = Config::parse(ONE, "t").unwrap();
+        assert_eq!(c.ratelimit.qps, 0);
+        assert_eq!((c.ratelimit.ipv4_prefix, c.ratelimit.ipv6_prefix), (24, 56));
+        let e = err(&format!("{ONE}[ratelimit]\nqps = 10\nipv4_prefix = 40\n"));
+        assert!(e.contains("ratelimit.ipv4_prefix"), "{e}");
+        let e = err(&format!("{ONE}[ratelimit]\naction = \"slow\"\n"));
+        assert!(e.contains("slow"), "{e}");
+        let c = Config::parse(
+            &format!("{ONE}[ratelimit]\nqps = 20\nburst = 40\naction = \"drop\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!((c.ratelimit.qps, c.ratelimit.burst), (20, 40));
     }
 
     #[test]

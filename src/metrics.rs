@@ -7,7 +7,7 @@
 //!
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
-use crate::policy::AccessAction;
+use crate::policy::{AccessAction, RateLimitAction};
 use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
 
@@ -204,6 +204,8 @@ pub(crate) struct ShardStats {
     pub(crate) tcp_connections: Cell<u64>,
     /// Clients outside `access.allow`, by transport and action.
     access_denied: [[Cell<u64>; 2]; 2],
+    /// UDP queries over the rate limit, by action (truncate, drop).
+    ratelimited: [Cell<u64>; 2],
 }
 
 fn bump(c: &Cell<u64>) {
@@ -222,7 +224,13 @@ impl ShardStats {
             tiers: TierStats::default(),
             tcp_connections: Cell::new(0),
             access_denied: Default::default(),
+            ratelimited: Default::default(),
         }
+    }
+
+    /// Counts a UDP query over its prefix's rate.
+    pub(crate) fn ratelimited(&self, action: RateLimitAction) {
+        bump(&self.ratelimited[action as usize]);
     }
 
     /// Counts a query (or, for `drop` over TCP, a connection) denied by `[access]`.
@@ -408,6 +416,12 @@ impl ShardStats {
                 }
             }
         }
+        for action in [RateLimitAction::Truncate, RateLimitAction::Drop] {
+            let n = self.ratelimited[action as usize].take();
+            if n > 0 {
+                counter!("tierdns_ratelimited_total", "action" => action.as_str()).increment(n);
+            }
+        }
     }
 }
 
@@ -516,6 +530,18 @@ pub fn describe() {
     describe_counter!(
         "tierdns_access_denied_total",
         "Clients outside access.allow, by transport and action: refuse (REFUSED + EDE 18, per query) or drop (per UDP query; per TCP connection, closed at accept)"
+    );
+    describe_counter!(
+        "tierdns_ratelimited_total",
+        "UDP queries over their client prefix's rate limit, by action: truncate (empty TC=1 reply) or drop"
+    );
+    describe_counter!(
+        "tierdns_ratelimit_evictions_total",
+        "Client prefixes evicted from the rate limiter's table at ratelimit.max_tracked"
+    );
+    describe_gauge!(
+        "tierdns_ratelimit_tracked",
+        "Client prefixes tracked by the rate limiter"
     );
     describe_gauge!("tierdns_cache_entries", "Entries in the packet cache");
     describe_gauge!("tierdns_cache_bytes", "Bytes accounted to the packet cache");

@@ -355,3 +355,127 @@ fn an_unknown_opcode_gets_a_notimp_with_no_flag_echoed() {
     assert_eq!(up.queries(), 0);
     server.shutdown();
 }
+
+/// Sends `n` queries, each from a fresh socket on 127.0.0.1 (a new source port, so
+/// the kernel spreads them over the shards), waiting `wait` for each reply; returns
+/// (answered with records, answered TC=1 and empty, unanswered) and the time taken.
+fn udp_burst(
+    addr: SocketAddr,
+    q: &TestQuery,
+    n: usize,
+    wait: Duration,
+) -> ((usize, usize, usize), Duration) {
+    let start = Instant::now();
+    let mut counts = (0, 0, 0);
+    for _ in 0..n {
+        match udp_from(INSIDE, addr, &q.bytes(), wait).map(|r| Message::from_vec(&r).unwrap()) {
+            Some(m) if m.metadata.truncation => {
+                assert!(m.answers.is_empty(), "a TC reply carries no record");
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+                assert_eq!(m.queries.len(), 1, "the question is echoed");
+                counts.1 += 1;
+            }
+            Some(m) => {
+                assert_eq!(a_records(&m).len(), 1);
+                counts.0 += 1;
+            }
+            None => counts.2 += 1,
+        }
+    }
+    (counts, start.elapsed())
+}
+
+#[test]
+fn a_client_over_its_rate_gets_tc_and_succeeds_over_tcp_and_two_shards_do_not_double_it() {
+    let (_serial, metrics) = serial();
+    const BURST: usize = 10;
+    for io in backends() {
+        let up = SimUpstream::start(Behavior::default());
+        let cfg = server_config(
+            up.addr,
+            io,
+            &format!("[ratelimit]\nqps = 1\nburst = {BURST}\n"),
+        );
+        assert_eq!(cfg.server.shards, 2, "the limit must hold across shards");
+        let server = start(cfg);
+        let addr = server.local_addrs[0];
+        let before = counter(metrics, "tierdns_ratelimited_total", &["\"truncate\""]);
+        let q = query(0x6161, "rate.example.", RecordType::A, None);
+
+        // 40 queries from one address and 40 source ports, over both shards: a
+        // bucket per shard would let about twice the burst through.
+        let ((served, truncated, lost), took) = udp_burst(addr, &q, 40, Duration::from_secs(3));
+        let refill = took.as_secs() as usize + 1;
+        assert_eq!(lost, 0, "{io}: truncate answers every query");
+        assert!(
+            (BURST..=BURST + refill).contains(&served),
+            "{io}: {served} served in {took:?}, burst {BURST} at 1 qps (a bucket per shard would serve about {})",
+            2 * BURST
+        );
+        assert_eq!(served + truncated, 40);
+
+        // TCP is not limited: the client retries there and succeeds.
+        for _ in 0..5 {
+            let m = tcp_query(addr, &q);
+            assert!(!m.metadata.truncation, "{io}");
+            assert_eq!(a_records(&m).len(), 1, "{io}: TCP is not limited");
+        }
+        // Another client prefix is not affected: IPv4 /24 prefixes, 127.0.0.0/24
+        // is the one above; 127.0.1.1 is loopback too.
+        let other = udp_from("127.0.1.1", addr, &q.bytes(), Duration::from_secs(3)).unwrap();
+        assert!(
+            !Message::from_vec(&other).unwrap().metadata.truncation,
+            "{io}"
+        );
+        server.shutdown();
+        assert_eq!(
+            counter(metrics, "tierdns_ratelimited_total", &["\"truncate\""]) - before,
+            truncated as u64,
+            "{io}: every TC reply counted"
+        );
+    }
+}
+
+#[test]
+fn ratelimit_drop_and_off_apply_by_reload() {
+    let (_serial, metrics) = serial();
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(server_config(up.addr, uring(), ""));
+    let addr = server.local_addrs[0];
+    let q = query(0x6262, "reload-rate.example.", RecordType::A, None);
+    let wait = Duration::from_millis(150);
+    // Off by default: everything is served.
+    let ((served, _, _), _) = udp_burst(addr, &q, 20, wait);
+    assert_eq!(served, 20);
+
+    let before = counter(metrics, "tierdns_ratelimited_total", &["\"drop\""]);
+    let warnings = server.reload(server_config(
+        up.addr,
+        uring(),
+        "[ratelimit]\nqps = 1\nburst = 3\naction = \"drop\"\n",
+    ));
+    assert!(
+        warnings.is_empty(),
+        "[ratelimit] needs no restart: {warnings:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let ((served, truncated, lost), took) = udp_burst(addr, &q, 20, wait);
+    let refill = took.as_secs() as usize + 1;
+    assert_eq!(truncated, 0);
+    assert!(
+        (3..=3 + refill).contains(&served),
+        "{served} served in {took:?}"
+    );
+    assert_eq!(served + lost, 20);
+
+    // And off again.
+    server.reload(server_config(up.addr, uring(), ""));
+    std::thread::sleep(Duration::from_millis(200));
+    let ((served, _, _), _) = udp_burst(addr, &q, 20, wait);
+    assert_eq!(served, 20, "limiting off after the second reload");
+    server.shutdown();
+    assert_eq!(
+        counter(metrics, "tierdns_ratelimited_total", &["\"drop\""]) - before,
+        lost as u64
+    );
+}

@@ -1,5 +1,5 @@
-//! Client policy: which clients are served at all ([`access`]) and, later in the
-//! same pass, how fast.
+//! Client policy: which clients are served at all ([`access`]) and how fast
+//! ([`ratelimit`], UDP only).
 //!
 //! Pure logic, no sockets and no DNS: the shard asks with the client's address (and
 //! `now` where time matters) before it reads the query, and builds whatever reply
@@ -9,23 +9,48 @@
 //! Imports: none from `shard` (the caller) nor from the DNS parts.
 
 pub mod access;
+pub mod ratelimit;
 
 pub use access::{AccessAction, AccessConfig, AccessConfigError, AccessList, AccessVerdict};
+pub use ratelimit::{
+    RateLimit, RateLimitAction, RateLimitConfig, RateLimitConfigError, RateLimiter, RateVerdict,
+};
 
 /// The policy in force on one shard, built from the config sections and replaced
 /// whole by a reload (SIGHUP): every shard applies a new one as soon as it sees the
 /// reloaded config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The rate limiter's table is not here: it is shared by all shards (see
+/// [`RateLimiter`]); each shard passes its [`RateLimit`] to it with every check.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
     /// `[access]`.
     pub access: AccessList,
+    /// `[ratelimit]`; None when off.
+    pub ratelimit: Option<RateLimit>,
+}
+
+/// A policy section that cannot be used; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyConfigError {
+    /// In `[access]`.
+    #[error(transparent)]
+    Access(#[from] AccessConfigError),
+    /// In `[ratelimit]`.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitConfigError),
 }
 
 impl Policy {
     /// Builds the policy from its sections; the error names the key at fault.
-    pub fn new(access: &AccessConfig) -> Result<Self, AccessConfigError> {
+    pub fn new(
+        access: &AccessConfig,
+        ratelimit: &RateLimitConfig,
+    ) -> Result<Self, PolicyConfigError> {
+        ratelimit.validate()?;
         Ok(Self {
             access: AccessList::new(access)?,
+            ratelimit: RateLimit::new(ratelimit),
         })
     }
 }

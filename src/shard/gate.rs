@@ -1,12 +1,16 @@
 //! The client gate: the first thing every listener does with a query, before it is
-//! read. [`Shard::gate`] asks the shard's [`Policy`](crate::policy::Policy) about the client's address and
-//! counts what it denies; [`Shard::gated_reply`] is the reply a denied query gets.
+//! read. [`Shard::gate`] asks the shard's [`Policy`](crate::policy::Policy) about the
+//! client's address (the access list, then over UDP the shared rate limiter) and
+//! counts what it stops; [`Shard::gated_reply`] is the reply a stopped query gets.
 //!
 //! One function for every listener (UDP and TCP today; TLS and HTTPS listeners call
 //! the same two), so a client outside `access.allow` is treated alike on all of them.
 //! A denied query is read only as far as its reply needs: a REFUSED echoes the
 //! question and the client's EDNS; anything that cannot be read that far is dropped
 //! (a denied client gets no FORMERR or NOTIMP either).
+//!
+//! The rate limit applies to UDP only: its `truncate` reply sends a real client to
+//! TCP, which is not limited (a spoofed source cannot complete a handshake).
 //!
 //! TCP: a client whose action is `drop` is closed at accept ([`Shard::tcp_accepts`]);
 //! on an open connection every query goes through the gate again, so a reload that
@@ -16,10 +20,12 @@
 use super::Shard;
 use crate::io::Backend;
 use crate::metrics::Transport;
-use crate::policy::{AccessAction, AccessVerdict};
-use crate::wire::build::{error_reply, Ede, ErrorRcode};
+use crate::policy::{AccessAction, AccessVerdict, RateLimitAction, RateVerdict};
+use crate::wire::build::{error_reply, truncated_reply, Ede, ErrorRcode};
+use crate::wire::rcode;
 use crate::wire::reader::QueryView;
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// What the gate says about one query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +34,36 @@ pub(super) enum Gate {
     Pass,
     /// REFUSED with EDE 18 (Prohibited).
     Refuse,
+    /// Over the rate limit: an empty reply with TC=1 (UDP only).
+    Truncate,
     /// No answer (over TCP: close the connection).
     Drop,
 }
 
 impl<B: Backend> Shard<B> {
-    /// The gate for one query from `client`: the access list, counted when it
-    /// denies. No allocation, no lock.
-    pub(super) fn gate(&self, client: IpAddr, transport: Transport) -> Gate {
-        let verdict = self.policy.borrow().access.check(client);
-        match verdict {
-            AccessVerdict::Allow => Gate::Pass,
-            AccessVerdict::Deny(action) => {
-                self.stats.access_denied(transport, action);
+    /// The gate for one query from `client` at `now`: the access list, then, over
+    /// UDP, the rate limit; counted when it stops the query. No allocation; one
+    /// short partition lock when the rate limit is on.
+    pub(super) fn gate(&self, client: IpAddr, transport: Transport, now: Instant) -> Gate {
+        let policy = self.policy.borrow();
+        if let AccessVerdict::Deny(action) = policy.access.check(client) {
+            self.stats.access_denied(transport, action);
+            return match action {
+                AccessAction::Refuse => Gate::Refuse,
+                AccessAction::Drop => Gate::Drop,
+            };
+        }
+        let Some(limit) = policy.ratelimit.filter(|_| transport == Transport::Udp) else {
+            return Gate::Pass;
+        };
+        drop(policy);
+        match self.shared.ratelimiter.check(&limit, client, now) {
+            RateVerdict::Pass => Gate::Pass,
+            RateVerdict::Limit(action) => {
+                self.stats.ratelimited(action);
                 match action {
-                    AccessAction::Refuse => Gate::Refuse,
-                    AccessAction::Drop => Gate::Drop,
+                    RateLimitAction::Truncate => Gate::Truncate,
+                    RateLimitAction::Drop => Gate::Drop,
                 }
             }
         }
@@ -74,6 +94,11 @@ impl<B: Backend> Shard<B> {
                 let q = QueryView::parse(packet).ok()?;
                 self.stats.answered(transport, ErrorRcode::Refused.code());
                 Some(error_reply(&q, ErrorRcode::Refused, Some(Ede::PROHIBITED)))
+            }
+            Gate::Truncate => {
+                let q = QueryView::parse(packet).ok()?;
+                self.stats.answered(transport, rcode::NOERROR);
+                Some(truncated_reply(&q))
             }
         }
     }

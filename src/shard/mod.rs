@@ -5,12 +5,13 @@
 //! io backend ([`runtime`]), then starts one thread per shard. A shard owns, per
 //! listen address, a SO_REUSEPORT UDP socket (the kernel spreads clients over shards)
 //! and a SO_REUSEPORT TCP listener; per upstream, one connected UDP socket and a few
-//! idle TCP connections ([`upstreams`]). Only the cache and the flight table are
-//! shared between shards.
+//! idle TCP connections ([`upstreams`]). Only the cache, the flight table and the
+//! rate limiter's table are shared between shards.
 //!
 //! What a shard drives, one file each:
 //! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
-//! - [`gate`]: the client policy every listener applies first (access list);
+//! - [`gate`]: the client policy every listener applies first (access list, rate
+//!   limit);
 //! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
@@ -34,7 +35,7 @@ use crate::health::HealthTracker;
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::policy::Policy;
+use crate::policy::{Policy, RateLimiter};
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, ShardSockets};
 use std::cell::{Cell, RefCell};
@@ -54,6 +55,8 @@ pub struct Shared {
     pub cache: PacketCache,
     /// Flights in progress.
     pub flights: Arc<FlightTable<FlightResult>>,
+    /// Client prefixes and their rate-limit buckets (one table for all shards).
+    pub ratelimiter: RateLimiter,
 }
 
 /// Why the server could not start.
@@ -120,6 +123,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             (shards * 64).next_power_of_two(),
             config.limits.flight_max_waiters,
         )),
+        ratelimiter: RateLimiter::new(),
         config,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -268,7 +272,7 @@ fn build_shard<B: Backend>(
     let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
-    let policy = Policy::new(&config.access).map_err(|e| e.to_string())?;
+    let policy = Policy::new(&config.access, &config.ratelimit).map_err(|e| e.to_string())?;
     let udp = sockets
         .udp
         .into_iter()

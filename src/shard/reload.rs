@@ -1,5 +1,6 @@
 //! Reloading the config (SIGHUP, or [`ServerHandle::reload`]): upstreams, forward
-//! zones, strategy, tiers, health parameters and the client policy (`[access]`)
+//! zones, strategy, tiers, health parameters and the client policy (`[access]`,
+//! `[ratelimit]`)
 //! take effect at once on every shard; the health of upstreams that stay is kept.
 //! The other sections need a restart.
 
@@ -13,7 +14,8 @@ use std::sync::Arc;
 
 impl ServerHandle {
     /// Applies a new (validated) config: upstreams, forward zones, strategy, tiers,
-    /// health parameters and `[access]` take effect at once on every shard; the health of
+    /// health parameters, `[access]` and `[ratelimit]` take effect at once on every
+    /// shard; the health of
     /// upstreams that stay is kept. Other sections need a restart: each one that
     /// changed is named in the returned warnings and keeps its running value.
     pub fn reload(&self, config: Config) -> Vec<String> {
@@ -61,7 +63,7 @@ pub(super) async fn reload_loop<B: Backend>(
     while configs.changed().await.is_ok() {
         let config = Arc::clone(&configs.borrow_and_update());
         // The client policy first: it does not depend on the upstreams.
-        match Policy::new(&config.access) {
+        match Policy::new(&config.access, &config.ratelimit) {
             Ok(policy) => *shard.policy.borrow_mut() = Rc::new(policy),
             Err(e) => {
                 tracing::error!(shard = shard.index, error = %e, "reload: keeping the running client policy");

@@ -22,6 +22,9 @@ pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
         if shard.index == 0 {
             metrics::gauge!("tierdns_cache_entries").set(shard.shared.cache.len() as f64);
             metrics::gauge!("tierdns_cache_bytes").set(shard.shared.cache.bytes() as f64);
+            let limiter = &shard.shared.ratelimiter;
+            metrics::gauge!("tierdns_ratelimit_tracked").set(limiter.tracked() as f64);
+            metrics::counter!("tierdns_ratelimit_evictions_total").absolute(limiter.evictions());
         }
     }
 }

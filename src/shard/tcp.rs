@@ -119,7 +119,7 @@ async fn connection<B: Backend>(
             }
             Err(_idle) => break,
         };
-        let gate = shard.gate(client, Transport::Tcp);
+        let gate = shard.gate(client, Transport::Tcp, Instant::now());
         if gate == Gate::Drop {
             break;
         }

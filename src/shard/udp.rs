@@ -87,11 +87,11 @@ fn take<B: Backend>(
     packet: &[u8],
     peer: SocketAddr,
 ) -> Option<Vec<u8>> {
-    let gate = shard.gate(peer.ip(), Transport::Udp);
+    let start = Instant::now();
+    let gate = shard.gate(peer.ip(), Transport::Udp, start);
     if gate != Gate::Pass {
         return shard.gated_reply(gate, packet, Transport::Udp);
     }
-    let start = Instant::now();
     let out = shard.pool.get();
     match shard.first_pass(packet, Transport::Udp, out, start) {
         First::Reply(out) => Some(out),

@@ -268,26 +268,13 @@ pub const ANY_HINFO_TTL: u32 = 3600;
 /// client's DO bit) only if the client sent one. Should it exceed `max_size` (it
 /// cannot in practice: at most about 300 bytes), it goes out with TC=1 and no record.
 pub fn any_reply(q: &QueryView<'_>, max_size: usize) -> Vec<u8> {
-    let mut msg = Message::new(q.header.id, MessageType::Response, OpCode::Query);
-    msg.metadata.recursion_desired = q.header.rd();
-    msg.metadata.checking_disabled = q.header.cd();
-    msg.metadata.recursion_available = true;
-    msg.metadata.response_code = ResponseCode::NoError;
-    let question = q.msg.get(HEADER_LEN..q.question_end).unwrap_or_default();
-    if let Ok(query) = Query::read(&mut BinDecoder::new(question)) {
+    let mut msg = noerror_message(q);
+    if let Some(query) = msg.queries.first() {
         let hinfo = HINFO::new("RFC8482".to_string(), String::new());
         let mut record =
             Record::from_rdata(query.name().clone(), ANY_HINFO_TTL, RData::HINFO(hinfo));
         record.dns_class = query.query_class();
-        msg.add_query(query);
         msg.add_answer(record);
-    }
-    if let Some(edns) = q.edns {
-        let mut opt = HickoryEdns::new();
-        opt.set_max_payload(EDNS_UDP_SIZE)
-            .set_version(0)
-            .set_dnssec_ok(edns.dnssec_ok);
-        msg.set_edns(opt);
     }
     let reply = encode(&msg, &q.header, rcode::NOERROR);
     if reply.len() <= max_size {
@@ -296,6 +283,38 @@ pub fn any_reply(q: &QueryView<'_>, max_size: usize) -> Vec<u8> {
     msg.answers.clear();
     msg.metadata.truncation = true;
     encode(&msg, &q.header, rcode::NOERROR)
+}
+
+/// An empty NOERROR reply with TC=1: the client's question and nothing else, so a
+/// real client retries over TCP (RFC 7766). What a UDP client over its rate limit
+/// gets: it is no larger than the query, so it amplifies nothing. Echoes like
+/// [`any_reply`] (ID, RD, CD, question bytes, OPT only for EDNS clients).
+pub fn truncated_reply(q: &QueryView<'_>) -> Vec<u8> {
+    let mut msg = noerror_message(q);
+    msg.metadata.truncation = true;
+    encode(&msg, &q.header, rcode::NOERROR)
+}
+
+/// A NOERROR reply skeleton for `q`: the client's ID, RD and CD, RA=1, its question
+/// byte for byte, and an OPT (our size, the client's DO) only if the client sent one.
+fn noerror_message(q: &QueryView<'_>) -> Message {
+    let mut msg = Message::new(q.header.id, MessageType::Response, OpCode::Query);
+    msg.metadata.recursion_desired = q.header.rd();
+    msg.metadata.checking_disabled = q.header.cd();
+    msg.metadata.recursion_available = true;
+    msg.metadata.response_code = ResponseCode::NoError;
+    let question = q.msg.get(HEADER_LEN..q.question_end).unwrap_or_default();
+    if let Ok(query) = Query::read(&mut BinDecoder::new(question)) {
+        msg.add_query(query);
+    }
+    if let Some(edns) = q.edns {
+        let mut opt = HickoryEdns::new();
+        opt.set_max_payload(EDNS_UDP_SIZE)
+            .set_version(0)
+            .set_dnssec_ok(edns.dnssec_ok);
+        msg.set_edns(opt);
+    }
+    msg
 }
 
 /// Builds a FORMERR for a message whose question could not be read: the client's ID,
@@ -693,6 +712,31 @@ mod tests {
         let m = decode(&any_reply(&q, 20));
         assert!(m.truncation && m.answers.is_empty());
         assert_eq!(m.queries.len(), 1);
+    }
+
+    #[test]
+    fn truncated_reply_is_the_question_with_tc() {
+        let client = query(0x0C0D, 0x0100, [1, 0, 0, 0], b"\x03FoO\x00", 1, &[]);
+        let q = QueryView::parse(&client).unwrap();
+        let reply = truncated_reply(&q);
+        let mut want = vec![0x0C, 0x0D, 0x83, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&client[12..]);
+        assert_eq!(reply, want, "QR TC RD RA, NOERROR, the question only");
+        assert!(reply.len() <= client.len());
+
+        let client = edns_query();
+        let q = QueryView::parse(&client).unwrap();
+        let m = decode(&truncated_reply(&q));
+        assert!(m.truncation && m.answers.is_empty() && m.checking_disabled);
+        assert_eq!(m.response_code, ResponseCode::NoError);
+        assert_eq!(m.queries[0].name().to_ascii(), "WwW.ExAmple.COM.");
+        assert!(
+            m.edns
+                .as_ref()
+                .expect("OPT for an EDNS client")
+                .flags()
+                .dnssec_ok
+        );
     }
 
     #[test]
