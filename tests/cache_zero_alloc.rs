@@ -1,6 +1,7 @@
 //! A cache hit allocates nothing: the whole hit path (parse the raw query, build the
 //! key and reply target, look up, copy and patch into a preallocated buffer) runs
-//! 10,000 times under a counting global allocator.
+//! 10,000 times under a counting global allocator. Neither does the client gate in
+//! front of it (access list, rate limiter on prefixes already tracked).
 // The counting allocator needs `unsafe impl GlobalAlloc`; this test binary is the
 // only place the crate's `deny(unsafe_code)` is relaxed.
 #![allow(unsafe_code)]
@@ -178,4 +179,58 @@ fn cache_hit_path_allocates_nothing() {
     );
     assert!(outcome.stored());
     assert!(allocs() > before);
+}
+
+#[test]
+fn the_client_gate_allocates_nothing() {
+    use std::net::IpAddr;
+    use tierdns::policy::{
+        AccessConfig, AccessList, AccessVerdict, RateLimit, RateLimitConfig, RateLimiter,
+    };
+    let access = AccessList::new(&AccessConfig {
+        allow: [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+            "::1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..AccessConfig::default()
+    })
+    .unwrap();
+    let limit = RateLimit::new(&RateLimitConfig {
+        qps: 1000,
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let limiter = RateLimiter::new();
+    let clients: [IpAddr; 4] = [
+        "10.1.2.3".parse().unwrap(),
+        "192.168.7.7".parse().unwrap(),
+        "fd00::1".parse().unwrap(),
+        "::ffff:172.16.0.9".parse().unwrap(),
+    ];
+    // Warm up: the first query of each prefix makes its slot (a miss may allocate).
+    let now = Instant::now();
+    for c in clients {
+        limiter.check(&limit, c, now);
+    }
+    let before = allocs();
+    let mut allowed = 0;
+    for i in 0..10_000usize {
+        let client = clients[i % clients.len()];
+        if access.check(client) == AccessVerdict::Allow {
+            allowed += 1;
+        }
+        access.check("203.0.113.1".parse().unwrap());
+        limiter.check(&limit, client, Instant::now());
+    }
+    assert_eq!(
+        allocs() - before,
+        0,
+        "allocations in the access list and rate limiter"
+    );
+    assert_eq!(allowed, 10_000);
 }
