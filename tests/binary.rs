@@ -390,3 +390,46 @@ fn the_readme_config_example_is_valid() {
     assert_eq!(config.upstreams.len(), 2);
     assert_eq!(config.zones.len(), 1);
 }
+
+#[test]
+fn sighup_applies_a_new_access_list_at_once() {
+    let up = SimUpstream::start(Behavior::default());
+    let config = |allow: &str| {
+        format!(
+            "{}[access]\nallow = [{allow}]\n",
+            loopback_config(up.addr, "auto")
+        )
+    };
+    let path = write_config("sighup-access", &config("\"127.0.0.1/32\""));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let addr = Running::listen_addr(&run.wait_for("running"));
+    let q = query(0x0ACC, "access.example.", RecordType::A, None);
+    let from_127_0_0_2 = || {
+        let s = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(&q.bytes(), addr).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.recv(&mut buf).expect("an answer");
+        hickory_proto::op::Message::from_vec(&buf[..n])
+            .unwrap()
+            .metadata
+            .response_code
+    };
+    use hickory_proto::op::ResponseCode;
+    assert_eq!(from_127_0_0_2(), ResponseCode::Refused);
+
+    std::fs::write(&path, config("\"127.0.0.1/32\", \"127.0.0.2/32\"")).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
+    let line = run.wait_for("reloaded");
+    assert!(line.contains("access"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while from_127_0_0_2() != ResponseCode::NoError {
+        assert!(Instant::now() < deadline, "the reload let 127.0.0.2 in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(up.queries(), 1);
+    assert!(run.terminate().success());
+}

@@ -1,5 +1,7 @@
 //! Edge hardening end to end on loopback: the access list (`[access]`) over UDP and
-//! TCP on both io backends, its counter, and its reload.
+//! TCP on both io backends, its counter and its reload; ANY answered locally (RFC
+//! 8482) and NOTIMP for an unknown opcode; the per-prefix rate limit across shards,
+//! its counters and its reload; the deployment example is no open resolver.
 //!
 //! Clients outside the allow list are sockets bound to 127.0.0.2 while the list
 //! allows 127.0.0.1/32 only: loopback, never another address. The tests of this
@@ -478,4 +480,44 @@ fn ratelimit_drop_and_off_apply_by_reload() {
         counter(metrics, "tierdns_ratelimited_total", &["\"drop\""]) - before,
         lost as u64
     );
+}
+
+#[test]
+fn the_deploy_config_example_is_valid_and_no_open_resolver() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    // The ConfigMap's file: the lines indented under `tierdns.toml: |`.
+    let start = yaml
+        .find("tierdns.toml: |\n")
+        .expect("a config in the ConfigMap")
+        + "tierdns.toml: |\n".len();
+    let text: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let config = Config::parse(&text, "deploy/daemonset.yaml").unwrap();
+    for open in ["0.0.0.0/0", "::/0"] {
+        assert!(
+            !config.access.allow.iter().any(|n| n == open),
+            "{open} allowed"
+        );
+    }
+    for private in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"] {
+        assert!(
+            config.access.allow.iter().any(|n| n == private),
+            "{private}"
+        );
+    }
+    let list = tierdns::policy::AccessList::new(&config.access).unwrap();
+    for public in ["1.1.1.1", "8.8.8.8", "2001:4860::8888"] {
+        assert_ne!(
+            list.check(public.parse().unwrap()),
+            tierdns::policy::AccessVerdict::Allow,
+            "{public}"
+        );
+    }
 }
