@@ -14,7 +14,8 @@
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use libfuzzer_sys::fuzz_target;
 use tierdns::wire::build::{
-    error_reply, formerr_from_header, reject_reply, write_upstream_query, Ede, ErrorRcode,
+    any_reply, error_reply, formerr_from_header, reject_reply, truncated_reply,
+    write_upstream_query, Ede, ErrorRcode,
 };
 use tierdns::wire::name::{read_name_lower, skip_name, MAX_NAME_LEN};
 use tierdns::wire::reader::{QueryView, Reject};
@@ -109,6 +110,25 @@ fn check_query(data: &[u8], q: &QueryView<'_>) {
             assert_eq!(has_ede, q.edns.is_some() && ede.is_some());
         }
     }
+    // local NOERROR replies (ANY, rate-limited TC): decodable, question verbatim,
+    // OPT only with client EDNS, within the size asked for when it can be
+    let any = any_reply(q, 512);
+    let tc = truncated_reply(q);
+    for (reply, what) in [(&any, "ANY"), (&tc, "TC")] {
+        let m = Message::from_vec(reply).expect("hickory decodes our local reply");
+        assert_eq!(m.id, q.header.id, "{what}");
+        assert_eq!(m.response_code, ResponseCode::NoError, "{what}");
+        assert_eq!(m.queries.len(), 1, "{what}: question echoed");
+        assert_eq!(
+            reply.get(HEADER_LEN..q.question_end),
+            data.get(HEADER_LEN..q.question_end),
+            "{what}: question bytes echoed verbatim"
+        );
+        assert_eq!(m.edns.is_some(), q.edns.is_some(), "{what}");
+    }
+    assert!(any.len() <= 512, "an ANY answer fits any client");
+    let m = Message::from_vec(&tc).unwrap();
+    assert!(m.truncation && m.answers.is_empty());
 }
 
 fn check_reject(data: &[u8], reject: Reject) {
@@ -125,6 +145,11 @@ fn check_reject(data: &[u8], reject: Reject) {
                 _ => 1,
             };
             assert_eq!(u16::from(m.response_code), want);
+            if reject == Reject::NotImp {
+                // an unknown opcode: nothing echoed but the ID and the opcode
+                assert_eq!(reply.get(2).map(|b| b & 0x87), Some(0x80));
+                assert_eq!(reply.get(3), Some(&0x04));
+            }
         }
     }
 }
