@@ -52,8 +52,14 @@ pub enum DropReason {
     Response,
     /// Too many client queries in flight on the shard.
     Overload,
+    /// The flight for the query's name already had `flight_max_waiters` waiters
+    /// (and no stale answer was there to serve).
+    FlightFull,
     /// A reply from an upstream with an unknown ID or a different question.
     UpstreamMismatch,
+    /// An upstream reply for a query that had stopped waiting (timed out, or its
+    /// flight had its answer): late, not forged.
+    UpstreamLate,
     /// A reply from an upstream that could not be read.
     UpstreamMalformed,
     /// A TCP client connection refused at the connection limit.
@@ -70,11 +76,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 12] = [
         Self::Short,
         Self::Response,
         Self::Overload,
+        Self::FlightFull,
         Self::UpstreamMismatch,
+        Self::UpstreamLate,
         Self::UpstreamMalformed,
         Self::TcpConnectionLimit,
         Self::TcpFrame,
@@ -89,7 +97,9 @@ impl DropReason {
             Self::Short => "short",
             Self::Response => "response",
             Self::Overload => "overload",
+            Self::FlightFull => "flight_full",
             Self::UpstreamMismatch => "upstream_mismatch",
+            Self::UpstreamLate => "upstream_late",
             Self::UpstreamMalformed => "upstream_malformed",
             Self::TcpConnectionLimit => "tcp_connection_limit",
             Self::TcpFrame => "tcp_frame",

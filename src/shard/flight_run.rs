@@ -105,9 +105,24 @@ pub(super) struct Finished {
     pub(super) merged: Option<(Merged, Instant)>,
 }
 
+/// Whether merging more answers into this first one could add anything: only a
+/// NOERROR answer with records of an A or AAAA question, unsigned and whole, can
+/// grow (see [`merge`]). For any other, background completion stops at once.
+fn merge_can_grow(layout: &AnswerLayout, qtype: u16) -> bool {
+    const A: u16 = 1;
+    const AAAA: u16 = 28;
+    matches!(qtype, A | AAAA)
+        && layout.rcode() == rcode::NOERROR
+        && layout.has_qtype_answer()
+        && !layout.signed()
+        && !layout.truncated()
+}
+
 /// One flight's state: the plan and what came back. No I/O, no clock.
 pub(super) struct FlightState {
     plan: Plan,
+    /// The question's type: whether a merge can add to the first answer.
+    qtype: u16,
     first: Option<Arc<Answer>>,
     /// When the first good answer arrived: the merge is aged from then.
     first_at: Instant,
@@ -128,9 +143,10 @@ pub(super) enum Next {
 }
 
 impl FlightState {
-    pub(super) fn new(plan: Plan, now: Instant) -> Self {
+    pub(super) fn new(plan: Plan, qtype: u16, now: Instant) -> Self {
         Self {
             plan,
+            qtype,
             first: None,
             first_at: now,
             others: Vec::new(),
@@ -156,6 +172,9 @@ impl FlightState {
     ) -> Heard {
         match res.and_then(|ex| classify(&ex.reply).map(|layout| (ex, layout))) {
             Ok((ex, layout)) => {
+                if self.first.is_none() && !merge_can_grow(&layout, self.qtype) {
+                    self.plan.stop_collecting();
+                }
                 self.plan.on_result(up, Outcome::Good, now);
                 if self.first.is_some() {
                     self.others.push(ex.reply);
@@ -187,6 +206,11 @@ impl FlightState {
                 }
             }
         }
+    }
+
+    /// The upstreams asked and not heard from.
+    pub(super) fn unanswered(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
+        self.plan.in_flight_upstreams()
     }
 
     /// Why the flight has no answer, for the SERVFAIL's Extended DNS Error.
@@ -224,6 +248,8 @@ pub(super) struct FlightRun<B: Backend> {
     tx: mpsc::UnboundedSender<Report>,
     rx: mpsc::UnboundedReceiver<Report>,
     tasks: SmallVec<[JoinHandle<()>; 8]>,
+    /// When each upstream was asked.
+    sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
 }
 
 impl<B: Backend> FlightRun<B> {
@@ -248,7 +274,7 @@ impl<B: Backend> FlightRun<B> {
         let len = write_upstream_query(&mut buf, 0, q);
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
-            state: FlightState::new(plan, now),
+            state: FlightState::new(plan, q.qtype, now),
             query: buf[..len].into(),
             question: QuestionHash::new(q.qname_lower(), q.qtype, q.qclass),
             key,
@@ -257,6 +283,7 @@ impl<B: Backend> FlightRun<B> {
             tx,
             rx,
             tasks: SmallVec::new(),
+            sent_at: SmallVec::new(),
             set,
             shard,
         }
@@ -274,6 +301,7 @@ impl<B: Backend> FlightRun<B> {
             return;
         };
         self.record(up, UpstreamEvent::Query);
+        self.sent_at.push((up, now));
         let shard = Rc::clone(&self.shard);
         let query = Rc::clone(&self.query);
         let question = self.question;
@@ -401,6 +429,20 @@ impl<B: Backend> FlightRun<B> {
     /// merged answer if this flight's version is still the newest for the key.
     pub(super) async fn complete(mut self) {
         while self.step().await.0 {}
+        // Results already in the channel count; what is still out is abandoned, and
+        // the time waited tells health something about the silent upstreams.
+        let now = Instant::now();
+        while let Ok(report) = self.rx.try_recv() {
+            self.on_report(report, now);
+        }
+        if self.is_current() {
+            let mut health = self.shard.health.borrow_mut();
+            for up in self.state.unanswered() {
+                if let Some(&(_, at)) = self.sent_at.iter().find(|(u, _)| *u == up) {
+                    health.record_abandoned(up, now.saturating_duration_since(at));
+                }
+            }
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -96,7 +96,7 @@ mod plan;
 mod strategy;
 
 use crate::health::{FailKind, UpstreamIdx};
-pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES};
+pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES, MERGE_TTL_FLOOR};
 pub use params::{FallbackTimeout, TierParams, TierParamsError};
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
 pub use strategy::StrategyKind;

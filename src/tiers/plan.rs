@@ -237,9 +237,26 @@ impl Plan {
         }
     }
 
+    /// Ends background completion: from now on the plan behaves as with
+    /// `complete = false`, so a good answer (already received, or the next) ends it
+    /// and nothing more is sent. For a first answer that no merge could add to
+    /// (NXDOMAIN, NODATA, another type, a signed answer): asking every remaining
+    /// upstream would buy nothing. Call it before reporting that answer.
+    pub fn stop_collecting(&mut self) {
+        self.complete = false;
+    }
+
     /// What happened so far.
     pub fn stats(&self) -> &PlanStats {
         &self.stats
+    }
+
+    /// The upstreams whose queries were launched and have not finished.
+    pub fn in_flight_upstreams(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.slot == Slot::InFlight)
+            .map(|e| e.up)
     }
 
     /// Queries launched and not finished.
@@ -527,6 +544,18 @@ mod tests {
         assert_eq!(plan.next(t0 + 3 * MS), Action::Done);
         assert_eq!(plan.stats().good, 0);
         assert_eq!(plan.stats().failed, 3);
+    }
+
+    #[test]
+    fn stop_collecting_before_the_first_answer_ends_the_plan_with_it() {
+        let t0 = Instant::now();
+        let mut p = staggered(&params(), &[0, 1, 2, 3, 4], t0);
+        assert_eq!(p.next(t0), sends(&[0, 1]));
+        p.stop_collecting();
+        p.on_result(0, Outcome::Good, t0 + 20 * MS);
+        assert_eq!(p.next(t0 + 20 * MS), Action::Done, "no stagger, no wait");
+        assert_eq!(p.stats().stagger_reason, None);
+        assert_eq!(p.stats().launched, 2);
     }
 
     #[test]

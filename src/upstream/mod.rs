@@ -64,15 +64,26 @@ struct Pending {
 /// Why the pending table refused a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dispatch {
+    /// No query waits for this ID and question: spoofed, or very late.
     Mismatch,
+    /// The ID and question of a query that stopped waiting a short while ago (the
+    /// slower upstream of a flight that already had its answer): late, not forged.
+    Late,
     Malformed,
 }
+
+/// Queries that stopped waiting, remembered to tell a late reply from a forged one.
+const RECENTLY_ABANDONED: usize = 64;
 
 /// The pending queries of one socket, keyed by message ID.
 struct PendingTable {
     map: HashMap<u16, Pending>,
     max: usize,
     serial: u64,
+    /// The last [`RECENTLY_ABANDONED`] IDs and questions whose waiter gave up, in a
+    /// ring; `abandoned_next` is where the next goes.
+    abandoned: [Option<(u16, QuestionHash)>; RECENTLY_ABANDONED],
+    abandoned_next: usize,
 }
 
 impl PendingTable {
@@ -105,11 +116,34 @@ impl PendingTable {
         Some((id, serial, rx))
     }
 
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::with_capacity(max.min(1024)),
+            max,
+            serial: 0,
+            abandoned: [None; RECENTLY_ABANDONED],
+            abandoned_next: 0,
+        }
+    }
+
+    /// Removes the registration `serial` of `id`, if it is still there (the reply
+    /// may have removed it, and a later query may have taken the ID since), and
+    /// remembers it as abandoned.
+    fn abandon(&mut self, id: u16, serial: u64) {
+        if self.map.get(&id).is_some_and(|p| p.serial == serial) {
+            if let Some(p) = self.map.remove(&id) {
+                self.abandoned[self.abandoned_next] = Some((id, p.question));
+                self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
+            }
+        }
+    }
+
     /// Hands a reply to its waiter, or gives it back with the reason it was refused.
     fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
         let verdict = match Header::parse(&reply) {
             Ok(h) if h.qr() => match QuestionHash::of_message(&reply) {
                 Some(q) if self.map.get(&h.id).is_some_and(|p| p.question == q) => Ok(h.id),
+                Some(q) if self.abandoned.contains(&Some((h.id, q))) => Err(Dispatch::Late),
                 Some(_) => Err(Dispatch::Mismatch),
                 None => Err(Dispatch::Malformed),
             },
@@ -137,16 +171,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut table = self.table.borrow_mut();
-        // The reply may have removed our entry, and a later query may have taken
-        // the ID since: remove only our own registration.
-        if table
-            .map
-            .get(&self.id)
-            .is_some_and(|p| p.serial == self.serial)
-        {
-            table.map.remove(&self.id);
-        }
+        self.table.borrow_mut().abandon(self.id, self.serial);
     }
 }
 
@@ -204,11 +229,7 @@ impl<B: Backend> UpstreamLink<B> {
         let std_udp = connected_udp(addr)?;
         let closer = socket2::Socket::from(std_udp.try_clone()?);
         let udp = Rc::new(B::udp(std_udp)?);
-        let pending = Rc::new(RefCell::new(PendingTable {
-            map: HashMap::with_capacity(max_pending.min(1024)),
-            max: max_pending,
-            serial: 0,
-        }));
+        let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
         tokio::task::spawn_local(receive_loop::<B>(
             Rc::clone(&udp),
             Rc::clone(&pending),
@@ -385,6 +406,7 @@ async fn receive_loop<B: Backend>(
                     pool.put(buf);
                     stats.dropped(match why {
                         Dispatch::Mismatch => DropReason::UpstreamMismatch,
+                        Dispatch::Late => DropReason::UpstreamLate,
                         Dispatch::Malformed => DropReason::UpstreamMalformed,
                     });
                 }
@@ -407,11 +429,7 @@ mod tests {
     use super::*;
 
     fn table() -> RefCell<PendingTable> {
-        RefCell::new(PendingTable {
-            map: HashMap::new(),
-            max: 4,
-            serial: 0,
-        })
+        RefCell::new(PendingTable::new(4))
     }
 
     #[test]
@@ -468,5 +486,52 @@ mod tests {
         reply[13] = b'a';
         assert!(t.borrow_mut().dispatch(reply).is_ok());
         assert_eq!(t.borrow().map.len(), 3);
+    }
+
+    /// A reply (QR=1) with this ID to the question `a.` A IN.
+    fn reply_for(id: u16) -> Vec<u8> {
+        let mut reply = vec![0u8; 12];
+        reply[..2].copy_from_slice(&id.to_be_bytes());
+        reply[2] = 0x80;
+        reply[5] = 1;
+        reply.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+        reply
+    }
+
+    #[test]
+    fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
+        let t = table();
+        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q).unwrap();
+        drop(PendingGuard {
+            table: &t,
+            id,
+            serial,
+        });
+        assert!(t.borrow().map.is_empty(), "the entry went with its waiter");
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply_for(id)),
+            Err((Dispatch::Late, _))
+        ));
+        // An ID nobody ever used is still a mismatch.
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply_for(id.wrapping_add(1))),
+            Err((Dispatch::Mismatch, _))
+        ));
+        // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
+        for _ in 0..RECENTLY_ABANDONED {
+            let (other, serial, _rx) = t.borrow_mut().register(q).unwrap();
+            t.borrow_mut().abandon(other, serial);
+        }
+        let late_again = t.borrow_mut().dispatch(reply_for(id));
+        let forgotten = t
+            .borrow()
+            .abandoned
+            .iter()
+            .all(|a| a.is_none_or(|(i, _)| i != id));
+        if forgotten {
+            assert!(matches!(late_again, Err((Dispatch::Mismatch, _))));
+        }
+        assert_eq!(t.borrow().abandoned.len(), RECENTLY_ABANDONED);
     }
 }

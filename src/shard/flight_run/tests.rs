@@ -94,7 +94,7 @@ fn exchange(reply: &Reply, rtt: Duration) -> Result<Exchange, FailKind> {
 fn state(kind: StrategyKind, params: &TierParams, n: usize, t0: Instant) -> FlightState {
     let order: Vec<UpstreamIdx> = (0..n).collect();
     let health = HealthTracker::new(HealthParams::default(), &vec![0; n]);
-    FlightState::new(Plan::new(kind, params, &order, &health, t0, 7), t0)
+    FlightState::new(Plan::new(kind, params, &order, &health, t0, 7), 1, t0)
 }
 
 /// Runs the flight to its end against `ups` (upstream i is `ups[i]`).
@@ -277,6 +277,47 @@ fn without_completion_the_first_answer_ends_the_flight() {
     assert_eq!(trace.first, Some((20, BTreeSet::from([1, 2]))));
     assert_eq!(trace.done_at, 20);
     assert!(flight.finish().merged.is_none(), "nothing to merge");
+}
+
+#[test]
+fn a_first_answer_no_merge_can_grow_ends_the_flight_without_asking_the_rest() {
+    // NXDOMAIN, and NODATA (NOERROR without an address): nothing to merge into.
+    for reply in [
+        Reply::Rcode(ResponseCode::NXDomain),
+        Reply::Rcode(ResponseCode::NoError),
+    ] {
+        let t0 = Instant::now();
+        let ups: Vec<Upstream> = (0..5).map(|i| up(20 + 10 * i, reply.clone())).collect();
+        let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 5, t0);
+        let trace = simulate(&mut flight, &ups, t0);
+        assert_eq!(trace.sent, [(0, 0), (1, 0)], "the active tier only");
+        assert_eq!(trace.done_at, 20, "over with the first answer");
+        assert!(trace.first.is_some());
+        assert_eq!(flight.finish().stats.stagger_reason, None);
+    }
+}
+
+#[test]
+fn only_unsigned_address_answers_can_grow() {
+    let layout = |rcode, answers| {
+        AnswerLayout::parse(&response(
+            "x.example.",
+            RecordType::A,
+            rcode,
+            answers,
+            vec![],
+            None,
+        ))
+        .unwrap()
+    };
+    let with_a = layout(ResponseCode::NoError, vec![a("x.example.", 60, 1)]);
+    assert!(merge_can_grow(&with_a, 1));
+    assert!(!merge_can_grow(&with_a, 16), "a TXT question never merges");
+    assert!(
+        !merge_can_grow(&layout(ResponseCode::NoError, vec![]), 1),
+        "NODATA"
+    );
+    assert!(!merge_can_grow(&layout(ResponseCode::NXDomain, vec![]), 1));
 }
 
 #[test]
