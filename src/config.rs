@@ -7,7 +7,7 @@
 
 use crate::cache::{CacheConfig, CacheConfigError};
 use crate::health::{HealthParams, HealthParamsError};
-use crate::tiers::{StrategyKind, TierParams, TierParamsError};
+use crate::tiers::{BudgetParams, BudgetParamsError, StrategyKind, TierParams, TierParamsError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +28,8 @@ pub struct Config {
     pub strategy: StrategyKind,
     /// Tier parameters for the default strategy.
     pub tiers: TierParams,
+    /// The amplification budget: upstream queries beyond the first of a miss.
+    pub budget: BudgetParams,
     /// Upstream health tracking and circuit breaking.
     pub health: HealthParams,
     /// The shared packet cache.
@@ -250,6 +252,7 @@ impl Default for Config {
             ],
             strategy: StrategyKind::default(),
             tiers: TierParams::default(),
+            budget: BudgetParams::default(),
             health: HealthParams::default(),
             cache: CacheConfig::default(),
             metrics: MetricsConfig::default(),
@@ -280,6 +283,9 @@ pub enum ConfigError {
     /// A `[tiers]` value (or a zone's) out of range.
     #[error("invalid config: {0}")]
     Tiers(#[from] TierParamsError),
+    /// A `[budget]` value out of range.
+    #[error("invalid config: {0}")]
+    Budget(#[from] BudgetParamsError),
     /// A `[health]` value out of range.
     #[error("invalid config: {0}")]
     Health(#[from] HealthParamsError),
@@ -429,6 +435,7 @@ impl Config {
         }
         self.tiers.validate()?;
         self.health.validate()?;
+        self.budget.validate()?;
         self.cache.validate()?;
         if self.metrics.flush_interval.is_zero() {
             return Err(invalid("metrics.flush_interval", "must be positive"));

@@ -7,6 +7,7 @@
 //!
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
+use crate::tiers::Purpose;
 use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
 
@@ -196,6 +197,10 @@ pub(crate) struct TierStats {
     pub(crate) merged_addresses: Cell<u64>,
     pub(crate) merge_rejected: Cell<u64>,
     pub(crate) failed_flights: Cell<u64>,
+    /// Upstream queries beyond a flight's first, sent / refused by the budget, by
+    /// purpose (`Purpose::CHARGED` order: active, hedge, completion).
+    pub(crate) extra_queries: [Cell<u64>; 3],
+    pub(crate) budget_refused: [Cell<u64>; 3],
     pub(crate) peak_in_flight: Samples,
     pub(crate) background: Samples,
 }
@@ -377,6 +382,18 @@ impl ShardStats {
             ),
             ("tierdns_flights_failed_total", "", "", &t.failed_flights),
         ];
+        for (i, purpose) in Purpose::CHARGED.iter().enumerate() {
+            let sent = t.extra_queries[i].take();
+            if sent > 0 {
+                counter!("tierdns_upstream_extra_queries_total", "purpose" => purpose.as_str())
+                    .increment(sent);
+            }
+            let refused = t.budget_refused[i].take();
+            if refused > 0 {
+                counter!("tierdns_budget_refused_total", "purpose" => purpose.as_str())
+                    .increment(refused);
+            }
+        }
         for (name, key, value, cell) in tier_counts {
             let n = cell.take();
             if n == 0 {
@@ -480,6 +497,14 @@ pub fn describe() {
     describe_counter!(
         "tierdns_merged_addresses_total",
         "Addresses added to cached answers by background merges"
+    );
+    describe_counter!(
+        "tierdns_upstream_extra_queries_total",
+        "Upstream queries beyond the first of a flight, by purpose (active, hedge, completion)"
+    );
+    describe_counter!(
+        "tierdns_budget_refused_total",
+        "Upstream queries the amplification budget refused, by purpose"
     );
     describe_counter!(
         "tierdns_flights_failed_total",

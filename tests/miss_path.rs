@@ -90,3 +90,47 @@ fn past_the_waiters_of_a_flight_a_query_starts_no_flight_of_its_own() {
     assert_eq!(up.queries(), 1);
     server.shutdown();
 }
+
+#[test]
+fn new_names_beyond_the_budget_cost_one_upstream_query_each() {
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // No refill at all: only the bucket's initial ten tokens for extra queries.
+    let server = start(config(
+        &addrs,
+        "epoll",
+        "[budget]\nratio = 0.0\nmin_per_second = 0.0\n",
+    ));
+    let names = 30;
+    for i in 0..names {
+        let r = udp_query(
+            server.local_addrs[0],
+            &query(i, &format!("n{i}.flood.example."), RecordType::A, None),
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    // Two shards, ten tokens each at most; without the budget: 5 per name.
+    assert!(total >= names as usize, "every name asked: {total}");
+    assert!(
+        total <= names as usize + 20,
+        "extra queries bounded: {total}"
+    );
+    server.shutdown();
+
+    // The same without the budget: every upstream is asked for every name.
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(&addrs, "epoll", "[budget]\nenabled = false\n"));
+    for i in 0..5 {
+        udp_query(
+            server.local_addrs[0],
+            &query(i, &format!("m{i}.flood.example."), RecordType::A, None),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    assert_eq!(total, 25);
+    server.shutdown();
+}

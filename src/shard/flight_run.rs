@@ -25,7 +25,9 @@ use crate::flight::{Answer, FlightResult};
 use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{merge, Action, Merged, Outcome, Plan, PlanStats, SendList, StaggerReason};
+use crate::tiers::{
+    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
+};
 use crate::upstream::{Exchange, QuestionHash};
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
@@ -154,9 +156,14 @@ impl FlightState {
         }
     }
 
-    /// What to do at `now`.
-    pub(super) fn next(&mut self, now: Instant) -> Next {
-        match self.plan.next(now) {
+    /// What to do at `now`; every query beyond the first is asked of `allow` (the
+    /// amplification budget) with its purpose.
+    pub(super) fn next(
+        &mut self,
+        now: Instant,
+        allow: impl FnMut(UpstreamIdx, Purpose) -> bool,
+    ) -> Next {
+        match self.plan.next_within(now, allow) {
             Action::Send(list) => Next::Send(list),
             Action::Wait(at) => Next::Wait(at),
             Action::Done => Next::Done,
@@ -250,6 +257,9 @@ pub(super) struct FlightRun<B: Backend> {
     tasks: SmallVec<[JoinHandle<()>; 8]>,
     /// When each upstream was asked.
     sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
+    /// The name is known to be asked again (waiters, or a prefetch): its
+    /// completion ranks higher in the budget.
+    asked_again: bool,
 }
 
 impl<B: Backend> FlightRun<B> {
@@ -284,6 +294,7 @@ impl<B: Backend> FlightRun<B> {
             rx,
             tasks: SmallVec::new(),
             sent_at: SmallVec::new(),
+            asked_again: false,
             set,
             shard,
         }
@@ -292,6 +303,11 @@ impl<B: Backend> FlightRun<B> {
     /// The cache version this flight writes with.
     pub(super) fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Marks the name as one that will be asked again (see [`crate::tiers::Budget`]).
+    pub(super) fn set_asked_again(&mut self, asked_again: bool) {
+        self.asked_again = asked_again;
     }
 
     fn launch(&mut self, up: UpstreamIdx, now: Instant) {
@@ -395,7 +411,21 @@ impl<B: Backend> FlightRun<B> {
     /// read here, at the edge, and passed in.
     async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
         let now = Instant::now();
-        match self.state.next(now) {
+        let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
+        let asked_again = self.asked_again;
+        let allow = |_, purpose: Purpose| {
+            let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) else {
+                return true;
+            };
+            let ok = budget.borrow_mut().try_spend(purpose, asked_again, now);
+            ShardStats::bump(if ok {
+                &tiers.extra_queries[i]
+            } else {
+                &tiers.budget_refused[i]
+            });
+            ok
+        };
+        match self.state.next(now, allow) {
             Next::Send(list) => {
                 for up in list {
                     self.launch(up, now);

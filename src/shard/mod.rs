@@ -32,6 +32,7 @@ use crate::health::HealthTracker;
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
+use crate::tiers::Budget;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, ShardSockets};
 use std::cell::{Cell, RefCell};
@@ -190,6 +191,8 @@ pub(crate) struct Shard<B: Backend> {
     /// The upstream set in force; replaced whole by a reload.
     pub(crate) upstreams: RefCell<Rc<UpstreamSet<B>>>,
     pub(crate) health: RefCell<HealthTracker>,
+    /// The amplification budget of this shard's flights.
+    pub(crate) budget: RefCell<Budget>,
     pub(crate) pool: Rc<BufferPool>,
     pub(crate) stats: Rc<ShardStats>,
     /// Client queries being resolved (misses) on this shard.
@@ -273,11 +276,13 @@ fn build_shard<B: Backend>(
         .into_iter()
         .map(|s| B::listener(s).map_err(|e| format!("TCP listener: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let budget = Budget::new(config.budget.clone(), Instant::now());
     let shard = Rc::new(Shard {
         index,
         shared,
         upstreams: RefCell::new(Rc::new(set)),
         health: RefCell::new(health),
+        budget: RefCell::new(budget),
         pool,
         stats,
         in_flight: Cell::new(0),

@@ -170,6 +170,8 @@ impl<B: Backend> Shard<B> {
     ) -> Option<(Vec<u8>, CacheResult)> {
         let target = target_of(q, transport, self.max_udp());
         let key = KeyRef::from_query(q);
+        // Every client miss refills the amplification budget a little.
+        self.budget.borrow_mut().on_miss();
         let result = match self.shared.flights.join(&key, ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
@@ -311,9 +313,10 @@ impl<B: Backend> Shard<B> {
             }
             FlightResult::Failed(_) => {}
         }
-        if let Some(leader) = leader {
-            leader.finish(result.clone());
-        }
+        let waiters = leader.map_or(0, |leader| leader.finish(result.clone()));
+        // A name with waiters, or a popular one being refreshed, will be asked
+        // again: its completion ranks higher in the budget.
+        run.set_asked_again(waiters > 0 || !hold_failure);
         tokio::task::spawn_local(run.complete());
         result
     }

@@ -106,7 +106,7 @@ fn simulate(flight: &mut FlightState, ups: &[Upstream], t0: Instant) -> Trace {
     let mut pending: Vec<(Instant, UpstreamIdx)> = Vec::new();
     let mut in_flight = 0usize;
     for _ in 0..1000 {
-        match flight.next(now) {
+        match flight.next(now, |_, _| true) {
             Next::Send(list) => {
                 for u in list {
                     trace.sent.push((u, ms(now)));
@@ -324,7 +324,7 @@ fn only_unsigned_address_answers_can_grow() {
 fn a_reply_that_cannot_be_patched_is_malformed_not_good() {
     let t0 = Instant::now();
     let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 1, t0);
-    let Next::Send(list) = flight.next(t0) else {
+    let Next::Send(list) = flight.next(t0, |_, _| true) else {
         panic!("sends first")
     };
     assert_eq!(list.as_slice(), [0]);
@@ -337,7 +337,7 @@ fn a_reply_that_cannot_be_patched_is_malformed_not_good() {
         flight.on_report(0, Ok(junk), t0 + MS),
         Heard::Failed(FailKind::Malformed)
     ));
-    assert_eq!(flight.next(t0 + MS), Next::Done);
+    assert_eq!(flight.next(t0 + MS, |_, _| true), Next::Done);
     assert_eq!(flight.failure(), Ede::UPSTREAM_ERROR);
 }
 
