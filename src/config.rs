@@ -125,9 +125,16 @@ pub struct Limits {
     /// Upstream TCP connections in use at once per upstream per shard (for
     /// truncated answers); past it the retry fails at once as local overload.
     pub upstream_tcp_max: usize,
-    /// Clients that may wait on one flight besides its leader; past it, the query is
-    /// resolved on its own (no coalescing), so nobody is refused for popularity.
+    /// Clients that may wait on one flight besides its leader; past it, a query gets
+    /// a stale answer if there is one, else is dropped (UDP) or answered SERVFAIL
+    /// (TCP), counted (`reason="flight_full"`): it never starts a flight of its own.
     pub flight_max_waiters: usize,
+    /// Background work per shard: flights still collecting after their first
+    /// answer, and prefetches. Past it, a flight keeps its first answer and stops
+    /// collecting, and a prefetch is skipped (`tierdns_background_shed_total`).
+    /// Background queries also leave a quarter of `max_upstream_pending` to queries
+    /// a client waits for.
+    pub max_background: usize,
     /// Buffers kept in each shard's pool; more are allocated under load and freed.
     pub buffer_pool: usize,
 }
@@ -144,6 +151,7 @@ impl Default for Limits {
             upstream_tcp_idle: 2,
             upstream_tcp_max: 16,
             flight_max_waiters: 1024,
+            max_background: 1024,
             buffer_pool: 1024,
         }
     }
@@ -391,6 +399,7 @@ impl Config {
             ("limits.tcp_pipeline", l.tcp_pipeline),
             ("limits.buffer_pool", l.buffer_pool),
             ("limits.upstream_tcp_max", l.upstream_tcp_max),
+            ("limits.max_background", l.max_background),
         ];
         for (key, v) in positive {
             if v == 0 {

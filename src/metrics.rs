@@ -200,6 +200,8 @@ pub(crate) struct TierStats {
     /// Upstream queries beyond a flight's first, sent / refused by the budget, by
     /// purpose (`Purpose::CHARGED` order: active, hedge, completion).
     pub(crate) extra_queries: [Cell<u64>; 3],
+    /// Background work shed at `limits.max_background`.
+    pub(crate) background_shed: Cell<u64>,
     pub(crate) budget_refused: [Cell<u64>; 3],
     pub(crate) peak_in_flight: Samples,
     pub(crate) background: Samples,
@@ -381,6 +383,7 @@ impl ShardStats {
                 &t.merge_rejected,
             ),
             ("tierdns_flights_failed_total", "", "", &t.failed_flights),
+            ("tierdns_background_shed_total", "", "", &t.background_shed),
         ];
         for (i, purpose) in Purpose::CHARGED.iter().enumerate() {
             let sent = t.extra_queries[i].take();
@@ -501,6 +504,10 @@ pub fn describe() {
     describe_counter!(
         "tierdns_upstream_extra_queries_total",
         "Upstream queries beyond the first of a flight, by purpose (active, hedge, completion)"
+    );
+    describe_counter!(
+        "tierdns_background_shed_total",
+        "Background completions stopped and prefetches skipped at limits.max_background"
     );
     describe_counter!(
         "tierdns_budget_refused_total",

@@ -134,3 +134,28 @@ fn new_names_beyond_the_budget_cost_one_upstream_query_each() {
     assert_eq!(total, 25);
     server.shutdown();
 }
+
+#[test]
+fn past_max_background_a_flight_keeps_its_first_answer_and_stops_collecting() {
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // One shard, one background slot: the first flight's completion holds it.
+    let mut cfg = config(&addrs, "epoll", "[limits]\nmax_background = 1\n");
+    cfg.server.shards = 1;
+    let server = start(cfg);
+    let addr = server.local_addrs[0];
+    let a = udp_query(addr, &query(1, "first.bg.example.", RecordType::A, None));
+    let b = udp_query(addr, &query(2, "second.bg.example.", RecordType::A, None));
+    assert_eq!(a_records(&a).len(), 1, "a first answer");
+    assert_eq!(a_records(&b).len(), 1, "a first answer");
+    std::thread::sleep(Duration::from_millis(400));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    // The first flight asked all five; the second only its active tier.
+    assert_eq!(total, 7);
+    // The slot came back: a third flight completes again.
+    udp_query(addr, &query(3, "third.bg.example.", RecordType::A, None));
+    std::thread::sleep(Duration::from_millis(400));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    assert_eq!(total, 12);
+    server.shutdown();
+}

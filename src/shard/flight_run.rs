@@ -19,7 +19,7 @@
 //!      and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
 use super::upstreams::UpstreamSet;
-use super::Shard;
+use super::{BackgroundSlot, Shard};
 use crate::cache::Key;
 use crate::flight::{Answer, FlightResult};
 use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
@@ -215,6 +215,11 @@ impl FlightState {
         }
     }
 
+    /// No more queries: a good answer ends the flight (see [`Plan::stop_collecting`]).
+    pub(super) fn stop_collecting(&mut self) {
+        self.plan.stop_collecting();
+    }
+
     /// The upstreams asked and not heard from.
     pub(super) fn unanswered(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
         self.plan.in_flight_upstreams()
@@ -260,11 +265,22 @@ pub(super) struct FlightRun<B: Backend> {
     /// The name is known to be asked again (waiters, or a prefetch): its
     /// completion ranks higher in the budget.
     asked_again: bool,
+    /// No client waits for any of its queries (a prefetch): they leave the last
+    /// slots of the upstream pending tables to queries that have one.
+    background: bool,
+    /// Upstreams of the send being launched that are background work (completion).
+    completing: SmallVec<[UpstreamIdx; 4]>,
 }
 
 impl<B: Backend> FlightRun<B> {
     /// Plans the flight for `q` on its route (forward zone), in health order.
-    pub(super) fn start(shard: Rc<Shard<B>>, q: &QueryView<'_>, key: Key, now: Instant) -> Self {
+    pub(super) fn start(
+        shard: Rc<Shard<B>>,
+        q: &QueryView<'_>,
+        key: Key,
+        now: Instant,
+        background: bool,
+    ) -> Self {
         let set = Rc::clone(&shard.upstreams.borrow());
         let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
@@ -295,6 +311,8 @@ impl<B: Backend> FlightRun<B> {
             tasks: SmallVec::new(),
             sent_at: SmallVec::new(),
             asked_again: false,
+            background,
+            completing: SmallVec::new(),
             set,
             shard,
         }
@@ -322,8 +340,11 @@ impl<B: Backend> FlightRun<B> {
         let query = Rc::clone(&self.query);
         let question = self.question;
         let tx = self.tx.clone();
+        let background = self.background || self.completing.contains(&up);
         self.tasks.push(tokio::task::spawn_local(async move {
-            let res = link.exchange(&query, question, &shard.pool).await;
+            let res = link
+                .exchange(&query, question, &shard.pool, background)
+                .await;
             let _ = tx.send((up, res));
         }));
     }
@@ -413,10 +434,15 @@ impl<B: Backend> FlightRun<B> {
         let now = Instant::now();
         let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
         let asked_again = self.asked_again;
-        let allow = |_, purpose: Purpose| {
+        let completing = &mut self.completing;
+        completing.clear();
+        let allow = |up, purpose: Purpose| {
             let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) else {
                 return true;
             };
+            if purpose == Purpose::Completion {
+                completing.push(up);
+            }
             let ok = budget.borrow_mut().try_spend(purpose, asked_again, now);
             ShardStats::bump(if ok {
                 &tiers.extra_queries[i]
@@ -457,7 +483,12 @@ impl<B: Backend> FlightRun<B> {
 
     /// Background completion: collect until the plan is done, merge, and write the
     /// merged answer if this flight's version is still the newest for the key.
-    pub(super) async fn complete(mut self) {
+    /// Without a background `slot` (the shard has `max_background` running), the
+    /// flight stops collecting at once and keeps its first answer.
+    pub(super) async fn complete(mut self, slot: Option<BackgroundSlot<B>>) {
+        if slot.is_none() {
+            self.state.stop_collecting();
+        }
         while self.step().await.0 {}
         // Results already in the channel count; what is still out is abandoned, and
         // the time waited tells health something about the silent upstreams.

@@ -197,6 +197,9 @@ pub(crate) struct Shard<B: Backend> {
     pub(crate) stats: Rc<ShardStats>,
     /// Client queries being resolved (misses) on this shard.
     pub(crate) in_flight: Cell<usize>,
+    /// Background work running: flights collecting after their first answer, and
+    /// prefetches (bound: `limits.max_background`).
+    pub(crate) background: Cell<usize>,
     pub(crate) tcp_open: Cell<usize>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -212,7 +215,29 @@ impl<B: Backend> Drop for Admitted<B> {
     }
 }
 
+/// One piece of background work, counted in the shard's `background` for as long
+/// as it lives.
+pub(crate) struct BackgroundSlot<B: Backend>(Rc<Shard<B>>);
+
+impl<B: Backend> Drop for BackgroundSlot<B> {
+    fn drop(&mut self) {
+        let n = &self.0.background;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
 impl<B: Backend> Shard<B> {
+    /// A slot for background work, unless `max_background` are running: then the
+    /// work is shed and counted.
+    pub(crate) fn background_slot(self: &Rc<Self>) -> Option<BackgroundSlot<B>> {
+        if self.background.get() >= self.shared.config.limits.max_background {
+            ShardStats::bump(&self.stats.tiers.background_shed);
+            return None;
+        }
+        self.background.set(self.background.get() + 1);
+        Some(BackgroundSlot(Rc::clone(self)))
+    }
+
     /// Admits one more miss unless `max_client_in_flight` are being resolved;
     /// at the bound the query is dropped and counted (`reason="overload"`).
     pub(crate) fn admit(self: &Rc<Self>) -> Option<Admitted<B>> {
@@ -286,6 +311,7 @@ fn build_shard<B: Backend>(
         pool,
         stats,
         in_flight: Cell::new(0),
+        background: Cell::new(0),
         tcp_open: Cell::new(0),
         shutdown,
     });

@@ -294,7 +294,8 @@ impl<B: Backend> Shard<B> {
         hold_failure: bool,
     ) -> FlightResult {
         let key = KeyRef::from_query(q);
-        let mut run = FlightRun::start(Rc::clone(self), q, key.to_key(), start);
+        // A flight nobody waits for (a prefetch) is background work from the start.
+        let mut run = FlightRun::start(Rc::clone(self), q, key.to_key(), start, !hold_failure);
         let result = run.until_first().await;
         match &result {
             FlightResult::Answer(answer) => {
@@ -317,7 +318,10 @@ impl<B: Backend> Shard<B> {
         // A name with waiters, or a popular one being refreshed, will be asked
         // again: its completion ranks higher in the budget.
         run.set_asked_again(waiters > 0 || !hold_failure);
-        tokio::task::spawn_local(run.complete());
+        // Collecting after the first answer is background work, bounded per shard;
+        // past the bound the flight keeps its first answer and stops.
+        let slot = self.background_slot();
+        tokio::task::spawn_local(run.complete(slot));
         result
     }
 
@@ -325,9 +329,13 @@ impl<B: Backend> Shard<B> {
     /// flight table and tiers; nobody waits for it. Skipped when a flight for the key
     /// is already running.
     fn start_prefetch(self: &Rc<Self>, packet: &[u8]) {
+        let Some(slot) = self.background_slot() else {
+            return;
+        };
         let shard = Rc::clone(self);
         let packet = packet.to_vec();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let Ok(q) = QueryView::parse(&packet) else {
                 return;
             };

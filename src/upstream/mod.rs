@@ -91,8 +91,9 @@ impl PendingTable {
     fn register(
         &mut self,
         question: QuestionHash,
+        background: bool,
     ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
-        if self.map.len() >= self.max {
+        if self.map.len() >= self.bound(background) {
             return None;
         }
         let mut rng = rand::rng();
@@ -123,6 +124,17 @@ impl PendingTable {
             serial: 0,
             abandoned: [None; RECENTLY_ABANDONED],
             abandoned_next: 0,
+        }
+    }
+
+    /// How many entries a query may find in the table and still register: all of
+    /// it for a query a client waits for, three quarters for background work
+    /// (completion, prefetch), so background work never takes the last slots.
+    fn bound(&self, background: bool) -> usize {
+        if background {
+            self.max - self.max / 4
+        } else {
+            self.max
         }
     }
 
@@ -251,15 +263,18 @@ impl<B: Backend> UpstreamLink<B> {
 
     /// Sends `query` (any ID; it is replaced) over UDP and waits for the matching
     /// reply; on TC=1 retries the same question over TCP. `buf` is a pooled buffer
-    /// given back through `pool`.
+    /// given back through `pool`. `background`: no client waits for it (see
+    /// `PendingTable::bound`).
     pub(crate) async fn exchange(
         &self,
         query: &[u8],
         question: QuestionHash,
         pool: &BufferPool,
+        background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let Some((id, serial, rx)) = self.pending.borrow_mut().register(question) else {
+        let registered = self.pending.borrow_mut().register(question, background);
+        let Some((id, serial, rx)) = registered else {
             return Err(FailKind::Overload);
         };
         let _guard = PendingGuard {
@@ -436,7 +451,7 @@ mod tests {
     fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
         let t = table();
         let q = QuestionHash::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q).unwrap();
+        let (id, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
         let (tx, _rx2) = oneshot::channel();
@@ -466,13 +481,34 @@ mod tests {
     }
 
     #[test]
+    fn background_queries_leave_the_last_quarter_to_clients() {
+        let t = table();
+        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        for _ in 0..3 {
+            assert!(t.borrow_mut().register(q, true).is_some());
+        }
+        assert!(
+            t.borrow_mut().register(q, true).is_none(),
+            "background stops at 3 of 4"
+        );
+        assert!(
+            t.borrow_mut().register(q, false).is_some(),
+            "a client's query still goes"
+        );
+        assert!(t.borrow_mut().register(q, false).is_none());
+    }
+
+    #[test]
     fn the_table_is_bounded_and_replies_must_match_id_and_question() {
         let t = table();
         let q = QuestionHash::new(b"\x01a\x00", 1, 1);
         let ids: Vec<u16> = (0..4)
-            .map(|_| t.borrow_mut().register(q).unwrap().0)
+            .map(|_| t.borrow_mut().register(q, false).unwrap().0)
             .collect();
-        assert!(t.borrow_mut().register(q).is_none(), "full at its bound");
+        assert!(
+            t.borrow_mut().register(q, false).is_none(),
+            "full at its bound"
+        );
         // A reply for the first ID but another question is refused.
         let mut reply = vec![0u8; 12];
         reply[..2].copy_from_slice(&ids[0].to_be_bytes());
@@ -502,7 +538,7 @@ mod tests {
     fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
         let t = table();
         let q = QuestionHash::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q).unwrap();
+        let (id, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
         drop(PendingGuard {
             table: &t,
             id,
@@ -520,7 +556,7 @@ mod tests {
         ));
         // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
         for _ in 0..RECENTLY_ABANDONED {
-            let (other, serial, _rx) = t.borrow_mut().register(q).unwrap();
+            let (other, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
             t.borrow_mut().abandon(other, serial);
         }
         let late_again = t.borrow_mut().dispatch(reply_for(id));
