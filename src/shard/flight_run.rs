@@ -28,7 +28,7 @@ use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
     merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
 };
-use crate::upstream::{Exchange, QuestionHash};
+use crate::upstream::{Exchange, Question};
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::rcode;
@@ -67,12 +67,19 @@ fn telling(kind: FailKind) -> u8 {
 }
 
 /// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
-/// they can be patched and cached), every other rcode is a failure of its kind.
+/// they can be patched and cached, and no extended rcode says otherwise), every
+/// other rcode is a failure of its kind.
 fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
     let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
     match u16::from(header.rcode()) {
         rcode::NOERROR | rcode::NXDOMAIN => {
-            AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)
+            let layout = AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)?;
+            // The OPT record's extended rcode (RFC 6891 6.1.3) makes it an error,
+            // whatever the header's low four bits say (BADVERS reads as NOERROR).
+            match layout.rcode() {
+                rcode::NOERROR | rcode::NXDOMAIN => Ok(layout),
+                _ => Err(FailKind::OtherRcode),
+            }
         }
         rcode::FORMERR => Err(FailKind::FormErr),
         rcode::SERVFAIL => Err(FailKind::ServFail),
@@ -253,7 +260,7 @@ pub(super) struct FlightRun<B: Backend> {
     set: Rc<UpstreamSet<B>>,
     state: FlightState,
     query: Rc<[u8]>,
-    question: QuestionHash,
+    question: Question,
     key: Key,
     version: u64,
     started: Instant,
@@ -302,7 +309,7 @@ impl<B: Backend> FlightRun<B> {
         Self {
             state: FlightState::new(plan, q.qtype, now),
             query: buf[..len].into(),
-            question: QuestionHash::new(q.qname_lower(), q.qtype, q.qclass),
+            question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,
             version: shard.shared.cache.next_version(),
             started: now,
@@ -338,12 +345,12 @@ impl<B: Backend> FlightRun<B> {
         self.sent_at.push((up, now));
         let shard = Rc::clone(&self.shard);
         let query = Rc::clone(&self.query);
-        let question = self.question;
+        let question = self.question.clone();
         let tx = self.tx.clone();
         let background = self.background || self.completing.contains(&up);
         self.tasks.push(tokio::task::spawn_local(async move {
             let res = link
-                .exchange(&query, question, &shard.pool, background)
+                .exchange(&query, &question, &shard.pool, background)
                 .await;
             let _ = tx.send((up, res));
         }));

@@ -19,7 +19,6 @@ use crate::metrics::{DropReason, ShardStats};
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
-use ahash::RandomState;
 use hashbrown::HashMap;
 use rand::Rng;
 use std::cell::{Cell, RefCell};
@@ -29,35 +28,51 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// A question in the form replies are matched against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QuestionHash(u64);
-
-fn hasher() -> RandomState {
-    RandomState::with_seeds(0x7570, 0x7374, 0x7265, 0x616d)
+/// The question a reply must repeat: the lowercased wire name, type and class,
+/// compared byte for byte (not a hash a forger could aim at). Shared by every
+/// query of a flight; cloning is a reference count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Question {
+    qname_lower: Rc<[u8]>,
+    qtype: u16,
+    qclass: u16,
 }
 
-impl QuestionHash {
+/// Whether the question of `msg` is `question`: `Some(true)` or `Some(false)`, or
+/// `None` when `msg` has no readable question.
+fn question_of(msg: &[u8], question: &Question) -> Option<bool> {
+    let mut name = [0u8; MAX_NAME_LEN];
+    let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
+    let fixed = msg.get(end..end + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    Some(
+        name[..len] == *question.qname_lower
+            && qtype == question.qtype
+            && qclass == question.qclass,
+    )
+}
+
+impl Question {
     /// From a lowercased wire name, qtype and qclass.
     pub(crate) fn new(qname_lower: &[u8], qtype: u16, qclass: u16) -> Self {
-        Self(hasher().hash_one((qname_lower, qtype, qclass)))
+        Self {
+            qname_lower: qname_lower.into(),
+            qtype,
+            qclass,
+        }
     }
 
-    /// From the question of a message; None when it has no readable question.
-    pub(crate) fn of_message(msg: &[u8]) -> Option<Self> {
-        let mut name = [0u8; MAX_NAME_LEN];
-        let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
-        let fixed = msg.get(end..end + 4)?;
-        let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-        let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
-        Some(Self::new(&name[..len], qtype, qclass))
+    /// Whether `msg` asks this question; None when it has no readable question.
+    pub(crate) fn matches(&self, msg: &[u8]) -> Option<bool> {
+        question_of(msg, self)
     }
 }
 
 struct Pending {
     /// Distinguishes this registration from a later one that reuses the ID.
     serial: u64,
-    question: QuestionHash,
+    question: Question,
     tx: oneshot::Sender<Vec<u8>>,
 }
 
@@ -75,6 +90,14 @@ enum Dispatch {
 /// Queries that stopped waiting, remembered to tell a late reply from a forged one.
 const RECENTLY_ABANDONED: usize = 64;
 
+/// Whether `msg` has a question that can be read at all.
+fn question_readable(msg: &[u8]) -> bool {
+    let mut name = [0u8; MAX_NAME_LEN];
+    read_name_lower(msg, HEADER_LEN, &mut name)
+        .ok()
+        .is_some_and(|(_, end)| msg.len() >= end + 4)
+}
+
 /// The pending queries of one socket, keyed by message ID.
 struct PendingTable {
     map: HashMap<u16, Pending>,
@@ -82,7 +105,7 @@ struct PendingTable {
     serial: u64,
     /// The last [`RECENTLY_ABANDONED`] IDs and questions whose waiter gave up, in a
     /// ring; `abandoned_next` is where the next goes.
-    abandoned: [Option<(u16, QuestionHash)>; RECENTLY_ABANDONED],
+    abandoned: [Option<(u16, Question)>; RECENTLY_ABANDONED],
     abandoned_next: usize,
 }
 
@@ -90,7 +113,7 @@ impl PendingTable {
     /// Reserves a fresh random ID; None at the bound.
     fn register(
         &mut self,
-        question: QuestionHash,
+        question: Question,
         background: bool,
     ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
         if self.map.len() >= self.bound(background) {
@@ -122,7 +145,7 @@ impl PendingTable {
             map: HashMap::with_capacity(max.min(1024)),
             max,
             serial: 0,
-            abandoned: [None; RECENTLY_ABANDONED],
+            abandoned: std::array::from_fn(|_| None),
             abandoned_next: 0,
         }
     }
@@ -153,11 +176,23 @@ impl PendingTable {
     /// Hands a reply to its waiter, or gives it back with the reason it was refused.
     fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
         let verdict = match Header::parse(&reply) {
-            Ok(h) if h.qr() => match QuestionHash::of_message(&reply) {
-                Some(q) if self.map.get(&h.id).is_some_and(|p| p.question == q) => Ok(h.id),
-                Some(q) if self.abandoned.contains(&Some((h.id, q))) => Err(Dispatch::Late),
-                Some(_) => Err(Dispatch::Mismatch),
-                None => Err(Dispatch::Malformed),
+            Ok(h) if h.qr() => match self.map.get(&h.id).map(|p| p.question.matches(&reply)) {
+                Some(Some(true)) => Ok(h.id),
+                Some(None) => Err(Dispatch::Malformed),
+                Some(Some(false)) | None => {
+                    let late = self
+                        .abandoned
+                        .iter()
+                        .flatten()
+                        .any(|(id, q)| *id == h.id && q.matches(&reply) == Some(true));
+                    if late {
+                        Err(Dispatch::Late)
+                    } else if question_readable(&reply) {
+                        Err(Dispatch::Mismatch)
+                    } else {
+                        Err(Dispatch::Malformed)
+                    }
+                }
             },
             _ => Err(Dispatch::Malformed),
         };
@@ -268,12 +303,15 @@ impl<B: Backend> UpstreamLink<B> {
     pub(crate) async fn exchange(
         &self,
         query: &[u8],
-        question: QuestionHash,
+        question: &Question,
         pool: &BufferPool,
         background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let registered = self.pending.borrow_mut().register(question, background);
+        let registered = self
+            .pending
+            .borrow_mut()
+            .register(question.clone(), background);
         let Some((id, serial, rx)) = registered else {
             return Err(FailKind::Overload);
         };
@@ -324,11 +362,7 @@ impl<B: Backend> UpstreamLink<B> {
     /// One query over TCP (RFC 7766), on an idle connection when there is one.
     /// A reused connection may have been closed by the upstream meanwhile: then the
     /// query is sent once more on a fresh connection.
-    async fn tcp_exchange(
-        &self,
-        query: &[u8],
-        question: QuestionHash,
-    ) -> Result<Vec<u8>, FailKind> {
+    async fn tcp_exchange(&self, query: &[u8], question: &Question) -> Result<Vec<u8>, FailKind> {
         let id: u16 = rand::rng().random();
         let mut frame = framed(query).ok_or(FailKind::Malformed)?;
         frame
@@ -369,13 +403,13 @@ async fn tcp_round<S: TcpIo>(
     stream: &S,
     frame: Vec<u8>,
     id: u16,
-    question: QuestionHash,
+    question: &Question,
 ) -> Result<Vec<u8>, FailKind> {
     let (res, _) = stream.write_all(frame).await;
     res.map_err(|_| FailKind::Network)?;
     let reply = read_frame(stream).await.map_err(|_| FailKind::Network)?;
     let header = Header::parse(&reply).map_err(|_| FailKind::Malformed)?;
-    if !header.qr() || header.id != id || QuestionHash::of_message(&reply) != Some(question) {
+    if !header.qr() || header.id != id || question.matches(&reply) != Some(true) {
         return Err(FailKind::Malformed);
     }
     Ok(reply)
@@ -450,8 +484,8 @@ mod tests {
     #[test]
     fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
+        let q = Question::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
         let (tx, _rx2) = oneshot::channel();
@@ -483,30 +517,30 @@ mod tests {
     #[test]
     fn background_queries_leave_the_last_quarter_to_clients() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let q = Question::new(b"\x01a\x00", 1, 1);
         for _ in 0..3 {
-            assert!(t.borrow_mut().register(q, true).is_some());
+            assert!(t.borrow_mut().register(q.clone(), true).is_some());
         }
         assert!(
-            t.borrow_mut().register(q, true).is_none(),
+            t.borrow_mut().register(q.clone(), true).is_none(),
             "background stops at 3 of 4"
         );
         assert!(
-            t.borrow_mut().register(q, false).is_some(),
+            t.borrow_mut().register(q.clone(), false).is_some(),
             "a client's query still goes"
         );
-        assert!(t.borrow_mut().register(q, false).is_none());
+        assert!(t.borrow_mut().register(q.clone(), false).is_none());
     }
 
     #[test]
     fn the_table_is_bounded_and_replies_must_match_id_and_question() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let q = Question::new(b"\x01a\x00", 1, 1);
         let ids: Vec<u16> = (0..4)
-            .map(|_| t.borrow_mut().register(q, false).unwrap().0)
+            .map(|_| t.borrow_mut().register(q.clone(), false).unwrap().0)
             .collect();
         assert!(
-            t.borrow_mut().register(q, false).is_none(),
+            t.borrow_mut().register(q.clone(), false).is_none(),
             "full at its bound"
         );
         // A reply for the first ID but another question is refused.
@@ -537,8 +571,8 @@ mod tests {
     #[test]
     fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
+        let q = Question::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
         drop(PendingGuard {
             table: &t,
             id,
@@ -556,7 +590,7 @@ mod tests {
         ));
         // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
         for _ in 0..RECENTLY_ABANDONED {
-            let (other, serial, _rx) = t.borrow_mut().register(q, false).unwrap();
+            let (other, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
             t.borrow_mut().abandon(other, serial);
         }
         let late_again = t.borrow_mut().dispatch(reply_for(id));
@@ -564,7 +598,7 @@ mod tests {
             .borrow()
             .abandoned
             .iter()
-            .all(|a| a.is_none_or(|(i, _)| i != id));
+            .all(|a| a.as_ref().is_none_or(|(i, _)| *i != id));
         if forgotten {
             assert!(matches!(late_again, Err((Dispatch::Mismatch, _))));
         }

@@ -356,6 +356,20 @@ fn rcodes_classify_by_name() {
         assert_eq!(classify(&wire(rcode)).unwrap_err(), kind, "{rcode:?}");
     }
     assert_eq!(classify(&[1, 2, 3]).unwrap_err(), FailKind::Malformed);
+    // NOERROR in the header, but BADVERS (16) through the OPT record's extended
+    // rcode bits: not a good answer.
+    let mut badvers = response(
+        "x.example.",
+        RecordType::A,
+        ResponseCode::NoError,
+        vec![a("x.example.", 60, 1)],
+        vec![],
+        Some((false, vec![])),
+    );
+    assert!(classify(&badvers).is_ok());
+    let ttl = badvers.len() - 6; // the OPT record is last and has no options
+    badvers[ttl] = 1;
+    assert_eq!(classify(&badvers).unwrap_err(), FailKind::OtherRcode);
 }
 
 #[test]
