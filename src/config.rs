@@ -110,6 +110,13 @@ pub struct Limits {
     /// Queries awaiting an answer per upstream per shard; past it, that upstream
     /// counts as failed for the flight.
     pub max_upstream_pending: usize,
+    /// Connected UDP sockets per upstream per shard; each query leaves from one
+    /// chosen at random, so a forger must guess the source port as well as the ID.
+    pub upstream_sockets: usize,
+    /// An upstream socket is replaced by a fresh one (a new random port) once this
+    /// old; the old one closes when its last query is answered or times out.
+    #[serde(with = "crate::duration")]
+    pub upstream_socket_lifetime: Duration,
     /// Hard timeout of one upstream attempt (UDP, or the TCP retry).
     #[serde(with = "crate::duration")]
     pub upstream_timeout: Duration,
@@ -144,6 +151,8 @@ impl Default for Limits {
         Self {
             max_client_in_flight: 4096,
             max_upstream_pending: 4096,
+            upstream_sockets: 16,
+            upstream_socket_lifetime: Duration::from_secs(60),
             upstream_timeout: Duration::from_secs(2),
             tcp_connections: 256,
             tcp_idle_timeout: Duration::from_secs(10),
@@ -400,6 +409,7 @@ impl Config {
             ("limits.buffer_pool", l.buffer_pool),
             ("limits.upstream_tcp_max", l.upstream_tcp_max),
             ("limits.max_background", l.max_background),
+            ("limits.upstream_sockets", l.upstream_sockets),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -414,6 +424,15 @@ impl Config {
         }
         if l.upstream_timeout.is_zero() {
             return Err(invalid("limits.upstream_timeout", "must be positive"));
+        }
+        if l.upstream_sockets > 256 {
+            return Err(invalid("limits.upstream_sockets", "must be from 1 to 256"));
+        }
+        if l.upstream_socket_lifetime.is_zero() {
+            return Err(invalid(
+                "limits.upstream_socket_lifetime",
+                "must be positive",
+            ));
         }
         if l.tcp_idle_timeout.is_zero() {
             return Err(invalid("limits.tcp_idle_timeout", "must be positive"));

@@ -236,16 +236,73 @@ pub(crate) struct Exchange {
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
-    /// A duplicate of the UDP socket, to release it when the link goes away.
-    closer: socket2::Socket,
-    udp: Rc<B::Udp>,
-    pending: Rc<RefCell<PendingTable>>,
+    /// The pool of connected UDP sockets, each with its pending table; a query
+    /// goes out on one chosen at random (spoofing entropy: the source port).
+    sockets: RefCell<Vec<Rc<UdpSlot<B>>>>,
+    /// Pending queries per socket (`max_upstream_pending` spread over the pool).
+    max_pending: usize,
+    /// A socket is replaced once this old (at its next use).
+    lifetime: Duration,
+    pool: Rc<BufferPool>,
+    stats: Rc<ShardStats>,
     idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
     max_idle_tcp: usize,
     /// Upstream TCP connections in use now, and their bound.
     tcp_busy: Cell<usize>,
     max_tcp: usize,
     timeout: Duration,
+}
+
+/// One connected UDP socket of a link, its pending table and receive loop. It stays
+/// open while the link or a query waiting on it holds it; when the last goes, it is
+/// released and its receive loop ends.
+struct UdpSlot<B: Backend> {
+    udp: Rc<B::Udp>,
+    pending: Rc<RefCell<PendingTable>>,
+    /// A duplicate of the socket, to release it at the end.
+    closer: socket2::Socket,
+    /// When to replace it.
+    renew_at: Instant,
+}
+
+impl<B: Backend> UdpSlot<B> {
+    /// Opens a socket with a random source port, connected to `addr`, and starts its
+    /// receive loop on the current shard runtime.
+    fn open(
+        addr: SocketAddr,
+        max_pending: usize,
+        renew_at: Instant,
+        pool: &Rc<BufferPool>,
+        stats: &Rc<ShardStats>,
+    ) -> io::Result<Rc<Self>> {
+        let std_udp = connected_udp(addr)?;
+        let closer = socket2::Socket::from(std_udp.try_clone()?);
+        let udp = Rc::new(B::udp(std_udp)?);
+        let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
+        tokio::task::spawn_local(receive_loop::<B>(
+            Rc::clone(&udp),
+            Rc::clone(&pending),
+            Rc::clone(pool),
+            Rc::clone(stats),
+        ));
+        Ok(Rc::new(Self {
+            udp,
+            pending,
+            closer,
+            renew_at,
+        }))
+    }
+}
+
+impl<B: Backend> Drop for UdpSlot<B> {
+    /// Its receive loop is blocked in a receive that only the upstream could
+    /// complete; an empty datagram from a private peer completes it, and the loop
+    /// sees it is alone and ends.
+    fn drop(&mut self) {
+        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
+            tracing::debug!(error = %e, "releasing an upstream socket");
+        }
+    }
 }
 
 /// A std UDP socket bound to a random port and connected to `addr`.
@@ -266,34 +323,72 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 impl<B: Backend> UpstreamLink<B> {
     /// Opens the UDP socket and starts its receive loop on the current shard runtime.
+    /// Opens the pool of UDP sockets (`limits.upstream_sockets`), each with its
+    /// receive loop on the current shard runtime. Their renewal times are spread
+    /// over one lifetime, so the pool turns over a socket at a time.
     pub(crate) fn open(
         addr: SocketAddr,
         limits: &Limits,
         pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
-        let max_pending = limits.max_upstream_pending;
-        let std_udp = connected_udp(addr)?;
-        let closer = socket2::Socket::from(std_udp.try_clone()?);
-        let udp = Rc::new(B::udp(std_udp)?);
-        let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
-        tokio::task::spawn_local(receive_loop::<B>(
-            Rc::clone(&udp),
-            Rc::clone(&pending),
-            pool,
-            stats,
-        ));
+        let n = limits.upstream_sockets.max(1);
+        let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
+        let lifetime = limits.upstream_socket_lifetime;
+        let now = Instant::now();
+        let mut rng = rand::rng();
+        let sockets = (0..n)
+            .map(|_| {
+                let spread = lifetime.mul_f64(rng.random_range(0.5..=1.0));
+                UdpSlot::open(addr, max_pending, now + spread, &pool, &stats)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Rc::new(Self {
             addr,
-            closer,
-            udp,
-            pending,
+            sockets: RefCell::new(sockets),
+            max_pending,
+            lifetime,
+            pool,
+            stats,
             idle_tcp: RefCell::new(Vec::new()),
             max_idle_tcp: limits.upstream_tcp_idle,
             tcp_busy: Cell::new(0),
             max_tcp: limits.upstream_tcp_max,
             timeout: limits.upstream_timeout,
         }))
+    }
+
+    /// A socket of the pool at random, renewed first if its time has come (a
+    /// socket that cannot be opened leaves the old one in place).
+    fn pick(&self, now: Instant) -> Rc<UdpSlot<B>> {
+        let mut sockets = self.sockets.borrow_mut();
+        let i = rand::rng().random_range(0..sockets.len());
+        if sockets[i].renew_at <= now {
+            match UdpSlot::open(
+                self.addr,
+                self.max_pending,
+                now + self.lifetime,
+                &self.pool,
+                &self.stats,
+            ) {
+                // The old one lives on while its queries wait, then is released.
+                Ok(fresh) => sockets[i] = fresh,
+                Err(e) => {
+                    tracing::debug!(error = %e, upstream = %self.addr, "renewing an upstream socket")
+                }
+            }
+        }
+        Rc::clone(&sockets[i])
+    }
+
+    /// The local ports of the pool's sockets (for tests and logs).
+    #[cfg(test)]
+    pub(crate) fn local_ports(&self) -> Vec<u16> {
+        self.sockets
+            .borrow()
+            .iter()
+            .filter_map(|s| s.closer.local_addr().ok()?.as_socket().map(|a| a.port()))
+            .collect()
     }
 
     /// Sends `query` (any ID; it is replaced) over UDP and waits for the matching
@@ -308,15 +403,24 @@ impl<B: Backend> UpstreamLink<B> {
         background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let registered = self
+        // A random socket; a second one if the first has no room.
+        let mut slot = self.pick(start);
+        let mut registered = slot
             .pending
             .borrow_mut()
             .register(question.clone(), background);
+        if registered.is_none() {
+            slot = self.pick(start);
+            registered = slot
+                .pending
+                .borrow_mut()
+                .register(question.clone(), background);
+        }
         let Some((id, serial, rx)) = registered else {
             return Err(FailKind::Overload);
         };
         let _guard = PendingGuard {
-            table: &self.pending,
+            table: &slot.pending,
             id,
             serial,
         };
@@ -327,7 +431,7 @@ impl<B: Backend> UpstreamLink<B> {
             return Err(FailKind::Malformed);
         }
         buf[..2].copy_from_slice(&id.to_be_bytes());
-        let (res, buf) = self.udp.send(buf).await;
+        let (res, buf) = slot.udp.send(buf).await;
         pool.put(buf);
         if res.is_err() {
             return Err(FailKind::Network);
@@ -413,17 +517,6 @@ async fn tcp_round<S: TcpIo>(
         return Err(FailKind::Malformed);
     }
     Ok(reply)
-}
-
-impl<B: Backend> Drop for UpstreamLink<B> {
-    /// A link dropped after a reload removed its upstream: its receive loop is
-    /// blocked in a receive that only the upstream could complete; an empty datagram
-    /// from a private peer completes it, and the loop sees it is alone and ends.
-    fn drop(&mut self) {
-        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
-            tracing::debug!(error = %e, upstream = %self.addr, "releasing an upstream socket");
-        }
-    }
 }
 
 /// Counts one use while alive.
@@ -603,5 +696,69 @@ mod tests {
             assert!(matches!(late_again, Err((Dispatch::Mismatch, _))));
         }
         assert_eq!(t.borrow().abandoned.len(), RECENTLY_ABANDONED);
+    }
+
+    /// A UDP responder on loopback that answers every query with its question
+    /// (QR set) and records the source port it came from.
+    fn responder() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u16>>>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let ports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&ports);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                seen.lock().unwrap().push(from.port());
+                buf[2] |= 0x80;
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        (addr, ports)
+    }
+
+    #[test]
+    fn queries_leave_from_a_pool_of_ports_that_is_renewed() {
+        let (addr, ports) = responder();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let limits = Limits {
+                upstream_socket_lifetime: Duration::from_millis(200),
+                ..Limits::default()
+            };
+            let pool = Rc::new(BufferPool::new(64, 0));
+            let stats = Rc::new(ShardStats::new(1));
+            let link =
+                UpstreamLink::<crate::io::Epoll>::open(addr, &limits, Rc::clone(&pool), stats)
+                    .unwrap();
+            let first = link.local_ports();
+            assert_eq!(first.len(), 16);
+            let mut query = vec![0u8; 12];
+            query[5] = 1;
+            query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+            let q = Question::new(b"\x01a\x00", 1, 1);
+            for _ in 0..64 {
+                let ex = link.exchange(&query, &q, &pool, false).await.unwrap();
+                assert_eq!(&ex.reply[12..], &query[12..]);
+            }
+            let used: std::collections::HashSet<u16> =
+                ports.lock().unwrap().iter().copied().collect();
+            assert!(used.len() >= 8, "64 queries over {} ports", used.len());
+            assert!(used.iter().all(|p| first.contains(p)));
+            // Past their lifetime the sockets are replaced as they are used.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for _ in 0..64 {
+                link.exchange(&query, &q, &pool, false).await.unwrap();
+            }
+            let renewed = link.local_ports();
+            assert!(
+                renewed.iter().filter(|p| !first.contains(p)).count() >= 8,
+                "most sockets renewed: {first:?} -> {renewed:?}"
+            );
+        });
     }
 }
