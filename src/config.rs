@@ -11,7 +11,7 @@ use crate::health::{HealthParams, HealthParamsError};
 use crate::policy::{
     AccessConfig, AccessConfigError, AccessList, RateLimitConfig, RateLimitConfigError,
 };
-use crate::tiers::{StrategyKind, TierParams, TierParamsError};
+use crate::tiers::{BudgetParams, BudgetParamsError, StrategyKind, TierParams, TierParamsError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,6 +36,8 @@ pub struct Config {
     pub strategy: StrategyKind,
     /// Tier parameters for the default strategy.
     pub tiers: TierParams,
+    /// The amplification budget: upstream queries beyond the first of a miss.
+    pub budget: BudgetParams,
     /// Upstream health tracking and circuit breaking.
     pub health: HealthParams,
     /// The shared packet cache.
@@ -116,6 +118,13 @@ pub struct Limits {
     /// Queries awaiting an answer per upstream per shard; past it, that upstream
     /// counts as failed for the flight.
     pub max_upstream_pending: usize,
+    /// Connected UDP sockets per upstream per shard; each query leaves from one
+    /// chosen at random, so a forger must guess the source port as well as the ID.
+    pub upstream_sockets: usize,
+    /// An upstream socket is replaced by a fresh one (a new random port) once this
+    /// old; the old one closes when its last query is answered or times out.
+    #[serde(with = "crate::duration")]
+    pub upstream_socket_lifetime: Duration,
     /// Hard timeout of one upstream attempt (UDP, or the TCP retry).
     #[serde(with = "crate::duration")]
     pub upstream_timeout: Duration,
@@ -131,9 +140,16 @@ pub struct Limits {
     /// Upstream TCP connections in use at once per upstream per shard (for
     /// truncated answers); past it the retry fails at once as local overload.
     pub upstream_tcp_max: usize,
-    /// Clients that may wait on one flight besides its leader; past it, the query is
-    /// resolved on its own (no coalescing), so nobody is refused for popularity.
+    /// Clients that may wait on one flight besides its leader; past it, a query gets
+    /// a stale answer if there is one, else is dropped (UDP) or answered SERVFAIL
+    /// (TCP), counted (`reason="flight_full"`): it never starts a flight of its own.
     pub flight_max_waiters: usize,
+    /// Background work per shard: flights still collecting after their first
+    /// answer, and prefetches. Past it, a flight keeps its first answer and stops
+    /// collecting, and a prefetch is skipped (`tierdns_background_shed_total`).
+    /// Background queries also leave a quarter of `max_upstream_pending` to queries
+    /// a client waits for.
+    pub max_background: usize,
     /// Buffers kept in each shard's pool; more are allocated under load and freed.
     pub buffer_pool: usize,
 }
@@ -143,6 +159,8 @@ impl Default for Limits {
         Self {
             max_client_in_flight: 4096,
             max_upstream_pending: 4096,
+            upstream_sockets: 16,
+            upstream_socket_lifetime: Duration::from_secs(60),
             upstream_timeout: Duration::from_secs(2),
             tcp_connections: 256,
             tcp_idle_timeout: Duration::from_secs(10),
@@ -150,6 +168,7 @@ impl Default for Limits {
             upstream_tcp_idle: 2,
             upstream_tcp_max: 16,
             flight_max_waiters: 1024,
+            max_background: 1024,
             buffer_pool: 1024,
         }
     }
@@ -260,6 +279,7 @@ impl Default for Config {
             ],
             strategy: StrategyKind::default(),
             tiers: TierParams::default(),
+            budget: BudgetParams::default(),
             health: HealthParams::default(),
             cache: CacheConfig::default(),
             metrics: MetricsConfig::default(),
@@ -290,6 +310,9 @@ pub enum ConfigError {
     /// A `[tiers]` value (or a zone's) out of range.
     #[error("invalid config: {0}")]
     Tiers(#[from] TierParamsError),
+    /// A `[budget]` value out of range.
+    #[error("invalid config: {0}")]
+    Budget(#[from] BudgetParamsError),
     /// A `[health]` value out of range.
     #[error("invalid config: {0}")]
     Health(#[from] HealthParamsError),
@@ -401,6 +424,8 @@ impl Config {
             ("limits.tcp_pipeline", l.tcp_pipeline),
             ("limits.buffer_pool", l.buffer_pool),
             ("limits.upstream_tcp_max", l.upstream_tcp_max),
+            ("limits.max_background", l.max_background),
+            ("limits.upstream_sockets", l.upstream_sockets),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -415,6 +440,15 @@ impl Config {
         }
         if l.upstream_timeout.is_zero() {
             return Err(invalid("limits.upstream_timeout", "must be positive"));
+        }
+        if l.upstream_sockets > 256 {
+            return Err(invalid("limits.upstream_sockets", "must be from 1 to 256"));
+        }
+        if l.upstream_socket_lifetime.is_zero() {
+            return Err(invalid(
+                "limits.upstream_socket_lifetime",
+                "must be positive",
+            ));
         }
         if l.tcp_idle_timeout.is_zero() {
             return Err(invalid("limits.tcp_idle_timeout", "must be positive"));
@@ -445,6 +479,7 @@ impl Config {
         }
         self.tiers.validate()?;
         self.health.validate()?;
+        self.budget.validate()?;
         self.cache.validate()?;
         AccessList::new(&self.access)?;
         self.ratelimit.validate()?;

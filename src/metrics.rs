@@ -8,6 +8,7 @@
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
 use crate::policy::{AccessAction, RateLimitAction};
+use crate::tiers::Purpose;
 use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
 
@@ -53,8 +54,14 @@ pub enum DropReason {
     Response,
     /// Too many client queries in flight on the shard.
     Overload,
+    /// The flight for the query's name already had `flight_max_waiters` waiters
+    /// (and no stale answer was there to serve).
+    FlightFull,
     /// A reply from an upstream with an unknown ID or a different question.
     UpstreamMismatch,
+    /// An upstream reply for a query that had stopped waiting (timed out, or its
+    /// flight had its answer): late, not forged.
+    UpstreamLate,
     /// A reply from an upstream that could not be read.
     UpstreamMalformed,
     /// A TCP client connection refused at the connection limit.
@@ -71,11 +78,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 12] = [
         Self::Short,
         Self::Response,
         Self::Overload,
+        Self::FlightFull,
         Self::UpstreamMismatch,
+        Self::UpstreamLate,
         Self::UpstreamMalformed,
         Self::TcpConnectionLimit,
         Self::TcpFrame,
@@ -90,7 +99,9 @@ impl DropReason {
             Self::Short => "short",
             Self::Response => "response",
             Self::Overload => "overload",
+            Self::FlightFull => "flight_full",
             Self::UpstreamMismatch => "upstream_mismatch",
+            Self::UpstreamLate => "upstream_late",
             Self::UpstreamMalformed => "upstream_malformed",
             Self::TcpConnectionLimit => "tcp_connection_limit",
             Self::TcpFrame => "tcp_frame",
@@ -187,6 +198,12 @@ pub(crate) struct TierStats {
     pub(crate) merged_addresses: Cell<u64>,
     pub(crate) merge_rejected: Cell<u64>,
     pub(crate) failed_flights: Cell<u64>,
+    /// Upstream queries beyond a flight's first, sent / refused by the budget, by
+    /// purpose (`Purpose::CHARGED` order: active, hedge, completion).
+    pub(crate) extra_queries: [Cell<u64>; 3],
+    /// Background work shed at `limits.max_background`.
+    pub(crate) background_shed: Cell<u64>,
+    pub(crate) budget_refused: [Cell<u64>; 3],
     pub(crate) peak_in_flight: Samples,
     pub(crate) background: Samples,
 }
@@ -383,7 +400,20 @@ impl ShardStats {
                 &t.merge_rejected,
             ),
             ("tierdns_flights_failed_total", "", "", &t.failed_flights),
+            ("tierdns_background_shed_total", "", "", &t.background_shed),
         ];
+        for (i, purpose) in Purpose::CHARGED.iter().enumerate() {
+            let sent = t.extra_queries[i].take();
+            if sent > 0 {
+                counter!("tierdns_upstream_extra_queries_total", "purpose" => purpose.as_str())
+                    .increment(sent);
+            }
+            let refused = t.budget_refused[i].take();
+            if refused > 0 {
+                counter!("tierdns_budget_refused_total", "purpose" => purpose.as_str())
+                    .increment(refused);
+            }
+        }
         for (name, key, value, cell) in tier_counts {
             let n = cell.take();
             if n == 0 {
@@ -509,6 +539,18 @@ pub fn describe() {
     describe_counter!(
         "tierdns_merged_addresses_total",
         "Addresses added to cached answers by background merges"
+    );
+    describe_counter!(
+        "tierdns_upstream_extra_queries_total",
+        "Upstream queries beyond the first of a flight, by purpose (active, hedge, completion)"
+    );
+    describe_counter!(
+        "tierdns_background_shed_total",
+        "Background completions stopped and prefetches skipped at limits.max_background"
+    );
+    describe_counter!(
+        "tierdns_budget_refused_total",
+        "Upstream queries the amplification budget refused, by purpose"
     );
     describe_counter!(
         "tierdns_flights_failed_total",

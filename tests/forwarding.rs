@@ -5,8 +5,10 @@
 mod common;
 
 use common::*;
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{RData, Record};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
@@ -287,15 +289,49 @@ fn malformed_input_gets_formerr_or_is_dropped_and_serving_continues() {
 
 #[test]
 fn replies_only_from_the_upstream_with_the_right_id_and_question_are_accepted() {
-    // A silent upstream: the server never gets an answer; a spoofed reply sent to
-    // the server's client port is a response and is dropped, the client gets
-    // SERVFAIL after the upstream timeout, not the spoofed data.
-    let up = SimUpstream::start(Behavior {
-        silent: true,
-        ..Behavior::default()
+    // The upstream never answers for itself: a forger who sees its queries sends
+    // the server what a spoofer would, each missing one thing: the right source
+    // port (sent from another socket), the right ID, the right question, QR=1. None
+    // may be taken: the client gets SERVFAIL after the upstream timeout.
+    let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    upstream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let forger = std::thread::spawn(move || {
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 1500];
+        let mut forged = 0;
+        while let Ok((n, from)) = upstream.recv_from(&mut buf) {
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            m.add_query(q.queries[0].clone());
+            m.add_answer(Record::from_rdata(
+                q.queries[0].name().clone(),
+                300,
+                RData::A(A(Ipv4Addr::new(203, 0, 113, 66))),
+            ));
+            let good = m.to_vec().unwrap();
+            // From another port, everything else right.
+            other.send_to(&good, from).unwrap();
+            // Wrong ID.
+            let mut wrong_id = good.clone();
+            wrong_id[0] ^= 0xff;
+            upstream.send_to(&wrong_id, from).unwrap();
+            // Wrong question (another name of the same length).
+            let mut wrong_q = good.clone();
+            wrong_q[13] ^= 0x01;
+            upstream.send_to(&wrong_q, from).unwrap();
+            // QR=0.
+            let mut not_response = good.clone();
+            not_response[2] &= 0x7f;
+            upstream.send_to(&not_response, from).unwrap();
+            forged += 4;
+        }
+        forged
     });
     let server = start(config(
-        &[up.addr],
+        &[addr],
         "epoll",
         "[limits]\nupstream_timeout = \"300ms\"\n[tiers]\ntotal_collect_timeout = \"1s\"\n",
     ));
@@ -304,7 +340,9 @@ fn replies_only_from_the_upstream_with_the_right_id_and_question_are_accepted() 
         &query(1, "s.example.", RecordType::A, None),
     );
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(a_records(&r).is_empty(), "no forged address taken");
     server.shutdown();
+    assert!(forger.join().unwrap() >= 4, "the forger did send");
 }
 
 #[test]

@@ -235,6 +235,25 @@ impl HealthTracker {
         u.circuit.on_success(&self.params);
     }
 
+    /// A query a flight stopped waiting for after `waited` (it had its answer, or
+    /// its time was up). Nothing is learned if the upstream was still within its
+    /// retransmission timeout. Past it, `waited` is a lower bound on this round trip:
+    /// it goes into the RTT estimate and counts as a soft failure in the score, so
+    /// an upstream that black-holes queries loses its place even when no query of
+    /// it ever times out (`complete = false`, `sequential`, `random`). The circuit is
+    /// not touched: only real failures trip it.
+    pub fn record_abandoned(&mut self, up: UpstreamIdx, waited: Duration) {
+        let alpha = self.params.ewma_alpha;
+        let Some(u) = self.ups.get_mut(up) else {
+            return;
+        };
+        if u.rtt.rto().is_some_and(|rto| waited < rto) {
+            return;
+        }
+        u.rtt.record(waited, alpha);
+        u.fail_rate = u.fail_rate * (1.0 - alpha) + alpha;
+    }
+
     /// Records a failed query to `up`.
     pub fn record_failure(&mut self, up: UpstreamIdx, kind: FailKind, now: Instant) {
         let alpha = self.params.ewma_alpha;
@@ -456,6 +475,43 @@ mod tests {
         fail(&mut h, 0, 1, t0);
         assert_eq!(h.state(0), CircuitState::Open);
         assert_eq!(CircuitState::Open.as_str(), "open");
+    }
+
+    #[test]
+    fn a_black_holed_upstream_loses_its_place_without_a_single_timeout() {
+        let t0 = Instant::now();
+        let mut h = tracker(2);
+        // Both answer in 10 ms; then upstream 0 goes silent, and each flight stops
+        // waiting for it when upstream 1 answers, 20 ms in.
+        for _ in 0..10 {
+            h.record_success(0, 10 * MS, t0);
+            h.record_success(1, 12 * MS, t0);
+        }
+        assert_eq!(order(&mut h, &[0, 1], t0), [0, 1]);
+        let before = h.score(0).unwrap();
+        for _ in 0..20 {
+            h.record_abandoned(0, 20 * MS);
+            h.record_success(1, 12 * MS, t0);
+        }
+        assert!(h.score(0).unwrap() > before);
+        assert_eq!(
+            order(&mut h, &[0, 1], t0),
+            [1, 0],
+            "the silent one goes last"
+        );
+        assert_eq!(
+            h.state(0),
+            CircuitState::Closed,
+            "no real failure: circuit closed"
+        );
+        // Stopping to wait within the retransmission timeout teaches nothing.
+        let mut h = tracker(1);
+        for _ in 0..10 {
+            h.record_success(0, 10 * MS, t0);
+        }
+        let score = h.score(0);
+        h.record_abandoned(0, MS);
+        assert_eq!(h.score(0), score);
     }
 
     #[test]

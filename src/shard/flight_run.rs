@@ -19,14 +19,16 @@
 //!      and rewrites the cache entry only if no newer flight wrote it meanwhile.
 
 use super::upstreams::UpstreamSet;
-use super::Shard;
+use super::{BackgroundSlot, Shard};
 use crate::cache::Key;
 use crate::flight::{Answer, FlightResult};
 use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{merge, Action, Merged, Outcome, Plan, PlanStats, SendList, StaggerReason};
-use crate::upstream::{Exchange, QuestionHash};
+use crate::tiers::{
+    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
+};
+use crate::upstream::{Exchange, Question};
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::rcode;
@@ -65,12 +67,19 @@ fn telling(kind: FailKind) -> u8 {
 }
 
 /// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
-/// they can be patched and cached), every other rcode is a failure of its kind.
+/// they can be patched and cached, and no extended rcode says otherwise), every
+/// other rcode is a failure of its kind.
 fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
     let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
     match u16::from(header.rcode()) {
         rcode::NOERROR | rcode::NXDOMAIN => {
-            AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)
+            let layout = AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)?;
+            // The OPT record's extended rcode (RFC 6891 6.1.3) makes it an error,
+            // whatever the header's low four bits say (BADVERS reads as NOERROR).
+            match layout.rcode() {
+                rcode::NOERROR | rcode::NXDOMAIN => Ok(layout),
+                _ => Err(FailKind::OtherRcode),
+            }
         }
         rcode::FORMERR => Err(FailKind::FormErr),
         rcode::SERVFAIL => Err(FailKind::ServFail),
@@ -105,9 +114,24 @@ pub(super) struct Finished {
     pub(super) merged: Option<(Merged, Instant)>,
 }
 
+/// Whether merging more answers into this first one could add anything: only a
+/// NOERROR answer with records of an A or AAAA question, unsigned and whole, can
+/// grow (see [`merge`]). For any other, background completion stops at once.
+fn merge_can_grow(layout: &AnswerLayout, qtype: u16) -> bool {
+    const A: u16 = 1;
+    const AAAA: u16 = 28;
+    matches!(qtype, A | AAAA)
+        && layout.rcode() == rcode::NOERROR
+        && layout.has_qtype_answer()
+        && !layout.signed()
+        && !layout.truncated()
+}
+
 /// One flight's state: the plan and what came back. No I/O, no clock.
 pub(super) struct FlightState {
     plan: Plan,
+    /// The question's type: whether a merge can add to the first answer.
+    qtype: u16,
     first: Option<Arc<Answer>>,
     /// When the first good answer arrived: the merge is aged from then.
     first_at: Instant,
@@ -128,9 +152,10 @@ pub(super) enum Next {
 }
 
 impl FlightState {
-    pub(super) fn new(plan: Plan, now: Instant) -> Self {
+    pub(super) fn new(plan: Plan, qtype: u16, now: Instant) -> Self {
         Self {
             plan,
+            qtype,
             first: None,
             first_at: now,
             others: Vec::new(),
@@ -138,9 +163,14 @@ impl FlightState {
         }
     }
 
-    /// What to do at `now`.
-    pub(super) fn next(&mut self, now: Instant) -> Next {
-        match self.plan.next(now) {
+    /// What to do at `now`; every query beyond the first is asked of `allow` (the
+    /// amplification budget) with its purpose.
+    pub(super) fn next(
+        &mut self,
+        now: Instant,
+        allow: impl FnMut(UpstreamIdx, Purpose) -> bool,
+    ) -> Next {
+        match self.plan.next_within(now, allow) {
             Action::Send(list) => Next::Send(list),
             Action::Wait(at) => Next::Wait(at),
             Action::Done => Next::Done,
@@ -156,6 +186,9 @@ impl FlightState {
     ) -> Heard {
         match res.and_then(|ex| classify(&ex.reply).map(|layout| (ex, layout))) {
             Ok((ex, layout)) => {
+                if self.first.is_none() && !merge_can_grow(&layout, self.qtype) {
+                    self.plan.stop_collecting();
+                }
                 self.plan.on_result(up, Outcome::Good, now);
                 if self.first.is_some() {
                     self.others.push(ex.reply);
@@ -189,6 +222,16 @@ impl FlightState {
         }
     }
 
+    /// No more queries: a good answer ends the flight (see [`Plan::stop_collecting`]).
+    pub(super) fn stop_collecting(&mut self) {
+        self.plan.stop_collecting();
+    }
+
+    /// The upstreams asked and not heard from.
+    pub(super) fn unanswered(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
+        self.plan.in_flight_upstreams()
+    }
+
     /// Why the flight has no answer, for the SERVFAIL's Extended DNS Error.
     pub(super) fn failure(&self) -> Ede {
         failure_ede(self.worst)
@@ -217,18 +260,34 @@ pub(super) struct FlightRun<B: Backend> {
     set: Rc<UpstreamSet<B>>,
     state: FlightState,
     query: Rc<[u8]>,
-    question: QuestionHash,
+    question: Question,
     key: Key,
     version: u64,
     started: Instant,
     tx: mpsc::UnboundedSender<Report>,
     rx: mpsc::UnboundedReceiver<Report>,
     tasks: SmallVec<[JoinHandle<()>; 8]>,
+    /// When each upstream was asked.
+    sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
+    /// The name is known to be asked again (waiters, or a prefetch): its
+    /// completion ranks higher in the budget.
+    asked_again: bool,
+    /// No client waits for any of its queries (a prefetch): they leave the last
+    /// slots of the upstream pending tables to queries that have one.
+    background: bool,
+    /// Upstreams of the send being launched that are background work (completion).
+    completing: SmallVec<[UpstreamIdx; 4]>,
 }
 
 impl<B: Backend> FlightRun<B> {
     /// Plans the flight for `q` on its route (forward zone), in health order.
-    pub(super) fn start(shard: Rc<Shard<B>>, q: &QueryView<'_>, key: Key, now: Instant) -> Self {
+    pub(super) fn start(
+        shard: Rc<Shard<B>>,
+        q: &QueryView<'_>,
+        key: Key,
+        now: Instant,
+        background: bool,
+    ) -> Self {
         let set = Rc::clone(&shard.upstreams.borrow());
         let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
@@ -248,15 +307,19 @@ impl<B: Backend> FlightRun<B> {
         let len = write_upstream_query(&mut buf, 0, q);
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
-            state: FlightState::new(plan, now),
+            state: FlightState::new(plan, q.qtype, now),
             query: buf[..len].into(),
-            question: QuestionHash::new(q.qname_lower(), q.qtype, q.qclass),
+            question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,
             version: shard.shared.cache.next_version(),
             started: now,
             tx,
             rx,
             tasks: SmallVec::new(),
+            sent_at: SmallVec::new(),
+            asked_again: false,
+            background,
+            completing: SmallVec::new(),
             set,
             shard,
         }
@@ -267,6 +330,11 @@ impl<B: Backend> FlightRun<B> {
         self.version
     }
 
+    /// Marks the name as one that will be asked again (see [`crate::tiers::Budget`]).
+    pub(super) fn set_asked_again(&mut self, asked_again: bool) {
+        self.asked_again = asked_again;
+    }
+
     fn launch(&mut self, up: UpstreamIdx, now: Instant) {
         let Some(link) = self.set.links.get(up).cloned() else {
             // Not a configured upstream: the plan hears it failed.
@@ -274,12 +342,16 @@ impl<B: Backend> FlightRun<B> {
             return;
         };
         self.record(up, UpstreamEvent::Query);
+        self.sent_at.push((up, now));
         let shard = Rc::clone(&self.shard);
         let query = Rc::clone(&self.query);
-        let question = self.question;
+        let question = self.question.clone();
         let tx = self.tx.clone();
+        let background = self.background || self.completing.contains(&up);
         self.tasks.push(tokio::task::spawn_local(async move {
-            let res = link.exchange(&query, question, &shard.pool).await;
+            let res = link
+                .exchange(&query, &question, &shard.pool, background)
+                .await;
             let _ = tx.send((up, res));
         }));
     }
@@ -367,7 +439,26 @@ impl<B: Backend> FlightRun<B> {
     /// read here, at the edge, and passed in.
     async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
         let now = Instant::now();
-        match self.state.next(now) {
+        let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
+        let asked_again = self.asked_again;
+        let completing = &mut self.completing;
+        completing.clear();
+        let allow = |up, purpose: Purpose| {
+            let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) else {
+                return true;
+            };
+            if purpose == Purpose::Completion {
+                completing.push(up);
+            }
+            let ok = budget.borrow_mut().try_spend(purpose, asked_again, now);
+            ShardStats::bump(if ok {
+                &tiers.extra_queries[i]
+            } else {
+                &tiers.budget_refused[i]
+            });
+            ok
+        };
+        match self.state.next(now, allow) {
             Next::Send(list) => {
                 for up in list {
                     self.launch(up, now);
@@ -399,8 +490,27 @@ impl<B: Backend> FlightRun<B> {
 
     /// Background completion: collect until the plan is done, merge, and write the
     /// merged answer if this flight's version is still the newest for the key.
-    pub(super) async fn complete(mut self) {
+    /// Without a background `slot` (the shard has `max_background` running), the
+    /// flight stops collecting at once and keeps its first answer.
+    pub(super) async fn complete(mut self, slot: Option<BackgroundSlot<B>>) {
+        if slot.is_none() {
+            self.state.stop_collecting();
+        }
         while self.step().await.0 {}
+        // Results already in the channel count; what is still out is abandoned, and
+        // the time waited tells health something about the silent upstreams.
+        let now = Instant::now();
+        while let Ok(report) = self.rx.try_recv() {
+            self.on_report(report, now);
+        }
+        if self.is_current() {
+            let mut health = self.shard.health.borrow_mut();
+            for up in self.state.unanswered() {
+                if let Some(&(_, at)) = self.sent_at.iter().find(|(u, _)| *u == up) {
+                    health.record_abandoned(up, now.saturating_duration_since(at));
+                }
+            }
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -36,6 +36,7 @@ use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
 use crate::policy::{Policy, RateLimiter};
+use crate::tiers::Budget;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, ShardSockets};
 use std::cell::{Cell, RefCell};
@@ -197,12 +198,17 @@ pub(crate) struct Shard<B: Backend> {
     /// The upstream set in force; replaced whole by a reload.
     pub(crate) upstreams: RefCell<Rc<UpstreamSet<B>>>,
     pub(crate) health: RefCell<HealthTracker>,
+    /// The amplification budget of this shard's flights.
+    pub(crate) budget: RefCell<Budget>,
     pub(crate) pool: Rc<BufferPool>,
     pub(crate) stats: Rc<ShardStats>,
     /// The client policy in force ([`gate`]); replaced whole by a reload.
     pub(crate) policy: RefCell<Rc<Policy>>,
     /// Client queries being resolved (misses) on this shard.
     pub(crate) in_flight: Cell<usize>,
+    /// Background work running: flights collecting after their first answer, and
+    /// prefetches (bound: `limits.max_background`).
+    pub(crate) background: Cell<usize>,
     pub(crate) tcp_open: Cell<usize>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -218,7 +224,29 @@ impl<B: Backend> Drop for Admitted<B> {
     }
 }
 
+/// One piece of background work, counted in the shard's `background` for as long
+/// as it lives.
+pub(crate) struct BackgroundSlot<B: Backend>(Rc<Shard<B>>);
+
+impl<B: Backend> Drop for BackgroundSlot<B> {
+    fn drop(&mut self) {
+        let n = &self.0.background;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
 impl<B: Backend> Shard<B> {
+    /// A slot for background work, unless `max_background` are running: then the
+    /// work is shed and counted.
+    pub(crate) fn background_slot(self: &Rc<Self>) -> Option<BackgroundSlot<B>> {
+        if self.background.get() >= self.shared.config.limits.max_background {
+            ShardStats::bump(&self.stats.tiers.background_shed);
+            return None;
+        }
+        self.background.set(self.background.get() + 1);
+        Some(BackgroundSlot(Rc::clone(self)))
+    }
+
     /// Admits one more miss unless `max_client_in_flight` are being resolved;
     /// at the bound the query is dropped and counted (`reason="overload"`).
     pub(crate) fn admit(self: &Rc<Self>) -> Option<Admitted<B>> {
@@ -283,15 +311,18 @@ fn build_shard<B: Backend>(
         .into_iter()
         .map(|s| B::listener(s).map_err(|e| format!("TCP listener: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let budget = Budget::new(config.budget.clone(), Instant::now());
     let shard = Rc::new(Shard {
         index,
         shared,
         upstreams: RefCell::new(Rc::new(set)),
         health: RefCell::new(health),
+        budget: RefCell::new(budget),
         pool,
         stats,
         policy: RefCell::new(Rc::new(policy)),
         in_flight: Cell::new(0),
+        background: Cell::new(0),
         tcp_open: Cell::new(0),
         shutdown,
     });

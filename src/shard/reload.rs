@@ -9,6 +9,7 @@ use super::{ServerHandle, Shard};
 use crate::config::Config;
 use crate::io::Backend;
 use crate::policy::Policy;
+use crate::tiers::Budget;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -83,6 +84,10 @@ pub(super) async fn reload_loop<B: Backend>(
                     .stats
                     .reset_upstreams(&old.labels, new.upstreams.len());
                 *shard.health.borrow_mut() = health;
+                if shard.budget.borrow().params() != &new.budget {
+                    *shard.budget.borrow_mut() =
+                        Budget::new(new.budget.clone(), std::time::Instant::now());
+                }
                 tracing::debug!(
                     shard = shard.index,
                     generation = set.generation,

@@ -164,7 +164,7 @@ impl<B: Backend> Shard<B> {
         let Ok(q) = QueryView::parse(packet) else {
             return None;
         };
-        let (reply, result) = self.resolve_view(&q, transport, start).await;
+        let (reply, result) = self.resolve_view(&q, transport, start).await?;
         self.stats.cache(result);
         self.stats.answered(transport, reply_rcode(&reply));
         self.stats
@@ -178,19 +178,18 @@ impl<B: Backend> Shard<B> {
         q: &QueryView<'_>,
         transport: Transport,
         start: Instant,
-    ) -> (Vec<u8>, CacheResult) {
+    ) -> Option<(Vec<u8>, CacheResult)> {
         let target = target_of(q, transport, self.max_udp());
         let key = KeyRef::from_query(q);
+        // Every client miss refills the amplification budget a little.
+        self.budget.borrow_mut().on_miss();
         let result = match self.shared.flights.join(&key, ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
                 rx.await.unwrap_or(ABANDONED)
             }
             Join::Leader(leader) => self.lead(q, start, Some(leader), true).await,
-            Join::Full => {
-                ShardStats::bump(&self.stats.tiers.uncoalesced);
-                self.lead(q, start, None, true).await
-            }
+            Join::Full => return self.flight_full(q, &target, transport),
         };
         match result {
             FlightResult::Answer(answer) => {
@@ -204,13 +203,63 @@ impl<B: Backend> Shard<B> {
                 );
                 if len > 0 {
                     out.truncate(len);
-                    return (out, CacheResult::Miss);
+                    return Some((out, CacheResult::Miss));
                 }
                 self.pool.put(out);
                 let reply = error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER));
-                (reply, CacheResult::Miss)
+                Some((reply, CacheResult::Miss))
             }
-            FlightResult::Failed(ede) => self.failure_reply(q, &target, transport, ede),
+            FlightResult::Failed(ede) => Some(self.failure_reply(q, &target, transport, ede)),
+        }
+    }
+
+    /// The flight for this key already has `flight_max_waiters` waiters: this query
+    /// starts no flight of its own (a herd of them would hit the upstreams at once).
+    /// A stale answer if there is one; else, over UDP, no answer (counted,
+    /// `reason="flight_full"`: the client's retry finds the answer cached), and over
+    /// TCP a SERVFAIL saying the resolver is overloaded.
+    fn flight_full(
+        &self,
+        q: &QueryView<'_>,
+        target: &ReplyTarget<'_>,
+        transport: Transport,
+    ) -> Option<(Vec<u8>, CacheResult)> {
+        ShardStats::bump(&self.stats.tiers.uncoalesced);
+        if let Some(stale) = self.stale_reply(q, target, transport) {
+            return Some((stale, CacheResult::Stale));
+        }
+        self.stats.dropped(DropReason::FlightFull);
+        match transport {
+            Transport::Udp => None,
+            Transport::Tcp => Some((
+                error_reply(q, ErrorRcode::ServFail, Some(Ede::LOCAL_OVERLOAD)),
+                CacheResult::Miss,
+            )),
+        }
+    }
+
+    /// A stale answer for `q`, if the cache holds one it may serve (RFC 8767).
+    fn stale_reply(
+        &self,
+        q: &QueryView<'_>,
+        target: &ReplyTarget<'_>,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let mut out = sized(self.pool.get(), target.max_size.min(reply_room(transport)));
+        match self.shared.cache.lookup_stale(
+            &KeyRef::from_query(q),
+            Instant::now(),
+            target,
+            &mut out,
+        ) {
+            Some(len) => {
+                out.truncate(len);
+                Some(out)
+            }
+            None => {
+                self.pool.put(out);
+                None
+            }
         }
     }
 
@@ -223,16 +272,9 @@ impl<B: Backend> Shard<B> {
         transport: Transport,
         ede: Ede,
     ) -> (Vec<u8>, CacheResult) {
-        let mut out = sized(self.pool.get(), target.max_size.min(reply_room(transport)));
-        if let Some(len) =
-            self.shared
-                .cache
-                .lookup_stale(&KeyRef::from_query(q), Instant::now(), target, &mut out)
-        {
-            out.truncate(len);
-            return (out, CacheResult::Stale);
+        if let Some(stale) = self.stale_reply(q, target, transport) {
+            return (stale, CacheResult::Stale);
         }
-        self.pool.put(out);
         (
             error_reply(q, ErrorRcode::ServFail, Some(ede)),
             CacheResult::Miss,
@@ -263,7 +305,8 @@ impl<B: Backend> Shard<B> {
         hold_failure: bool,
     ) -> FlightResult {
         let key = KeyRef::from_query(q);
-        let mut run = FlightRun::start(Rc::clone(self), q, key.to_key(), start);
+        // A flight nobody waits for (a prefetch) is background work from the start.
+        let mut run = FlightRun::start(Rc::clone(self), q, key.to_key(), start, !hold_failure);
         let result = run.until_first().await;
         match &result {
             FlightResult::Answer(answer) => {
@@ -282,10 +325,14 @@ impl<B: Backend> Shard<B> {
             }
             FlightResult::Failed(_) => {}
         }
-        if let Some(leader) = leader {
-            leader.finish(result.clone());
-        }
-        tokio::task::spawn_local(run.complete());
+        let waiters = leader.map_or(0, |leader| leader.finish(result.clone()));
+        // A name with waiters, or a popular one being refreshed, will be asked
+        // again: its completion ranks higher in the budget.
+        run.set_asked_again(waiters > 0 || !hold_failure);
+        // Collecting after the first answer is background work, bounded per shard;
+        // past the bound the flight keeps its first answer and stops.
+        let slot = self.background_slot();
+        tokio::task::spawn_local(run.complete(slot));
         result
     }
 
@@ -293,9 +340,13 @@ impl<B: Backend> Shard<B> {
     /// flight table and tiers; nobody waits for it. Skipped when a flight for the key
     /// is already running.
     fn start_prefetch(self: &Rc<Self>, packet: &[u8]) {
+        let Some(slot) = self.background_slot() else {
+            return;
+        };
         let shard = Rc::clone(self);
         let packet = packet.to_vec();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let Ok(q) = QueryView::parse(&packet) else {
                 return;
             };

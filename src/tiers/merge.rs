@@ -18,12 +18,22 @@
 //!   final owner are taken, deduplicated by address, up to
 //!   [`MAX_MERGED_ADDRESSES`] addresses in all;
 //! - the answer section keeps only records whose owner is the question name or a name
-//!   in the chain, the first answer's first; every kept record gets the minimum TTL;
+//!   in the chain, the first answer's first; every kept record gets the minimum TTL.
+//!   Another answer's address with a TTL below [`MERGE_TTL_FLOOR`] (or below the
+//!   first answer's own minimum, if that is lower) is not taken: one record about to
+//!   expire would take the whole merged answer's TTL down with it, and a TTL-0 entry
+//!   means a fresh flight to every upstream at the next query;
+//! - the merged answer stays as deliverable as the first: one that fit a plain
+//!   512-byte UDP reply still does, and none grows past what an EDNS client takes
+//!   ([`EDNS_UDP_SIZE`] less room for our OPT record), so a popular name does not
+//!   send every client to TCP. Addresses are dropped from the end to fit;
 //! - the first answer's header (ID, flags, RCODE), question, authority, additional
 //!   section and OPT record are kept;
 //! - a first answer with RRSIGs in its answer section is not merged: adding records
 //!   to a signed RRset would break its signature for validating clients.
 
+use crate::wire::answer::OPT_RR_LEN;
+use crate::wire::{EDNS_UDP_SIZE, PLAIN_UDP_MAX};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::net::IpAddr;
@@ -34,6 +44,9 @@ pub const MAX_CHAIN: usize = 16;
 pub const MAX_MERGED_ADDRESSES: usize = 256;
 /// Largest DNS message (TCP length prefix).
 const MAX_MESSAGE: usize = 65_535;
+/// Lowest TTL (seconds) of another answer's address that is merged, unless the first
+/// answer's own minimum is lower.
+pub const MERGE_TTL_FLOOR: u32 = 30;
 
 /// A merged answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +106,13 @@ pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
         kept.push(r);
     }
 
+    let first_len = first_bytes.len();
+    let ttl_floor = kept
+        .iter()
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(0)
+        .min(MERGE_TTL_FLOOR);
     let mut extra = 0usize;
     for bytes in others {
         if addresses.len() >= MAX_MERGED_ADDRESSES {
@@ -117,6 +137,9 @@ pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
             let Some(ip) = address_of(r, &question, &final_name) else {
                 continue;
             };
+            if r.ttl < ttl_floor {
+                continue;
+            }
             if addresses.len() >= MAX_MERGED_ADDRESSES {
                 break;
             }
@@ -135,15 +158,43 @@ pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
     for r in &mut kept {
         r.ttl = min_ttl;
     }
-    first.answers = kept;
     first.signature = None;
-    let wire = first.to_vec().ok()?;
-    if wire.len() > MAX_MESSAGE {
+    // As deliverable as the first answer (see the module docs).
+    let limit = if first_len <= PLAIN_UDP_MAX {
+        PLAIN_UDP_MAX
+    } else {
+        first_len.max(usize::from(EDNS_UDP_SIZE) - OPT_RR_LEN)
+    };
+    let limit = limit.min(MAX_MESSAGE);
+    // The extra addresses are the last records: keep as many as fit (the most
+    // that do, found by bisection: a handful of encodes, on a rare path).
+    let base = kept.len() - extra;
+    let mut encode = |n: usize| -> Option<Vec<u8>> {
+        first.answers = kept[..base + n].to_vec();
+        first.to_vec().ok().filter(|w| w.len() <= limit)
+    };
+    if let Some(wire) = encode(extra) {
+        return Some(Merged {
+            wire,
+            extra_addresses: extra,
+        });
+    }
+    // Invariant: `lo` extras fit (0 is the first answer alone, which may not), `hi` do not.
+    let (mut lo, mut hi) = (0, extra);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if encode(mid).is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
         return None;
     }
-    Some(Merged {
+    encode(lo).map(|wire| Merged {
         wire,
-        extra_addresses: extra,
+        extra_addresses: lo,
     })
 }
 
@@ -521,20 +572,75 @@ mod tests {
         assert_eq!(extra, 1);
     }
 
+    fn many(q: &str, base: u32, n: u32) -> Vec<Record> {
+        (0..n)
+            .map(|i| a(q, 60, &std::net::Ipv4Addr::from(base + i).to_string()))
+            .collect()
+    }
+
     #[test]
-    fn address_count_is_capped() {
+    fn a_merge_of_a_small_answer_still_fits_a_plain_udp_reply() {
         let q = "many.example.";
         let first = answer(q, RecordType::A, vec![a(q, 60, "10.0.0.1")]);
-        let big: Vec<Record> = (0..400u32)
-            .map(|i| {
-                let ip = std::net::Ipv4Addr::from(0x0A01_0000 + i);
-                a(q, 60, &ip.to_string())
-            })
-            .collect();
-        let second = answer(q, RecordType::A, big);
+        let second = answer(q, RecordType::A, many(q, 0x0A01_0000, 400));
+        let wires = [wire(&first), wire(&second)];
+        let merged = merge(&[&wires[0], &wires[1]]).unwrap();
+        assert!(merged.wire.len() <= PLAIN_UDP_MAX, "{}", merged.wire.len());
+        assert!(
+            merged.wire.len() > PLAIN_UDP_MAX - 16,
+            "filled up to the limit: {}",
+            merged.wire.len()
+        );
+        let m = Message::from_vec(&merged.wire).unwrap();
+        assert_eq!(m.answers.len(), merged.extra_addresses + 1);
+        assert_eq!(addresses(&m)[0], "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_merge_of_an_edns_sized_answer_stays_within_what_edns_clients_take() {
+        let q = "many.example.";
+        let first = answer(q, RecordType::A, many(q, 0x0A00_0000, 40));
+        let first_len = wire(&first).len();
+        assert!(first_len > PLAIN_UDP_MAX);
+        let second = answer(q, RecordType::A, many(q, 0x0A01_0000, 400));
         let (m, extra) = merge_msgs(&[first, second]).unwrap();
-        assert_eq!(m.answers.len(), MAX_MERGED_ADDRESSES);
-        assert_eq!(extra, MAX_MERGED_ADDRESSES - 1);
+        let len = m.to_vec().unwrap().len();
+        assert!(len <= usize::from(EDNS_UDP_SIZE) - OPT_RR_LEN, "{len}");
+        assert!(len > first_len && extra > 0);
+        assert_eq!(m.answers.len(), 40 + extra);
+        // A first answer already at the limit has no room: nothing is merged.
+        let full = answer(q, RecordType::A, many(q, 0x0A00_0000, 80));
+        assert!(wire(&full).len() > usize::from(EDNS_UDP_SIZE));
+        let more = answer(q, RecordType::A, many(q, 0x0A02_0000, 10));
+        assert!(merge_msgs(&[full, more]).is_none());
+        assert!(MAX_MERGED_ADDRESSES * 16 > usize::from(EDNS_UDP_SIZE));
+    }
+
+    #[test]
+    fn addresses_about_to_expire_are_not_merged() {
+        let q = "www.example.com.";
+        let first = answer(q, RecordType::A, vec![a(q, 300, "192.0.2.1")]);
+        let dying = answer(
+            q,
+            RecordType::A,
+            vec![a(q, 0, "192.0.2.2"), a(q, 5, "192.0.2.3")],
+        );
+        assert!(
+            merge_msgs(&[first.clone(), dying]).is_none(),
+            "nothing kept"
+        );
+        let fine = answer(
+            q,
+            RecordType::A,
+            vec![a(q, 29, "192.0.2.4"), a(q, 30, "192.0.2.5")],
+        );
+        let (m, extra) = merge_msgs(&[first, fine]).unwrap();
+        assert_eq!(extra, 1);
+        assert!(m.answers.iter().all(|r| r.ttl == MERGE_TTL_FLOOR));
+        // A first answer with a short TTL of its own lowers the floor with it.
+        let short = answer(q, RecordType::A, vec![a(q, 4, "192.0.2.1")]);
+        let also = answer(q, RecordType::A, vec![a(q, 4, "192.0.2.6")]);
+        assert!(merge_msgs(&[short, also]).is_some());
     }
 
     #[test]

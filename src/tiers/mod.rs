@@ -90,13 +90,15 @@
 //! [`merge`] builds the background-completion answer: the union of A/AAAA records of
 //! the first answer's final owner name; see its docs for the exact rules.
 
+mod budget;
 mod merge;
 mod params;
 mod plan;
 mod strategy;
 
 use crate::health::{FailKind, UpstreamIdx};
-pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES};
+pub use budget::{Budget, BudgetParams, BudgetParamsError, Purpose};
+pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES, MERGE_TTL_FLOOR};
 pub use params::{FallbackTimeout, TierParams, TierParamsError};
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
 pub use strategy::StrategyKind;

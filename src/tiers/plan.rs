@@ -12,7 +12,7 @@
 //!
 //! Allocation: none for up to 8 candidate upstreams and send batches of up to 4.
 
-use super::{Outcome, StrategyKind, TierParams, UpstreamIdx};
+use super::{Outcome, Purpose, StrategyKind, TierParams, UpstreamIdx};
 #[cfg(test)]
 use crate::health::MAX_TIMER;
 use crate::health::{after, HealthTracker};
@@ -77,6 +77,8 @@ pub struct PlanStats {
     pub good: usize,
     /// Failed results received.
     pub failed: usize,
+    /// Queries whose turn came but the budget refused.
+    pub skipped: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,15 @@ enum Slot {
     InFlight,
     Good,
     Failed,
+    /// Its turn came, but the budget refused it: never sent; counts as failed for
+    /// moving the tiers on.
+    Skipped,
+}
+
+impl Slot {
+    fn failed(self) -> bool {
+        matches!(self, Self::Failed | Self::Skipped)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,15 +201,32 @@ impl Plan {
     /// What to do at `now`. After [`Action::Send`], call again (it then says how
     /// long to wait); after [`Action::Done`], it stays `Done`.
     pub fn next(&mut self, now: Instant) -> Action {
-        if self.done || self.is_finished(now) {
-            self.done = true;
-            return Action::Done;
+        self.next_within(now, |_, _| true)
+    }
+
+    /// [`Plan::next`], with every query beyond the first asked of `allow` (the
+    /// amplification budget) with its [`Purpose`]. A refused one is never sent and
+    /// counts as failed for moving the tiers on (see [`PlanStats::skipped`]).
+    pub fn next_within(
+        &mut self,
+        now: Instant,
+        mut allow: impl FnMut(UpstreamIdx, Purpose) -> bool,
+    ) -> Action {
+        loop {
+            if self.done || self.is_finished(now) {
+                self.done = true;
+                return Action::Done;
+            }
+            let count = self.due_now(now);
+            if count == 0 {
+                return Action::Wait(self.wake_at());
+            }
+            let sent = self.launch(count, now, &mut allow);
+            if !sent.is_empty() {
+                return Action::Send(sent);
+            }
+            // All refused: the tiers moved on; see what is due now.
         }
-        let count = self.due_now(now);
-        if count > 0 {
-            return Action::Send(self.launch(count, now));
-        }
-        Action::Wait(self.wake_at())
     }
 
     /// Feeds the result of the query to `up`. Results for upstreams that are not in
@@ -229,7 +257,7 @@ impl Plan {
                 self.stats.failed += 1;
                 let active_all_failed = self.entries[..self.first_send]
                     .iter()
-                    .all(|e| e.slot == Slot::Failed);
+                    .all(|e| e.slot.failed());
                 if active_all_failed {
                     self.start_stagger(StaggerReason::ActiveFailed, now);
                 }
@@ -237,9 +265,26 @@ impl Plan {
         }
     }
 
+    /// Ends background completion: from now on the plan behaves as with
+    /// `complete = false`, so a good answer (already received, or the next) ends it
+    /// and nothing more is sent. For a first answer that no merge could add to
+    /// (NXDOMAIN, NODATA, another type, a signed answer): asking every remaining
+    /// upstream would buy nothing. Call it before reporting that answer.
+    pub fn stop_collecting(&mut self) {
+        self.complete = false;
+    }
+
     /// What happened so far.
     pub fn stats(&self) -> &PlanStats {
         &self.stats
+    }
+
+    /// The upstreams whose queries were launched and have not finished.
+    pub fn in_flight_upstreams(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.slot == Slot::InFlight)
+            .map(|e| e.up)
     }
 
     /// Queries launched and not finished.
@@ -313,17 +358,42 @@ impl Plan {
                 let current_failed = self
                     .entries
                     .get(self.next_idx - 1)
-                    .is_some_and(|e| e.slot == Slot::Failed);
+                    .is_some_and(|e| e.slot.failed());
                 let timed_out = self.attempt_deadline.is_some_and(|at| now >= at);
                 usize::from(current_failed || timed_out)
             }
         }
     }
 
-    fn launch(&mut self, count: usize, now: Instant) -> SendList {
+    /// Why the entry at `pos` is sent now.
+    fn purpose(&self, pos: usize) -> Purpose {
+        if pos == 0 {
+            Purpose::First
+        } else if pos < self.first_send {
+            Purpose::Active
+        } else if self.stats.good > 0 {
+            Purpose::Completion
+        } else {
+            Purpose::Hedge
+        }
+    }
+
+    fn launch(
+        &mut self,
+        count: usize,
+        now: Instant,
+        allow: &mut impl FnMut(UpstreamIdx, Purpose) -> bool,
+    ) -> SendList {
         let mut out = SendList::new();
         let end = (self.next_idx + count).min(self.entries.len());
-        for e in &mut self.entries[self.next_idx..end] {
+        for pos in self.next_idx..end {
+            let purpose = self.purpose(pos);
+            let e = &mut self.entries[pos];
+            if !allow(e.up, purpose) {
+                e.slot = Slot::Skipped;
+                self.stats.skipped += 1;
+                continue;
+            }
             e.slot = Slot::InFlight;
             out.push(e.up);
             if self.kind.is_serial() {
@@ -527,6 +597,71 @@ mod tests {
         assert_eq!(plan.next(t0 + 3 * MS), Action::Done);
         assert_eq!(plan.stats().good, 0);
         assert_eq!(plan.stats().failed, 3);
+    }
+
+    #[test]
+    fn the_budget_is_asked_for_every_query_but_the_first_with_its_purpose() {
+        let t0 = Instant::now();
+        let mut asked = Vec::new();
+        let mut p = staggered(&params(), &[0, 1, 2, 3, 4], t0);
+        // The second active query refused: only the first goes.
+        let mut refuse_active = |up, why| {
+            asked.push((up, why));
+            why != Purpose::Active
+        };
+        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[0]));
+        assert_eq!(asked, [(0, Purpose::First), (1, Purpose::Active)]);
+        // The hedge at 300 ms is asked for as a hedge and goes.
+        asked.clear();
+        let mut all = |up, why| {
+            asked.push((up, why));
+            true
+        };
+        assert_eq!(p.next_within(t0 + 300 * MS, &mut all), sends(&[2, 3]));
+        assert_eq!(asked, [(2, Purpose::Hedge), (3, Purpose::Hedge)]);
+        // After the first good answer the rest is completion; refused, the plan ends
+        // once what is in flight is done.
+        p.on_result(2, Outcome::Good, t0 + 320 * MS);
+        let mut no_completion = |_, why| why != Purpose::Completion;
+        assert!(matches!(
+            p.next_within(t0 + 350 * MS, &mut no_completion),
+            Action::Wait(_)
+        ));
+        p.on_result(0, FAIL, t0 + 360 * MS);
+        p.on_result(3, FAIL, t0 + 370 * MS);
+        assert_eq!(
+            p.next_within(t0 + 400 * MS, &mut no_completion),
+            Action::Done
+        );
+        assert_eq!(p.stats().skipped, 2, "the active second and the completion");
+        assert_eq!(p.stats().launched, 3);
+        assert_eq!(p.stats().peak_in_flight, 3);
+    }
+
+    #[test]
+    fn an_active_tier_that_failed_beside_a_refused_query_starts_the_hedges_at_once() {
+        let t0 = Instant::now();
+        let mut p = staggered(&params(), &[0, 1, 2, 3], t0);
+        let mut refuse_active = |_, why| why != Purpose::Active;
+        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[0]));
+        p.on_result(0, FAIL, t0 + 10 * MS);
+        assert_eq!(
+            p.next_within(t0 + 10 * MS, &mut refuse_active),
+            sends(&[2, 3])
+        );
+        assert_eq!(p.stats().stagger_reason, Some(StaggerReason::ActiveFailed));
+    }
+
+    #[test]
+    fn stop_collecting_before_the_first_answer_ends_the_plan_with_it() {
+        let t0 = Instant::now();
+        let mut p = staggered(&params(), &[0, 1, 2, 3, 4], t0);
+        assert_eq!(p.next(t0), sends(&[0, 1]));
+        p.stop_collecting();
+        p.on_result(0, Outcome::Good, t0 + 20 * MS);
+        assert_eq!(p.next(t0 + 20 * MS), Action::Done, "no stagger, no wait");
+        assert_eq!(p.stats().stagger_reason, None);
+        assert_eq!(p.stats().launched, 2);
     }
 
     #[test]

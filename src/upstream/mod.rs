@@ -19,7 +19,6 @@ use crate::metrics::{DropReason, ShardStats};
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
-use ahash::RandomState;
 use hashbrown::HashMap;
 use rand::Rng;
 use std::cell::{Cell, RefCell};
@@ -29,43 +28,74 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// A question in the form replies are matched against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QuestionHash(u64);
-
-fn hasher() -> RandomState {
-    RandomState::with_seeds(0x7570, 0x7374, 0x7265, 0x616d)
+/// The question a reply must repeat: the lowercased wire name, type and class,
+/// compared byte for byte (not a hash a forger could aim at). Shared by every
+/// query of a flight; cloning is a reference count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Question {
+    qname_lower: Rc<[u8]>,
+    qtype: u16,
+    qclass: u16,
 }
 
-impl QuestionHash {
+/// Whether the question of `msg` is `question`: `Some(true)` or `Some(false)`, or
+/// `None` when `msg` has no readable question.
+fn question_of(msg: &[u8], question: &Question) -> Option<bool> {
+    let mut name = [0u8; MAX_NAME_LEN];
+    let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
+    let fixed = msg.get(end..end + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    Some(
+        name[..len] == *question.qname_lower
+            && qtype == question.qtype
+            && qclass == question.qclass,
+    )
+}
+
+impl Question {
     /// From a lowercased wire name, qtype and qclass.
     pub(crate) fn new(qname_lower: &[u8], qtype: u16, qclass: u16) -> Self {
-        Self(hasher().hash_one((qname_lower, qtype, qclass)))
+        Self {
+            qname_lower: qname_lower.into(),
+            qtype,
+            qclass,
+        }
     }
 
-    /// From the question of a message; None when it has no readable question.
-    pub(crate) fn of_message(msg: &[u8]) -> Option<Self> {
-        let mut name = [0u8; MAX_NAME_LEN];
-        let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
-        let fixed = msg.get(end..end + 4)?;
-        let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-        let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
-        Some(Self::new(&name[..len], qtype, qclass))
+    /// Whether `msg` asks this question; None when it has no readable question.
+    pub(crate) fn matches(&self, msg: &[u8]) -> Option<bool> {
+        question_of(msg, self)
     }
 }
 
 struct Pending {
     /// Distinguishes this registration from a later one that reuses the ID.
     serial: u64,
-    question: QuestionHash,
+    question: Question,
     tx: oneshot::Sender<Vec<u8>>,
 }
 
 /// Why the pending table refused a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dispatch {
+    /// No query waits for this ID and question: spoofed, or very late.
     Mismatch,
+    /// The ID and question of a query that stopped waiting a short while ago (the
+    /// slower upstream of a flight that already had its answer): late, not forged.
+    Late,
     Malformed,
+}
+
+/// Queries that stopped waiting, remembered to tell a late reply from a forged one.
+const RECENTLY_ABANDONED: usize = 64;
+
+/// Whether `msg` has a question that can be read at all.
+fn question_readable(msg: &[u8]) -> bool {
+    let mut name = [0u8; MAX_NAME_LEN];
+    read_name_lower(msg, HEADER_LEN, &mut name)
+        .ok()
+        .is_some_and(|(_, end)| msg.len() >= end + 4)
 }
 
 /// The pending queries of one socket, keyed by message ID.
@@ -73,15 +103,20 @@ struct PendingTable {
     map: HashMap<u16, Pending>,
     max: usize,
     serial: u64,
+    /// The last [`RECENTLY_ABANDONED`] IDs and questions whose waiter gave up, in a
+    /// ring; `abandoned_next` is where the next goes.
+    abandoned: [Option<(u16, Question)>; RECENTLY_ABANDONED],
+    abandoned_next: usize,
 }
 
 impl PendingTable {
     /// Reserves a fresh random ID; None at the bound.
     fn register(
         &mut self,
-        question: QuestionHash,
+        question: Question,
+        background: bool,
     ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
-        if self.map.len() >= self.max {
+        if self.map.len() >= self.bound(background) {
             return None;
         }
         let mut rng = rand::rng();
@@ -105,13 +140,59 @@ impl PendingTable {
         Some((id, serial, rx))
     }
 
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::with_capacity(max.min(1024)),
+            max,
+            serial: 0,
+            abandoned: std::array::from_fn(|_| None),
+            abandoned_next: 0,
+        }
+    }
+
+    /// How many entries a query may find in the table and still register: all of
+    /// it for a query a client waits for, three quarters for background work
+    /// (completion, prefetch), so background work never takes the last slots.
+    fn bound(&self, background: bool) -> usize {
+        if background {
+            self.max - self.max / 4
+        } else {
+            self.max
+        }
+    }
+
+    /// Removes the registration `serial` of `id`, if it is still there (the reply
+    /// may have removed it, and a later query may have taken the ID since), and
+    /// remembers it as abandoned.
+    fn abandon(&mut self, id: u16, serial: u64) {
+        if self.map.get(&id).is_some_and(|p| p.serial == serial) {
+            if let Some(p) = self.map.remove(&id) {
+                self.abandoned[self.abandoned_next] = Some((id, p.question));
+                self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
+            }
+        }
+    }
+
     /// Hands a reply to its waiter, or gives it back with the reason it was refused.
     fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
         let verdict = match Header::parse(&reply) {
-            Ok(h) if h.qr() => match QuestionHash::of_message(&reply) {
-                Some(q) if self.map.get(&h.id).is_some_and(|p| p.question == q) => Ok(h.id),
-                Some(_) => Err(Dispatch::Mismatch),
-                None => Err(Dispatch::Malformed),
+            Ok(h) if h.qr() => match self.map.get(&h.id).map(|p| p.question.matches(&reply)) {
+                Some(Some(true)) => Ok(h.id),
+                Some(None) => Err(Dispatch::Malformed),
+                Some(Some(false)) | None => {
+                    let late = self
+                        .abandoned
+                        .iter()
+                        .flatten()
+                        .any(|(id, q)| *id == h.id && q.matches(&reply) == Some(true));
+                    if late {
+                        Err(Dispatch::Late)
+                    } else if question_readable(&reply) {
+                        Err(Dispatch::Mismatch)
+                    } else {
+                        Err(Dispatch::Malformed)
+                    }
+                }
             },
             _ => Err(Dispatch::Malformed),
         };
@@ -137,16 +218,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut table = self.table.borrow_mut();
-        // The reply may have removed our entry, and a later query may have taken
-        // the ID since: remove only our own registration.
-        if table
-            .map
-            .get(&self.id)
-            .is_some_and(|p| p.serial == self.serial)
-        {
-            table.map.remove(&self.id);
-        }
+        self.table.borrow_mut().abandon(self.id, self.serial);
     }
 }
 
@@ -164,16 +236,73 @@ pub(crate) struct Exchange {
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
-    /// A duplicate of the UDP socket, to release it when the link goes away.
-    closer: socket2::Socket,
-    udp: Rc<B::Udp>,
-    pending: Rc<RefCell<PendingTable>>,
+    /// The pool of connected UDP sockets, each with its pending table; a query
+    /// goes out on one chosen at random (spoofing entropy: the source port).
+    sockets: RefCell<Vec<Rc<UdpSlot<B>>>>,
+    /// Pending queries per socket (`max_upstream_pending` spread over the pool).
+    max_pending: usize,
+    /// A socket is replaced once this old (at its next use).
+    lifetime: Duration,
+    pool: Rc<BufferPool>,
+    stats: Rc<ShardStats>,
     idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
     max_idle_tcp: usize,
     /// Upstream TCP connections in use now, and their bound.
     tcp_busy: Cell<usize>,
     max_tcp: usize,
     timeout: Duration,
+}
+
+/// One connected UDP socket of a link, its pending table and receive loop. It stays
+/// open while the link or a query waiting on it holds it; when the last goes, it is
+/// released and its receive loop ends.
+struct UdpSlot<B: Backend> {
+    udp: Rc<B::Udp>,
+    pending: Rc<RefCell<PendingTable>>,
+    /// A duplicate of the socket, to release it at the end.
+    closer: socket2::Socket,
+    /// When to replace it.
+    renew_at: Instant,
+}
+
+impl<B: Backend> UdpSlot<B> {
+    /// Opens a socket with a random source port, connected to `addr`, and starts its
+    /// receive loop on the current shard runtime.
+    fn open(
+        addr: SocketAddr,
+        max_pending: usize,
+        renew_at: Instant,
+        pool: &Rc<BufferPool>,
+        stats: &Rc<ShardStats>,
+    ) -> io::Result<Rc<Self>> {
+        let std_udp = connected_udp(addr)?;
+        let closer = socket2::Socket::from(std_udp.try_clone()?);
+        let udp = Rc::new(B::udp(std_udp)?);
+        let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
+        tokio::task::spawn_local(receive_loop::<B>(
+            Rc::clone(&udp),
+            Rc::clone(&pending),
+            Rc::clone(pool),
+            Rc::clone(stats),
+        ));
+        Ok(Rc::new(Self {
+            udp,
+            pending,
+            closer,
+            renew_at,
+        }))
+    }
+}
+
+impl<B: Backend> Drop for UdpSlot<B> {
+    /// Its receive loop is blocked in a receive that only the upstream could
+    /// complete; an empty datagram from a private peer completes it, and the loop
+    /// sees it is alone and ends.
+    fn drop(&mut self) {
+        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
+            tracing::debug!(error = %e, "releasing an upstream socket");
+        }
+    }
 }
 
 /// A std UDP socket bound to a random port and connected to `addr`.
@@ -194,32 +323,33 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 impl<B: Backend> UpstreamLink<B> {
     /// Opens the UDP socket and starts its receive loop on the current shard runtime.
+    /// Opens the pool of UDP sockets (`limits.upstream_sockets`), each with its
+    /// receive loop on the current shard runtime. Their renewal times are spread
+    /// over one lifetime, so the pool turns over a socket at a time.
     pub(crate) fn open(
         addr: SocketAddr,
         limits: &Limits,
         pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
-        let max_pending = limits.max_upstream_pending;
-        let std_udp = connected_udp(addr)?;
-        let closer = socket2::Socket::from(std_udp.try_clone()?);
-        let udp = Rc::new(B::udp(std_udp)?);
-        let pending = Rc::new(RefCell::new(PendingTable {
-            map: HashMap::with_capacity(max_pending.min(1024)),
-            max: max_pending,
-            serial: 0,
-        }));
-        tokio::task::spawn_local(receive_loop::<B>(
-            Rc::clone(&udp),
-            Rc::clone(&pending),
-            pool,
-            stats,
-        ));
+        let n = limits.upstream_sockets.max(1);
+        let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
+        let lifetime = limits.upstream_socket_lifetime;
+        let now = Instant::now();
+        let mut rng = rand::rng();
+        let sockets = (0..n)
+            .map(|_| {
+                let spread = lifetime.mul_f64(rng.random_range(0.5..=1.0));
+                UdpSlot::open(addr, max_pending, now + spread, &pool, &stats)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Rc::new(Self {
             addr,
-            closer,
-            udp,
-            pending,
+            sockets: RefCell::new(sockets),
+            max_pending,
+            lifetime,
+            pool,
+            stats,
             idle_tcp: RefCell::new(Vec::new()),
             max_idle_tcp: limits.upstream_tcp_idle,
             tcp_busy: Cell::new(0),
@@ -228,21 +358,69 @@ impl<B: Backend> UpstreamLink<B> {
         }))
     }
 
+    /// A socket of the pool at random, renewed first if its time has come (a
+    /// socket that cannot be opened leaves the old one in place).
+    fn pick(&self, now: Instant) -> Rc<UdpSlot<B>> {
+        let mut sockets = self.sockets.borrow_mut();
+        let i = rand::rng().random_range(0..sockets.len());
+        if sockets[i].renew_at <= now {
+            match UdpSlot::open(
+                self.addr,
+                self.max_pending,
+                now + self.lifetime,
+                &self.pool,
+                &self.stats,
+            ) {
+                // The old one lives on while its queries wait, then is released.
+                Ok(fresh) => sockets[i] = fresh,
+                Err(e) => {
+                    tracing::debug!(error = %e, upstream = %self.addr, "renewing an upstream socket")
+                }
+            }
+        }
+        Rc::clone(&sockets[i])
+    }
+
+    /// The local ports of the pool's sockets (for tests and logs).
+    #[cfg(test)]
+    pub(crate) fn local_ports(&self) -> Vec<u16> {
+        self.sockets
+            .borrow()
+            .iter()
+            .filter_map(|s| s.closer.local_addr().ok()?.as_socket().map(|a| a.port()))
+            .collect()
+    }
+
     /// Sends `query` (any ID; it is replaced) over UDP and waits for the matching
     /// reply; on TC=1 retries the same question over TCP. `buf` is a pooled buffer
-    /// given back through `pool`.
+    /// given back through `pool`. `background`: no client waits for it (see
+    /// `PendingTable::bound`).
     pub(crate) async fn exchange(
         &self,
         query: &[u8],
-        question: QuestionHash,
+        question: &Question,
         pool: &BufferPool,
+        background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let Some((id, serial, rx)) = self.pending.borrow_mut().register(question) else {
+        // A random socket; a second one if the first has no room.
+        let mut slot = self.pick(start);
+        let mut registered = slot
+            .pending
+            .borrow_mut()
+            .register(question.clone(), background);
+        if registered.is_none() {
+            slot = self.pick(start);
+            registered = slot
+                .pending
+                .borrow_mut()
+                .register(question.clone(), background);
+        }
+        let Some((id, serial, rx)) = registered else {
             return Err(FailKind::Overload);
         };
         let _guard = PendingGuard {
-            table: &self.pending,
+            table: &slot.pending,
             id,
             serial,
         };
@@ -253,7 +431,7 @@ impl<B: Backend> UpstreamLink<B> {
             return Err(FailKind::Malformed);
         }
         buf[..2].copy_from_slice(&id.to_be_bytes());
-        let (res, buf) = self.udp.send(buf).await;
+        let (res, buf) = slot.udp.send(buf).await;
         pool.put(buf);
         if res.is_err() {
             return Err(FailKind::Network);
@@ -288,11 +466,7 @@ impl<B: Backend> UpstreamLink<B> {
     /// One query over TCP (RFC 7766), on an idle connection when there is one.
     /// A reused connection may have been closed by the upstream meanwhile: then the
     /// query is sent once more on a fresh connection.
-    async fn tcp_exchange(
-        &self,
-        query: &[u8],
-        question: QuestionHash,
-    ) -> Result<Vec<u8>, FailKind> {
+    async fn tcp_exchange(&self, query: &[u8], question: &Question) -> Result<Vec<u8>, FailKind> {
         let id: u16 = rand::rng().random();
         let mut frame = framed(query).ok_or(FailKind::Malformed)?;
         frame
@@ -333,27 +507,16 @@ async fn tcp_round<S: TcpIo>(
     stream: &S,
     frame: Vec<u8>,
     id: u16,
-    question: QuestionHash,
+    question: &Question,
 ) -> Result<Vec<u8>, FailKind> {
     let (res, _) = stream.write_all(frame).await;
     res.map_err(|_| FailKind::Network)?;
     let reply = read_frame(stream).await.map_err(|_| FailKind::Network)?;
     let header = Header::parse(&reply).map_err(|_| FailKind::Malformed)?;
-    if !header.qr() || header.id != id || QuestionHash::of_message(&reply) != Some(question) {
+    if !header.qr() || header.id != id || question.matches(&reply) != Some(true) {
         return Err(FailKind::Malformed);
     }
     Ok(reply)
-}
-
-impl<B: Backend> Drop for UpstreamLink<B> {
-    /// A link dropped after a reload removed its upstream: its receive loop is
-    /// blocked in a receive that only the upstream could complete; an empty datagram
-    /// from a private peer completes it, and the loop sees it is alone and ends.
-    fn drop(&mut self) {
-        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
-            tracing::debug!(error = %e, upstream = %self.addr, "releasing an upstream socket");
-        }
-    }
 }
 
 /// Counts one use while alive.
@@ -385,6 +548,7 @@ async fn receive_loop<B: Backend>(
                     pool.put(buf);
                     stats.dropped(match why {
                         Dispatch::Mismatch => DropReason::UpstreamMismatch,
+                        Dispatch::Late => DropReason::UpstreamLate,
                         Dispatch::Malformed => DropReason::UpstreamMalformed,
                     });
                 }
@@ -407,18 +571,14 @@ mod tests {
     use super::*;
 
     fn table() -> RefCell<PendingTable> {
-        RefCell::new(PendingTable {
-            map: HashMap::new(),
-            max: 4,
-            serial: 0,
-        })
+        RefCell::new(PendingTable::new(4))
     }
 
     #[test]
     fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q).unwrap();
+        let q = Question::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
         let (tx, _rx2) = oneshot::channel();
@@ -448,13 +608,34 @@ mod tests {
     }
 
     #[test]
+    fn background_queries_leave_the_last_quarter_to_clients() {
+        let t = table();
+        let q = Question::new(b"\x01a\x00", 1, 1);
+        for _ in 0..3 {
+            assert!(t.borrow_mut().register(q.clone(), true).is_some());
+        }
+        assert!(
+            t.borrow_mut().register(q.clone(), true).is_none(),
+            "background stops at 3 of 4"
+        );
+        assert!(
+            t.borrow_mut().register(q.clone(), false).is_some(),
+            "a client's query still goes"
+        );
+        assert!(t.borrow_mut().register(q.clone(), false).is_none());
+    }
+
+    #[test]
     fn the_table_is_bounded_and_replies_must_match_id_and_question() {
         let t = table();
-        let q = QuestionHash::new(b"\x01a\x00", 1, 1);
+        let q = Question::new(b"\x01a\x00", 1, 1);
         let ids: Vec<u16> = (0..4)
-            .map(|_| t.borrow_mut().register(q).unwrap().0)
+            .map(|_| t.borrow_mut().register(q.clone(), false).unwrap().0)
             .collect();
-        assert!(t.borrow_mut().register(q).is_none(), "full at its bound");
+        assert!(
+            t.borrow_mut().register(q.clone(), false).is_none(),
+            "full at its bound"
+        );
         // A reply for the first ID but another question is refused.
         let mut reply = vec![0u8; 12];
         reply[..2].copy_from_slice(&ids[0].to_be_bytes());
@@ -468,5 +649,116 @@ mod tests {
         reply[13] = b'a';
         assert!(t.borrow_mut().dispatch(reply).is_ok());
         assert_eq!(t.borrow().map.len(), 3);
+    }
+
+    /// A reply (QR=1) with this ID to the question `a.` A IN.
+    fn reply_for(id: u16) -> Vec<u8> {
+        let mut reply = vec![0u8; 12];
+        reply[..2].copy_from_slice(&id.to_be_bytes());
+        reply[2] = 0x80;
+        reply[5] = 1;
+        reply.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+        reply
+    }
+
+    #[test]
+    fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
+        let t = table();
+        let q = Question::new(b"\x01a\x00", 1, 1);
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
+        drop(PendingGuard {
+            table: &t,
+            id,
+            serial,
+        });
+        assert!(t.borrow().map.is_empty(), "the entry went with its waiter");
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply_for(id)),
+            Err((Dispatch::Late, _))
+        ));
+        // An ID nobody ever used is still a mismatch.
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply_for(id.wrapping_add(1))),
+            Err((Dispatch::Mismatch, _))
+        ));
+        // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
+        for _ in 0..RECENTLY_ABANDONED {
+            let (other, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
+            t.borrow_mut().abandon(other, serial);
+        }
+        let late_again = t.borrow_mut().dispatch(reply_for(id));
+        let forgotten = t
+            .borrow()
+            .abandoned
+            .iter()
+            .all(|a| a.as_ref().is_none_or(|(i, _)| *i != id));
+        if forgotten {
+            assert!(matches!(late_again, Err((Dispatch::Mismatch, _))));
+        }
+        assert_eq!(t.borrow().abandoned.len(), RECENTLY_ABANDONED);
+    }
+
+    /// A UDP responder on loopback that answers every query with its question
+    /// (QR set) and records the source port it came from.
+    fn responder() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u16>>>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let ports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&ports);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                seen.lock().unwrap().push(from.port());
+                buf[2] |= 0x80;
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        (addr, ports)
+    }
+
+    #[test]
+    fn queries_leave_from_a_pool_of_ports_that_is_renewed() {
+        let (addr, ports) = responder();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let limits = Limits {
+                upstream_socket_lifetime: Duration::from_millis(200),
+                ..Limits::default()
+            };
+            let pool = Rc::new(BufferPool::new(64, 0));
+            let stats = Rc::new(ShardStats::new(1));
+            let link =
+                UpstreamLink::<crate::io::Epoll>::open(addr, &limits, Rc::clone(&pool), stats)
+                    .unwrap();
+            let first = link.local_ports();
+            assert_eq!(first.len(), 16);
+            let mut query = vec![0u8; 12];
+            query[5] = 1;
+            query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+            let q = Question::new(b"\x01a\x00", 1, 1);
+            for _ in 0..64 {
+                let ex = link.exchange(&query, &q, &pool, false).await.unwrap();
+                assert_eq!(&ex.reply[12..], &query[12..]);
+            }
+            let used: std::collections::HashSet<u16> =
+                ports.lock().unwrap().iter().copied().collect();
+            assert!(used.len() >= 8, "64 queries over {} ports", used.len());
+            assert!(used.iter().all(|p| first.contains(p)));
+            // Past their lifetime the sockets are replaced as they are used.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for _ in 0..64 {
+                link.exchange(&query, &q, &pool, false).await.unwrap();
+            }
+            let renewed = link.local_ports();
+            assert!(
+                renewed.iter().filter(|p| !first.contains(p)).count() >= 8,
+                "most sockets renewed: {first:?} -> {renewed:?}"
+            );
+        });
     }
 }

@@ -94,7 +94,7 @@ fn exchange(reply: &Reply, rtt: Duration) -> Result<Exchange, FailKind> {
 fn state(kind: StrategyKind, params: &TierParams, n: usize, t0: Instant) -> FlightState {
     let order: Vec<UpstreamIdx> = (0..n).collect();
     let health = HealthTracker::new(HealthParams::default(), &vec![0; n]);
-    FlightState::new(Plan::new(kind, params, &order, &health, t0, 7), t0)
+    FlightState::new(Plan::new(kind, params, &order, &health, t0, 7), 1, t0)
 }
 
 /// Runs the flight to its end against `ups` (upstream i is `ups[i]`).
@@ -106,7 +106,7 @@ fn simulate(flight: &mut FlightState, ups: &[Upstream], t0: Instant) -> Trace {
     let mut pending: Vec<(Instant, UpstreamIdx)> = Vec::new();
     let mut in_flight = 0usize;
     for _ in 0..1000 {
-        match flight.next(now) {
+        match flight.next(now, |_, _| true) {
             Next::Send(list) => {
                 for u in list {
                     trace.sent.push((u, ms(now)));
@@ -280,10 +280,51 @@ fn without_completion_the_first_answer_ends_the_flight() {
 }
 
 #[test]
+fn a_first_answer_no_merge_can_grow_ends_the_flight_without_asking_the_rest() {
+    // NXDOMAIN, and NODATA (NOERROR without an address): nothing to merge into.
+    for reply in [
+        Reply::Rcode(ResponseCode::NXDomain),
+        Reply::Rcode(ResponseCode::NoError),
+    ] {
+        let t0 = Instant::now();
+        let ups: Vec<Upstream> = (0..5).map(|i| up(20 + 10 * i, reply.clone())).collect();
+        let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 5, t0);
+        let trace = simulate(&mut flight, &ups, t0);
+        assert_eq!(trace.sent, [(0, 0), (1, 0)], "the active tier only");
+        assert_eq!(trace.done_at, 20, "over with the first answer");
+        assert!(trace.first.is_some());
+        assert_eq!(flight.finish().stats.stagger_reason, None);
+    }
+}
+
+#[test]
+fn only_unsigned_address_answers_can_grow() {
+    let layout = |rcode, answers| {
+        AnswerLayout::parse(&response(
+            "x.example.",
+            RecordType::A,
+            rcode,
+            answers,
+            vec![],
+            None,
+        ))
+        .unwrap()
+    };
+    let with_a = layout(ResponseCode::NoError, vec![a("x.example.", 60, 1)]);
+    assert!(merge_can_grow(&with_a, 1));
+    assert!(!merge_can_grow(&with_a, 16), "a TXT question never merges");
+    assert!(
+        !merge_can_grow(&layout(ResponseCode::NoError, vec![]), 1),
+        "NODATA"
+    );
+    assert!(!merge_can_grow(&layout(ResponseCode::NXDomain, vec![]), 1));
+}
+
+#[test]
 fn a_reply_that_cannot_be_patched_is_malformed_not_good() {
     let t0 = Instant::now();
     let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 1, t0);
-    let Next::Send(list) = flight.next(t0) else {
+    let Next::Send(list) = flight.next(t0, |_, _| true) else {
         panic!("sends first")
     };
     assert_eq!(list.as_slice(), [0]);
@@ -296,7 +337,7 @@ fn a_reply_that_cannot_be_patched_is_malformed_not_good() {
         flight.on_report(0, Ok(junk), t0 + MS),
         Heard::Failed(FailKind::Malformed)
     ));
-    assert_eq!(flight.next(t0 + MS), Next::Done);
+    assert_eq!(flight.next(t0 + MS, |_, _| true), Next::Done);
     assert_eq!(flight.failure(), Ede::UPSTREAM_ERROR);
 }
 
@@ -315,6 +356,20 @@ fn rcodes_classify_by_name() {
         assert_eq!(classify(&wire(rcode)).unwrap_err(), kind, "{rcode:?}");
     }
     assert_eq!(classify(&[1, 2, 3]).unwrap_err(), FailKind::Malformed);
+    // NOERROR in the header, but BADVERS (16) through the OPT record's extended
+    // rcode bits: not a good answer.
+    let mut badvers = response(
+        "x.example.",
+        RecordType::A,
+        ResponseCode::NoError,
+        vec![a("x.example.", 60, 1)],
+        vec![],
+        Some((false, vec![])),
+    );
+    assert!(classify(&badvers).is_ok());
+    let ttl = badvers.len() - 6; // the OPT record is last and has no options
+    badvers[ttl] = 1;
+    assert_eq!(classify(&badvers).unwrap_err(), FailKind::OtherRcode);
 }
 
 #[test]

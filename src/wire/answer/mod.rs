@@ -37,6 +37,7 @@ use super::name::{read_name_lower, skip_name, MAX_NAME_LEN, MAX_POINTER_HOPS};
 use super::{WireError, HEADER_LEN};
 
 const TYPE_SOA: u16 = 6;
+const TYPE_RRSIG: u16 = 46;
 const TYPE_OPT: u16 = 41;
 const TYPE_ANY: u16 = 255;
 const OPT_CODE_EDE: u16 = 15;
@@ -57,6 +58,7 @@ const FLAG_RESPONSE: u8 = 1 << 3;
 const FLAG_OPT: u8 = 1 << 4;
 const FLAG_ANSWER_TTL: u8 = 1 << 5;
 const FLAG_NEGATIVE_TTL: u8 = 1 << 6;
+const FLAG_SIGNED: u8 = 1 << 7;
 
 /// Where a response's patchable fields sit, recorded once at insert (or when a fresh
 /// upstream answer arrives).
@@ -227,6 +229,9 @@ impl AnswerLayout {
                         if rtype == qtype || qtype == TYPE_ANY {
                             flags |= FLAG_QTYPE_ANSWER;
                         }
+                        if rtype == TYPE_RRSIG {
+                            flags |= FLAG_SIGNED;
+                        }
                     }
                     Section::Authority if rtype == TYPE_SOA => {
                         // MNAME, RNAME, then five 32-bit fields; MINIMUM is the last.
@@ -332,6 +337,12 @@ impl AnswerLayout {
     /// for QTYPE=ANY). NOERROR without one is NODATA.
     pub fn has_qtype_answer(&self) -> bool {
         self.flags & FLAG_QTYPE_ANSWER != 0
+    }
+
+    /// Whether the answer section carries an RRSIG (a signed answer: adding records
+    /// to its RRsets would break the signatures).
+    pub fn signed(&self) -> bool {
+        self.flags & FLAG_SIGNED != 0
     }
 
     /// The TC bit.

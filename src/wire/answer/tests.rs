@@ -575,3 +575,30 @@ fn never_panics_on_prefixes_and_mutations() {
         }
     }
 }
+
+#[test]
+fn an_rrsig_in_the_answer_marks_the_answer_signed() {
+    let plain = response(
+        "x.example.",
+        RecordType::A,
+        ResponseCode::NoError,
+        vec![a("x.example.", 60, 1)],
+        vec![],
+        None,
+    );
+    assert!(!AnswerLayout::parse(&plain).unwrap().signed());
+    // The same answer with an RRSIG over it appended: owner a pointer to the
+    // question name, type 46, class IN, TTL 60, then the RRSIG RDATA (type covered
+    // A, algorithm 13, 2 labels, original TTL, expiration, inception, key tag, the
+    // root as signer, 4 bytes of signature).
+    let mut signed = plain.clone();
+    signed[7] += 1; // ANCOUNT
+    let rdata: &[u8] = &[
+        0, 1, 13, 2, 0, 0, 0, 60, 0x70, 0, 0, 0, 0x60, 0, 0, 0, 0x12, 0x34, 0, 1, 2, 3, 4,
+    ];
+    signed.extend_from_slice(&[0xC0, 12, 0, 46, 0, 1, 0, 0, 0, 60, 0, rdata.len() as u8]);
+    signed.extend_from_slice(rdata);
+    let layout = AnswerLayout::parse(&signed).unwrap();
+    assert!(layout.signed());
+    assert_eq!(layout.ancount(), 2);
+}

@@ -1,0 +1,161 @@
+//! The miss path's bounds end to end: no fan-out a merge cannot use, and no herd
+//! past the waiters of one flight.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+fn five(rcode: ResponseCode) -> Vec<SimUpstream> {
+    (0..5u8)
+        .map(|i| {
+            SimUpstream::start(Behavior {
+                delay: Duration::from_millis(10 + 10 * u64::from(i)),
+                rcode,
+                addrs: vec![Ipv4Addr::new(10, 0, i, 1)],
+                ..Behavior::default()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_answer_no_merge_can_grow_asks_no_more_upstreams() {
+    // NXDOMAIN for an A question, and NOERROR for a TXT question (the simulated
+    // upstreams give records only for A): neither merges, so the flight ends with
+    // its first answer and the other three upstreams are never asked.
+    for (rcode, qtype) in [
+        (ResponseCode::NXDomain, RecordType::A),
+        (ResponseCode::NoError, RecordType::TXT),
+    ] {
+        let ups = five(rcode);
+        let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+        let server = start(config(&addrs, uring(), ""));
+        let r = udp_query(
+            server.local_addrs[0],
+            &query(7, "nothing-to-merge.example.", qtype, None),
+        );
+        assert_eq!(r.metadata.response_code, rcode);
+        std::thread::sleep(Duration::from_millis(400));
+        let asked: Vec<usize> = ups.iter().map(|u| u.queries()).collect();
+        assert_eq!(
+            asked,
+            [1, 1, 0, 0, 0],
+            "{rcode:?} {qtype:?}: active tier only"
+        );
+        server.shutdown();
+    }
+}
+
+#[test]
+fn past_the_waiters_of_a_flight_a_query_starts_no_flight_of_its_own() {
+    let up = SimUpstream::start(Behavior {
+        delay: Duration::from_millis(400),
+        ..Behavior::default()
+    });
+    let server = start(config(
+        &[up.addr],
+        "epoll",
+        "[limits]\nflight_max_waiters = 1\n[tiers]\nactive_tier_size = 1\n",
+    ));
+    let addr = server.local_addrs[0];
+    let q = |id| query(id, "herd.example.", RecordType::A, None);
+    // Leader, then one waiter, then two more past the bound: one over UDP (no
+    // answer: its retry will find the cache) and one over TCP (SERVFAIL).
+    let leader = std::thread::spawn(move || udp_query(addr, &q(1)));
+    std::thread::sleep(Duration::from_millis(50));
+    let waiter = std::thread::spawn(move || udp_query(addr, &q(2)));
+    std::thread::sleep(Duration::from_millis(50));
+    let past_udp =
+        std::thread::spawn(move || udp_raw(addr, &q(3).bytes(), Duration::from_millis(700)));
+    let past_tcp = tcp_query(addr, &q(4));
+    let past_udp = past_udp.join().unwrap();
+    assert_eq!(
+        a_records(&leader.join().unwrap()),
+        [Ipv4Addr::new(192, 0, 2, 1)]
+    );
+    assert_eq!(
+        a_records(&waiter.join().unwrap()),
+        [Ipv4Addr::new(192, 0, 2, 1)]
+    );
+    assert!(past_udp.is_none(), "dropped, not a flight of its own");
+    assert_eq!(past_tcp.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.queries(), 1, "one upstream query for all four");
+    // The retry is a cache hit.
+    let retry = udp_query(addr, &q(5));
+    assert_eq!(a_records(&retry), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(up.queries(), 1);
+    server.shutdown();
+}
+
+#[test]
+fn new_names_beyond_the_budget_cost_one_upstream_query_each() {
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // No refill at all: only the bucket's initial ten tokens for extra queries.
+    let server = start(config(
+        &addrs,
+        "epoll",
+        "[budget]\nratio = 0.0\nmin_per_second = 0.0\n",
+    ));
+    let names = 30;
+    for i in 0..names {
+        let r = udp_query(
+            server.local_addrs[0],
+            &query(i, &format!("n{i}.flood.example."), RecordType::A, None),
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    // Two shards, ten tokens each at most; without the budget: 5 per name.
+    assert!(total >= names as usize, "every name asked: {total}");
+    assert!(
+        total <= names as usize + 20,
+        "extra queries bounded: {total}"
+    );
+    server.shutdown();
+
+    // The same without the budget: every upstream is asked for every name.
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(&addrs, "epoll", "[budget]\nenabled = false\n"));
+    for i in 0..5 {
+        udp_query(
+            server.local_addrs[0],
+            &query(i, &format!("m{i}.flood.example."), RecordType::A, None),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    assert_eq!(total, 25);
+    server.shutdown();
+}
+
+#[test]
+fn past_max_background_a_flight_keeps_its_first_answer_and_stops_collecting() {
+    let ups = five(ResponseCode::NoError);
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // One shard, one background slot: the first flight's completion holds it.
+    let mut cfg = config(&addrs, "epoll", "[limits]\nmax_background = 1\n");
+    cfg.server.shards = 1;
+    let server = start(cfg);
+    let addr = server.local_addrs[0];
+    let a = udp_query(addr, &query(1, "first.bg.example.", RecordType::A, None));
+    let b = udp_query(addr, &query(2, "second.bg.example.", RecordType::A, None));
+    assert_eq!(a_records(&a).len(), 1, "a first answer");
+    assert_eq!(a_records(&b).len(), 1, "a first answer");
+    std::thread::sleep(Duration::from_millis(400));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    // The first flight asked all five; the second only its active tier.
+    assert_eq!(total, 7);
+    // The slot came back: a third flight completes again.
+    udp_query(addr, &query(3, "third.bg.example.", RecordType::A, None));
+    std::thread::sleep(Duration::from_millis(400));
+    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    assert_eq!(total, 12);
+    server.shutdown();
+}
