@@ -150,9 +150,9 @@ pub struct RateLimit {
     pub qps: f64,
     /// Bucket size, at least 1.
     pub burst: f64,
-    /// Prefix lengths.
+    /// Bits of an IPv4 client address that make its prefix (at most 32).
     pub ipv4_prefix: u8,
-    /// Prefix lengths.
+    /// Bits of an IPv6 client address that make its prefix (at most 128).
     pub ipv6_prefix: u8,
     /// What a limited client gets.
     pub action: RateLimitAction,
