@@ -460,7 +460,7 @@ fn ratelimit_drop_and_off_apply_by_reload() {
         warnings.is_empty(),
         "[ratelimit] needs no restart: {warnings:?}"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let ((served, truncated, lost), took) = udp_burst(addr, &q, 20, wait);
     let refill = took.as_secs() as usize + 1;
     assert_eq!(truncated, 0);
@@ -472,7 +472,7 @@ fn ratelimit_drop_and_off_apply_by_reload() {
 
     // And off again.
     server.reload(server_config(up.addr, uring(), ""));
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let ((served, _, _), _) = udp_burst(addr, &q, 20, wait);
     assert_eq!(served, 20, "limiting off after the second reload");
     server.shutdown();
