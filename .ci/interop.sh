@@ -19,6 +19,9 @@
 #     the end -> FORMERR or no reply; a response (QR=1) -> no reply; afterwards
 #     normal queries still work
 #   - DO bit (+dnssec) queries; several queries on one TCP connection (+keepopen)
+#   - edge policy: a client outside [access] allow (dig/kdig -b 127.0.0.2 while
+#     127.0.0.1/32 is allowed) gets REFUSED, with EDE 18 over UDP; ANY gets the
+#     RFC 8482 HINFO; an unknown opcode gets NOTIMP with flags "qr" only
 #   - /metrics has tierdns_queries_total, and counts the upstream TCP retry the big
 #     answers needed (NSD answers them with TC=1 over UDP)
 #   - SIGTERM: tierdns exits 0 within a few seconds
@@ -249,6 +252,43 @@ raw_check() {
     fi
 }
 
+# expect_in OUTFILE WHAT PATTERN...: every (extended) regex is found in the output.
+expect_in() {
+    local out="$1" what="$2" p
+    shift 2
+    for p in "$@"; do
+        if ! grep -E -q -- "$p" "$out"; then
+            fail "[$IO] $what: no /$p/ in the output ($out)"
+            return
+        fi
+    done
+    pass "[$IO] $what"
+}
+
+# The edge policy with real clients: access list, ANY, unknown opcode.
+policy_checks() {
+    local out
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client dig "$DNS_PORT" udp "$out" -b 127.0.0.2 www.interop.test A
+    expect_in "$out" "dig -b 127.0.0.2 (outside [access] allow): REFUSED with EDE 18" \
+        'status: REFUSED' 'EDE: 18'
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client kdig "$DNS_PORT" tcp "$out" -b 127.0.0.2 www.interop.test A
+    expect_in "$out" "kdig +tcp -b 127.0.0.2 (outside [access] allow): REFUSED" 'status: REFUSED'
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client dig "$DNS_PORT" udp "$out" Interop.TEST ANY
+    expect_in "$out" "dig ANY: the RFC 8482 HINFO, answered locally" \
+        'status: NOERROR' 'ANSWER: 1,' 'HINFO[[:space:]]+"RFC8482" ""'
+    QN=$((QN + 1))
+    out="$WORK/q$QN-tierdns.txt"
+    run_client dig "$DNS_PORT" udp "$out" +opcode=15 +noedns +cd +rec www.interop.test A
+    expect_in "$out" "dig +opcode=15 +cd +rec: NOTIMP, no flag but qr (ISC opcodeflg)" \
+        'status: NOTIMP' ';; flags: qr;'
+}
+
 still_serving() {
     local what="$1" out
     QN=$((QN + 1))
@@ -312,6 +352,9 @@ pin_cpus = false
 [metrics]
 enabled = true
 listen = "$HOST:$METRICS_PORT"
+
+[access]
+allow = ["$HOST/32"]
 
 [[upstream]]
 address = "$HOST:$NSD_PORT"
@@ -427,6 +470,7 @@ run_backend() { # IO
     raw_check badname "question running past the end -> FORMERR or no reply"
     raw_check response "a response (QR=1) sent as a query -> no reply"
     still_serving "malformed packets"
+    policy_checks
 
     local msg
     if msg=$(timeout 15 "${HELPER[@]}" metrics "http://$HOST:$METRICS_PORT/metrics" tierdns_queries_total 10 2>&1); then
