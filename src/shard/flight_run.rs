@@ -69,7 +69,7 @@ fn telling(kind: FailKind) -> u8 {
 /// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
 /// they can be patched and cached, and no extended rcode says otherwise), every
 /// other rcode is a failure of its kind.
-fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
+pub(super) fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
     let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
     match u16::from(header.rcode()) {
         rcode::NOERROR | rcode::NXDOMAIN => {

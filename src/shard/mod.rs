@@ -43,6 +43,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use upstreams::UpstreamSet;
 
+/// How the tiers count an upstream reply (for the fuzzer): true if good. A good
+/// answer has NOERROR or NXDOMAIN as its full (extended) rcode and a layout the
+/// cache can patch.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_classify(reply: &[u8]) -> bool {
+    match flight_run::classify(reply) {
+        Ok(layout) => {
+            assert!(
+                matches!(
+                    layout.rcode(),
+                    crate::wire::rcode::NOERROR | crate::wire::rcode::NXDOMAIN
+                ),
+                "only NOERROR and NXDOMAIN are good"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// State shared by every shard: the only cross-thread data on the query path.
 #[derive(Debug)]
 pub struct Shared {
