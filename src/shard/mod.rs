@@ -28,7 +28,7 @@ mod upstreams;
 use crate::cache::PacketCache;
 use crate::config::Config;
 use crate::flight::{FlightResult, FlightTable};
-use crate::health::HealthTracker;
+use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
@@ -72,6 +72,8 @@ pub struct Shared {
     pub cache: PacketCache,
     /// Flights in progress.
     pub flights: Arc<FlightTable<FlightResult>>,
+    /// Upstream circuits opened by any shard.
+    pub board: CircuitBoard,
 }
 
 /// Why the server could not start.
@@ -138,6 +140,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             (shards * 64).next_power_of_two(),
             config.limits.flight_max_waiters,
         )),
+        board: CircuitBoard::new(),
         config,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -308,7 +311,8 @@ fn build_shard<B: Backend>(
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
-    let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats)?;
+    let (set, _) =
+        UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats, &shared.board)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
     let udp = sockets

@@ -60,7 +60,14 @@ pub(super) async fn reload_loop<B: Backend>(
     while configs.changed().await.is_ok() {
         let config = Arc::clone(&configs.borrow_and_update());
         let old = Rc::clone(&shard.upstreams.borrow());
-        match UpstreamSet::build(config, Some(&old), &shard.pool, &shard.stats) {
+        let built = UpstreamSet::build(
+            config,
+            Some(&old),
+            &shard.pool,
+            &shard.stats,
+            &shard.shared.board,
+        );
+        match built {
             Ok((set, kept)) => {
                 let new = &set.config;
                 let priorities: Vec<i32> = new.upstreams.iter().map(|u| u.priority).collect();
