@@ -44,6 +44,22 @@ pub mod zones;
 
 use config::Config;
 
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`): the
+/// internal paths that have no public door.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// The upstream reply path: the pending table's acceptance rules, then the
+    /// tiers' classification of what was accepted. Returns whether the reply would
+    /// count as a good answer.
+    pub fn upstream_reply(reply: &[u8]) -> bool {
+        let Some(accepted) = crate::upstream::fuzz_dispatch(reply) else {
+            return false;
+        };
+        assert_eq!(accepted, reply, "handed over as received");
+        crate::shard::fuzz_classify(&accepted)
+    }
+}
+
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

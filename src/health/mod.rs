@@ -25,10 +25,12 @@
 //! `backoff_max` 5min, `close_after` 2, `failure_penalty` 500ms (one failure among
 //! successes adds 100ms to the score, decaying by 0.8 with each success).
 
+mod board;
 mod circuit;
 mod fail;
 mod rtt;
 
+pub use board::{BoardSlot, CircuitBoard};
 pub use fail::FailKind;
 pub use rtt::RTT_SAMPLES;
 
@@ -274,6 +276,19 @@ impl HealthTracker {
         now: Instant,
         out: &mut SmallVec<[UpstreamIdx; 8]>,
     ) {
+        self.order_shared(candidates, now, out, |_| false);
+    }
+
+    /// [`Self::order`], with what the other shards know: an upstream
+    /// `dead_elsewhere` (its circuit open on another shard, see [`CircuitBoard`])
+    /// goes after every other, whatever its local state says.
+    pub fn order_shared(
+        &mut self,
+        candidates: &[UpstreamIdx],
+        now: Instant,
+        out: &mut SmallVec<[UpstreamIdx; 8]>,
+        dead_elsewhere: impl Fn(UpstreamIdx) -> bool,
+    ) {
         out.clear();
         let mut any_valid = false;
         for &c in candidates {
@@ -296,7 +311,11 @@ impl HealthTracker {
                 }
             }
         }
-        out.sort_unstable_by(|&a, &b| self.rank(a, b));
+        out.sort_unstable_by(|&a, &b| {
+            dead_elsewhere(a)
+                .cmp(&dead_elsewhere(b))
+                .then_with(|| self.rank(a, b))
+        });
     }
 
     fn rank(&self, a: UpstreamIdx, b: UpstreamIdx) -> Ordering {
@@ -397,6 +416,7 @@ impl HealthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     const MS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
@@ -475,6 +495,38 @@ mod tests {
         fail(&mut h, 0, 1, t0);
         assert_eq!(h.state(0), CircuitState::Open);
         assert_eq!(CircuitState::Open.as_str(), "open");
+    }
+
+    #[test]
+    fn an_upstream_dead_on_another_shard_goes_last_here() {
+        let t0 = Instant::now();
+        let mut h = tracker(3);
+        for _ in 0..5 {
+            h.record_success(0, 5 * MS, t0);
+            h.record_success(1, 10 * MS, t0);
+            h.record_success(2, 20 * MS, t0);
+        }
+        let board = CircuitBoard::new();
+        let slots: Vec<BoardSlot> = (1..=3u16)
+            .map(|p| board.slot(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let order_now = |h: &mut HealthTracker, now| {
+            let mut out = SmallVec::new();
+            h.order_shared(&[0, 1, 2], now, &mut out, |up| slots[up].is_open(now));
+            out.to_vec()
+        };
+        assert_eq!(order_now(&mut h, t0), [0, 1, 2]);
+        // Another shard opened upstream 0's circuit for 10 s.
+        slots[0].mark_open(t0 + 10 * SEC);
+        assert_eq!(order_now(&mut h, t0), [1, 2, 0], "known dead: last");
+        assert_eq!(
+            order_now(&mut h, t0 + 11 * SEC),
+            [0, 1, 2],
+            "the mark expires"
+        );
+        slots[0].mark_open(t0 + 10 * SEC);
+        slots[0].mark_closed();
+        assert_eq!(order_now(&mut h, t0), [0, 1, 2], "closed again");
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn telling(kind: FailKind) -> u8 {
 /// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
 /// they can be patched and cached, and no extended rcode says otherwise), every
 /// other rcode is a failure of its kind.
-fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
+pub(super) fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
     let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
     match u16::from(header.rcode()) {
         rcode::NOERROR | rcode::NXDOMAIN => {
@@ -293,7 +293,9 @@ impl<B: Backend> FlightRun<B> {
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
         let plan = {
             let mut health = shard.health.borrow_mut();
-            health.order(&route.upstreams, now, &mut order);
+            let dead_elsewhere =
+                |up: UpstreamIdx| set.board.get(up).is_some_and(|b| b.is_open(now));
+            health.order_shared(&route.upstreams, now, &mut order, dead_elsewhere);
             Plan::new(
                 route.strategy,
                 &route.tiers,
@@ -406,6 +408,17 @@ impl<B: Backend> FlightRun<B> {
         f(&mut health);
         let after = health.state(up);
         if before != after {
+            // Tell the other shards: one store, on a change only.
+            if let Some(slot) = self.set.board.get(up) {
+                match after {
+                    CircuitState::Open => {
+                        let backoff = health.backoff(up).unwrap_or_default();
+                        slot.mark_open(Instant::now() + backoff);
+                    }
+                    CircuitState::Closed => slot.mark_closed(),
+                    _ => {}
+                }
+            }
             let upstream = self.set.labels.get(up).map_or("?", String::as_str);
             if after == CircuitState::Closed {
                 tracing::info!(

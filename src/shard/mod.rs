@@ -5,8 +5,8 @@
 //! io backend ([`runtime`]), then starts one thread per shard. A shard owns, per
 //! listen address, a SO_REUSEPORT UDP socket (the kernel spreads clients over shards)
 //! and a SO_REUSEPORT TCP listener; per upstream, one connected UDP socket and a few
-//! idle TCP connections ([`upstreams`]). Only the cache, the flight table and the
-//! rate limiter's table are shared between shards.
+//! idle TCP connections ([`upstreams`]). Only the cache, the flight table, the
+//! circuit board and the rate limiter's table are shared between shards.
 //!
 //! What a shard drives, one file each:
 //! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
@@ -31,7 +31,7 @@ mod upstreams;
 use crate::cache::PacketCache;
 use crate::config::Config;
 use crate::flight::{FlightResult, FlightTable};
-use crate::health::HealthTracker;
+use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
@@ -47,6 +47,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use upstreams::UpstreamSet;
 
+/// How the tiers count an upstream reply (for the fuzzer): true if good. A good
+/// answer has NOERROR or NXDOMAIN as its full (extended) rcode and a layout the
+/// cache can patch.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_classify(reply: &[u8]) -> bool {
+    match flight_run::classify(reply) {
+        Ok(layout) => {
+            assert!(
+                matches!(
+                    layout.rcode(),
+                    crate::wire::rcode::NOERROR | crate::wire::rcode::NXDOMAIN
+                ),
+                "only NOERROR and NXDOMAIN are good"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// State shared by every shard: the only cross-thread data on the query path.
 #[derive(Debug)]
 pub struct Shared {
@@ -58,6 +78,8 @@ pub struct Shared {
     pub flights: Arc<FlightTable<FlightResult>>,
     /// Client prefixes and their rate-limit buckets (one table for all shards).
     pub ratelimiter: RateLimiter,
+    /// Upstream circuits opened by any shard.
+    pub board: CircuitBoard,
 }
 
 /// Why the server could not start.
@@ -125,6 +147,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             config.limits.flight_max_waiters,
         )),
         ratelimiter: RateLimiter::new(),
+        board: CircuitBoard::new(),
         config,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -297,7 +320,8 @@ fn build_shard<B: Backend>(
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
-    let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats)?;
+    let (set, _) =
+        UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats, &shared.board)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
     let policy = Policy::new(&config.access, &config.ratelimit).map_err(|e| e.to_string())?;

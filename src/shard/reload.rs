@@ -71,7 +71,14 @@ pub(super) async fn reload_loop<B: Backend>(
             }
         }
         let old = Rc::clone(&shard.upstreams.borrow());
-        match UpstreamSet::build(config, Some(&old), &shard.pool, &shard.stats) {
+        let built = UpstreamSet::build(
+            config,
+            Some(&old),
+            &shard.pool,
+            &shard.stats,
+            &shard.shared.board,
+        );
+        match built {
             Ok((set, kept)) => {
                 let new = &set.config;
                 let priorities: Vec<i32> = new.upstreams.iter().map(|u| u.priority).collect();

@@ -13,6 +13,7 @@
 //! last flight using them ends.
 
 use crate::config::Config;
+use crate::health::{BoardSlot, CircuitBoard};
 use crate::io::buffers::BufferPool;
 use crate::io::Backend;
 use crate::metrics::ShardStats;
@@ -31,6 +32,8 @@ pub(crate) struct UpstreamSet<B: Backend> {
     pub(crate) links: Vec<Rc<UpstreamLink<B>>>,
     /// Upstream labels for metrics and logs, in the same order.
     pub(crate) labels: Vec<String>,
+    /// Each upstream's mark on the board shared by all shards, in the same order.
+    pub(crate) board: Vec<BoardSlot>,
     /// Increases with every reload.
     pub(crate) generation: u64,
 }
@@ -43,6 +46,7 @@ impl<B: Backend> UpstreamSet<B> {
         old: Option<&Self>,
         pool: &Rc<BufferPool>,
         stats: &Rc<ShardStats>,
+        board: &CircuitBoard,
     ) -> Result<(Self, Vec<(usize, usize)>), String> {
         let limits = &config.limits;
         let mut kept = Vec::new();
@@ -65,6 +69,11 @@ impl<B: Backend> UpstreamSet<B> {
         let set = Self {
             zones: ZoneTable::new(&config),
             labels: config.upstreams.iter().map(|u| u.label()).collect(),
+            board: config
+                .upstreams
+                .iter()
+                .map(|u| board.slot(u.address))
+                .collect(),
             generation: old.map_or(0, |o| o.generation + 1),
             links,
             config,

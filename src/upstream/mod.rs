@@ -566,6 +566,61 @@ async fn receive_loop<B: Backend>(
     }
 }
 
+/// The reply path for the fuzzer: a pending table holding two queries, the
+/// question of `reply` under its own ID (when it has a readable one) and `a.` A IN
+/// under the ID after it, gets `reply` as if from the upstream socket. Returns the
+/// reply if the table handed it to a waiter. Checks its own rules: nothing is
+/// handed over unless it is a response with a pending ID and that query's question.
+#[cfg(fuzzing)]
+pub fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
+    let mut table = PendingTable::new(8);
+    let id = u16::from_be_bytes([*reply.first()?, *reply.get(1)?]);
+    let own = {
+        let mut name = [0u8; MAX_NAME_LEN];
+        read_name_lower(reply, HEADER_LEN, &mut name)
+            .ok()
+            .and_then(|(len, end)| {
+                let fixed = reply.get(end..end + 4)?;
+                Some(Question::new(
+                    &name[..len],
+                    u16::from_be_bytes([fixed[0], fixed[1]]),
+                    u16::from_be_bytes([fixed[2], fixed[3]]),
+                ))
+            })
+    };
+    let mut receivers = Vec::new();
+    for (i, question) in [own, Some(Question::new(b"\x01a\x00", 1, 1))]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(question) = question else { continue };
+        let (tx, rx) = oneshot::channel();
+        let key = id.wrapping_add(i as u16);
+        table.map.insert(
+            key,
+            Pending {
+                serial: i as u64,
+                question,
+                tx,
+            },
+        );
+        receivers.push((key, rx));
+    }
+    let before = table.map.len();
+    let accepted = table.dispatch(reply.to_vec()).is_ok();
+    let header = Header::parse(reply).ok();
+    if accepted {
+        let h = header.expect("only a readable header is accepted");
+        assert!(h.qr(), "only responses are accepted");
+        assert_eq!(table.map.len(), before - 1, "exactly one waiter served");
+    } else {
+        assert_eq!(table.map.len(), before, "a refused reply serves nobody");
+    }
+    receivers
+        .into_iter()
+        .find_map(|(_, mut rx)| rx.try_recv().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
