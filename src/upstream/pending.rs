@@ -1,0 +1,266 @@
+//! The pending queries of one upstream socket, and the rules a reply must meet to
+//! be handed to one: a response (QR=1), the ID of a pending query, and that
+//! query's question, compared byte for byte. Anything else is refused with the
+//! reason (mismatch, late, malformed), which the receive loop counts.
+//!
+//! Bounds: `max` entries, of which background work may fill three quarters; the
+//! last [`RECENTLY_ABANDONED`] queries that stopped waiting are remembered to tell a
+//! late reply from a forged one.
+
+use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
+use crate::wire::reader::Header;
+use crate::wire::HEADER_LEN;
+use hashbrown::HashMap;
+use rand::Rng;
+use std::cell::RefCell;
+use std::rc::Rc;
+use tokio::sync::oneshot;
+
+/// The question a reply must repeat: the lowercased wire name, type and class,
+/// compared byte for byte (not a hash a forger could aim at). Shared by every
+/// query of a flight; cloning is a reference count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Question {
+    qname_lower: Rc<[u8]>,
+    qtype: u16,
+    qclass: u16,
+}
+
+/// Whether the question of `msg` is `question`: `Some(true)` or `Some(false)`, or
+/// `None` when `msg` has no readable question.
+fn question_of(msg: &[u8], question: &Question) -> Option<bool> {
+    let mut name = [0u8; MAX_NAME_LEN];
+    let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
+    let fixed = msg.get(end..end + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    Some(
+        name[..len] == *question.qname_lower
+            && qtype == question.qtype
+            && qclass == question.qclass,
+    )
+}
+
+impl Question {
+    /// From a lowercased wire name, qtype and qclass.
+    pub(crate) fn new(qname_lower: &[u8], qtype: u16, qclass: u16) -> Self {
+        Self {
+            qname_lower: qname_lower.into(),
+            qtype,
+            qclass,
+        }
+    }
+
+    /// Whether `msg` asks this question; None when it has no readable question.
+    pub(crate) fn matches(&self, msg: &[u8]) -> Option<bool> {
+        question_of(msg, self)
+    }
+}
+
+pub(super) struct Pending {
+    /// Distinguishes this registration from a later one that reuses the ID.
+    pub(super) serial: u64,
+    pub(super) question: Question,
+    pub(super) tx: oneshot::Sender<Vec<u8>>,
+}
+
+/// Why the pending table refused a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dispatch {
+    /// No query waits for this ID and question: spoofed, or very late.
+    Mismatch,
+    /// The ID and question of a query that stopped waiting a short while ago (the
+    /// slower upstream of a flight that already had its answer): late, not forged.
+    Late,
+    Malformed,
+}
+
+/// Queries that stopped waiting, remembered to tell a late reply from a forged one.
+pub(super) const RECENTLY_ABANDONED: usize = 64;
+
+/// Whether `msg` has a question that can be read at all.
+fn question_readable(msg: &[u8]) -> bool {
+    let mut name = [0u8; MAX_NAME_LEN];
+    read_name_lower(msg, HEADER_LEN, &mut name)
+        .ok()
+        .is_some_and(|(_, end)| msg.len() >= end + 4)
+}
+
+/// The pending queries of one socket, keyed by message ID.
+pub(super) struct PendingTable {
+    pub(super) map: HashMap<u16, Pending>,
+    pub(super) max: usize,
+    pub(super) serial: u64,
+    /// The last [`RECENTLY_ABANDONED`] IDs and questions whose waiter gave up, in a
+    /// ring; `abandoned_next` is where the next goes.
+    pub(super) abandoned: [Option<(u16, Question)>; RECENTLY_ABANDONED],
+    pub(super) abandoned_next: usize,
+}
+
+impl PendingTable {
+    /// Reserves a fresh random ID; None at the bound.
+    pub(super) fn register(
+        &mut self,
+        question: Question,
+        background: bool,
+    ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
+        if self.map.len() >= self.bound(background) {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let id = loop {
+            let id: u16 = rng.random();
+            if !self.map.contains_key(&id) {
+                break id;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        self.serial += 1;
+        let serial = self.serial;
+        self.map.insert(
+            id,
+            Pending {
+                serial,
+                question,
+                tx,
+            },
+        );
+        Some((id, serial, rx))
+    }
+
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::with_capacity(max.min(1024)),
+            max,
+            serial: 0,
+            abandoned: std::array::from_fn(|_| None),
+            abandoned_next: 0,
+        }
+    }
+
+    /// How many entries a query may find in the table and still register: all of
+    /// it for a query a client waits for, three quarters for background work
+    /// (completion, prefetch), so background work never takes the last slots.
+    fn bound(&self, background: bool) -> usize {
+        if background {
+            self.max - self.max / 4
+        } else {
+            self.max
+        }
+    }
+
+    /// Removes the registration `serial` of `id`, if it is still there (the reply
+    /// may have removed it, and a later query may have taken the ID since), and
+    /// remembers it as abandoned.
+    pub(super) fn abandon(&mut self, id: u16, serial: u64) {
+        if self.map.get(&id).is_some_and(|p| p.serial == serial) {
+            if let Some(p) = self.map.remove(&id) {
+                self.abandoned[self.abandoned_next] = Some((id, p.question));
+                self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
+            }
+        }
+    }
+
+    /// Hands a reply to its waiter, or gives it back with the reason it was refused.
+    pub(super) fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
+        let verdict = match Header::parse(&reply) {
+            Ok(h) if h.qr() => match self.map.get(&h.id).map(|p| p.question.matches(&reply)) {
+                Some(Some(true)) => Ok(h.id),
+                Some(None) => Err(Dispatch::Malformed),
+                Some(Some(false)) | None => {
+                    let late = self
+                        .abandoned
+                        .iter()
+                        .flatten()
+                        .any(|(id, q)| *id == h.id && q.matches(&reply) == Some(true));
+                    if late {
+                        Err(Dispatch::Late)
+                    } else if question_readable(&reply) {
+                        Err(Dispatch::Mismatch)
+                    } else {
+                        Err(Dispatch::Malformed)
+                    }
+                }
+            },
+            _ => Err(Dispatch::Malformed),
+        };
+        match verdict {
+            Ok(id) => {
+                if let Some(p) = self.map.remove(&id) {
+                    // The waiter may have given up just now; the reply is dropped then.
+                    let _ = p.tx.send(reply);
+                }
+                Ok(())
+            }
+            Err(why) => Err((why, reply)),
+        }
+    }
+}
+
+/// Removes a pending entry when the waiting query ends, however it ends.
+pub(super) struct PendingGuard<'a> {
+    pub(super) table: &'a RefCell<PendingTable>,
+    pub(super) id: u16,
+    pub(super) serial: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.table.borrow_mut().abandon(self.id, self.serial);
+    }
+}
+
+/// The reply path for the fuzzer: a pending table holding two queries, the
+/// question of `reply` under its own ID (when it has a readable one) and `a.` A IN
+/// under the ID after it, gets `reply` as if from the upstream socket. Returns the
+/// reply if the table handed it to a waiter. Checks its own rules: nothing is
+/// handed over unless it is a response with a pending ID and that query's question.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
+    let mut table = PendingTable::new(8);
+    let id = u16::from_be_bytes([*reply.first()?, *reply.get(1)?]);
+    let own = {
+        let mut name = [0u8; MAX_NAME_LEN];
+        read_name_lower(reply, HEADER_LEN, &mut name)
+            .ok()
+            .and_then(|(len, end)| {
+                let fixed = reply.get(end..end + 4)?;
+                Some(Question::new(
+                    &name[..len],
+                    u16::from_be_bytes([fixed[0], fixed[1]]),
+                    u16::from_be_bytes([fixed[2], fixed[3]]),
+                ))
+            })
+    };
+    let mut receivers = Vec::new();
+    for (i, question) in [own, Some(Question::new(b"\x01a\x00", 1, 1))]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(question) = question else { continue };
+        let (tx, rx) = oneshot::channel();
+        let key = id.wrapping_add(i as u16);
+        table.map.insert(
+            key,
+            Pending {
+                serial: i as u64,
+                question,
+                tx,
+            },
+        );
+        receivers.push((key, rx));
+    }
+    let before = table.map.len();
+    let accepted = table.dispatch(reply.to_vec()).is_ok();
+    let header = Header::parse(reply).ok();
+    if accepted {
+        let h = header.expect("only a readable header is accepted");
+        assert!(h.qr(), "only responses are accepted");
+        assert_eq!(table.map.len(), before - 1, "exactly one waiter served");
+    } else {
+        assert_eq!(table.map.len(), before, "a refused reply serves nobody");
+    }
+    receivers
+        .into_iter()
+        .find_map(|(_, mut rx)| rx.try_recv().ok())
+}
