@@ -18,7 +18,7 @@
 use crate::dns;
 use crate::mmsg::{self, RecvBatch, SendBatch, BATCH};
 use crate::names::NameSource;
-use crate::report::{new_histogram, Bucket, LoadReport, Percentiles, BUCKET};
+use crate::report::{new_histogram, Bucket, LoadReport, Percentiles, PhaseReport, BUCKET};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,17 +75,28 @@ impl LoadConfig {
     }
 }
 
-/// Stops a run early from another thread.
+/// Steers a run from another thread: stop it early, or mark a new phase (the
+/// report counts each phase apart, by the time its queries were sent).
 #[derive(Debug, Clone, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicUsize>,
+}
 
 impl StopHandle {
     /// Asks the run to stop sending now.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
     pub(crate) fn stopped(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed)
+    }
+    /// Starts phase `n` (phases count from 0 and only go up).
+    pub fn set_phase(&self, n: usize) {
+        self.phase.fetch_max(n, Ordering::Relaxed);
+    }
+    pub(crate) fn phase(&self) -> usize {
+        self.phase.load(Ordering::Relaxed)
     }
 }
 
@@ -102,6 +113,44 @@ pub(crate) struct Tally {
     pub(crate) rcodes: [u64; 16],
     pub(crate) hist: hdrhistogram::Histogram<u64>,
     pub(crate) timeline: Vec<Bucket>,
+    /// Realtime ns at which phase i+1 began.
+    pub(crate) phase_starts: Vec<u64>,
+    pub(crate) phases: Vec<PhaseTally>,
+}
+
+/// The counts of one phase.
+pub(crate) struct PhaseTally {
+    sent: u64,
+    answered: u64,
+    lost: u64,
+    rcodes: [u64; 16],
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl PhaseTally {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            answered: 0,
+            lost: 0,
+            rcodes: [0; 16],
+            hist: new_histogram(),
+        }
+    }
+}
+
+fn rcode_map(rcodes: &[u64; 16]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (i, &n) in rcodes.iter().enumerate() {
+        if n > 0 {
+            let name = match dns::rcode_name(i as u8) {
+                "OTHER" => format!("RCODE{i}"),
+                s => s.to_string(),
+            };
+            m.insert(name, n);
+        }
+    }
+    m
 }
 
 impl Tally {
@@ -118,7 +167,22 @@ impl Tally {
             rcodes: [0; 16],
             hist: new_histogram(),
             timeline: Vec::new(),
+            phase_starts: Vec::new(),
+            phases: vec![PhaseTally::new()],
         }
+    }
+
+    /// Follows the control's phase; call once per loop turn.
+    pub(crate) fn follow_phase(&mut self, control: &StopHandle) {
+        while control.phase() > self.phase_starts.len() {
+            self.phase_starts.push(mmsg::realtime_ns());
+            self.phases.push(PhaseTally::new());
+        }
+    }
+
+    fn phase_of(&mut self, sent_ns: u64) -> &mut PhaseTally {
+        let i = self.phase_starts.partition_point(|&s| s <= sent_ns);
+        &mut self.phases[i]
     }
 
     fn bucket(&mut self, at_ns: u64) -> &mut Bucket {
@@ -137,11 +201,13 @@ impl Tally {
     pub(crate) fn on_sent(&mut self, at_ns: u64, n: u64) {
         self.sent += n;
         self.bucket(at_ns).sent += n;
+        self.phase_of(at_ns).sent += n;
     }
 
     pub(crate) fn on_lost(&mut self, sent_ns: u64) {
         self.lost += 1;
         self.bucket(sent_ns).lost += 1;
+        self.phase_of(sent_ns).lost += 1;
     }
 
     pub(crate) fn on_answer(&mut self, msg: &[u8], sent_ns: u64, rx_ns: u64) {
@@ -153,6 +219,10 @@ impl Tally {
         }
         let us = (rx_ns.saturating_sub(sent_ns) / 1000).max(1);
         let _ = self.hist.record(us.min(60_000_000));
+        let ph = self.phase_of(sent_ns);
+        ph.answered += 1;
+        ph.rcodes[rcode as usize & 0x0F] += 1;
+        let _ = ph.hist.record(us.min(60_000_000));
         let b = self.bucket(rx_ns);
         b.answered += 1;
         match rcode {
@@ -171,16 +241,24 @@ impl Tally {
         sockets: usize,
     ) -> LoadReport {
         let secs = send_time.as_secs_f64().max(1e-9);
-        let mut rcodes = BTreeMap::new();
-        for (i, &n) in self.rcodes.iter().enumerate() {
-            if n > 0 {
-                let name = match dns::rcode_name(i as u8) {
-                    "OTHER" => format!("RCODE{i}"),
-                    s => s.to_string(),
-                };
-                rcodes.insert(name, n);
-            }
-        }
+        let rcodes = rcode_map(&self.rcodes);
+        let phases = self
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PhaseReport {
+                start_s: if i == 0 {
+                    0.0
+                } else {
+                    self.phase_starts[i - 1].saturating_sub(self.start_ns) as f64 / 1e9
+                },
+                sent: p.sent,
+                answered: p.answered,
+                lost: p.lost,
+                rcodes: rcode_map(&p.rcodes),
+                latency_ms: Percentiles::of(&p.hist),
+            })
+            .collect();
         LoadReport {
             server: cfg.server.to_string(),
             transport: if cfg.tcp { "tcp" } else { "udp" },
@@ -201,6 +279,7 @@ impl Tally {
             cpu_us_per_query: cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64,
             sockets,
             timeline: self.timeline,
+            phases,
             histogram: self.hist,
         }
     }
@@ -480,6 +559,7 @@ pub fn run(cfg: &LoadConfig, source: &mut NameSource, stop: &StopHandle) -> io::
             t.on_lost(sent_ns);
             fifo.pop_front();
         }
+        t.follow_phase(stop);
         progress.update(&t, Instant::now());
     }
     // whatever is still in flight at the hard stop is lost

@@ -69,6 +69,23 @@ pub struct Bucket {
     pub max_ms: f64,
 }
 
+/// The counts of one phase of a run (phases are marked by a scenario's control).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseReport {
+    /// When the phase began, seconds since the run began.
+    pub start_s: f64,
+    /// Queries sent in the phase.
+    pub sent: u64,
+    /// Of those, answered.
+    pub answered: u64,
+    /// Of those, timed out.
+    pub lost: u64,
+    /// Answers per rcode name.
+    pub rcodes: BTreeMap<String, u64>,
+    /// Their latency.
+    pub latency_ms: Percentiles,
+}
+
 /// Length of one timeline bucket.
 pub const BUCKET: Duration = Duration::from_millis(100);
 
@@ -113,6 +130,8 @@ pub struct LoadReport {
     pub sockets: usize,
     /// The timeline in [`BUCKET`] slices.
     pub timeline: Vec<Bucket>,
+    /// Per phase, by send time (one phase unless a scenario marked more).
+    pub phases: Vec<PhaseReport>,
     /// The latency histogram (µs), for plots and merging.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -235,6 +254,7 @@ mod tests {
             cpu_us_per_query: 1000.0,
             sockets: 1,
             timeline: vec![],
+            phases: vec![],
             histogram: h,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();

@@ -208,6 +208,7 @@ pub(crate) fn run(
             t.on_lost(sent_ns);
             fifo.pop_front();
         }
+        t.follow_phase(stop);
         progress.update(&t, Instant::now());
     }
     for (c, epoch, id, sent_ns) in fifo {

@@ -1,0 +1,7 @@
+//! outage
+
+use super::{Ctx, Outcome};
+
+pub(super) fn run(_ctx: &Ctx) -> Result<Outcome, String> {
+    Err("not yet".into())
+}

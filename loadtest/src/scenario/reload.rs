@@ -1,0 +1,7 @@
+//! reload
+
+use super::{Ctx, Outcome};
+
+pub(super) fn run(_ctx: &Ctx) -> Result<Outcome, String> {
+    Err("not yet".into())
+}
