@@ -1,7 +1,8 @@
-//! Batched UDP: `recvmmsg` and `sendmmsg`, kernel receive timestamps, `ppoll`.
+//! Batched UDP: `recvmmsg` and `sendmmsg`, kernel receive timestamps, `ppoll`;
+//! and the two other kernel calls the harness needs (process CPU time, signals).
 //!
-//! This is the only module with `unsafe`: the calls take arrays of C headers that
-//! point into buffers owned here. Each batch owns its buffers, headers and control
+//! This is the only module with `unsafe`: the mmsg calls take arrays of C headers
+//! that point into buffers owned here. Each batch owns its buffers, headers and control
 //! space in boxes that do not move; the headers are refilled before every call.
 //!
 //! Receive timestamps (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`) let the generator drain
@@ -45,6 +46,21 @@ pub fn process_cpu() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Sends signal `sig` (`libc::SIGHUP`, `libc::SIGTERM`) to process `pid`.
+pub fn send_signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such process id"))?;
+    // SAFETY: kill(2) takes plain integers; a positive pid names one process (never
+    // a group or every process).
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Asks the kernel to timestamp every datagram received on `sock`.

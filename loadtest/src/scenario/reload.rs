@@ -60,7 +60,7 @@ pub(super) fn run(ctx: &Ctx) -> Result<Outcome, String> {
         let c = variant(&base, sent);
         std::fs::write(&td.config_path, c.render(td.addr.port(), td.metrics.port()))
             .map_err(|e| e.to_string())?;
-        td.signal("HUP")?;
+        td.signal(libc::SIGHUP)?;
         sent += 1;
         k += 1;
     }

@@ -255,18 +255,10 @@ impl Tierdns {
             .count()
     }
 
-    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
-    pub fn signal(&self, sig: &str) -> Result<(), String> {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .map_err(|e| format!("kill: {e}"))?;
-        if st.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -{sig} {} failed", self.pid()))
-        }
+    /// Sends it a signal (`libc::SIGHUP`, `libc::SIGTERM`).
+    pub fn signal(&self, sig: libc::c_int) -> Result<(), String> {
+        crate::mmsg::send_signal(self.pid(), sig)
+            .map_err(|e| format!("signal {sig} to tierdns: {e}"))
     }
 
     /// Resident memory, bytes (from /proc).
@@ -307,10 +299,7 @@ impl Tierdns {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = crate::mmsg::send_signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
