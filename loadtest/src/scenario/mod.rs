@@ -51,6 +51,20 @@ pub enum Name {
     Reload,
 }
 
+impl Name {
+    /// The name as typed on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reference => "reference",
+            Self::HitRate => "hit-rate",
+            Self::Flood => "flood",
+            Self::Overload => "overload",
+            Self::Outage => "outage",
+            Self::Reload => "reload",
+        }
+    }
+}
+
 /// Arguments of `loadtest scenario`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
@@ -191,7 +205,11 @@ pub struct Ctx {
 /// Runs `loadtest scenario`.
 pub fn main(args: ScenarioArgs) -> Result<(), String> {
     let bin = find_binary(args.tierdns.as_deref())?;
-    let dir = std::env::temp_dir().join(format!("loadtest-{:?}-{}", args.name, std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "loadtest-{}-{}",
+        args.name.as_str(),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ctx = Ctx {
         args: args.clone(),
@@ -229,7 +247,7 @@ pub fn main(args: ScenarioArgs) -> Result<(), String> {
             })
             .collect();
         let j = serde_json::json!({
-            "scenario": format!("{:?}", args.name),
+            "scenario": args.name.as_str(),
             "columns": out.table.headers,
             "rows": out.table.to_json(),
             "notes": out.notes,
@@ -250,7 +268,7 @@ pub fn main(args: ScenarioArgs) -> Result<(), String> {
             .collect();
         crate::plot::latency_svg(
             p,
-            &format!("scenario {:?}: client latency", args.name),
+            &format!("scenario {}: client latency", args.name.as_str()),
             &series,
         )?;
     }
