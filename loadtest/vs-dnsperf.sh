@@ -76,7 +76,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 
     cpu_of "$LOADTEST" load --server "127.0.0.1:$PORT" --qname-file "$TMP/names.txt" --rate 0 --window 100 --duration "$DURATION" --quiet >/dev/null
     LT_MAX+=("$(lt_qps)")
-    echo "round $r: loadtest flat out: ${LT_MAX[-1]} qps ($(awk '/lost/ {print $6, $7; exit}' "$TMP/run.out") lost)" >&2
+    echo "round $r: loadtest flat out: ${LT_MAX[-1]} qps ($(awk '/queries sent/ {print $7; exit}' "$TMP/run.out" | tr -d ,) lost)" >&2
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
