@@ -300,7 +300,7 @@ impl Progress {
                 ProgressDrawTarget::stderr_with_hz(5),
             );
             b.set_style(
-                ProgressStyle::with_template("{bar:30} {elapsed:>3}/{duration} {msg}")
+                ProgressStyle::with_template("{bar:16} {elapsed:>3}/{duration} {msg}")
                     .expect("static template")
                     .progress_chars("=> "),
             );
@@ -324,7 +324,7 @@ impl Progress {
         self.last_answered = t.answered;
         bar.set_position(now.duration_since(t.start).as_millis() as u64);
         bar.set_message(format!(
-            "{qps:>8.0} qps  sent {}  answered {}  lost {}",
+            "{qps:>7.0} qps, sent {} answered {} lost {}",
             t.sent, t.answered, t.lost
         ));
     }
@@ -338,7 +338,8 @@ impl Progress {
 
 /// One UDP source port: its socket and its in-flight slots (send time, 0 = free).
 struct Port {
-    sock: Socket,
+    /// Owns the descriptor `fd` refers to.
+    _sock: Socket,
     fd: RawFd,
     slots: Vec<u64>,
     next_id: u16,
@@ -364,7 +365,7 @@ impl Port {
         mmsg::enable_rx_timestamps(&sock)?;
         let fd = sock.as_raw_fd();
         Ok(Self {
-            sock,
+            _sock: sock,
             fd,
             slots: vec![0; 65536],
             next_id: 0,
@@ -573,6 +574,6 @@ pub fn run(cfg: &LoadConfig, source: &mut NameSource, stop: &StopHandle) -> io::
     progress.finish();
     let cpu = mmsg::process_cpu().saturating_sub(cpu0);
     let n = ports.len();
-    drop(ports.drain(..).map(|p| p.sock).collect::<Vec<_>>());
+    drop(ports);
     Ok(t.finish(cfg, send_end.duration_since(start), cpu, n))
 }
