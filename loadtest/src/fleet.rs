@@ -569,6 +569,8 @@ pub struct FleetSummary {
     pub total: u64,
     /// Highest number of queries in flight at once, fleet-wide.
     pub peak_in_flight: u64,
+    /// Highest number in flight at once at each upstream (from the records).
+    pub peak_in_flight_per_upstream: Vec<u64>,
     /// Distinct (name, type) asked.
     pub names: u64,
     /// Largest number of one name's queries in flight at once.
@@ -756,6 +758,32 @@ impl Drop for Fleet {
     }
 }
 
+/// The records as CSV: one line per query, times in ms since the fleet started.
+pub fn records_csv(records: &[Record]) -> String {
+    let mut s = String::from(
+        "upstream,transport,name_hash,qtype,arrived_ms,answered_ms,delay_ms,outcome\n",
+    );
+    for r in records {
+        let answered = if r.answered_ns > 0 {
+            format!("{:.3}", r.answered_ns as f64 / 1e6)
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "{},{},{:016x},{},{:.3},{},{:.3},{:?}\n",
+            r.upstream,
+            if r.tcp { "tcp" } else { "udp" },
+            r.name,
+            r.qtype,
+            r.arrived_ns as f64 / 1e6,
+            answered,
+            r.delay_ns as f64 / 1e6,
+            r.outcome
+        ));
+    }
+    s
+}
+
 /// Per-name figures from records: peaks of concurrency and completion times.
 pub fn summarize(records: &[Record]) -> FleetSummary {
     let mut by_name: HashMap<(u64, u16), Vec<&Record>> = HashMap::new();
@@ -797,6 +825,33 @@ pub fn summarize(records: &[Record]) -> FleetSummary {
     }
     peaks.sort_unstable();
     completions.sort_by(f64::total_cmp);
+    let upstreams = records
+        .iter()
+        .map(|r| r.upstream as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut per_upstream = vec![Vec::new(); upstreams];
+    for r in records {
+        let end = if r.answered_ns > 0 {
+            r.answered_ns
+        } else {
+            r.arrived_ns
+        };
+        per_upstream[r.upstream as usize].push((r.arrived_ns, 1i32));
+        per_upstream[r.upstream as usize].push((end, -1i32));
+    }
+    let peak_in_flight_per_upstream = per_upstream
+        .iter_mut()
+        .map(|ev| {
+            ev.sort_unstable();
+            let (mut cur, mut peak) = (0i32, 0i32);
+            for &(_, d) in ev.iter() {
+                cur += d;
+                peak = peak.max(cur);
+            }
+            peak as u64
+        })
+        .collect();
     let q = |v: &[f64], p: f64| -> f64 {
         if v.is_empty() {
             0.0
@@ -812,6 +867,7 @@ pub fn summarize(records: &[Record]) -> FleetSummary {
         completion_ms_p50: q(&completions, 0.5),
         completion_ms_p99: q(&completions, 0.99),
         fleet_late_ms_p99: q(&late, 0.99),
+        peak_in_flight_per_upstream,
         ..FleetSummary::default()
     }
 }
@@ -1020,6 +1076,8 @@ mod tests {
         ]);
         assert_eq!(s.names, 2);
         assert_eq!(s.peak_per_name, 2);
+        // upstream 0: 0..20 and 5..25 overlap; 1 and 2 have one each
+        assert_eq!(s.peak_in_flight_per_upstream, vec![2, 1, 1]);
         assert_eq!(s.completion_ms_p99, 80.0);
         assert!(s.completion_ms_p50 == 20.0 || s.completion_ms_p50 == 80.0);
     }

@@ -101,9 +101,12 @@ struct FleetArgs {
     /// Seconds to run (at most 86400).
     #[arg(long, default_value_t = 600.0)]
     duration: f64,
-    /// Write the fleet's records summary as JSON here at the end.
+    /// Write the fleet's summary as JSON here at the end.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every query's record (arrival, answer, drawn delay, outcome) as CSV here.
+    #[arg(long)]
+    records: Option<PathBuf>,
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -202,12 +205,34 @@ fn run_fleet(a: FleetArgs) -> Result<(), String> {
         println!("upstream {i}: {addr} (udp+tcp) {:?}", f.specs()[i]);
     }
     // Bounded: runs for --duration, then reports (Ctrl-C just ends the process).
-    std::thread::sleep(duration);
+    let start = std::time::Instant::now();
+    let mut last = 0;
+    while start.elapsed() < duration {
+        std::thread::sleep((duration - start.elapsed()).min(Duration::from_secs(5)));
+        let total = f.total_queries();
+        eprintln!(
+            "fleet: {:>5.0} s, {total} queries ({:.0} qps over the last interval)",
+            start.elapsed().as_secs_f64(),
+            (total - last) as f64 / 5f64.min(start.elapsed().as_secs_f64()).max(1e-3)
+        );
+        last = total;
+    }
     let s = f.summary();
     println!(
-        "queries {} per upstream {:?}; peak in flight {}; names {}; peak per name {}; completion p50 {:.1} ms",
-        s.total, s.queries, s.peak_in_flight, s.names, s.peak_per_name, s.completion_ms_p50
+        "queries {} per upstream {:?}; peak in flight {} (per upstream {:?}); names {}; peak per name {}; completion p50 {:.1} ms; fleet late p99 {:.2} ms",
+        s.total,
+        s.queries,
+        s.peak_in_flight,
+        s.peak_in_flight_per_upstream,
+        s.names,
+        s.peak_per_name,
+        s.completion_ms_p50,
+        s.fleet_late_ms_p99
     );
+    if let Some(p) = &a.records {
+        std::fs::write(p, fleet::records_csv(&f.records()))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
     if let Some(p) = &a.json {
         let j = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
         std::fs::write(p, j).map_err(|e| format!("{}: {e}", p.display()))?;
