@@ -162,3 +162,39 @@ fn the_generator_refuses_non_loopback_targets() {
     let e = generator::run(&c, &mut zipf_source(5), &StopHandle::default()).unwrap_err();
     assert!(e.to_string().contains("loopback"));
 }
+
+#[test]
+fn phases_split_the_counts_and_stop_ends_the_run_early() {
+    let resp = responder::Background::start(Duration::from_secs(20)).unwrap();
+    let mut c = config(resp.addr, 2000, 5000);
+    c.timeout = Duration::from_millis(500);
+    let control = StopHandle::default();
+    let steer = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            control.set_phase(1);
+            std::thread::sleep(Duration::from_millis(200));
+            control.stop();
+        })
+    };
+    let r = generator::run(&c, &mut zipf_source(100), &control).unwrap();
+    steer.join().unwrap();
+    resp.stop().unwrap();
+    assert!(r.duration_s < 1.0, "stopped early: {}", r.duration_s);
+    assert_eq!(r.phases.len(), 2);
+    assert_eq!(r.phases.iter().map(|p| p.sent).sum::<u64>(), r.sent);
+    assert_eq!(r.phases.iter().map(|p| p.answered).sum::<u64>(), r.answered);
+    assert!(
+        r.phases[0].sent > 200 && r.phases[1].sent > 200,
+        "{:?}",
+        r.phases
+    );
+    assert!(
+        (r.phases[1].start_s - 0.2).abs() < 0.1,
+        "{}",
+        r.phases[1].start_s
+    );
+    let timeline_sent: u64 = r.timeline.iter().map(|b| b.sent).sum();
+    assert_eq!(timeline_sent, r.sent);
+}
