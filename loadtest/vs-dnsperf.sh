@@ -8,7 +8,10 @@
 #                process (user + sys of the child, from bash's `times`) divided by
 #                the queries completed
 #   flat out:    as many as one core can drive for DURATION s (dnsperf's default
-#                100 outstanding; loadtest --rate 0 --window 100): queries per second
+#                100 outstanding; loadtest --rate 0 --window 100): queries per second,
+#                and queries per second of the generator's own CPU time (what one
+#                whole core would give it: the responder or a busy machine may cap
+#                the first figure before the generator's core is full)
 # The table shows medians over ROUNDS rounds and the ratios loadtest/dnsperf.
 #
 # Usage: loadtest/vs-dnsperf.sh        (installs dnsperf with apt-get if missing)
@@ -58,7 +61,7 @@ lt_sent() { awk '/queries sent/ {gsub(/,/, ""); print $3; exit}' "$TMP/run.out";
 lt_answered() { awk '/queries sent/ {gsub(/,/, ""); print $5; exit}' "$TMP/run.out"; }
 lt_qps() { awk '/achieved/ {print $2; exit}' "$TMP/run.out"; }
 
-declare -a DP_CPU LT_CPU DP_MAX LT_MAX
+declare -a DP_CPU LT_CPU DP_MAX LT_MAX DP_PERCPU LT_PERCPU
 for ((r = 1; r <= ROUNDS; r++)); do
     c=$(cpu_of dnsperf -s 127.0.0.1 -p "$PORT" -d "$TMP/names.txt" -Q "$QPS" -l "$DURATION")
     n=$(dp_completed)
@@ -70,23 +73,27 @@ for ((r = 1; r <= ROUNDS; r++)); do
     LT_CPU+=("$(awk -v c="$c" -v n="$n" 'BEGIN {printf "%.2f", c * 1e6 / n}')")
     echo "round $r: loadtest at $QPS qps: $n answered, CPU ${c}s = ${LT_CPU[-1]} us/query" >&2
 
-    cpu_of dnsperf -s 127.0.0.1 -p "$PORT" -d "$TMP/names.txt" -l "$DURATION" >/dev/null
+    c=$(cpu_of dnsperf -s 127.0.0.1 -p "$PORT" -d "$TMP/names.txt" -l "$DURATION")
     DP_MAX+=("$(dp_qps)")
-    echo "round $r: dnsperf  flat out: ${DP_MAX[-1]} qps" >&2
+    DP_PERCPU+=("$(awk -v c="$c" -v n="$(dp_completed)" 'BEGIN {printf "%.0f", n / c}')")
+    echo "round $r: dnsperf  flat out: ${DP_MAX[-1]} qps, CPU ${c}s: ${DP_PERCPU[-1]} queries per CPU second" >&2
 
-    cpu_of "$LOADTEST" load --server "127.0.0.1:$PORT" --qname-file "$TMP/names.txt" --rate 0 --window 100 --duration "$DURATION" --quiet >/dev/null
+    c=$(cpu_of "$LOADTEST" load --server "127.0.0.1:$PORT" --qname-file "$TMP/names.txt" --rate 0 --window 100 --duration "$DURATION" --quiet)
     LT_MAX+=("$(lt_qps)")
-    echo "round $r: loadtest flat out: ${LT_MAX[-1]} qps ($(awk '/queries sent/ {print $7; exit}' "$TMP/run.out" | tr -d ,) lost)" >&2
+    LT_PERCPU+=("$(awk -v c="$c" -v n="$(lt_answered)" 'BEGIN {printf "%.0f", n / c}')")
+    echo "round $r: loadtest flat out: ${LT_MAX[-1]} qps ($(awk '/queries sent/ {print $7; exit}' "$TMP/run.out" | tr -d ,) lost), CPU ${c}s: ${LT_PERCPU[-1]} queries per CPU second" >&2
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 dc=$(median "${DP_CPU[@]}") lc=$(median "${LT_CPU[@]}") dm=$(median "${DP_MAX[@]}") lm=$(median "${LT_MAX[@]}")
+dp=$(median "${DP_PERCPU[@]}") lp=$(median "${LT_PERCPU[@]}")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
-echo "| generator | CPU µs/query at $QPS qps (median) | each round | flat-out qps, one core (median) | each round |"
-echo "|---|---:|---|---:|---|"
-echo "| dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}') | $dc | ${DP_CPU[*]} | $dm | ${DP_MAX[*]} |"
-echo "| loadtest | $lc | ${LT_CPU[*]} | $lm | ${LT_MAX[*]} |"
-echo "| loadtest / dnsperf | $(awk -v a="$lc" -v b="$dc" 'BEGIN {printf "%.2f", a / b}') | | $(awk -v a="$lm" -v b="$dm" 'BEGIN {printf "%.2f", a / b}') | |"
+echo "| generator | CPU µs/query at $QPS qps (median) | each round | flat-out qps, one core (median) | each round | flat out: queries per CPU second (median) | each round |"
+echo "|---|---:|---|---:|---|---:|---|"
+echo "| dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}') | $dc | ${DP_CPU[*]} | $dm | ${DP_MAX[*]} | $dp | ${DP_PERCPU[*]} |"
+echo "| loadtest | $lc | ${LT_CPU[*]} | $lm | ${LT_MAX[*]} | $lp | ${LT_PERCPU[*]} |"
+echo "| loadtest / dnsperf | $(ratio "$lc" "$dc") | | $(ratio "$lm" "$dm") | | $(ratio "$lp" "$dp") | |"
 echo
 echo "Command: QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES loadtest/vs-dnsperf.sh"
 echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r); load average at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."

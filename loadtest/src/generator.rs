@@ -55,6 +55,10 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Use TCP (one pipelined connection per socket).
     pub tcp: bool,
+    /// Closed loop: never sleep waiting for answers, poll the sockets in a busy
+    /// loop (the generator owns its core; the server's replies then never have to
+    /// wake it up).
+    pub spin: bool,
 }
 
 impl LoadConfig {
@@ -71,6 +75,7 @@ impl LoadConfig {
             progress: true,
             seed: 1,
             tcp: false,
+            spin: false,
         }
     }
 }
@@ -505,7 +510,7 @@ pub fn run(cfg: &LoadConfig, source: &mut NameSource, stop: &StopHandle) -> io::
                 std::thread::sleep(sleep);
             }
             mmsg::poll_readable(&fds, &mut ready, Duration::ZERO)?
-        } else if sending && window > in_flight {
+        } else if sending && (window > in_flight || cfg.spin) {
             mmsg::poll_readable(&fds, &mut ready, Duration::ZERO)?
         } else {
             mmsg::poll_readable(&fds, &mut ready, wait)?

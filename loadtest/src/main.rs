@@ -69,6 +69,10 @@ struct LoadArgs {
     /// Closed loop: queries outstanding; open loop: most in flight.
     #[arg(long, short = 'q')]
     window: Option<usize>,
+    /// Closed loop: poll the sockets in a busy loop instead of sleeping until an
+    /// answer comes (uses the whole core; spares the server the wake-ups).
+    #[arg(long)]
+    spin: bool,
     /// Per-query timeout, seconds.
     #[arg(long, short = 't', default_value_t = 2.0)]
     timeout: f64,
@@ -184,6 +188,7 @@ fn load(a: LoadArgs) -> Result<(), String> {
     cfg.progress = !a.quiet;
     cfg.seed = a.seed;
     cfg.tcp = a.tcp;
+    cfg.spin = a.spin;
     let report =
         generator::run(&cfg, &mut source, &StopHandle::default()).map_err(|e| e.to_string())?;
     print!("{}", report.to_text());
