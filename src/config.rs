@@ -128,7 +128,8 @@ pub struct Limits {
     /// Hard timeout of one upstream attempt (UDP, or the TCP retry).
     #[serde(with = "crate::duration")]
     pub upstream_timeout: Duration,
-    /// Open TCP client connections per shard; past it, new ones are closed at once.
+    /// Open TCP client connections per shard; at it, the idlest is closed for a new
+    /// one (RFC 7766 6.2.3, `tierdns_tcp_closed_total{reason="evicted"}`).
     pub tcp_connections: usize,
     /// Close a TCP client connection idle this long (RFC 7766 section 6.2.3).
     #[serde(with = "crate::duration")]
