@@ -16,6 +16,10 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+fn backends() -> [&'static str; 2] {
+    ["epoll", uring()]
+}
+
 /// A TCP connection to `server` from `src`.
 fn connect_from(src: &str, server: SocketAddr) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -50,12 +54,18 @@ fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
 
 #[test]
 fn connections_past_the_per_client_cap_are_closed_across_shards() {
+    for io in backends() {
+        connections_past_the_per_client_cap_are_closed_across_shards_on(io);
+    }
+}
+
+fn connections_past_the_per_client_cap_are_closed_across_shards_on(io: &str) {
     let up = SimUpstream::start(Behavior::default());
     // Two shards: the cap holds across them, wherever the kernel puts each
     // connection.
     let server = start(config(
         &[up.addr],
-        uring(),
+        io,
         "[limits]\ntcp_connections_per_client = 3\ntcp_idle_timeout = \"10s\"\n",
     ));
     let addr = server.local_addrs[0];
@@ -108,10 +118,16 @@ fn connections_past_the_per_client_cap_are_closed_across_shards() {
 
 #[test]
 fn a_full_shard_closes_its_idlest_connection_for_a_new_one() {
+    for io in backends() {
+        a_full_shard_closes_its_idlest_connection_for_a_new_one_on(io);
+    }
+}
+
+fn a_full_shard_closes_its_idlest_connection_for_a_new_one_on(io: &str) {
     let up = SimUpstream::start(Behavior::default());
     let mut c = config(
         &[up.addr],
-        uring(),
+        io,
         "[limits]\ntcp_connections = 2\ntcp_idle_timeout = \"10s\"\n",
     );
     c.server.shards = 1;
@@ -161,10 +177,16 @@ fn a_full_shard_closes_its_idlest_connection_for_a_new_one() {
 
 #[test]
 fn a_connection_closes_after_max_queries_answering_every_query_it_read() {
+    for io in backends() {
+        a_connection_closes_after_max_queries_answering_every_query_it_read_on(io);
+    }
+}
+
+fn a_connection_closes_after_max_queries_answering_every_query_it_read_on(io: &str) {
     let up = SimUpstream::start(Behavior::default());
     let server = start(config(
         &[up.addr],
-        uring(),
+        io,
         "[limits]\ntcp_max_queries = 3\ntcp_idle_timeout = \"10s\"\n",
     ));
     let addr = server.local_addrs[0];
@@ -203,10 +225,16 @@ fn a_connection_closes_after_max_queries_answering_every_query_it_read() {
 
 #[test]
 fn a_connection_closes_after_max_lifetime_answering_what_is_in_flight() {
+    for io in backends() {
+        a_connection_closes_after_max_lifetime_answering_what_is_in_flight_on(io);
+    }
+}
+
+fn a_connection_closes_after_max_lifetime_answering_what_is_in_flight_on(io: &str) {
     let up = SimUpstream::start(Behavior::default());
     let server = start(config(
         &[up.addr],
-        uring(),
+        io,
         "[limits]\ntcp_max_lifetime = \"500ms\"\ntcp_idle_timeout = \"10s\"\n",
     ));
     let addr = server.local_addrs[0];
