@@ -15,7 +15,9 @@
 //!   (`reason="tcp_connection_limit"`).
 //! - `tcp_max_queries` read, or open `tcp_max_lifetime`: the connection stops
 //!   reading, answers every query it read, and closes (`reason="max_queries"`,
-//!   `"max_lifetime"`).
+//!   `"max_lifetime"`) gracefully: FIN, then what the client still sends is
+//!   discarded until it closes or [`LINGER`] passes (a close with unread bytes
+//!   would reset the connection and could drop the answers).
 
 use super::gate::Gate;
 use super::serve::First;
@@ -187,9 +189,12 @@ async fn connection<B: Backend>(
     };
     tokio::pin!(expiry);
     let mut read = 0u64;
+    // Whether the reader stopped while the client may still be sending.
+    let mut linger = false;
     loop {
         if max_queries > 0 && read >= max_queries {
             shard.stats.tcp_closed(TcpClose::MaxQueries);
+            linger = true;
             break;
         }
         // The lifetime first: a client that always has a query ready must not
@@ -199,6 +204,7 @@ async fn connection<B: Backend>(
             _ = &mut stop => break,
             _ = &mut expiry => {
                 shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                linger = true;
                 break;
             }
             p = tokio::time::timeout(idle, Arc::clone(&permits).acquire_owned()) => match p {
@@ -211,6 +217,7 @@ async fn connection<B: Backend>(
             _ = &mut stop => break,
             _ = &mut expiry => {
                 shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                linger = true;
                 break;
             }
             r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
@@ -276,4 +283,30 @@ async fn connection<B: Backend>(
     // Let queries already read finish and be written, then close.
     drop(tx);
     let _ = writer.await;
+    if linger {
+        linger_close(&**stream, idle.min(LINGER)).await;
+    }
+}
+
+/// Longest a connection stopped by its limits waits for the client to close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes gracefully a connection whose client may still be sending: a close with
+/// unread bytes would send a reset, and a reset can destroy answers the client has
+/// not read yet. Sends FIN after the answers, then reads and discards what still
+/// comes until the client closes, for at most `wait`.
+async fn linger_close<S: TcpIo>(stream: &S, wait: std::time::Duration) {
+    stream.shutdown_write();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            buf.clear();
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    })
+    .await;
 }
