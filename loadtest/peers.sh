@@ -22,6 +22,12 @@
 #   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
 #   PORT_BASE [25353]  first port tried; free ports are picked upward from it
 #   OUT [loadtest/peers-results.md]   where the markdown table is written
+#   SATURATE [1]       1: after each fixed-rate run, drive the server flat out with the
+#                      harness generator (`loadtest load --rate 0`, pinned like dnsperf),
+#                      which goes further than dnsperf's one core; 0 skips it
+#   SAT_DURATION [5]   seconds of that saturation run
+#   SAT_WINDOW [200]   queries the generator keeps outstanding
+#   LOADTEST_BIN       use this loadtest binary instead of `cargo build --release -p loadtest`
 #   KEEP_TMP [0]       1 keeps the temp dir (configs, logs, dnsperf output)
 #
 # Installs what it lacks with apt-get (nsd dnsdist unbound dnsperf util-linux).
@@ -49,11 +55,14 @@ LOAD_CPU=${LOAD_CPU:-1}
 PORT_BASE=${PORT_BASE:-25353}
 OUT=${OUT:-$ROOT/loadtest/peers-results.md}
 KEEP_TMP=${KEEP_TMP:-0}
+SATURATE=${SATURATE:-1}
+SAT_DURATION=${SAT_DURATION:-5}
+SAT_WINDOW=${SAT_WINDOW:-200}
 
 log() { printf '[peers] %s\n' "$*" >&2; }
 die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
 
-for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE; do
+for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE SATURATE SAT_DURATION SAT_WINDOW; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 ((NAMES >= 1 && NAMES <= 65536)) || die "NAMES must be 1..65536"
@@ -122,6 +131,17 @@ else
         TIERDNS_REV="$TIERDNS_REV + local changes"
     TIERDNS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tierdns"
     [[ -x $TIERDNS_BIN ]] || die "no binary at $TIERDNS_BIN"
+fi
+
+if ((SATURATE)); then
+    if [[ -n ${LOADTEST_BIN:-} ]]; then
+        [[ -x $LOADTEST_BIN ]] || die "LOADTEST_BIN=$LOADTEST_BIN is not executable"
+    else
+        log "building the harness generator (cargo build --release -p loadtest)"
+        (cd "$ROOT" && cargo build --release -p loadtest --bin loadtest)
+        LOADTEST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/loadtest"
+        [[ -x $LOADTEST_BIN ]] || die "no binary at $LOADTEST_BIN"
+    fi
 fi
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -261,7 +281,22 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
     log "$row: completed $completed, lost $lost, $qps qps, avg ${lat} us, cpu $((c1 - c0)) ticks" \
         "over $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')s = $cpu_us us/query; rcodes: $rcodes"
     [[ $rcodes =~ ^NOERROR\ [0-9]+\ \(100\.00%\)$ ]] || NOTES+=("$row: response codes: $rcodes")
-    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads")
+    # Saturation: the harness generator flat out (closed loop, SAT_WINDOW
+    # outstanding) on the same names, pinned where dnsperf ran. A failure here is a
+    # note, not the end of the run.
+    local sat="-"
+    if ((SATURATE)); then
+        if timeout --kill-after=5 $((SAT_DURATION + 30)) taskset -c "$LOAD_CPU" "$LOADTEST_BIN" load \
+            --server "127.0.0.1:$port" --qname-file "$TMP/names.txt" --rate 0 --window "$SAT_WINDOW" \
+            --duration "$SAT_DURATION" --timeout 1 --quiet --json "$TMP/$run.sat.json" >"$TMP/$run.sat.out" 2>&1; then
+            sat=$(awk '/achieved/ {print $2; exit}' "$TMP/$run.sat.out")
+            log "$row: saturation $sat qps ($(awk '/queries sent/ {print $7; exit}' "$TMP/$run.sat.out" | tr -d ,) lost)"
+        else
+            NOTES+=("$row: saturation run failed: $(tail -1 "$TMP/$run.sat.out")")
+        fi
+        [[ -n $sat ]] || sat="-"
+    fi
+    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat")
     stop_pid "$pid"
 }
 
@@ -309,14 +344,17 @@ for r in "${ROWS[@]}"; do
 done
 SUMMARY=() # "name|qps|lost|lat|cpu|cpus"
 for name in "${NAMES_SEEN[@]}"; do
-    qs="" lost=0 lats="" cpus=""
+    qs="" lost=0 lats="" cpus="" sats=""
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r n qps l lat cpu _ <<<"$r"
+        IFS='|' read -r n qps l lat cpu _ sat <<<"$r"
         [[ $n == "$name" ]] || continue
         qs+=" $qps" lats+=" $lat" cpus+=" $cpu"
         lost=$((lost + l))
+        [[ $sat == - ]] || sats+=" $sat"
     done
-    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }")
+    satm=-
+    [[ -z $sats ]] || satm=$(median <<<"$sats")
+    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm")
 done
 base=""
 for r in "${SUMMARY[@]}"; do
@@ -335,12 +373,12 @@ model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
 
 {
-    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round |"
-    echo "|---|---:|---:|---:|---:|---:|---|"
+    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |"
+    echo "|---|---:|---:|---:|---:|---:|---|---:|"
     for r in "${SUMMARY[@]}"; do
-        IFS='|' read -r name qps lost lat cpu cpus <<<"$r"
+        IFS='|' read -r name qps lost lat cpu cpus satm <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
-        printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }"
+        printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$satm"
     done
 } >"$TMP/table.md"
 
@@ -365,6 +403,10 @@ ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
     vers+=("upstream $(ver nsd -v)" "dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}')")
     joined=$(printf '%s; ' "${vers[@]}")
     echo "divided by the queries completed. Versions: ${joined%; }."
+    if ((SATURATE)); then
+        echo "Saturation: after each fixed-rate run, \`loadtest load --rate 0 --window $SAT_WINDOW --duration $SAT_DURATION\`"
+        echo "(the harness generator, closed loop, same names, pinned to CPU $LOAD_CPU): answers per second, median over the rounds."
+    fi
     echo
     echo "Machine: $(nproc) CPUs, $model, Linux $(uname -r); load average at start $LOADAVG; $(date -u '+%Y-%m-%d %H:%M UTC')."
     if ((${#NOTES[@]})); then

@@ -202,6 +202,12 @@ pub struct UpstreamConfig {
     /// Tie-breaker in tier order: lower is preferred.
     #[serde(default)]
     pub priority: i32,
+    /// DNS 0x20 (draft-vixie-dnsext-dns0x20): the letters of each UDP query's name
+    /// get a random case, and a reply must repeat it exactly or is dropped
+    /// (`reason="upstream_case_mismatch"`): more for a forger to guess. Off by
+    /// default: some upstreams do not preserve case.
+    #[serde(default)]
+    pub case_randomization: bool,
 }
 
 impl UpstreamConfig {
@@ -280,6 +286,7 @@ impl Default for Config {
             address: SocketAddr::from((ip, 53)),
             name: Some(name.to_string()),
             priority: 0,
+            case_randomization: false,
         };
         Self {
             server: ServerConfig::default(),

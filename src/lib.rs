@@ -58,6 +58,13 @@ pub mod fuzzing {
         assert_eq!(accepted, reply, "handed over as received");
         crate::shard::fuzz_classify(&accepted)
     }
+
+    /// The client request path: the access gate and the first pass of one shard
+    /// over UDP, against a cache that holds an answer to the query's own question
+    /// when `cached`. Returns the reply, if any (rules checked inside).
+    pub fn client_request(packet: &[u8], cached: bool) -> Option<Vec<u8>> {
+        crate::shard::fuzz_first_pass(packet, cached)
+    }
 }
 
 /// Why the server stopped with an error.

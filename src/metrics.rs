@@ -66,6 +66,9 @@ pub enum DropReason {
     /// An upstream reply for a query that had stopped waiting (timed out, or its
     /// flight had its answer): late, not forged.
     UpstreamLate,
+    /// An upstream reply that repeats a DNS 0x20 query's question in another letter
+    /// case.
+    UpstreamCaseMismatch,
     /// A reply from an upstream that could not be read.
     UpstreamMalformed,
     /// A TCP client connection refused at the connection limit.
@@ -85,13 +88,14 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Short,
         Self::Response,
         Self::Overload,
         Self::FlightFull,
         Self::UpstreamMismatch,
         Self::UpstreamLate,
+        Self::UpstreamCaseMismatch,
         Self::UpstreamMalformed,
         Self::TcpConnectionLimit,
         Self::TcpFrame,
@@ -110,6 +114,7 @@ impl DropReason {
             Self::FlightFull => "flight_full",
             Self::UpstreamMismatch => "upstream_mismatch",
             Self::UpstreamLate => "upstream_late",
+            Self::UpstreamCaseMismatch => "upstream_case_mismatch",
             Self::UpstreamMalformed => "upstream_malformed",
             Self::TcpConnectionLimit => "tcp_connection_limit",
             Self::TcpFrame => "tcp_frame",

@@ -85,6 +85,101 @@ pub struct Shared {
     pub tcp_clients: Arc<TcpClients>,
 }
 
+impl Shared {
+    /// The state `shards` shards share, for `config`.
+    fn new(config: Config, shards: usize) -> Self {
+        Self {
+            cache: PacketCache::new(config.cache.clone()),
+            flights: Arc::new(FlightTable::new(
+                (shards * 64).next_power_of_two(),
+                config.limits.flight_max_waiters,
+            )),
+            ratelimiter: RateLimiter::new(),
+            board: CircuitBoard::new(),
+            // Every connection a shard holds, those closed for a newer one and
+            // still draining included (see tcp.rs), has at most one address.
+            tcp_clients: Arc::new(TcpClients::new(
+                shards * 4,
+                shards
+                    .saturating_mul(config.limits.tcp_connections)
+                    .saturating_mul(2),
+            )),
+            config,
+        }
+    }
+}
+
+/// The client request path for the fuzzer: one shard (epoll types, no sockets, no
+/// upstreams, no prefetch) whose cache holds, for every query that parses, an
+/// answer to its own question when `cached` says so; `packet` then goes through the
+/// access gate and the first pass over UDP. Returns the reply, if any. Checks its
+/// own rules: a reply echoes the query's ID, is a response, and fits the client's
+/// UDP limit whenever the query could be read far enough to know it.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_first_pass(packet: &[u8], cached: bool) -> Option<Vec<u8>> {
+    use crate::wire::reader::QueryView;
+    thread_local! {
+        static SHARD: Rc<Shard<Epoll>> = {
+            let mut config = Config::default();
+            config.upstreams.clear();
+            config.cache.prefetch = false;
+            config.cache.max_bytes = 1 << 20;
+            let shared = Arc::new(Shared::new(config, 1));
+            let sockets = ShardSockets {
+                udp: Vec::new(),
+                tcp: Vec::new(),
+                closers: Vec::new(),
+            };
+            let (_, shutdown) = watch::channel(false);
+            let ((shard, _, _), _) =
+                build_shard::<Epoll>(0, shared, sockets, shutdown).expect("a fuzzing shard");
+            shard
+        };
+    }
+    SHARD.with(|shard| {
+        let now = Instant::now();
+        if cached {
+            if let Ok(q) = QueryView::parse(packet) {
+                if let Some(answer) = crate::wire::build::fuzz_answer(&q) {
+                    let key = crate::cache::KeyRef::from_query(&q);
+                    let version = shard.shared.cache.next_version();
+                    shard.shared.cache.insert(&key, &answer, now, version);
+                }
+            }
+        }
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        let reply = match shard.gate(client, crate::metrics::Transport::Udp, now) {
+            gate::Gate::Pass => {
+                match shard.first_pass(
+                    packet,
+                    crate::metrics::Transport::Udp,
+                    shard.pool.get(),
+                    now,
+                ) {
+                    serve::First::Reply(reply) => Some(reply),
+                    serve::First::Drop(out) | serve::First::Miss(out) => {
+                        shard.pool.put(out);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }?;
+        assert!(reply.len() >= 12, "a reply has a header");
+        assert_eq!(reply[..2], packet[..2], "the client's ID is echoed");
+        assert!(reply[2] & 0x80 != 0, "a reply is a response");
+        if let Ok(q) = QueryView::parse(packet) {
+            let limit = q.reply_target(false).max_size.max(512);
+            assert!(
+                reply.len() <= limit,
+                "{} bytes for a limit of {limit}",
+                reply.len()
+            );
+        }
+        Some(reply)
+    })
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -143,24 +238,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (uring, backend_reason) = choose_backend(&config)?;
     let backend = if uring { Uring::NAME } else { Epoll::NAME };
     let (sockets, local_addrs) = bind_all(&config, shards)?;
-    let shared = Arc::new(Shared {
-        cache: PacketCache::new(config.cache.clone()),
-        flights: Arc::new(FlightTable::new(
-            (shards * 64).next_power_of_two(),
-            config.limits.flight_max_waiters,
-        )),
-        ratelimiter: RateLimiter::new(),
-        board: CircuitBoard::new(),
-        // Every connection a shard holds, those closed for a newer one and still
-        // draining included (see tcp.rs), has at most one address.
-        tcp_clients: Arc::new(TcpClients::new(
-            shards * 4,
-            shards
-                .saturating_mul(config.limits.tcp_connections)
-                .saturating_mul(2),
-        )),
-        config,
-    });
+    let shared = Arc::new(Shared::new(config, shards));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = watch::channel(Arc::new(shared.config.clone()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();

@@ -53,7 +53,9 @@ impl<B: Backend> UpstreamSet<B> {
         let mut links = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
             let reuse = old.and_then(|o| {
-                let j = o.links.iter().position(|l| l.addr == u.address)?;
+                let j = o.links.iter().position(|l| {
+                    l.addr == u.address && l.randomize_case == u.case_randomization
+                })?;
                 Some((j, Rc::clone(&o.links[j])))
             });
             let link = match reuse {
@@ -61,7 +63,7 @@ impl<B: Backend> UpstreamSet<B> {
                     kept.push((j, i));
                     link
                 }
-                None => UpstreamLink::open(u.address, limits, Rc::clone(pool), Rc::clone(stats))
+                None => UpstreamLink::open(u, limits, Rc::clone(pool), Rc::clone(stats))
                     .map_err(|e| format!("upstream {} socket: {e}", u.label()))?,
             };
             links.push(link);

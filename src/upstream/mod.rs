@@ -14,15 +14,16 @@ mod pending;
 
 #[cfg(fuzzing)]
 pub(crate) use pending::fuzz_dispatch;
-pub(crate) use pending::Question;
+pub(crate) use pending::{CaseMask, Question};
 
-use crate::config::Limits;
+use crate::config::{Limits, UpstreamConfig};
 use crate::health::FailKind;
 use crate::io::buffers::BufferPool;
 use crate::io::frame::{framed, read_frame};
 use crate::io::{Backend, Closing, TcpIo, UdpIo};
 use crate::metrics::{DropReason, ShardStats};
 use crate::wire::reader::Header;
+use crate::wire::HEADER_LEN;
 use pending::{Dispatch, PendingGuard, PendingTable};
 use rand::Rng;
 use std::cell::{Cell, RefCell};
@@ -45,6 +46,8 @@ pub(crate) struct Exchange {
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
+    /// DNS 0x20 on its UDP queries (`case_randomization`).
+    pub(crate) randomize_case: bool,
     /// The pool of connected UDP sockets, each with its pending table; a query
     /// goes out on one chosen at random (spoofing entropy: the source port).
     sockets: RefCell<Vec<Rc<UdpSlot<B>>>>,
@@ -136,11 +139,12 @@ impl<B: Backend> UpstreamLink<B> {
     /// receive loop on the current shard runtime. Their renewal times are spread
     /// over one lifetime, so the pool turns over a socket at a time.
     pub(crate) fn open(
-        addr: SocketAddr,
+        upstream: &UpstreamConfig,
         limits: &Limits,
         pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
+        let addr = upstream.address;
         let n = limits.upstream_sockets.max(1);
         let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
         let lifetime = limits.upstream_socket_lifetime;
@@ -154,6 +158,7 @@ impl<B: Backend> UpstreamLink<B> {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Rc::new(Self {
             addr,
+            randomize_case: upstream.case_randomization,
             sockets: RefCell::new(sockets),
             max_pending,
             lifetime,
@@ -213,19 +218,31 @@ impl<B: Backend> UpstreamLink<B> {
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
         // A random socket; a second one if the first has no room.
+        let mut buf = pool.get();
+        buf.extend_from_slice(query);
+        if buf.len() < HEADER_LEN {
+            pool.put(buf);
+            return Err(FailKind::Malformed);
+        }
+        let case = if self.randomize_case {
+            CaseMask::randomize(&mut buf)
+        } else {
+            None
+        };
         let mut slot = self.pick(start);
         let mut registered = slot
             .pending
             .borrow_mut()
-            .register(question.clone(), background);
+            .register(question.clone(), background, case);
         if registered.is_none() {
             slot = self.pick(start);
             registered = slot
                 .pending
                 .borrow_mut()
-                .register(question.clone(), background);
+                .register(question.clone(), background, case);
         }
         let Some((id, serial, rx)) = registered else {
+            pool.put(buf);
             return Err(FailKind::Overload);
         };
         let _guard = PendingGuard {
@@ -233,12 +250,6 @@ impl<B: Backend> UpstreamLink<B> {
             id,
             serial,
         };
-        let mut buf = pool.get();
-        buf.extend_from_slice(query);
-        if buf.len() < 2 {
-            pool.put(buf);
-            return Err(FailKind::Malformed);
-        }
         buf[..2].copy_from_slice(&id.to_be_bytes());
         let (res, buf) = slot.udp.send(buf).await;
         pool.put(buf);
@@ -358,6 +369,7 @@ async fn receive_loop<B: Backend>(
                     stats.dropped(match why {
                         Dispatch::Mismatch => DropReason::UpstreamMismatch,
                         Dispatch::Late => DropReason::UpstreamLate,
+                        Dispatch::CaseMismatch => DropReason::UpstreamCaseMismatch,
                         Dispatch::Malformed => DropReason::UpstreamMalformed,
                     });
                 }
@@ -389,13 +401,14 @@ mod tests {
     fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
         let (tx, _rx2) = oneshot::channel();
         t.borrow_mut().map.insert(
             id,
             Pending {
+                case: None,
                 serial: serial + 1,
                 question: q,
                 tx,
@@ -419,21 +432,59 @@ mod tests {
     }
 
     #[test]
+    fn with_0x20_a_reply_must_repeat_the_letter_case_sent() {
+        let mut query = vec![0u8; 12];
+        query.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+        let lower = query.clone();
+        // Random case, same name: with 10 letters, all lower in 1 of 1024 draws.
+        let mut sent = query.clone();
+        let mut case = CaseMask::randomize(&mut sent).unwrap();
+        for _ in 0..20 {
+            if sent != lower {
+                break;
+            }
+            sent = query.clone();
+            case = CaseMask::randomize(&mut sent).unwrap();
+        }
+        assert_ne!(sent, lower, "some letter changed case");
+        assert!(sent[13..24].eq_ignore_ascii_case(&lower[13..24]));
+        assert_eq!(CaseMask::of_question(&sent), Some(case));
+        let t = table();
+        let q = Question::new(b"\x07example\x03com\x00", 1, 1);
+        let (id, _, _rx) = t.borrow_mut().register(q, false, Some(case)).unwrap();
+        let reply = |name: &[u8]| {
+            let mut r = name.to_vec();
+            r[..2].copy_from_slice(&id.to_be_bytes());
+            r[2] = 0x80;
+            r[5] = 1;
+            r
+        };
+        assert!(matches!(
+            t.borrow_mut().dispatch(reply(&lower)),
+            Err((Dispatch::CaseMismatch, _))
+        ));
+        assert_eq!(t.borrow().map.len(), 1, "the query keeps waiting");
+        assert!(t.borrow_mut().dispatch(reply(&sent)).is_ok());
+        // A compressed or cut name has no mask.
+        assert_eq!(CaseMask::of_question(&[0u8; 12]), None);
+    }
+
+    #[test]
     fn background_queries_leave_the_last_quarter_to_clients() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
         for _ in 0..3 {
-            assert!(t.borrow_mut().register(q.clone(), true).is_some());
+            assert!(t.borrow_mut().register(q.clone(), true, None).is_some());
         }
         assert!(
-            t.borrow_mut().register(q.clone(), true).is_none(),
+            t.borrow_mut().register(q.clone(), true, None).is_none(),
             "background stops at 3 of 4"
         );
         assert!(
-            t.borrow_mut().register(q.clone(), false).is_some(),
+            t.borrow_mut().register(q.clone(), false, None).is_some(),
             "a client's query still goes"
         );
-        assert!(t.borrow_mut().register(q.clone(), false).is_none());
+        assert!(t.borrow_mut().register(q.clone(), false, None).is_none());
     }
 
     #[test]
@@ -441,10 +492,10 @@ mod tests {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
         let ids: Vec<u16> = (0..4)
-            .map(|_| t.borrow_mut().register(q.clone(), false).unwrap().0)
+            .map(|_| t.borrow_mut().register(q.clone(), false, None).unwrap().0)
             .collect();
         assert!(
-            t.borrow_mut().register(q.clone(), false).is_none(),
+            t.borrow_mut().register(q.clone(), false, None).is_none(),
             "full at its bound"
         );
         // A reply for the first ID but another question is refused.
@@ -476,7 +527,7 @@ mod tests {
     fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
+        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
         drop(PendingGuard {
             table: &t,
             id,
@@ -494,7 +545,7 @@ mod tests {
         ));
         // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
         for _ in 0..RECENTLY_ABANDONED {
-            let (other, serial, _rx) = t.borrow_mut().register(q.clone(), false).unwrap();
+            let (other, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
             t.borrow_mut().abandon(other, serial);
         }
         let late_again = t.borrow_mut().dispatch(reply_for(id));
@@ -543,8 +594,14 @@ mod tests {
             };
             let pool = Rc::new(BufferPool::new(64, 0));
             let stats = Rc::new(ShardStats::new(1));
+            let upstream = UpstreamConfig {
+                address: addr,
+                name: None,
+                priority: 0,
+                case_randomization: false,
+            };
             let link =
-                UpstreamLink::<crate::io::Epoll>::open(addr, &limits, Rc::clone(&pool), stats)
+                UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, Rc::clone(&pool), stats)
                     .unwrap();
             let first = link.local_ports();
             assert_eq!(first.len(), 16);

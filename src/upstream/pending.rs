@@ -26,6 +26,62 @@ pub(crate) struct Question {
     qclass: u16,
 }
 
+/// Which bytes of a query's name are upper case (bit i for byte i of the wire
+/// name, length bytes included, up to 256): what DNS 0x20 asks a reply to repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct CaseMask([u64; 4]);
+
+impl CaseMask {
+    /// The mask of the uncompressed name at `HEADER_LEN` in `msg`; None if it is
+    /// not there whole (a compression pointer, or cut short).
+    pub(crate) fn of_question(msg: &[u8]) -> Option<Self> {
+        let mut mask = [0u64; 4];
+        let mut pos = HEADER_LEN;
+        loop {
+            let len = usize::from(*msg.get(pos)?);
+            if len == 0 {
+                return Some(Self(mask));
+            }
+            if len > 63 || pos + 1 + len - HEADER_LEN >= 255 {
+                return None;
+            }
+            for (i, b) in msg.get(pos + 1..pos + 1 + len)?.iter().enumerate() {
+                if b.is_ascii_uppercase() {
+                    let bit = pos + 1 + i - HEADER_LEN;
+                    mask[bit / 64] |= 1 << (bit % 64);
+                }
+            }
+            pos += 1 + len;
+        }
+    }
+
+    /// Gives each letter of the question name in `msg` (uncompressed, at
+    /// `HEADER_LEN`) a random case; returns the mask a reply must repeat, or None
+    /// (nothing changed) if the name is not there whole.
+    pub(crate) fn randomize(msg: &mut [u8]) -> Option<Self> {
+        Self::of_question(msg)?;
+        let mut rng = rand::rng();
+        let mut pos = HEADER_LEN;
+        while let Some(&len) = msg.get(pos) {
+            if len == 0 {
+                break;
+            }
+            let end = pos + 1 + usize::from(len);
+            for b in &mut msg[pos + 1..end] {
+                if b.is_ascii_alphabetic() {
+                    *b = if rng.random::<bool>() {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b.to_ascii_lowercase()
+                    };
+                }
+            }
+            pos = end;
+        }
+        Self::of_question(msg)
+    }
+}
+
 /// Whether the question of `msg` is `question`: `Some(true)` or `Some(false)`, or
 /// `None` when `msg` has no readable question.
 fn question_of(msg: &[u8], question: &Question) -> Option<bool> {
@@ -58,6 +114,8 @@ impl Question {
 }
 
 pub(super) struct Pending {
+    /// With DNS 0x20: the letter case the reply's question must repeat.
+    pub(super) case: Option<CaseMask>,
     /// Distinguishes this registration from a later one that reuses the ID.
     pub(super) serial: u64,
     pub(super) question: Question,
@@ -72,6 +130,9 @@ pub(super) enum Dispatch {
     /// The ID and question of a query that stopped waiting a short while ago (the
     /// slower upstream of a flight that already had its answer): late, not forged.
     Late,
+    /// The ID and question of a pending query sent with DNS 0x20, in another
+    /// letter case than it was sent: dropped (the query keeps waiting).
+    CaseMismatch,
     Malformed,
 }
 
@@ -103,6 +164,7 @@ impl PendingTable {
         &mut self,
         question: Question,
         background: bool,
+        case: Option<CaseMask>,
     ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
         if self.map.len() >= self.bound(background) {
             return None;
@@ -120,6 +182,7 @@ impl PendingTable {
         self.map.insert(
             id,
             Pending {
+                case,
                 serial,
                 question,
                 tx,
@@ -165,7 +228,15 @@ impl PendingTable {
     pub(super) fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
         let verdict = match Header::parse(&reply) {
             Ok(h) if h.qr() => match self.map.get(&h.id).map(|p| p.question.matches(&reply)) {
-                Some(Some(true)) => Ok(h.id),
+                Some(Some(true)) => {
+                    let case = self.map.get(&h.id).and_then(|p| p.case);
+                    match case {
+                        Some(sent) if CaseMask::of_question(&reply) != Some(sent) => {
+                            Err(Dispatch::CaseMismatch)
+                        }
+                        _ => Ok(h.id),
+                    }
+                }
                 Some(None) => Err(Dispatch::Malformed),
                 Some(Some(false)) | None => {
                     let late = self
@@ -243,6 +314,7 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
         table.map.insert(
             key,
             Pending {
+                case: None,
                 serial: i as u64,
                 question,
                 tx,

@@ -408,6 +408,33 @@ fn encode(msg: &Message, header: &Header, rcode: u16) -> Vec<u8> {
     })
 }
 
+/// An upstream answer to `q`'s question, for the fuzzer to cache: NOERROR, and for
+/// an A question a number of A records chosen by the query's ID (0 to 39, so some
+/// answers need TC=1 for a plain-UDP client). Raw bytes, the question lowercased.
+#[cfg(fuzzing)]
+pub fn fuzz_answer(q: &QueryView<'_>) -> Option<Vec<u8>> {
+    const A: u16 = 1;
+    let count: u16 = if q.qtype == A {
+        u16::from(q.header.id.to_be_bytes()[1] % 40)
+    } else {
+        0
+    };
+    let mut msg = Vec::with_capacity(64 + usize::from(count) * 16);
+    msg.extend_from_slice(&[0, 0, 0x81, 0x80, 0, 1]);
+    msg.extend_from_slice(&count.to_be_bytes());
+    msg.extend_from_slice(&[0, 0, 0, 0]);
+    msg.extend_from_slice(q.qname_lower());
+    msg.extend_from_slice(&q.qtype.to_be_bytes());
+    msg.extend_from_slice(&q.qclass.to_be_bytes());
+    for i in 0..count {
+        msg.extend_from_slice(&[0xC0, 12, 0, 1]);
+        msg.extend_from_slice(&q.qclass.to_be_bytes());
+        msg.extend_from_slice(&[0, 0, 1, 44, 0, 4, 192, 0, 2]);
+        msg.push(i as u8);
+    }
+    Some(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::reader::tests::{edns_query, opt, query};
