@@ -128,13 +128,26 @@ pub struct Limits {
     /// Hard timeout of one upstream attempt (UDP, or the TCP retry).
     #[serde(with = "crate::duration")]
     pub upstream_timeout: Duration,
-    /// Open TCP client connections per shard; past it, new ones are closed at once.
+    /// Open TCP client connections per shard; at it, the idlest is closed for a new
+    /// one (RFC 7766 6.2.3, `tierdns_tcp_closed_total{reason="evicted"}`).
     pub tcp_connections: usize,
     /// Close a TCP client connection idle this long (RFC 7766 section 6.2.3).
     #[serde(with = "crate::duration")]
     pub tcp_idle_timeout: Duration,
     /// Queries of one TCP connection answered concurrently; reading pauses past it.
     pub tcp_pipeline: usize,
+    /// TCP connections open at once from one client address, counted across all
+    /// shards (unbound's `tcp-connection-limit`, dnsdist's
+    /// `setMaxTCPConnectionsPerClient`); past it a new one is closed at once
+    /// (`reason="tcp_client_limit"`). 0: no cap.
+    pub tcp_connections_per_client: usize,
+    /// Queries read from one TCP connection; then it stops reading, answers what it
+    /// read and closes (`tierdns_tcp_closed_total{reason="max_queries"}`). 0: no cap.
+    pub tcp_max_queries: u64,
+    /// Age of a TCP connection past which it stops reading, answers what it read
+    /// and closes (`reason="max_lifetime"`). "0s": no cap.
+    #[serde(with = "crate::duration")]
+    pub tcp_max_lifetime: Duration,
     /// Idle upstream TCP connections kept per upstream per shard for reuse.
     pub upstream_tcp_idle: usize,
     /// Upstream TCP connections in use at once per upstream per shard (for
@@ -165,6 +178,9 @@ impl Default for Limits {
             tcp_connections: 256,
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_pipeline: 32,
+            tcp_connections_per_client: 32,
+            tcp_max_queries: 10_000,
+            tcp_max_lifetime: Duration::from_secs(300),
             upstream_tcp_idle: 2,
             upstream_tcp_max: 16,
             flight_max_waiters: 1024,

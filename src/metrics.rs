@@ -7,6 +7,10 @@
 //!
 //! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
 
+mod describe;
+
+pub use describe::describe;
+
 use crate::policy::{AccessAction, RateLimitAction};
 use crate::tiers::Purpose;
 use crate::wire::rcode;
@@ -78,10 +82,13 @@ pub enum DropReason {
     UpstreamOverload,
     /// A client UDP datagram longer than the 2048-byte receive buffer.
     Oversize,
+    /// A TCP client connection closed at accept: its address had
+    /// `tcp_connections_per_client` open already.
+    TcpClientLimit,
 }
 
 impl DropReason {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Short,
         Self::Response,
         Self::Overload,
@@ -95,6 +102,7 @@ impl DropReason {
         Self::SendError,
         Self::UpstreamOverload,
         Self::Oversize,
+        Self::TcpClientLimit,
     ];
 
     /// Metric label.
@@ -113,6 +121,32 @@ impl DropReason {
             Self::SendError => "send_error",
             Self::UpstreamOverload => "upstream_overload",
             Self::Oversize => "oversize",
+            Self::TcpClientLimit => "tcp_client_limit",
+        }
+    }
+}
+
+/// Why tierdns closed a TCP client connection that was still usable (label
+/// `reason` of `tierdns_tcp_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpClose {
+    /// The idlest connection of a full shard, closed for a new one (RFC 7766 6.2.3).
+    Evicted = 0,
+    /// `limits.tcp_max_queries` read.
+    MaxQueries = 1,
+    /// Open `limits.tcp_max_lifetime`.
+    MaxLifetime = 2,
+}
+
+impl TcpClose {
+    const ALL: [Self; 3] = [Self::Evicted, Self::MaxQueries, Self::MaxLifetime];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Evicted => "evicted",
+            Self::MaxQueries => "max_queries",
+            Self::MaxLifetime => "max_lifetime",
         }
     }
 }
@@ -224,6 +258,8 @@ pub(crate) struct ShardStats {
     upstreams: RefCell<Vec<UpstreamStats>>,
     pub(crate) tiers: TierStats,
     pub(crate) tcp_connections: Cell<u64>,
+    /// TCP client connections closed by tierdns, by [`TcpClose`].
+    tcp_closed: [Cell<u64>; 3],
     /// Clients outside `access.allow`, by transport and action.
     access_denied: [[Cell<u64>; 2]; 2],
     /// UDP queries over the rate limit, by action (truncate, drop).
@@ -245,9 +281,15 @@ impl ShardStats {
             upstreams: RefCell::new((0..upstreams).map(|_| UpstreamStats::default()).collect()),
             tiers: TierStats::default(),
             tcp_connections: Cell::new(0),
+            tcp_closed: Default::default(),
             access_denied: Default::default(),
             ratelimited: Default::default(),
         }
+    }
+
+    /// Counts a TCP client connection tierdns closed.
+    pub(crate) fn tcp_closed(&self, reason: TcpClose) {
+        bump(&self.tcp_closed[reason as usize]);
     }
 
     /// Counts a UDP query over its prefix's rate.
@@ -442,6 +484,12 @@ impl ShardStats {
         if n > 0 {
             counter!("tierdns_tcp_connections_total").increment(n);
         }
+        for reason in TcpClose::ALL {
+            let n = self.tcp_closed[reason as usize].take();
+            if n > 0 {
+                counter!("tierdns_tcp_closed_total", "reason" => reason.as_str()).increment(n);
+            }
+        }
         for transport in [Transport::Udp, Transport::Tcp] {
             for action in [AccessAction::Refuse, AccessAction::Drop] {
                 let n = self.access_denied[transport as usize][action_index(action)].take();
@@ -475,128 +523,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Buckets of the peak-in-flight histogram (queries per flight).
 pub const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0];
-
-/// Registers descriptions and units for every metric.
-pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "tierdns_queries_total",
-        "Client queries answered, by transport and rcode"
-    );
-    describe_counter!(
-        "tierdns_cache_total",
-        "Cache outcomes: hit, miss, stale, prefetch"
-    );
-    describe_counter!(
-        "tierdns_drops_total",
-        "Packets dropped without an answer, by reason"
-    );
-    describe_histogram!(
-        "tierdns_client_latency_seconds",
-        Unit::Seconds,
-        "Time from receiving a query to sending its answer, by path (hit, miss)"
-    );
-    describe_counter!(
-        "tierdns_upstream_queries_total",
-        "Queries sent to each upstream"
-    );
-    describe_counter!(
-        "tierdns_upstream_answers_total",
-        "Good answers (NOERROR/NXDOMAIN) from each upstream"
-    );
-    describe_counter!(
-        "tierdns_upstream_errors_total",
-        "Failed answers (rcode, malformed, network) from each upstream"
-    );
-    describe_counter!(
-        "tierdns_upstream_timeouts_total",
-        "Upstream queries that timed out"
-    );
-    describe_counter!(
-        "tierdns_upstream_tcp_retries_total",
-        "Truncated UDP answers retried over TCP"
-    );
-    describe_histogram!(
-        "tierdns_upstream_rtt_seconds",
-        Unit::Seconds,
-        "Upstream round-trip time"
-    );
-    describe_gauge!(
-        "tierdns_upstream_health",
-        "Circuit state per upstream and shard: 0 closed, 1 degraded, 2 half-open, 3 open"
-    );
-    describe_counter!(
-        "tierdns_tier_answered_total",
-        "Flights whose first good answer came from the active tier or the stagger"
-    );
-    describe_counter!(
-        "tierdns_stagger_launches_total",
-        "Flights whose stagger started, by reason"
-    );
-    describe_counter!(
-        "tierdns_flight_waiters_total",
-        "Queries that joined a flight (coalesced) or found it full"
-    );
-    describe_counter!(
-        "tierdns_background_merges_total",
-        "Background merges written to the cache or superseded by a newer write"
-    );
-    describe_counter!(
-        "tierdns_merged_addresses_total",
-        "Addresses added to cached answers by background merges"
-    );
-    describe_counter!(
-        "tierdns_upstream_extra_queries_total",
-        "Upstream queries beyond the first of a flight, by purpose (active, hedge, completion)"
-    );
-    describe_counter!(
-        "tierdns_background_shed_total",
-        "Background completions stopped and prefetches skipped at limits.max_background"
-    );
-    describe_counter!(
-        "tierdns_budget_refused_total",
-        "Upstream queries the amplification budget refused, by purpose"
-    );
-    describe_counter!(
-        "tierdns_flights_failed_total",
-        "Flights with no good answer from any upstream"
-    );
-    describe_histogram!(
-        "tierdns_flight_peak_in_flight",
-        "Peak concurrent upstream queries per flight"
-    );
-    describe_histogram!(
-        "tierdns_background_duration_seconds",
-        Unit::Seconds,
-        "Flight duration including background completion"
-    );
-    describe_counter!(
-        "tierdns_tcp_connections_total",
-        "TCP client connections accepted"
-    );
-    describe_counter!(
-        "tierdns_access_denied_total",
-        "Clients outside access.allow, by transport and action: refuse (REFUSED + EDE 18, per query) or drop (per UDP query; per TCP connection, closed at accept)"
-    );
-    describe_counter!(
-        "tierdns_ratelimited_total",
-        "UDP queries over their client prefix's rate limit, by action: truncate (empty TC=1 reply) or drop"
-    );
-    describe_counter!(
-        "tierdns_ratelimit_evictions_total",
-        "Client prefixes evicted from the rate limiter's table at ratelimit.max_tracked"
-    );
-    describe_gauge!(
-        "tierdns_ratelimit_tracked",
-        "Client prefixes tracked by the rate limiter"
-    );
-    describe_gauge!("tierdns_cache_entries", "Entries in the packet cache");
-    describe_gauge!("tierdns_cache_bytes", "Bytes accounted to the packet cache");
-    describe_gauge!(
-        "tierdns_info",
-        "Build and runtime facts in labels (version, io backend)"
-    );
-}
 
 #[cfg(test)]
 mod tests {

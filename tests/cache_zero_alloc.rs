@@ -181,6 +181,39 @@ fn cache_hit_path_allocates_nothing() {
     assert!(allocs() > before);
 }
 
+/// A TCP hit (the client's limit 65535 bytes) into a pooled 4 KiB buffer: the cache
+/// sizes the buffer under its lock to what the reply needs, so nothing is allocated
+/// and the buffer never grows to 64 KiB (nor are 64 KiB cleared per hit).
+#[test]
+fn a_tcp_hit_into_a_pooled_buffer_allocates_nothing() {
+    let cache = PacketCache::new(CacheConfig::default());
+    let q = query(7, "tcp.example.com.", false, false);
+    let view = QueryView::parse(&q).unwrap();
+    let key = KeyRef::from_query(&view);
+    let stored = answer("tcp.example.com.");
+    assert!(cache.insert(&key, &stored, Instant::now(), 1).stored());
+    let target = ReplyTarget {
+        id: view.header.id,
+        flags: view.header.flags,
+        qname: view.qname,
+        edns: view.edns,
+        max_size: 65_535,
+    };
+    let mut buf = Vec::with_capacity(4096);
+    let before = allocs();
+    for _ in 0..10_000 {
+        let Lookup::Hit { len, .. } = cache.lookup_into(&key, Instant::now(), &target, &mut buf)
+        else {
+            panic!("a hit");
+        };
+        assert_eq!(buf.len(), len, "the buffer is the reply");
+        assert_eq!(&buf[..2], &q[..2]);
+    }
+    assert_eq!(allocs() - before, 0, "allocations on the TCP hit path");
+    assert_eq!(buf.capacity(), 4096, "never grown to the TCP limit");
+    assert!(buf.len() < stored.len() + 64);
+}
+
 #[test]
 fn the_client_gate_allocates_nothing() {
     use std::net::IpAddr;

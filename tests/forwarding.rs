@@ -385,7 +385,8 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     ));
     let addr = server.local_addrs[0];
     // shards = 2, so up to 4 connections are served in all; open 12 and count
-    // how many answer.
+    // how many answer (each one past a shard's bound closes that shard's idlest:
+    // see tests/tcp_clients.rs).
     let mut conns: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
     let mut answered = 0;

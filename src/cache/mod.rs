@@ -238,6 +238,37 @@ impl PacketCache {
         target: &ReplyTarget<'_>,
         dst: &mut [u8],
     ) -> Lookup {
+        self.lookup_in(key, now, target, dst)
+    }
+
+    /// [`lookup`](Self::lookup) into a buffer sized under the lock to what this
+    /// reply can need: the stored answer plus
+    /// [`REPLY_HEADROOM`](crate::wire::answer::REPLY_HEADROOM), at most
+    /// `target.max_size` (a reply never exceeds it). Only those bytes are cleared,
+    /// so a TCP hit (`max_size` 65535) costs what a UDP one does; a buffer with that
+    /// capacity already (a pooled one, for any answer up to 4 KiB) is not
+    /// reallocated. On a hit `dst` is the reply.
+    pub fn lookup_into(
+        &self,
+        key: &KeyRef<'_>,
+        now: Instant,
+        target: &ReplyTarget<'_>,
+        dst: &mut Vec<u8>,
+    ) -> Lookup {
+        let hit = self.lookup_in(key, now, target, dst);
+        if let Lookup::Hit { len, .. } = hit {
+            dst.truncate(len);
+        }
+        hit
+    }
+
+    fn lookup_in<D: ReplyBuf + ?Sized>(
+        &self,
+        key: &KeyRef<'_>,
+        now: Instant,
+        target: &ReplyTarget<'_>,
+        dst: &mut D,
+    ) -> Lookup {
         let hash = key.hash();
         let now = self.clock.nanos(now);
         let mut guard = self.partition(hash);
@@ -258,7 +289,7 @@ impl PacketCache {
         }
         let age_secs = u32::try_from(age / NANOS_PER_SEC).unwrap_or(u32::MAX);
         let len = write_reply(
-            dst,
+            dst.room(entry.wire.len(), target.max_size),
             &entry.wire,
             &entry.layout,
             target,
@@ -296,6 +327,30 @@ impl PacketCache {
         target: &ReplyTarget<'_>,
         dst: &mut [u8],
     ) -> Option<usize> {
+        self.lookup_stale_in(key, now, target, dst)
+    }
+
+    /// [`lookup_stale`](Self::lookup_stale) into a buffer sized as
+    /// [`lookup_into`](Self::lookup_into) does; on success `dst` is the reply.
+    pub fn lookup_stale_into(
+        &self,
+        key: &KeyRef<'_>,
+        now: Instant,
+        target: &ReplyTarget<'_>,
+        dst: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let len = self.lookup_stale_in(key, now, target, dst)?;
+        dst.truncate(len);
+        Some(len)
+    }
+
+    fn lookup_stale_in<D: ReplyBuf + ?Sized>(
+        &self,
+        key: &KeyRef<'_>,
+        now: Instant,
+        target: &ReplyTarget<'_>,
+        dst: &mut D,
+    ) -> Option<usize> {
         if !self.cfg.serve_stale {
             return None;
         }
@@ -319,7 +374,13 @@ impl PacketCache {
         } else {
             return None;
         };
-        let len = write_reply(dst, &entry.wire, &entry.layout, target, patch);
+        let len = write_reply(
+            dst.room(entry.wire.len(), target.max_size),
+            &entry.wire,
+            &entry.layout,
+            target,
+            patch,
+        );
         if len == 0 {
             part.stats.write_errors += 1;
             return None;
@@ -466,6 +527,32 @@ impl PacketCache {
             total += p.0.lock().unwrap_or_else(PoisonError::into_inner).stats;
         }
         total
+    }
+}
+
+/// Where a hit is written: a slice as the caller sized it, or a `Vec` sized under
+/// the partition lock to what the reply can need.
+trait ReplyBuf {
+    /// The bytes to write a reply to a stored answer of `stored` bytes into.
+    fn room(&mut self, stored: usize, max_size: usize) -> &mut [u8];
+}
+
+impl ReplyBuf for [u8] {
+    fn room(&mut self, _stored: usize, _max_size: usize) -> &mut [u8] {
+        self
+    }
+}
+
+impl ReplyBuf for Vec<u8> {
+    fn room(&mut self, stored: usize, max_size: usize) -> &mut [u8] {
+        // write_reply never needs more than the stored answer plus its headroom,
+        // nor more than the client's limit (past it, it truncates first).
+        let need = stored
+            .saturating_add(crate::wire::answer::REPLY_HEADROOM)
+            .min(max_size);
+        self.clear();
+        self.resize(need, 0);
+        self
     }
 }
 

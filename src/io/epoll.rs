@@ -71,6 +71,9 @@ impl TcpIo for EpollStream {
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Both);
     }
+    fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write);
+    }
 }
 
 impl Backend for Epoll {

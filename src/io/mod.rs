@@ -77,6 +77,8 @@ pub(crate) trait TcpIo: 'static {
     fn write_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<()>>;
     /// Shuts both directions down: pending reads and writes complete at once.
     fn shutdown(&self);
+    /// Shuts the sending side down: the peer reads what was written, then EOF.
+    fn shutdown_write(&self);
 }
 
 /// A stream that is shut down when dropped. io_uring keeps the socket open while

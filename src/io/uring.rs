@@ -55,6 +55,9 @@ impl TcpIo for tokio_uring::net::TcpStream {
     fn shutdown(&self) {
         let _ = Self::shutdown(self, std::net::Shutdown::Both);
     }
+    fn shutdown_write(&self) {
+        let _ = Self::shutdown(self, std::net::Shutdown::Write);
+    }
 }
 
 impl Backend for Uring {

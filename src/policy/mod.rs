@@ -10,11 +10,13 @@
 
 pub mod access;
 pub mod ratelimit;
+pub mod tcp_clients;
 
 pub use access::{AccessAction, AccessConfig, AccessConfigError, AccessList, AccessVerdict};
 pub use ratelimit::{
     RateLimit, RateLimitAction, RateLimitConfig, RateLimitConfigError, RateLimiter, RateVerdict,
 };
+pub use tcp_clients::{ClientSlot, TcpClients};
 
 /// The policy in force on one shard, built from the config sections and replaced
 /// whole by a reload (SIGHUP): every shard applies a new one as soon as it sees the

@@ -25,6 +25,7 @@ mod serve;
 mod sockets;
 mod stats;
 mod tcp;
+mod tcp_registry;
 mod udp;
 mod upstreams;
 
@@ -35,7 +36,7 @@ use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::policy::{Policy, RateLimiter};
+use crate::policy::{Policy, RateLimiter, TcpClients};
 use crate::tiers::Budget;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, ShardSockets};
@@ -80,6 +81,8 @@ pub struct Shared {
     pub ratelimiter: RateLimiter,
     /// Upstream circuits opened by any shard.
     pub board: CircuitBoard,
+    /// Open TCP connections per client address (one table for all shards).
+    pub tcp_clients: Arc<TcpClients>,
 }
 
 impl Shared {
@@ -93,6 +96,14 @@ impl Shared {
             )),
             ratelimiter: RateLimiter::new(),
             board: CircuitBoard::new(),
+            // Every connection a shard holds, those closed for a newer one and
+            // still draining included (see tcp.rs), has at most one address.
+            tcp_clients: Arc::new(TcpClients::new(
+                shards * 4,
+                shards
+                    .saturating_mul(config.limits.tcp_connections)
+                    .saturating_mul(2),
+            )),
             config,
         }
     }
@@ -310,7 +321,12 @@ pub(crate) struct Shard<B: Backend> {
     /// Background work running: flights collecting after their first answer, and
     /// prefetches (bound: `limits.max_background`).
     pub(crate) background: Cell<usize>,
+    /// TCP client connections whose tasks are running (those closed for a newer
+    /// one and still draining included).
     pub(crate) tcp_open: Cell<usize>,
+    /// The open TCP client connections and what they are doing, to close the
+    /// idlest at the bound.
+    pub(crate) tcp_registry: RefCell<tcp_registry::Registry<Rc<crate::io::Closing<B::Stream>>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -426,6 +442,7 @@ fn build_shard<B: Backend>(
         in_flight: Cell::new(0),
         background: Cell::new(0),
         tcp_open: Cell::new(0),
+        tcp_registry: RefCell::default(),
         shutdown,
     });
     Ok(((shard, udp, tcp), sockets.closers))

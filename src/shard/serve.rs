@@ -39,9 +39,6 @@ const QTYPE_ANY: u16 = 255;
 /// What waiters get when their leader goes away without a result.
 const ABANDONED: FlightResult = FlightResult::Failed(Ede::NO_REACHABLE_AUTHORITY);
 
-/// Largest reply over TCP.
-const TCP_MAX: usize = u16::MAX as usize;
-
 /// The result of the synchronous first pass. Every variant hands the output buffer
 /// back.
 pub(super) enum First {
@@ -109,16 +106,16 @@ impl<B: Backend> Shard<B> {
             self.pool.put(out);
             return First::Reply(reply);
         }
-        // A reply never exceeds the client's limit (write_reply truncates first), so
-        // that is all the room it needs: no 4 KiB to clear per UDP hit.
-        let mut out = sized(out, target.max_size.min(reply_room(transport)));
+        // The cache sizes `out` under its lock to what this reply can need (the
+        // stored answer plus headroom, at most the client's limit): no 64 KiB to
+        // clear per TCP hit, nor 4 KiB per UDP hit.
+        let mut out = out;
         match self
             .shared
             .cache
-            .lookup(&KeyRef::from_query(&q), start, &target, &mut out)
+            .lookup_into(&KeyRef::from_query(&q), start, &target, &mut out)
         {
-            Lookup::Hit { len, prefetch } => {
-                out.truncate(len);
+            Lookup::Hit { prefetch, .. } => {
                 self.stats.cache(CacheResult::Hit);
                 self.stats.answered(transport, reply_rcode(&out));
                 self.stats.latency_hit.record(start.elapsed().as_secs_f64());
@@ -209,7 +206,7 @@ impl<B: Backend> Shard<B> {
                 let reply = error_reply(q, ErrorRcode::ServFail, Some(Ede::OTHER));
                 Some((reply, CacheResult::Miss))
             }
-            FlightResult::Failed(ede) => Some(self.failure_reply(q, &target, transport, ede)),
+            FlightResult::Failed(ede) => Some(self.failure_reply(q, &target, ede)),
         }
     }
 
@@ -225,7 +222,7 @@ impl<B: Backend> Shard<B> {
         transport: Transport,
     ) -> Option<(Vec<u8>, CacheResult)> {
         ShardStats::bump(&self.stats.tiers.uncoalesced);
-        if let Some(stale) = self.stale_reply(q, target, transport) {
+        if let Some(stale) = self.stale_reply(q, target) {
             return Some((stale, CacheResult::Stale));
         }
         self.stats.dropped(DropReason::FlightFull);
@@ -239,23 +236,15 @@ impl<B: Backend> Shard<B> {
     }
 
     /// A stale answer for `q`, if the cache holds one it may serve (RFC 8767).
-    fn stale_reply(
-        &self,
-        q: &QueryView<'_>,
-        target: &ReplyTarget<'_>,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
-        let mut out = sized(self.pool.get(), target.max_size.min(reply_room(transport)));
-        match self.shared.cache.lookup_stale(
+    fn stale_reply(&self, q: &QueryView<'_>, target: &ReplyTarget<'_>) -> Option<Vec<u8>> {
+        let mut out = self.pool.get();
+        match self.shared.cache.lookup_stale_into(
             &KeyRef::from_query(q),
             Instant::now(),
             target,
             &mut out,
         ) {
-            Some(len) => {
-                out.truncate(len);
-                Some(out)
-            }
+            Some(_) => Some(out),
             None => {
                 self.pool.put(out);
                 None
@@ -269,10 +258,9 @@ impl<B: Backend> Shard<B> {
         &self,
         q: &QueryView<'_>,
         target: &ReplyTarget<'_>,
-        transport: Transport,
         ede: Ede,
     ) -> (Vec<u8>, CacheResult) {
-        if let Some(stale) = self.stale_reply(q, target, transport) {
+        if let Some(stale) = self.stale_reply(q, target) {
             return (stale, CacheResult::Stale);
         }
         (
@@ -359,14 +347,6 @@ impl<B: Backend> Shard<B> {
                 shard.lead(&q, Instant::now(), Some(leader), false).await;
             }
         });
-    }
-}
-
-/// The largest buffer a reply on this transport can need.
-fn reply_room(transport: Transport) -> usize {
-    match transport {
-        Transport::Udp => BUF_CAPACITY,
-        Transport::Tcp => TCP_MAX,
     }
 }
 

@@ -1,13 +1,32 @@
 //! Client TCP (RFC 7766): several queries per connection, answered as they complete
-//! (pipelined, possibly out of order), an idle timeout, and a bound on connections
-//! per shard and on queries answered at once per connection.
+//! (pipelined, possibly out of order), an idle timeout, and a bound on queries
+//! answered at once per connection.
+//!
+//! What one client and one connection may hold:
+//! - `tcp_connections_per_client` open at once from one address, across all shards
+//!   ([`TcpClients`](crate::policy::TcpClients)); past it a new one is closed at
+//!   accept (`reason="tcp_client_limit"`).
+//! - `tcp_connections` per shard: at the bound the idlest connection is closed for
+//!   the new one (RFC 7766 6.2.3; [`Registry`](super::tcp_registry::Registry) picks
+//!   it, one with a query in flight only if none is idle), counted
+//!   (`tierdns_tcp_closed_total{reason="evicted"}`). A closed connection drains its
+//!   answers in flight; connections still draining count against a hard bound of
+//!   twice `tcp_connections`, past which new ones are refused
+//!   (`reason="tcp_connection_limit"`).
+//! - `tcp_max_queries` read, or open `tcp_max_lifetime`: the connection stops
+//!   reading, answers every query it read, and closes (`reason="max_queries"`,
+//!   `"max_lifetime"`) gracefully: FIN, then what the client still sends is
+//!   discarded until it closes or [`LINGER`] passes (a close with unread bytes
+//!   would reset the connection and could drop the answers).
 
 use super::gate::Gate;
 use super::serve::First;
+use super::tcp_registry::ConnId;
 use super::Shard;
 use crate::io::frame::{framed, read_frame};
 use crate::io::{Backend, Closing, TcpIo};
-use crate::metrics::{DropReason, Transport};
+use crate::metrics::{DropReason, TcpClose, Transport};
+use crate::policy::ClientSlot;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,31 +54,93 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
             drop(stream);
             continue;
         }
-        if shard.tcp_open.get() >= shard.shared.config.limits.tcp_connections {
+        let limits = &shard.shared.config.limits;
+        let Some(client) = shard
+            .shared
+            .tcp_clients
+            .acquire(peer.ip(), limits.tcp_connections_per_client)
+        else {
+            shard.stats.dropped(DropReason::TcpClientLimit);
+            drop(stream);
+            continue;
+        };
+        // Connections closed for a newer one may still be draining their answers:
+        // they hold sockets, so they count against a hard bound too.
+        if shard.tcp_open.get() >= limits.tcp_connections.saturating_mul(2) {
             shard.stats.dropped(DropReason::TcpConnectionLimit);
             drop(stream);
             continue;
         }
-        let open = Open::new(&shard);
+        if shard.tcp_registry.borrow().len() >= limits.tcp_connections {
+            let victim = shard.tcp_registry.borrow_mut().evict_idlest();
+            if let Some(victim) = victim {
+                victim.shutdown();
+                shard.stats.tcp_closed(TcpClose::Evicted);
+            }
+        }
+        let stream = Rc::new(Closing(stream));
+        let open = Open::new(&shard, Rc::clone(&stream), client);
         crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-        tokio::task::spawn_local(connection(open, Rc::new(Closing(stream)), peer.ip()));
+        tokio::task::spawn_local(connection(open, stream, peer.ip()));
     }
 }
 
-/// Counts an open client connection for as long as it lives.
-struct Open<B: Backend>(Rc<Shard<B>>);
+/// An open client connection, counted in the shard's `tcp_open` and its registry
+/// and against its client address for as long as its task lives.
+struct Open<B: Backend> {
+    shard: Rc<Shard<B>>,
+    id: ConnId,
+    _client: ClientSlot,
+}
 
 impl<B: Backend> Open<B> {
-    fn new(shard: &Rc<Shard<B>>) -> Self {
+    fn new(shard: &Rc<Shard<B>>, stream: Rc<Closing<B::Stream>>, client: ClientSlot) -> Self {
         shard.tcp_open.set(shard.tcp_open.get() + 1);
-        Self(Rc::clone(shard))
+        let id = shard
+            .tcp_registry
+            .borrow_mut()
+            .insert(Instant::now(), stream);
+        Self {
+            shard: Rc::clone(shard),
+            id,
+            _client: client,
+        }
     }
 }
 
 impl<B: Backend> Drop for Open<B> {
     fn drop(&mut self) {
-        let n = &self.0.tcp_open;
+        // Gone already if it was closed for a newer connection.
+        let handle = self.shard.tcp_registry.borrow_mut().remove(self.id);
+        drop(handle);
+        let n = &self.shard.tcp_open;
         n.set(n.get().saturating_sub(1));
+    }
+}
+
+/// One query of a connection being answered: marked in the registry from the read
+/// to the reply queued (or dropped), however its task ends.
+struct Busy<B: Backend> {
+    shard: Rc<Shard<B>>,
+    id: ConnId,
+}
+
+impl<B: Backend> Busy<B> {
+    fn new(shard: &Rc<Shard<B>>, id: ConnId) -> Self {
+        shard.tcp_registry.borrow_mut().begin(id, Instant::now());
+        Self {
+            shard: Rc::clone(shard),
+            id,
+        }
+    }
+}
+
+impl<B: Backend> Drop for Busy<B> {
+    fn drop(&mut self) {
+        self.shard
+            .tcp_registry
+            .borrow_mut()
+            .end(self.id, Instant::now());
     }
 }
 
@@ -69,14 +150,19 @@ impl<B: Backend> Drop for Open<B> {
 /// the reader waits for a pipeline slot no longer than that either. Every query
 /// passes the gate first: REFUSED for a client outside `access.allow` (action
 /// `refuse`), the connection closed for `drop` (a reload may deny an open one).
+/// After `tcp_max_queries` queries or `tcp_max_lifetime` the reader stops; the
+/// queries already read are answered before the connection closes.
 async fn connection<B: Backend>(
     open: Open<B>,
     stream: Rc<Closing<B::Stream>>,
     client: std::net::IpAddr,
 ) {
-    let shard = Rc::clone(&open.0);
+    let shard = Rc::clone(&open.shard);
+    let id = open.id;
     let limits = &shard.shared.config.limits;
     let idle = limits.tcp_idle_timeout;
+    let max_queries = limits.tcp_max_queries;
+    let lifetime = limits.tcp_max_lifetime;
     let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
     let writer_stream = Rc::clone(&stream);
@@ -95,19 +181,46 @@ async fn connection<B: Backend>(
     let mut shutdown = shard.shutdown.clone();
     let stop = shutdown.changed();
     tokio::pin!(stop);
+    let expiry = async {
+        if lifetime.is_zero() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(lifetime).await;
+    };
+    tokio::pin!(expiry);
+    let mut read = 0u64;
+    // Whether the reader stopped while the client may still be sending.
+    let mut linger = false;
     loop {
+        if max_queries > 0 && read >= max_queries {
+            shard.stats.tcp_closed(TcpClose::MaxQueries);
+            linger = true;
+            break;
+        }
+        // The lifetime first: a client that always has a query ready must not
+        // outlive it.
         let permit = tokio::select! {
             biased;
+            _ = &mut stop => break,
+            _ = &mut expiry => {
+                shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                linger = true;
+                break;
+            }
             p = tokio::time::timeout(idle, Arc::clone(&permits).acquire_owned()) => match p {
                 Ok(Ok(p)) => p,
                 _ => break,
             },
-            _ = &mut stop => break,
         };
         let frame = tokio::select! {
             biased;
-            r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
             _ = &mut stop => break,
+            _ = &mut expiry => {
+                shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                linger = true;
+                break;
+            }
+            r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
         };
         let query = match frame {
             Ok(Ok(q)) => q,
@@ -119,15 +232,18 @@ async fn connection<B: Backend>(
             }
             Err(_idle) => break,
         };
+        read += 1;
         let gate = shard.gate(client, Transport::Tcp, Instant::now());
         if gate == Gate::Drop {
             break;
         }
+        let busy = Busy::new(&shard, id);
         let shard = Rc::clone(&shard);
         let tx = tx.clone();
         tokio::task::spawn_local(async move {
+            let _busy = busy;
             let start = Instant::now();
-            let out = Vec::with_capacity(query.len().max(512));
+            let out = shard.pool.get();
             let first = if gate == Gate::Pass {
                 shard.first_pass(&query, Transport::Tcp, out, start)
             } else {
@@ -138,11 +254,19 @@ async fn connection<B: Backend>(
             };
             let reply = match first {
                 First::Reply(reply) => Some(reply),
-                First::Drop(_) => None,
-                First::Miss(_) => match shard.admit() {
-                    Some(admitted) => shard.resolve(&query, Transport::Tcp, start, admitted).await,
-                    None => shard.overload_reply(&query, Transport::Tcp),
-                },
+                First::Drop(out) => {
+                    shard.pool.put(out);
+                    None
+                }
+                First::Miss(out) => {
+                    shard.pool.put(out);
+                    match shard.admit() {
+                        Some(admitted) => {
+                            shard.resolve(&query, Transport::Tcp, start, admitted).await
+                        }
+                        None => shard.overload_reply(&query, Transport::Tcp),
+                    }
+                }
             };
             if let Some(reply) = reply {
                 // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
@@ -159,4 +283,30 @@ async fn connection<B: Backend>(
     // Let queries already read finish and be written, then close.
     drop(tx);
     let _ = writer.await;
+    if linger {
+        linger_close(&**stream, idle.min(LINGER)).await;
+    }
+}
+
+/// Longest a connection stopped by its limits waits for the client to close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes gracefully a connection whose client may still be sending: a close with
+/// unread bytes would send a reset, and a reset can destroy answers the client has
+/// not read yet. Sends FIN after the answers, then reads and discards what still
+/// comes until the client closes, for at most `wait`.
+async fn linger_close<S: TcpIo>(stream: &S, wait: std::time::Duration) {
+    stream.shutdown_write();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            buf.clear();
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    })
+    .await;
 }
