@@ -490,9 +490,12 @@ fn a_tcp_client_that_stops_reading_loses_its_connection_and_its_slot() {
 
 #[test]
 fn client_datagrams_longer_than_the_receive_buffer_are_dropped_on_both_backends() {
-    for io in backends() {
+    // Every receive path: recvmmsg, the multishot ring, one receive per datagram.
+    for (io, multishot) in runs() {
         let up = SimUpstream::start(Behavior::default());
-        let server = start(config(&[up.addr], io, ""));
+        let mut c = config(&[up.addr], io, "");
+        c.server.udp_multishot = multishot;
+        let server = start(c);
         let addr = server.local_addrs[0];
         // A good query with 3000 bytes of trailing junk: longer than the 2048-byte
         // receive buffer, so it is dropped (counted as oversize), never half-read.
@@ -503,11 +506,15 @@ fn client_datagrams_longer_than_the_receive_buffer_are_dropped_on_both_backends(
         assert_eq!(
             udp_raw(addr, &long, Duration::from_millis(300)),
             None,
-            "{io}"
+            "{io} multishot={multishot}"
         );
-        assert_eq!(up.queries(), 0, "{io}: not forwarded");
+        assert_eq!(up.queries(), 0, "{io} multishot={multishot}: not forwarded");
         let r = udp_query(addr, &query(10, "long.example.", RecordType::A, None));
-        assert_eq!(a_records(&r), vec![Ipv4Addr::new(192, 0, 2, 1)], "{io}");
+        assert_eq!(
+            a_records(&r),
+            vec![Ipv4Addr::new(192, 0, 2, 1)],
+            "{io} multishot={multishot}"
+        );
         server.shutdown();
     }
 }
