@@ -109,6 +109,23 @@ impl Shared {
     }
 }
 
+/// A shard on the epoll types with no sockets and no tasks, for driving its
+/// synchronous paths (the gate, the first pass) from tests and the fuzzer. Nothing
+/// may send upstream: give it a config without upstreams.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn socketless_shard(config: Config) -> Rc<Shard<Epoll>> {
+    let shared = Arc::new(Shared::new(config, 1));
+    let sockets = ShardSockets {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        closers: Vec::new(),
+    };
+    let (_, shutdown) = watch::channel(false);
+    let ((shard, _, _), _) =
+        build_shard::<Epoll>(0, shared, sockets, shutdown).expect("a socketless shard");
+    shard
+}
+
 /// The client request path for the fuzzer: one shard (epoll types, no sockets, no
 /// upstreams, no prefetch) whose cache holds, for every query that parses, an
 /// answer to its own question when `cached` says so; `packet` then goes through the
@@ -124,16 +141,7 @@ pub(crate) fn fuzz_first_pass(packet: &[u8], cached: bool) -> Option<Vec<u8>> {
             config.upstreams.clear();
             config.cache.prefetch = false;
             config.cache.max_bytes = 1 << 20;
-            let shared = Arc::new(Shared::new(config, 1));
-            let sockets = ShardSockets {
-                udp: Vec::new(),
-                tcp: Vec::new(),
-                closers: Vec::new(),
-            };
-            let (_, shutdown) = watch::channel(false);
-            let ((shard, _, _), _) =
-                build_shard::<Epoll>(0, shared, sockets, shutdown).expect("a fuzzing shard");
-            shard
+            socketless_shard(config)
         };
     }
     SHARD.with(|shard| {
@@ -500,3 +508,6 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
     shard.stats.flush(&shard.upstreams.borrow().labels);
     tracing::debug!(shard = shard.index, "shard stopped");
 }
+
+#[cfg(test)]
+mod zero_alloc;
