@@ -3,7 +3,7 @@
 # every panel has a title, a description and the $datasource variable; every
 # Grafana variable used is defined; every tierdns_ metric its queries (and variable
 # queries) name is one tierdns exports (declared by a describe_* call in
-# src/metrics.rs or emitted as a literal in src/; _bucket/_sum/_count only on
+# src/metrics.rs or src/metrics/*.rs, or emitted as a literal in src/; _bucket/_sum/_count only on
 # histograms); every label they group, match or show is one tierdns or Prometheus
 # sets; and every expression, with the Grafana variables substituted, is valid
 # PromQL: all are written as recording rules and checked with `promtool check rules`.
@@ -61,7 +61,11 @@ ok(f"dashboard JSON parses (schemaVersion {dash.get('schemaVersion')}, uid {dash
 
 # --- what tierdns exports: names, histograms, label names -----------------------
 sources = {p: p.read_text() for p in sorted(pathlib.Path(src_dir).rglob("*.rs"))}
-metrics_rs = (pathlib.Path(src_dir) / "metrics.rs").read_text()
+metrics_rs = "\n".join(
+    p.read_text()
+    for p in [pathlib.Path(src_dir) / "metrics.rs", *sorted((pathlib.Path(src_dir) / "metrics").glob("*.rs"))]
+    if p.exists()
+)
 described = {}
 for kind, name in re.findall(r'describe_(counter|gauge|histogram)!\(\s*"(tierdns_\w+)"', metrics_rs):
     described[name] = kind
@@ -75,7 +79,7 @@ for text in sources.values():
     labels |= set(re.findall(r'"([a-z_]+)"\s*=>', text))               # counter!(n, "k" => v)
     labels |= set(re.findall(r'\(\s*"tierdns_\w+",\s*"([a-z_]+)",', text))  # (name, "k", "v", ..)
 if not described:
-    bad("no describe_* calls found in src/metrics.rs (has it moved?)")
+    bad("no describe_* calls found in src/metrics.rs or src/metrics/ (has it moved?)")
     sys.exit(0)
 
 # --- variables ------------------------------------------------------------------
@@ -156,7 +160,7 @@ def check_names(expr, where):
         if base != name and base in known:
             problems.append(f"{where}: {name}: {base} is not a histogram")
         else:
-            problems.append(f"{where}: unknown metric {name} (not in src/metrics.rs describe_* nor emitted in src/)")
+            problems.append(f"{where}: unknown metric {name} (not in a describe_* of src/metrics nor emitted in src/)")
     named = set()
     for grp in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", bare):
         named |= {x.strip() for x in grp.split(",") if x.strip()}
