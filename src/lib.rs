@@ -13,11 +13,14 @@
 //!    stored bytes and patching ID, question case and TTLs ([`wire::answer`]).
 //! 4. [`flight`]: a miss joins or leads the one flight for its key (all shards).
 //! 5. [`tiers`]: the leader's shard (`flight_run`) runs the tier plan for its
-//!    [`zones`] route: which upstreams to ask and when, then the merge.
-//! 6. [`upstream`]: the shard's links to each upstream: connected UDP with a
-//!    pending-query table, TCP for truncated answers.
-//! 7. [`health`]: EWMA RTT and circuit breaker per upstream, the order of the next
-//!    plan, and the failure kinds everything above shares.
+//!    [`zones`] route: which upstreams to ask and when, within the shard's
+//!    amplification budget; then the merge.
+//! 6. [`upstream`]: the shard's links to each upstream: a pool of connected UDP
+//!    sockets (one picked at random per query) with their pending-query tables,
+//!    TCP for truncated answers.
+//! 7. [`health`]: EWMA RTT and circuit breaker per upstream (circuits shared by all
+//!    shards), the order of the next plan, and the failure kinds everything above
+//!    shares.
 //! 8. [`io`] moves bytes and knows no DNS: the io_uring and epoll backends, the
 //!    buffer pool, the batched receive loops, TCP framing.
 //!
