@@ -2,17 +2,22 @@
 # Loadtest smoke: a short, low-rate run of loadtest/peers.sh (tierdns on both
 # backends, dnsdist, unbound, all behind NSD on loopback). Checks that every row
 # ran and that tierdns answered every query; the CPU numbers of so short a run
-# mean nothing and are not judged here.
+# mean nothing and are not judged here. Then a short MODE=miss run (epoll only,
+# under a minute): every row ran, tierdns lost nothing, one exchange is one
+# upstream query per miss, the defaults stay under the budget's bound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp /tmp/tierdns-loadtest-smoke.XXXXXX.md)
-trap 'rm -f "$out"' EXIT
+miss=$(mktemp /tmp/tierdns-loadtest-smoke-miss.XXXXXX.md)
+trap 'rm -f "$out" "$miss"' EXIT
 if [ -z "${TIERDNS_BIN:-}" ]; then
     cargo build --release 2>&1 | tail -1
     export TIERDNS_BIN=${CARGO_TARGET_DIR:-target}/release/tierdns
 fi
 QPS=${QPS:-5000} DURATION=${DURATION:-3} ROUNDS=${ROUNDS:-1} NAMES=${NAMES:-200} OUT="$out" \
     timeout 600 loadtest/peers.sh
+MODE=miss QPS=${MISS_QPS:-2000} DURATION=3 ROUNDS=1 IO=epoll OUT="$miss" \
+    timeout 120 loadtest/peers.sh
 passed=0 failed=0
 check() { # check NAME CONDITION-DESCRIPTION COMMAND...
     local name=$1 what=$2
@@ -34,5 +39,26 @@ done
 for server in tierdns tierdns-epoll; do
     check "$server" "lost no query" lost_zero "$server"
 done
+# MODE=miss table: column 4 lost, column 9 upstream queries per miss (NSD count),
+# column 10 the same from tierdns' /metrics; "1.000 (1.000)" is median (each round).
+mrow() { grep -E "^\| $1 \|" "$miss"; }
+mcol() { mrow "$1" | awk -F'|' -v c="$2" '{split($c, a, " "); print a[1]}'; }
+has_mrow() { mrow "$1" >/dev/null; }
+mlost_zero() { [ "$(mcol "$1" 4)" = "0" ]; }
+# One exchange: exactly one upstream query per miss, by NSD's count and by tierdns'.
+one_exchange() { [ "$(mcol tierdns-1x-epoll 9)" = "1.000" ] && [ "$(mcol tierdns-1x-epoll 10)" = "1.000" ]; }
+# Five upstreams, default budget, 2000 misses/s for 3 s: at most
+# 1 + ratio 0.25 + (500/s + the initial 500 tokens over 3 s) / 2000 = 1.58; 1.7 leaves
+# room for a slow run. Unbudgeted it would be 5.
+under_budget() { awk -v a="$(mcol tierdns-epoll 9)" -v b="$(mcol tierdns-epoll 10)" \
+    'BEGIN {exit !(a + 0 >= 1 && a + 0 <= 1.7 && b + 0 >= 1 && b + 0 <= 1.7)}'; }
+for server in tierdns-1x-epoll tierdns-epoll dnsdist unbound; do
+    check "miss $server" "has a row" has_mrow "$server"
+done
+for server in tierdns-1x-epoll tierdns-epoll; do
+    check "miss $server" "lost no query" mlost_zero "$server"
+done
+check "miss tierdns-1x-epoll" "1 upstream query per miss (NSD and /metrics)" one_exchange
+check "miss tierdns-epoll" "1..1.7 upstream queries per miss (NSD and /metrics)" under_budget
 echo "loadtest: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,8 +8,23 @@
 # process, every thread, from /proc/PID/stat) over exactly that dnsperf run to the
 # queries it completed. One run, one machine: compare the rows as ratios.
 #
-# Usage:  loadtest/peers.sh
+# MODE=miss measures the other side: CPU time per cache miss and upstream queries per
+# miss, under a fixed rate of never-seen names (u<i>.bench., answered by NSD through a
+# wildcard), every server fresh (empty cache), no warm-up. Rows there:
+#   tierdns-1x   one exchange per miss: one upstream, active_tier_size = 1,
+#                complete = false (loadtest/peers/tierdns-1x.toml.in)
+#   tierdns      the defaults ([tiers], [budget]) with five upstreams: the one NSD
+#                listening on 127.0.0.1 .. 127.0.0.5 (loadtest/peers/tierdns-5.toml.in)
+#   dnsdist, unbound   as in hit mode, forwarding to the NSD on 127.0.0.1
+# (each tierdns row once per IO backend, "-epoll" appended for epoll). Upstream queries
+# per miss = the queries NSD counted over the run (nsd-control stats_noreset on a unix
+# control socket) / queries answered, for every row; for tierdns also from its own
+# /metrics (tierdns_upstream_queries_total / tierdns_cache_total{result="miss"}).
+#
+# Usage:  loadtest/peers.sh            (hit mode)
+#         MODE=miss loadtest/peers.sh
 # Environment (defaults in brackets):
+#   MODE [hit]         hit: cache hits (below); miss: never-seen names (above)
 #   QPS [40000]        dnsperf -Q: fixed query rate
 #   DURATION [20]      dnsperf -l: seconds of measured load per server and round
 #   ROUNDS [3]         rounds; each runs every server once, in turn, so a noisy
@@ -17,12 +32,13 @@
 #   NAMES [1000]       names in the zone and the query file
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
-#   SERVERS ["tierdns dnsdist unbound"]
+#   SERVERS ["tierdns dnsdist unbound"]; MODE=miss: ["tierdns-1x tierdns dnsdist unbound"]
 #   TIERDNS_BIN        use this tierdns binary instead of `cargo build --release`
 #   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
 #   PORT_BASE [25353]  first port tried; free ports are picked upward from it
-#   OUT [loadtest/peers-results.md]   where the markdown table is written
-#   SATURATE [1]       1: after each fixed-rate run, drive the server flat out with the
+#   OUT [loadtest/peers-results.md; MODE=miss: loadtest/peers-results-miss.md]
+#                      where the markdown table is written
+#   SATURATE [1; MODE=miss: 0, not supported there]  1: after each fixed-rate run, drive the server flat out with the
 #                      harness generator (`loadtest load --rate 0`, pinned like dnsperf),
 #                      which goes further than dnsperf's one core; 0 skips it
 #   SAT_DURATION [5]   seconds of that saturation run
@@ -44,6 +60,16 @@ export LC_ALL=C
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TEMPLATES="$ROOT/loadtest/peers"
+MODE=${MODE:-hit}
+case $MODE in
+hit) ;;
+miss)
+    SERVERS=${SERVERS:-tierdns-1x tierdns dnsdist unbound}
+    OUT=${OUT:-$ROOT/loadtest/peers-results-miss.md}
+    SATURATE=${SATURATE:-0}
+    ;;
+*) printf '[peers] error: MODE must be hit or miss, got %s\n' "$MODE" >&2; exit 1 ;;
+esac
 QPS=${QPS:-40000}
 DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-3}
@@ -68,6 +94,8 @@ done
 ((NAMES >= 1 && NAMES <= 65536)) || die "NAMES must be 1..65536"
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
 ((ROUNDS >= 1 && ROUNDS <= 20)) || die "ROUNDS must be 1..20"
+[[ $MODE == hit ]] || ((SATURATE == 0)) || die "SATURATE=1 is for MODE=hit only"
+((QPS >= 1)) || [[ $MODE == hit ]] || die "MODE=miss needs QPS >= 1 (the name file is sized from it)"
 
 # ---------------------------------------------------------------- processes, cleanup
 TMP=$(mktemp -d /tmp/tierdns-peers.XXXXXX)
@@ -116,6 +144,7 @@ if ((${#need[@]})); then
     "${SUDO[@]}" apt-get update
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y --no-install-recommends "${need[@]}"
 fi
+[[ $MODE == hit ]] || command -v curl >/dev/null || need+=(curl)
 for t in nsd dnsdist unbound dnsperf taskset timeout awk getconf; do
     command -v "$t" >/dev/null || die "$t not found"
 done
@@ -184,8 +213,17 @@ render() { # render TEMPLATE OUT KEY=VALUE...
     for ((i = 0; i < NAMES; i++)); do
         echo "n$i IN A 10.$((i / 65536)).$((i / 256 % 256)).$((i % 256))"
     done
+    # MODE=miss: every u<i>.bench. exists through the wildcard.
+    [[ $MODE == hit ]] || echo '* IN A 10.255.0.1'
 } >"$TMP/bench.zone"
-for ((i = 0; i < NAMES; i++)); do echo "n$i.bench A"; done >"$TMP/names.txt"
+if [[ $MODE == hit ]]; then
+    for ((i = 0; i < NAMES; i++)); do echo "n$i.bench A"; done >"$TMP/names.txt"
+else
+    # Never-seen names: 20% more than one run sends, each sent at most once per run
+    # (dnsperf -n 1). Every run starts a fresh server, so the file serves every run.
+    MISS_NAMES=$((QPS * DURATION * 12 / 10 + 100))
+    awk -v n="$MISS_NAMES" 'BEGIN {for (i = 0; i < n; i++) printf "u%d.bench A\n", i}' >"$TMP/names.txt"
+fi
 echo "ns.bench A" >"$TMP/probe.txt"
 
 # dnsperf with a hard outer bound; output to $1
@@ -224,14 +262,40 @@ cpu_ticks() { # utime + stime of the whole process (all threads), clock ticks
 
 # ---------------------------------------------------------------- NSD
 NSD_PORT=$(pick_port)
-render "$TEMPLATES/nsd.conf.in" "$TMP/nsd.conf" "DIR=$TMP" "NSD_PORT=$NSD_PORT"
+if [[ $MODE == hit ]]; then
+    render "$TEMPLATES/nsd.conf.in" "$TMP/nsd.conf" "DIR=$TMP" "NSD_PORT=$NSD_PORT"
+else
+    render "$TEMPLATES/nsd-miss.conf.in" "$TMP/nsd.conf" "DIR=$TMP" "NSD_PORT=$NSD_PORT"
+fi
 nsd-checkconf "$TMP/nsd.conf" >/dev/null 2>&1 || { nsd-checkconf "$TMP/nsd.conf" || true; die "bad nsd.conf"; }
 # NSD gets the load CPU: it only sees the warm-up misses (and dnsdist health checks).
 taskset -c "$LOAD_CPU" nsd -d -c "$TMP/nsd.conf" >"$TMP/nsd.stderr" 2>&1 &
 NSD_PID=$!
 PIDS+=("$NSD_PID")
 wait_ready nsd "$NSD_PID" "$NSD_PORT" "$TMP/nsd.stderr"
-log "nsd up on 127.0.0.1:$NSD_PORT, $NAMES names"
+if [[ $MODE == hit ]]; then
+    log "nsd up on 127.0.0.1:$NSD_PORT, $NAMES names"
+else
+    # Trust no figure before NSD answers a never-seen name on each of its addresses.
+    for a in 1 2 3 4 5; do
+        echo "u-probe-$a.bench A" >"$TMP/probe-u.txt"
+        dnsperf_run "$TMP/probe-u.out" 10 -s "127.0.0.$a" -p "$NSD_PORT" -d "$TMP/probe-u.txt" -n 1 -t 2 ||
+            die "nsd on 127.0.0.$a:$NSD_PORT: probe failed"
+        grep -q 'NOERROR 1 (100.00%)' "$TMP/probe-u.out" ||
+            die "nsd on 127.0.0.$a:$NSD_PORT does not answer u-probe-$a.bench. with NOERROR: $(cat "$TMP/probe-u.out")"
+    done
+    log "nsd up on 127.0.0.1-5:$NSD_PORT, wildcard answers; $MISS_NAMES never-seen names"
+fi
+nsd_queries() { # queries NSD has received so far (all addresses), or "-"
+    local n
+    n=$(timeout 10 nsd-control -c "$TMP/nsd.conf" stats_noreset 2>/dev/null | awk -F= '$1 == "num.queries" {print $2; exit}')
+    echo "${n:--}"
+}
+metric_sum() { # metric_sum PORT REGEX: sum of the samples whose name+labels match
+    local body
+    body=$(timeout 10 curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null) || { echo -; return; }
+    awk -v re="$2" '$0 !~ /^#/ && $1 ~ re {s += $2; f = 1} END {if (f) printf "%.0f\n", s; else print 0}' <<<"$body"
+}
 
 # ---------------------------------------------------------------- one server
 ROWS=()   # "name|qps|lost|latency_us|cpu_us_per_query|rcodes|threads"
@@ -245,6 +309,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
     PIDS+=("$pid")
     wait_ready "$row" "$pid" "$port" "$logf"
 
+    if [[ $MODE == hit ]]; then
     # Warm-up: one full pass over the names (misses go to NSD), then a check pass.
     dnsperf_run "$TMP/$run.warm.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
         die "$row: warm-up dnsperf failed: $(tail -3 "$TMP/$run.warm.out")"
@@ -253,15 +318,26 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
     local warm
     warm=$(completed_of "$TMP/$run.warm2.out")
     [[ $warm == "$NAMES" ]] || NOTES+=("$row: warm-up pass answered $warm of $NAMES names")
+    fi
     sleep 1
 
     local threads c0 c1 t0 t1
     threads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 | wc -l)
     log "$row (round $ROUND/$ROUNDS): pid $pid ($threads threads) on CPU $SERVER_CPU, port $port: ${QPS} qps for ${DURATION}s"
+    local extra=() n0=- n1=- u0=- u1=- m0=- m1=-
+    # miss: each name at most once (-n 1), up to 1000 outstanding (a miss takes longer)
+    [[ $MODE == hit ]] || extra=(-n 1 -q 1000)
+    if [[ $MODE == miss ]]; then
+        n0=$(nsd_queries)
+        if [[ -n $METRICS_PORT ]]; then
+            u0=$(metric_sum "$METRICS_PORT" '^tierdns_upstream_queries_total')
+            m0=$(metric_sum "$METRICS_PORT" '^tierdns_cache_total\{result="miss"\}')
+        fi
+    fi
     c0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
     dnsperf_run "$TMP/$run.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" \
-        -Q "$QPS" -l "$DURATION" ||
+        -Q "$QPS" -l "$DURATION" "${extra[@]}" ||
         die "$row: dnsperf failed: $(tail -5 "$TMP/$run.out")"
     t1=$(date +%s.%N)
     kill -0 "$pid" 2>/dev/null || {
@@ -269,6 +345,16 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
         die "$row died during the run (log above)"
     }
     c1=$(cpu_ticks "$pid")
+    if [[ $MODE == miss ]]; then
+        # Let late upstream queries (hedges, completions) land and the shard flush
+        # its counters (flush_interval 250ms in the templates) before counting.
+        sleep 1.5
+        n1=$(nsd_queries)
+        if [[ -n $METRICS_PORT ]]; then
+            u1=$(metric_sum "$METRICS_PORT" '^tierdns_upstream_queries_total')
+            m1=$(metric_sum "$METRICS_PORT" '^tierdns_cache_total\{result="miss"\}')
+        fi
+    fi
 
     local f=$TMP/$run.out completed lost qps lat rcodes cpu_us
     completed=$(completed_of "$f")
@@ -296,7 +382,16 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
         fi
         [[ -n $sat ]] || sat="-"
     fi
-    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat")
+    local nsdq=- tdq=- tdm=-
+    if [[ $MODE == miss ]]; then
+        [[ $n0 == - || $n1 == - ]] || nsdq=$(awk -v d=$((n1 - n0)) -v n="$completed" 'BEGIN {printf "%.3f", d / n}')
+        if [[ $u0 != - && $u1 != - && $m0 != - && $m1 != - ]] && ((m1 > m0)); then
+            tdq=$(awk -v d=$((u1 - u0)) -v m=$((m1 - m0)) 'BEGIN {printf "%.3f", d / m}')
+            tdm=$((m1 - m0))
+        fi
+        log "$row: NSD received $((n1 - n0)) queries = $nsdq per answered query; tierdns /metrics: upstream $u0 -> $u1, misses $m0 -> $m1 ($tdq per miss)"
+    fi
+    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat|$nsdq|$tdq|$tdm")
     stop_pid "$pid"
 }
 
@@ -312,23 +407,48 @@ for server in $SERVERS; do
             *) die "IO: unknown backend '$io' (uring, epoll)" ;;
             esac
             port=$(pick_port)
-            render "$TEMPLATES/tierdns.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" "IO=$io"
+            if [[ $MODE == hit ]]; then
+                METRICS_PORT=""
+                render "$TEMPLATES/tierdns.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" "IO=$io"
+            else
+                METRICS_PORT=$(NEXT_PORT=$((port + 1)); pick_port) # pick_port in $() cannot advance NEXT_PORT
+                render "$TEMPLATES/tierdns-5.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" \
+                    "IO=$io" "METRICS_PORT=$METRICS_PORT"
+            fi
+            "$TIERDNS_BIN" --config "$TMP/$row.toml" --check >/dev/null || die "bad $row.toml"
+            measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
+        done
+        ;;
+    tierdns-1x)
+        [[ $MODE == miss ]] || die "SERVERS: tierdns-1x is a MODE=miss row"
+        for io in $IO; do
+            case $io in
+            uring) row=tierdns-1x ;;
+            epoll) row=tierdns-1x-epoll ;;
+            *) die "IO: unknown backend '$io' (uring, epoll)" ;;
+            esac
+            port=$(pick_port)
+            METRICS_PORT=$(NEXT_PORT=$((port + 1)); pick_port) # pick_port in $() cannot advance NEXT_PORT
+            render "$TEMPLATES/tierdns-1x.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" \
+                "IO=$io" "METRICS_PORT=$METRICS_PORT"
             "$TIERDNS_BIN" --config "$TMP/$row.toml" --check >/dev/null || die "bad $row.toml"
             measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
         done
         ;;
     dnsdist)
+        METRICS_PORT=""
         port=$(pick_port)
         render "$TEMPLATES/dnsdist.conf.in" "$TMP/dnsdist.conf" "PORT=$port" "NSD_PORT=$NSD_PORT"
         measure dnsdist "$port" "$TMP/dnsdist.log" dnsdist --supervised --disable-syslog -C "$TMP/dnsdist.conf"
         ;;
     unbound)
+        METRICS_PORT=""
         port=$(pick_port)
         render "$TEMPLATES/unbound.conf.in" "$TMP/unbound.conf" "DIR=$TMP" "PORT=$port" "NSD_PORT=$NSD_PORT"
         unbound-checkconf "$TMP/unbound.conf" >/dev/null || die "bad unbound.conf"
         measure unbound "$port" "$TMP/unbound.log" unbound -d -c "$TMP/unbound.conf"
         ;;
-    *) die "SERVERS: unknown server '$server' (tierdns dnsdist unbound)" ;;
+    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x dnsdist unbound)" ;;
     esac
 done
 done
@@ -344,17 +464,24 @@ for r in "${ROWS[@]}"; do
 done
 SUMMARY=() # "name|qps|lost|lat|cpu|cpus"
 for name in "${NAMES_SEEN[@]}"; do
-    qs="" lost=0 lats="" cpus="" sats=""
+    qs="" lost=0 lats="" cpus="" sats="" nsdqs="" tdqs="" losts=""
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r n qps l lat cpu _ sat <<<"$r"
+        IFS='|' read -r n qps l lat cpu _ sat nsdq tdq _ <<<"$r"
         [[ $n == "$name" ]] || continue
-        qs+=" $qps" lats+=" $lat" cpus+=" $cpu"
+        qs+=" $qps" lats+=" $lat" cpus+=" $cpu" losts+=" $l"
         lost=$((lost + l))
         [[ $sat == - ]] || sats+=" $sat"
+        [[ $nsdq == - ]] || nsdqs+=" $nsdq"
+        [[ $tdq == - ]] || tdqs+=" $tdq"
     done
-    satm=-
+    satm=- nsdqm=- tdqm=-
     [[ -z $sats ]] || satm=$(median <<<"$sats")
-    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm")
+    [[ -z $nsdqs ]] || nsdqm="$(median <<<"$nsdqs") (${nsdqs// /, })"
+    nsdqm=${nsdqm/(, /(}
+    [[ -z $tdqs ]] || tdqm="$(median <<<"$tdqs") (${tdqs// /, })"
+    tdqm=${tdqm/(, /(}
+    losts=${losts# }
+    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm|$nsdqm|$tdqm|${losts// /, }")
 done
 base=""
 for r in "${SUMMARY[@]}"; do
@@ -372,11 +499,71 @@ cmd="QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES IO=\"$IO\" SERVERS=
 model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
 
+if [[ $MODE == miss ]]; then
+mbase=""
+for r in "${SUMMARY[@]}"; do
+    IFS='|' read -r name _ _ _ cpu _ <<<"$r"
+    [[ $name == dnsdist ]] && mbase=$cpu
+done
+{
+    echo "| server | misses/s held (answered qps) | lost (each round) | avg latency | CPU µs/miss | ratio to dnsdist | CPU µs/miss, each round | upstream queries per miss, NSD count (each round) | upstream queries per miss, tierdns /metrics (each round) |"
+    echo "|---|---:|---:|---:|---:|---:|---|---|---|"
+    for r in "${SUMMARY[@]}"; do
+        IFS='|' read -r name qps lost lat cpu cpus _ nsdqm tdqm losts <<<"$r"
+        ratio=$(awk -v c="$cpu" -v b="$mbase" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
+        printf '| %s | %.0f | %s (%s) | %.0f µs | %s | %s | %s | %s | %s |\n' "$name" "$qps" "$lost" "$losts" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$nsdqm" "$tdqm"
+    done
+} >"$TMP/table.md"
+{
+    cat "$TMP/table.md"
+    echo
+    echo "Command: \`MODE=miss $cmd\`"
+    echo
+    echo "$ROUNDS round(s), each running every server once in turn, every server started fresh (empty cache);"
+    echo "qps, latency, CPU and upstream queries per miss are medians over the rounds, lost is the sum."
+    echo "Each server pinned to CPU $SERVER_CPU (\`taskset\`), dnsperf and NSD pinned to CPU $LOAD_CPU:"
+    echo "\`dnsperf -s 127.0.0.1 -p PORT -d names.txt -Q $QPS -l $DURATION -n 1 -q 1000\` over $MISS_NAMES never-seen names"
+    echo "\`u<i>.bench.\` (type A, each sent at most once), answered by NSD through the wildcard \`*.bench. 3600 IN A 10.255.0.1\`"
+    echo "(checked at start: NSD answers a never-seen name NOERROR on each of its 5 addresses). No warm-up: every query is a miss."
+    echo "CPU = utime + stime of the whole server process (all threads) from /proc/PID/stat over the dnsperf run,"
+    echo "divided by the queries answered (CPU µs per miss)."
+    echo "Upstream queries per miss, NSD count: queries NSD received (\`nsd-control stats_noreset\`, num.queries, all 5 addresses)"
+    echo "from just before the dnsperf run to 1.5 s after it, divided by the queries answered; dnsdist's 1-second health checks"
+    echo "(checkName ns.bench.) are in it (about $((DURATION + 3)) queries a run, under 0.0001 per miss at these rates)."
+    echo "tierdns /metrics: \`sum(tierdns_upstream_queries_total)\` over the same window divided by \`tierdns_cache_total{result=\"miss\"}\`."
+    echo
+    echo "Rows: tierdns-1x = one exchange per miss (1 upstream, \`active_tier_size = 1\`, \`complete = false\`, 1 shard);"
+    echo "tierdns = defaults (\`[tiers]\`, \`[budget]\`) with 5 upstreams: the one NSD on 127.0.0.1 .. 127.0.0.5, 1 shard;"
+    echo "\"-epoll\" rows: the same with \`io = \"epoll\"\`, the others \`io = \"uring\"\`; dnsdist: one backend (the NSD on 127.0.0.1), packet cache;"
+    echo "unbound: forward-zone \".\" to the NSD on 127.0.0.1, num-threads 1, module-config iterator."
+    vers=()
+    for server in $SERVERS; do
+        case $server in
+        tierdns-1x) ;;
+        tierdns) vers+=("$("$TIERDNS_BIN" --version) ($TIERDNS_REV; shards = 1, io: $IO)") ;;
+        dnsdist) vers+=("$(ver dnsdist --version | awk '{print $1, $2}')") ;;
+        unbound) vers+=("unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}')") ;;
+        esac
+    done
+    [[ " $SERVERS " == *" tierdns "* ]] || vers+=("$("$TIERDNS_BIN" --version) ($TIERDNS_REV; io: $IO)")
+    vers+=("upstream $(ver nsd -v)" "dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}')")
+    joined=$(printf '%s; ' "${vers[@]}")
+    echo "Versions: ${joined%; }."
+    echo
+    echo "Machine: $(nproc) CPUs, $model, Linux $(uname -r); load average at start $LOADAVG, at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
+    if ((${#NOTES[@]})); then
+        echo
+        echo "Notes:"
+        for n in "${NOTES[@]}"; do echo "- $n"; done
+    fi
+} >"$TMP/results.md"
+else
+
 {
     echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |"
     echo "|---|---:|---:|---:|---:|---:|---|---:|"
     for r in "${SUMMARY[@]}"; do
-        IFS='|' read -r name qps lost lat cpu cpus satm <<<"$r"
+        IFS='|' read -r name qps lost lat cpu cpus satm _ <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
         printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$satm"
     done
@@ -415,6 +602,7 @@ ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
         for n in "${NOTES[@]}"; do echo "- $n"; done
     fi
 } >"$TMP/results.md"
+fi
 
 cp "$TMP/results.md" "$OUT"
 echo
