@@ -82,19 +82,34 @@ impl CaseMask {
     }
 }
 
-/// Whether the question of `msg` is `question`: `Some(true)` or `Some(false)`, or
-/// `None` when `msg` has no readable question.
-fn question_of(msg: &[u8], question: &Question) -> Option<bool> {
-    let mut name = [0u8; MAX_NAME_LEN];
-    let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
-    let fixed = msg.get(end..end + 4)?;
-    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
-    Some(
-        name[..len] == *question.qname_lower
-            && qtype == question.qtype
-            && qclass == question.qclass,
-    )
+/// The question section of a message, read once onto the stack: its lowercased
+/// name, type and class.
+struct WireQuestion {
+    name: [u8; MAX_NAME_LEN],
+    len: usize,
+    qtype: u16,
+    qclass: u16,
+}
+
+impl WireQuestion {
+    /// The question of `msg`; None when it has no readable one.
+    fn read(msg: &[u8]) -> Option<Self> {
+        let mut name = [0u8; MAX_NAME_LEN];
+        let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
+        let fixed = msg.get(end..end + 4)?;
+        Some(Self {
+            name,
+            len,
+            qtype: u16::from_be_bytes([fixed[0], fixed[1]]),
+            qclass: u16::from_be_bytes([fixed[2], fixed[3]]),
+        })
+    }
+
+    fn is(&self, question: &Question) -> bool {
+        self.name[..self.len] == *question.qname_lower
+            && self.qtype == question.qtype
+            && self.qclass == question.qclass
+    }
 }
 
 impl Question {
@@ -109,7 +124,7 @@ impl Question {
 
     /// Whether `msg` asks this question; None when it has no readable question.
     pub(crate) fn matches(&self, msg: &[u8]) -> Option<bool> {
-        question_of(msg, self)
+        WireQuestion::read(msg).map(|q| q.is(self))
     }
 }
 
@@ -138,14 +153,6 @@ pub(super) enum Dispatch {
 
 /// Queries that stopped waiting, remembered to tell a late reply from a forged one.
 pub(super) const RECENTLY_ABANDONED: usize = 64;
-
-/// Whether `msg` has a question that can be read at all.
-fn question_readable(msg: &[u8]) -> bool {
-    let mut name = [0u8; MAX_NAME_LEN];
-    read_name_lower(msg, HEADER_LEN, &mut name)
-        .ok()
-        .is_some_and(|(_, end)| msg.len() >= end + 4)
-}
 
 /// The pending queries of one socket, keyed by message ID.
 pub(super) struct PendingTable {
@@ -227,31 +234,25 @@ impl PendingTable {
     /// Hands a reply to its waiter, or gives it back with the reason it was refused.
     pub(super) fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
         let verdict = match Header::parse(&reply) {
-            Ok(h) if h.qr() => match self.map.get(&h.id).map(|p| p.question.matches(&reply)) {
-                Some(Some(true)) => {
-                    let case = self.map.get(&h.id).and_then(|p| p.case);
-                    match case {
+            Ok(h) if h.qr() => match WireQuestion::read(&reply) {
+                None => Err(Dispatch::Malformed),
+                Some(q) => match self.map.get(&h.id) {
+                    Some(p) if q.is(&p.question) => match p.case {
                         Some(sent) if CaseMask::of_question(&reply) != Some(sent) => {
                             Err(Dispatch::CaseMismatch)
                         }
                         _ => Ok(h.id),
-                    }
-                }
-                Some(None) => Err(Dispatch::Malformed),
-                Some(Some(false)) | None => {
-                    let late = self
+                    },
+                    _ if self
                         .abandoned
                         .iter()
                         .flatten()
-                        .any(|(id, q)| *id == h.id && q.matches(&reply) == Some(true));
-                    if late {
+                        .any(|(id, a)| *id == h.id && q.is(a)) =>
+                    {
                         Err(Dispatch::Late)
-                    } else if question_readable(&reply) {
-                        Err(Dispatch::Mismatch)
-                    } else {
-                        Err(Dispatch::Malformed)
                     }
-                }
+                    _ => Err(Dispatch::Mismatch),
+                },
             },
             _ => Err(Dispatch::Malformed),
         };
@@ -290,19 +291,7 @@ impl Drop for PendingGuard<'_> {
 pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
     let mut table = PendingTable::new(8);
     let id = u16::from_be_bytes([*reply.first()?, *reply.get(1)?]);
-    let own = {
-        let mut name = [0u8; MAX_NAME_LEN];
-        read_name_lower(reply, HEADER_LEN, &mut name)
-            .ok()
-            .and_then(|(len, end)| {
-                let fixed = reply.get(end..end + 4)?;
-                Some(Question::new(
-                    &name[..len],
-                    u16::from_be_bytes([fixed[0], fixed[1]]),
-                    u16::from_be_bytes([fixed[2], fixed[3]]),
-                ))
-            })
-    };
+    let own = WireQuestion::read(reply).map(|q| Question::new(&q.name[..q.len], q.qtype, q.qclass));
     let mut receivers = Vec::new();
     for (i, question) in [own, Some(Question::new(b"\x01a\x00", 1, 1))]
         .into_iter()
