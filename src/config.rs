@@ -47,6 +47,10 @@ pub struct Config {
     /// Forward zones: name suffixes sent to their own upstream group.
     #[serde(rename = "zone")]
     pub zones: Vec<ZoneConfig>,
+    /// DNS over TLS listeners (RFC 7858); none by default.
+    pub tls: TlsConfig,
+    /// DNS over HTTPS listeners (RFC 8484); none by default.
+    pub https: HttpsConfig,
 }
 
 /// Which io backend shards run on.
@@ -190,6 +194,101 @@ impl Default for Limits {
     }
 }
 
+/// `[tls]`: DNS over TLS listeners (RFC 7858). Each address gets a SO_REUSEPORT
+/// TCP listener per shard; connections are bounded by `[limits]` like plain TCP ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Addresses served over TLS (port 853 by convention); empty: no DoT.
+    pub listen: Vec<SocketAddr>,
+    /// The certificate chain, PEM, leaf first. Reread on SIGHUP.
+    pub cert_file: String,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1). Reread on SIGHUP.
+    pub key_file: String,
+    /// A TCP connection that has not completed its TLS handshake this long after
+    /// accept is closed (slow-loris).
+    #[serde(with = "crate::duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[https]`: DNS over HTTPS listeners (RFC 8484), HTTP/2 and HTTP/1.1 on each
+/// address. The certificate is `[tls]`'s unless this section names its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// Addresses served over HTTPS (port 443 by convention); empty: no DoH.
+    pub listen: Vec<SocketAddr>,
+    /// The one path answered (RFC 8484's `{?dns}` template on it); others get 404.
+    pub path: String,
+    /// A certificate chain of its own, PEM, leaf first; empty: `tls.cert_file`.
+    pub cert_file: String,
+    /// Its private key; empty: `tls.key_file`. Both or neither.
+    pub key_file: String,
+    /// As `tls.handshake_timeout`, for HTTPS connections.
+    #[serde(with = "crate::duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            path: "/dns-query".to_string(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl HttpsConfig {
+    /// The certificate and key files the HTTPS listeners use, with the keys that
+    /// name them (for errors): this section's, else `[tls]`'s.
+    pub fn cert_files<'a>(&'a self, tls: &'a TlsConfig) -> CertFiles<'a> {
+        if self.cert_file.is_empty() {
+            CertFiles {
+                cert: (&tls.cert_file, "tls.cert_file"),
+                key: (&tls.key_file, "tls.key_file"),
+            }
+        } else {
+            CertFiles {
+                cert: (&self.cert_file, "https.cert_file"),
+                key: (&self.key_file, "https.key_file"),
+            }
+        }
+    }
+}
+
+/// A certificate chain file and its key file, each with the config key naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertFiles<'a> {
+    /// The chain's path and key.
+    pub cert: (&'a str, &'static str),
+    /// The private key's path and key.
+    pub key: (&'a str, &'static str),
+}
+
+/// Whether two listen addresses would take the same port: the same family and
+/// port, and the same address or either one unspecified (SO_REUSEPORT would let
+/// both bind and split the clients between them). Port 0 never collides.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// One `[[upstream]]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +406,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             metrics: MetricsConfig::default(),
             zones: Vec::new(),
+            tls: TlsConfig::default(),
+            https: HttpsConfig::default(),
         }
     }
 }
@@ -531,6 +632,80 @@ impl Config {
                 t.validate_in(&format!("zone[{i}].tiers"))?;
             }
         }
+        self.validate_encrypted()
+    }
+
+    /// `[tls]` and `[https]`: files named where listeners need them, a path, and
+    /// listen addresses that take no port another listener has.
+    fn validate_encrypted(&self) -> Result<(), ConfigError> {
+        let (tls, https) = (&self.tls, &self.https);
+        if !tls.listen.is_empty() {
+            if tls.cert_file.is_empty() {
+                return Err(invalid("tls.cert_file", "required with tls.listen"));
+            }
+            if tls.key_file.is_empty() {
+                return Err(invalid("tls.key_file", "required with tls.listen"));
+            }
+        }
+        if https.cert_file.is_empty() != https.key_file.is_empty() {
+            let key = if https.key_file.is_empty() {
+                "https.key_file"
+            } else {
+                "https.cert_file"
+            };
+            return Err(invalid(
+                key,
+                "https.cert_file and https.key_file go together (neither: [tls]'s are used)",
+            ));
+        }
+        if !https.listen.is_empty() {
+            let files = https.cert_files(tls);
+            for (path, key) in [files.cert, files.key] {
+                if path.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "required with https.listen (give [https] its own files or set [tls]'s)",
+                    ));
+                }
+            }
+        }
+        let p = &https.path;
+        if !p.starts_with('/')
+            || p.len() > 256
+            || p.contains(['?', '#'])
+            || p.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "https.path",
+                format!("{p:?} must start with '/', have no '?', '#' or spaces, and be at most 256 bytes"),
+            ));
+        }
+        if tls.handshake_timeout.is_zero() {
+            return Err(invalid("tls.handshake_timeout", "must be positive"));
+        }
+        if https.handshake_timeout.is_zero() {
+            return Err(invalid("https.handshake_timeout", "must be positive"));
+        }
+        // Every stream listener in one list, in the order the errors name them.
+        let all: Vec<(&str, &SocketAddr)> = self
+            .server
+            .listen
+            .iter()
+            .map(|a| ("server.listen", a))
+            .chain(tls.listen.iter().map(|a| ("tls.listen", a)))
+            .chain(https.listen.iter().map(|a| ("https.listen", a)))
+            .collect();
+        for (i, (key, a)) in all.iter().enumerate() {
+            if *key == "server.listen" {
+                continue; // checked above, with the UDP sockets
+            }
+            if let Some((other, b)) = all[..i].iter().find(|(_, b)| overlaps(a, b)) {
+                return Err(invalid(
+                    *key,
+                    format!("{a} takes the port of {other} {b}: each listener needs its own"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -658,6 +833,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.ratelimit.qps, c.ratelimit.burst), (20, 40));
+    }
+
+    #[test]
+    fn encrypted_listeners_are_off_by_default_and_name_what_they_lack() {
+        let c = Config::parse(ONE, "t").unwrap();
+        assert!(c.tls.listen.is_empty() && c.https.listen.is_empty());
+        assert_eq!(c.https.path, "/dns-query");
+        let e = err(&format!("{ONE}[tls]\nlisten = [\"127.0.0.1:853\"]\n"));
+        assert!(e.contains("tls.cert_file: required"), "{e}");
+        let e = err(&format!(
+            "{ONE}[tls]\nlisten = [\"127.0.0.1:853\"]\ncert_file = \"c.pem\"\n"
+        ));
+        assert!(e.contains("tls.key_file: required"), "{e}");
+        let e = err(&format!("{ONE}[https]\nlisten = [\"127.0.0.1:443\"]\n"));
+        assert!(
+            e.contains("tls.cert_file: required with https.listen"),
+            "{e}"
+        );
+        let e = err(&format!("{ONE}[https]\ncert_file = \"c.pem\"\n"));
+        assert!(e.contains("https.key_file"), "{e}");
+        let e = err(&format!("{ONE}[https]\npath = \"dns-query\"\n"));
+        assert!(e.contains("https.path"), "{e}");
+        let e = err(&format!("{ONE}[tls]\nhandshake_timeout = \"0s\"\n"));
+        assert!(e.contains("tls.handshake_timeout"), "{e}");
+        let e = err(&format!("{ONE}[tls]\ncertfile = \"x\"\n"));
+        assert!(e.contains("certfile"), "{e}");
+        // [https] takes [tls]'s files, or its own.
+        let files = "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let c = Config::parse(
+            &format!("{ONE}[tls]\n{files}[https]\nlisten = [\"127.0.0.1:8443\"]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.https.cert_files(&c.tls).cert, ("c.pem", "tls.cert_file"));
+        let c = Config::parse(
+            &format!("{ONE}[https]\nlisten = [\"127.0.0.1:8443\"]\n{files}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.https.cert_files(&c.tls).key, ("k.pem", "https.key_file"));
+    }
+
+    #[test]
+    fn an_encrypted_listener_may_not_take_another_listeners_port() {
+        let files = "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let e = err(&format!(
+            "{ONE}[server]\nlisten = [\"127.0.0.1:5353\"]\n[tls]\n{files}listen = [\"0.0.0.0:5353\"]\n"
+        ));
+        assert!(
+            e.contains("tls.listen: 0.0.0.0:5353 takes the port of server.listen 127.0.0.1:5353"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{ONE}[tls]\n{files}listen = [\"127.0.0.1:853\"]\n[https]\nlisten = [\"127.0.0.1:853\"]\n"
+        ));
+        assert!(e.contains("https.listen"), "{e}");
+        let e = err(&format!(
+            "{ONE}[tls]\n{files}listen = [\"127.0.0.1:853\", \"127.0.0.1:853\"]\n"
+        ));
+        assert!(e.contains("tls.listen"), "{e}");
+        // Another address, another family, or port 0: no collision.
+        Config::parse(
+            &format!(
+                "{ONE}[tls]\n{files}listen = [\"127.0.0.2:5353\", \"[::1]:853\", \"127.0.0.1:0\"]\n[https]\nlisten = [\"127.0.0.1:853\", \"127.0.0.1:0\"]\n"
+            ),
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]

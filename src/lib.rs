@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod certs;
 pub mod config;
 pub mod duration;
 pub mod flight;
