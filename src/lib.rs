@@ -100,7 +100,7 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
             for warning in handle.reload(config) {
                 tracing::warn!("reload: {warning}");
             }
-            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, budget, health, access, ratelimit");
+            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, budget, health, access, ratelimit, certificates");
         }
         Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
     }

@@ -23,15 +23,30 @@ pub enum Transport {
     Udp = 0,
     /// TCP.
     Tcp = 1,
+    /// DNS over TLS (RFC 7858).
+    Dot = 2,
+    /// DNS over HTTPS (RFC 8484).
+    Doh = 3,
 }
 
 impl Transport {
+    /// Every transport, in label order.
+    pub const ALL: [Self; 4] = [Self::Udp, Self::Tcp, Self::Dot, Self::Doh];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Dot => "dot",
+            Self::Doh => "doh",
         }
+    }
+
+    /// Whether replies go over a stream (anything but UDP): no UDP size limit,
+    /// no truncation.
+    pub fn is_stream(self) -> bool {
+        self != Self::Udp
     }
 }
 
@@ -85,10 +100,15 @@ pub enum DropReason {
     /// A TCP client connection closed at accept: its address had
     /// `tcp_connections_per_client` open already.
     TcpClientLimit,
+    /// A DoT or DoH connection whose TLS handshake failed.
+    TlsHandshake,
+    /// A DoT or DoH connection whose TLS handshake took longer than its
+    /// `handshake_timeout`.
+    TlsHandshakeTimeout,
 }
 
 impl DropReason {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 16] = [
         Self::Short,
         Self::Response,
         Self::Overload,
@@ -103,6 +123,8 @@ impl DropReason {
         Self::UpstreamOverload,
         Self::Oversize,
         Self::TcpClientLimit,
+        Self::TlsHandshake,
+        Self::TlsHandshakeTimeout,
     ];
 
     /// Metric label.
@@ -122,6 +144,8 @@ impl DropReason {
             Self::UpstreamOverload => "upstream_overload",
             Self::Oversize => "oversize",
             Self::TcpClientLimit => "tcp_client_limit",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
         }
     }
 }
@@ -250,7 +274,7 @@ pub(crate) struct TierStats {
 /// Everything one shard counts between flushes.
 #[derive(Debug)]
 pub(crate) struct ShardStats {
-    pub(crate) queries: [[Cell<u64>; 8]; 2],
+    pub(crate) queries: [[Cell<u64>; 8]; Transport::ALL.len()],
     pub(crate) cache: [Cell<u64>; 4],
     pub(crate) drops: [Cell<u64>; DropReason::ALL.len()],
     pub(crate) latency_hit: Samples,
@@ -261,7 +285,7 @@ pub(crate) struct ShardStats {
     /// TCP client connections closed by tierdns, by [`TcpClose`].
     tcp_closed: [Cell<u64>; 3],
     /// Clients outside `access.allow`, by transport and action.
-    access_denied: [[Cell<u64>; 2]; 2],
+    access_denied: [[Cell<u64>; 2]; Transport::ALL.len()],
     /// UDP queries over the rate limit, by action (truncate, drop).
     ratelimited: [Cell<u64>; 2],
 }
@@ -348,7 +372,7 @@ impl ShardStats {
     /// Adds this shard's counts to the registry and zeroes them.
     pub(crate) fn flush(&self, upstream_labels: &[String]) {
         use metrics::{counter, histogram};
-        for (t, transport) in [Transport::Udp, Transport::Tcp].into_iter().enumerate() {
+        for (t, transport) in Transport::ALL.into_iter().enumerate() {
             for (r, label) in RCODE_LABELS.iter().enumerate() {
                 let n = self.queries[t][r].take();
                 if n > 0 {
@@ -490,7 +514,7 @@ impl ShardStats {
                 counter!("tierdns_tcp_closed_total", "reason" => reason.as_str()).increment(n);
             }
         }
-        for transport in [Transport::Udp, Transport::Tcp] {
+        for transport in Transport::ALL {
             for action in [AccessAction::Refuse, AccessAction::Drop] {
                 let n = self.access_denied[transport as usize][action_index(action)].take();
                 if n > 0 {

@@ -3,8 +3,8 @@
 //! client's address (the access list, then over UDP the shared rate limiter) and
 //! counts what it stops; [`Shard::gated_reply`] is the reply a stopped query gets.
 //!
-//! One function for every listener (UDP and TCP today; TLS and HTTPS listeners call
-//! the same two), so a client outside `access.allow` is treated alike on all of them.
+//! One function for every listener (UDP, TCP, DNS over TLS and over HTTPS call the
+//! same two), so a client outside `access.allow` is treated alike on all of them.
 //! A denied query is read only as far as its reply needs: a REFUSED echoes the
 //! question and the client's EDNS; anything that cannot be read that far is dropped
 //! (a denied client gets no FORMERR or NOTIMP either).
@@ -12,10 +12,10 @@
 //! The rate limit applies to UDP only: its `truncate` reply sends a real client to
 //! TCP, which is not limited (a spoofed source cannot complete a handshake).
 //!
-//! TCP: a client whose action is `drop` is closed at accept ([`Shard::tcp_accepts`]);
-//! on an open connection every query goes through the gate again, so a reload that
-//! denies a client takes effect on its open connections too (REFUSED, or the
-//! connection closed for `drop`).
+//! Streams (TCP, DoT, DoH): a client whose action is `drop` is closed at accept,
+//! before any TLS handshake ([`Shard::stream_accepts`]); on an open connection every
+//! query goes through the gate again, so a reload that denies a client takes effect
+//! on its open connections too (REFUSED, or the connection closed for `drop`).
 
 use super::Shard;
 use crate::io::Backend;
@@ -69,13 +69,13 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Whether a TCP connection from `client` is kept: false (counted) when the
-    /// client is denied with `drop`. A `refuse` client's connection is kept and
-    /// each of its queries answered REFUSED.
-    pub(super) fn tcp_accepts(&self, client: IpAddr) -> bool {
+    /// Whether a stream connection (TCP, DoT, DoH) from `client` is kept: false
+    /// (counted) when the client is denied with `drop`. A `refuse` client's
+    /// connection is kept and each of its queries answered REFUSED.
+    pub(super) fn stream_accepts(&self, client: IpAddr, transport: Transport) -> bool {
         let verdict = self.policy.borrow().access.check(client);
         if verdict == AccessVerdict::Deny(AccessAction::Drop) {
-            self.stats.access_denied(Transport::Tcp, AccessAction::Drop);
+            self.stats.access_denied(transport, AccessAction::Drop);
             return false;
         }
         true

@@ -10,6 +10,9 @@
 //!
 //! What a shard drives, one file each:
 //! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
+//! - [`encrypted`]: the TLS listeners' accept loop and handshake, then [`dot`]
+//!   (DNS over TLS, served by the TCP connection code) or [`doh`] (DNS over
+//!   HTTPS, hyper);
 //! - [`gate`]: the client policy every listener applies first (access list, rate
 //!   limit);
 //! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
@@ -17,6 +20,9 @@
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
 //! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
+mod doh;
+mod dot;
+mod encrypted;
 mod flight_run;
 mod gate;
 mod reload;
@@ -39,7 +45,7 @@ use crate::metrics::ShardStats;
 use crate::policy::{Policy, RateLimiter, TcpClients};
 use crate::tiers::Budget;
 use runtime::{choose_backend, run_shard};
-use sockets::{bind_all, ShardSockets};
+use sockets::{bind_all, bind_encrypted, ShardSockets};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -83,12 +89,15 @@ pub struct Shared {
     pub board: CircuitBoard,
     /// Open TCP connections per client address (one table for all shards).
     pub tcp_clients: Arc<TcpClients>,
+    /// The TLS state of the DoT and DoH listeners.
+    pub(crate) encrypted: encrypted::Encrypted,
 }
 
 impl Shared {
     /// The state `shards` shards share, for `config`.
-    fn new(config: Config, shards: usize) -> Self {
+    fn new(config: Config, shards: usize, encrypted: encrypted::Encrypted) -> Self {
         Self {
+            encrypted,
             cache: PacketCache::new(config.cache.clone()),
             flights: Arc::new(FlightTable::new(
                 (shards * 64).next_power_of_two(),
@@ -114,14 +123,10 @@ impl Shared {
 /// may send upstream: give it a config without upstreams.
 #[cfg(any(test, fuzzing))]
 pub(crate) fn socketless_shard(config: Config) -> Rc<Shard<Epoll>> {
-    let shared = Arc::new(Shared::new(config, 1));
-    let sockets = ShardSockets {
-        udp: Vec::new(),
-        tcp: Vec::new(),
-        closers: Vec::new(),
-    };
+    let shared = Arc::new(Shared::new(config, 1, encrypted::Encrypted::default()));
+    let sockets = ShardSockets::empty();
     let (_, shutdown) = watch::channel(false);
-    let ((shard, _, _), _) =
+    let ((shard, _, _, _), _) =
         build_shard::<Epoll>(0, shared, sockets, shutdown).expect("a socketless shard");
     shard
 }
@@ -212,6 +217,10 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A certificate of the encrypted listeners could not be loaded (the message
+    /// names the config key).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A running server.
@@ -221,6 +230,10 @@ pub struct ServerHandle {
     reload: watch::Sender<Arc<Config>>,
     /// The addresses served, with port 0 resolved (UDP and TCP share the port).
     pub local_addrs: Vec<SocketAddr>,
+    /// The DNS over TLS addresses (`tls.listen`), port 0 resolved.
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The DNS over HTTPS addresses (`https.listen`), port 0 resolved.
+    pub https_addrs: Vec<SocketAddr>,
     /// The io backend running ("uring" or "epoll").
     pub backend: &'static str,
     /// Why this backend was chosen.
@@ -245,8 +258,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let shards = config.shard_count();
     let (uring, backend_reason) = choose_backend(&config)?;
     let backend = if uring { Uring::NAME } else { Epoll::NAME };
-    let (sockets, local_addrs) = bind_all(&config, shards)?;
-    let shared = Arc::new(Shared::new(config, shards));
+    let encrypted = encrypted::Encrypted::load(&config)?;
+    let (mut sockets, local_addrs) = bind_all(&config, shards)?;
+    let (tls_addrs, https_addrs) = bind_encrypted(&config, &mut sockets)?;
+    let shared = Arc::new(Shared::new(config, shards, encrypted));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = watch::channel(Arc::new(shared.config.clone()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
@@ -300,6 +315,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         shutdown: shutdown_tx,
         reload: reload_tx,
         local_addrs,
+        tls_addrs,
+        https_addrs,
         backend,
         backend_reason,
         shared,
@@ -334,7 +351,7 @@ pub(crate) struct Shard<B: Backend> {
     pub(crate) tcp_open: Cell<usize>,
     /// The open TCP client connections and what they are doing, to close the
     /// idlest at the bound.
-    pub(crate) tcp_registry: RefCell<tcp_registry::Registry<Rc<crate::io::Closing<B::Stream>>>>,
+    pub(crate) tcp_registry: RefCell<tcp_registry::Registry<Rc<dyn tcp_registry::Close>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -411,7 +428,11 @@ type Built<B> = (
     Rc<Shard<B>>,
     Vec<<B as Backend>::Udp>,
     Vec<<B as Backend>::Listener>,
+    Encrypted,
 );
+
+/// A shard's DNS over TLS and HTTPS listeners.
+type Encrypted = (Vec<tokio::net::TcpListener>, Vec<tokio::net::TcpListener>);
 
 fn build_shard<B: Backend>(
     index: usize,
@@ -437,6 +458,18 @@ fn build_shard<B: Backend>(
         .into_iter()
         .map(|s| B::listener(s).map_err(|e| format!("TCP listener: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let tokio_listener =
+        |s| tokio::net::TcpListener::from_std(s).map_err(|e| format!("TLS listener: {e}"));
+    let dot = sockets
+        .dot
+        .into_iter()
+        .map(tokio_listener)
+        .collect::<Result<Vec<_>, _>>()?;
+    let doh = sockets
+        .doh
+        .into_iter()
+        .map(tokio_listener)
+        .collect::<Result<Vec<_>, _>>()?;
     let budget = Budget::new(config.budget.clone(), Instant::now());
     let shard = Rc::new(Shard {
         index,
@@ -453,10 +486,10 @@ fn build_shard<B: Backend>(
         tcp_registry: RefCell::default(),
         shutdown,
     });
-    Ok(((shard, udp, tcp), sockets.closers))
+    Ok(((shard, udp, tcp, (dot, doh)), sockets.closers))
 }
 
-async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::Socket>) {
+async fn serve<B: Backend>((shard, udp, tcp, (dot, doh)): Built<B>, closers: Vec<socket2::Socket>) {
     let config = &shard.shared.config;
     let receivers = if B::PARALLEL_RECEIVES {
         config.server.udp_receivers
@@ -477,6 +510,18 @@ async fn serve<B: Backend>((shard, udp, tcp): Built<B>, closers: Vec<socket2::So
             Rc::clone(&shard),
             listener,
         )));
+    }
+    for (listeners, transport) in [
+        (dot, crate::metrics::Transport::Dot),
+        (doh, crate::metrics::Transport::Doh),
+    ] {
+        for listener in listeners {
+            tasks.push(tokio::task::spawn_local(encrypted::accept_loop(
+                Rc::clone(&shard),
+                listener,
+                transport,
+            )));
+        }
     }
     let flusher = tokio::task::spawn_local(stats::flush_loop(Rc::clone(&shard)));
     let mut shutdown = shard.shutdown.clone();

@@ -2,7 +2,10 @@
 //! zones, strategy, tiers, health parameters and the client policy (`[access]`,
 //! `[ratelimit]`)
 //! take effect at once on every shard; the health of upstreams that stay is kept.
-//! The other sections need a restart.
+//! The certificate files of `[tls]` and `[https]` are read again (a new path
+//! included): new handshakes get the new certificate, and a file that fails keeps
+//! the running certificate (logged, naming the key). The other sections, and the
+//! other keys of `[tls]` and `[https]`, need a restart.
 
 use super::upstreams::UpstreamSet;
 use super::{ServerHandle, Shard};
@@ -19,25 +22,42 @@ impl ServerHandle {
     /// shard; the health of
     /// upstreams that stay is kept. Other sections need a restart: each one that
     /// changed is named in the returned warnings and keeps its running value.
+    ///
+    /// The certificate files are read again here, once for every shard; each one
+    /// that fails is logged and named in the warnings, and its certificate stays.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let running = self.reload.borrow().clone();
-        let (applied, warnings) = reloadable(&running, config);
+        let (applied, mut warnings) = reloadable(&running, config);
+        for failure in self.shared.encrypted.reload(&applied) {
+            tracing::error!("reload: {failure}");
+            warnings.push(failure);
+        }
         let _ = self.reload.send(Arc::new(applied));
         warnings
     }
 }
 
 /// The config a reload applies: `new`, with the sections that need a restart
-/// (`server`, `limits`, `cache`, `metrics`) kept as running; and a warning for each
-/// of those that changed.
+/// (`server`, `limits`, `cache`, `metrics`, and `[tls]` and `[https]` but for their
+/// certificate files) kept as running; and a warning for each of those that
+/// changed.
 fn reloadable(running: &Config, new: Config) -> (Config, Vec<String>) {
-    // Each section as TOML, so a change anywhere in it is seen.
+    // Each section as TOML, so a change anywhere in it is seen; the certificate
+    // files left out, as a reload applies them.
     let fixed = |c: &Config| {
+        let mut tls = c.tls.clone();
+        tls.cert_file.clear();
+        tls.key_file.clear();
+        let mut https = c.https.clone();
+        https.cert_file.clear();
+        https.key_file.clear();
         [
             ("server", toml::to_string(&c.server).ok()),
             ("limits", toml::to_string(&c.limits).ok()),
             ("cache", toml::to_string(&c.cache).ok()),
             ("metrics", toml::to_string(&c.metrics).ok()),
+            ("tls", toml::to_string(&tls).ok()),
+            ("https", toml::to_string(&https).ok()),
         ]
     };
     let warnings = fixed(running)
@@ -53,6 +73,25 @@ fn reloadable(running: &Config, new: Config) -> (Config, Vec<String>) {
     applied.limits = running.limits.clone();
     applied.cache = running.cache.clone();
     applied.metrics = running.metrics.clone();
+    let files = |c: &Config| {
+        (
+            c.tls.cert_file.clone(),
+            c.tls.key_file.clone(),
+            c.https.cert_file.clone(),
+            c.https.key_file.clone(),
+        )
+    };
+    let (tls_cert, tls_key, https_cert, https_key) = files(&applied);
+    applied.tls = crate::config::TlsConfig {
+        cert_file: tls_cert,
+        key_file: tls_key,
+        ..running.tls.clone()
+    };
+    applied.https = crate::config::HttpsConfig {
+        cert_file: https_cert,
+        key_file: https_key,
+        ..running.https.clone()
+    };
     (applied, warnings)
 }
 
@@ -150,6 +189,36 @@ mod tests {
         let (applied, warnings) = reloadable(&running, new.clone());
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(applied.access, new.access);
+    }
+
+    #[test]
+    fn certificate_files_are_applied_and_other_tls_keys_need_a_restart() {
+        let mut running = Config::default();
+        running.tls.listen = vec!["127.0.0.1:853".parse().unwrap()];
+        running.tls.cert_file = "old.pem".into();
+        running.tls.key_file = "old.key".into();
+        let mut new = running.clone();
+        new.tls.cert_file = "new.pem".into();
+        new.tls.key_file = "new.key".into();
+        new.https.cert_file = "h.pem".into();
+        new.https.key_file = "h.key".into();
+        let (applied, warnings) = reloadable(&running, new.clone());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(applied.tls, new.tls);
+        assert_eq!(applied.https, new.https);
+        new.tls.listen = vec!["127.0.0.1:8853".parse().unwrap()];
+        new.https.path = "/other".into();
+        let (applied, warnings) = reloadable(&running, new);
+        assert_eq!(
+            warnings,
+            [
+                "[tls] changed: it takes effect only after a restart",
+                "[https] changed: it takes effect only after a restart"
+            ]
+        );
+        assert_eq!(applied.tls.listen, running.tls.listen);
+        assert_eq!(applied.tls.cert_file, "new.pem");
+        assert_eq!(applied.https.path, "/dns-query");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Answering one client query, the same for UDP and TCP and for both backends.
+//! Answering one client query, the same for every transport (UDP, TCP, DoT, DoH)
+//! and for both backends.
 //!
 //! [`Shard::first_pass`] is the synchronous part: read the query, apply the protocol
 //! checks (FORMERR, NOTIMP, BADVERS, drops), answer what is local (zone transfers
@@ -56,7 +57,7 @@ pub(super) fn target_of<'a>(
     transport: Transport,
     max_udp: usize,
 ) -> ReplyTarget<'a> {
-    let mut target = q.reply_target(transport == Transport::Tcp);
+    let mut target = q.reply_target(transport.is_stream());
     if transport == Transport::Udp {
         target.max_size = target.max_size.min(max_udp.max(PLAIN_UDP_MAX));
     }
@@ -214,7 +215,7 @@ impl<B: Backend> Shard<B> {
     /// starts no flight of its own (a herd of them would hit the upstreams at once).
     /// A stale answer if there is one; else, over UDP, no answer (counted,
     /// `reason="flight_full"`: the client's retry finds the answer cached), and over
-    /// TCP a SERVFAIL saying the resolver is overloaded.
+    /// a stream (TCP, DoT, DoH) a SERVFAIL saying the resolver is overloaded.
     fn flight_full(
         &self,
         q: &QueryView<'_>,
@@ -228,7 +229,7 @@ impl<B: Backend> Shard<B> {
         self.stats.dropped(DropReason::FlightFull);
         match transport {
             Transport::Udp => None,
-            Transport::Tcp => Some((
+            Transport::Tcp | Transport::Dot | Transport::Doh => Some((
                 error_reply(q, ErrorRcode::ServFail, Some(Ede::LOCAL_OVERLOAD)),
                 CacheResult::Miss,
             )),
@@ -354,7 +355,9 @@ fn out_len(transport: Transport, answer_len: usize) -> usize {
     match transport {
         Transport::Udp => BUF_CAPACITY,
         // Room for an OPT record the client needs and the answer lacks.
-        Transport::Tcp => (answer_len + REPLY_HEADROOM).max(PLAIN_UDP_MAX),
+        Transport::Tcp | Transport::Dot | Transport::Doh => {
+            (answer_len + REPLY_HEADROOM).max(PLAIN_UDP_MAX)
+        }
     }
 }
 

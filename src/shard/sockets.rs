@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 pub(super) struct ShardSockets {
     pub(super) udp: Vec<std::net::UdpSocket>,
     pub(super) tcp: Vec<std::net::TcpListener>,
+    /// DNS over TLS listeners (`tls.listen`).
+    pub(super) dot: Vec<std::net::TcpListener>,
+    /// DNS over HTTPS listeners (`https.listen`).
+    pub(super) doh: Vec<std::net::TcpListener>,
     /// Duplicates of every listening socket, to shut them down at stop: an io_uring
     /// receive or accept in flight keeps a socket open after its loop is gone, and
     /// with SO_REUSEPORT the kernel would keep routing new clients to it.
@@ -28,6 +32,27 @@ impl ShardSockets {
         self.closers.push(socket2::Socket::from(sock.try_clone()?));
         self.tcp.push(sock);
         Ok(())
+    }
+
+    fn push_encrypted(&mut self, sock: std::net::TcpListener, https: bool) -> std::io::Result<()> {
+        self.closers.push(socket2::Socket::from(sock.try_clone()?));
+        if https {
+            self.doh.push(sock);
+        } else {
+            self.dot.push(sock);
+        }
+        Ok(())
+    }
+
+    /// No sockets at all.
+    pub(super) fn empty() -> Self {
+        Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            dot: Vec::new(),
+            doh: Vec::new(),
+            closers: Vec::new(),
+        }
     }
 }
 
@@ -57,9 +82,13 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
 }
 
 fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    bind_stream(addr, "tcp")
+}
+
+fn bind_stream(addr: SocketAddr, proto: &'static str) -> Result<std::net::TcpListener, StartError> {
     let err = |source| StartError::Bind {
         addr,
-        proto: "tcp",
+        proto,
         source,
     };
     let sock = reuse_port_socket(addr, socket2::Type::STREAM).map_err(err)?;
@@ -73,13 +102,7 @@ pub(super) fn bind_all(
     shards: usize,
 ) -> Result<(Vec<ShardSockets>, Vec<SocketAddr>), StartError> {
     let mut resolved = Vec::new();
-    let mut per_shard: Vec<ShardSockets> = (0..shards)
-        .map(|_| ShardSockets {
-            udp: Vec::new(),
-            tcp: Vec::new(),
-            closers: Vec::new(),
-        })
-        .collect();
+    let mut per_shard: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::empty()).collect();
     for &want in &config.server.listen {
         // With port 0, the kernel picks a UDP port; TCP then takes the same number,
         // retried a few times in case that TCP port is taken.
@@ -114,6 +137,48 @@ pub(super) fn bind_all(
         }
     }
     Ok((per_shard, resolved))
+}
+
+/// Binds every shard's DNS over TLS (`tls.listen`) and HTTPS (`https.listen`)
+/// listeners, SO_REUSEPORT like the others; returns their addresses, port 0
+/// resolved once per address and shared by every shard.
+pub(super) fn bind_encrypted(
+    config: &Config,
+    per_shard: &mut [ShardSockets],
+) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), StartError> {
+    let mut resolved = (Vec::new(), Vec::new());
+    for (https, listen, proto) in [
+        (false, &config.tls.listen, "tls"),
+        (true, &config.https.listen, "https"),
+    ] {
+        for &want in listen {
+            let first = bind_stream(want, proto)?;
+            let addr = first.local_addr().map_err(|source| StartError::Bind {
+                addr: want,
+                proto,
+                source,
+            })?;
+            let dup_err = |source| StartError::Bind {
+                addr,
+                proto: "dup",
+                source,
+            };
+            let mut first = Some(first);
+            for sockets in per_shard.iter_mut() {
+                let sock = match first.take() {
+                    Some(s) => s,
+                    None => bind_stream(addr, proto)?,
+                };
+                sockets.push_encrypted(sock, https).map_err(dup_err)?;
+            }
+            if https {
+                resolved.1.push(addr);
+            } else {
+                resolved.0.push(addr);
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 #[cfg(test)]

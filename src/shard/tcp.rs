@@ -21,7 +21,7 @@
 
 use super::gate::Gate;
 use super::serve::First;
-use super::tcp_registry::ConnId;
+use super::tcp_registry::{Close, ConnId};
 use super::Shard;
 use crate::io::frame::{framed, read_frame};
 use crate::io::{Backend, Closing, TcpIo};
@@ -44,62 +44,98 @@ pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Li
         let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                // EMFILE and friends: back off instead of spinning.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                accept_failed(&e).await;
                 continue;
             }
         };
-        if !shard.tcp_accepts(peer.ip()) {
-            drop(stream);
-            continue;
-        }
-        let limits = &shard.shared.config.limits;
-        let Some(client) = shard
-            .shared
-            .tcp_clients
-            .acquire(peer.ip(), limits.tcp_connections_per_client)
-        else {
-            shard.stats.dropped(DropReason::TcpClientLimit);
+        let Some(client) = admit_connection(&shard, peer.ip(), Transport::Tcp) else {
             drop(stream);
             continue;
         };
-        // Connections closed for a newer one may still be draining their answers:
-        // they hold sockets, so they count against a hard bound too.
-        if shard.tcp_open.get() >= limits.tcp_connections.saturating_mul(2) {
-            shard.stats.dropped(DropReason::TcpConnectionLimit);
-            drop(stream);
-            continue;
-        }
-        if shard.tcp_registry.borrow().len() >= limits.tcp_connections {
-            let victim = shard.tcp_registry.borrow_mut().evict_idlest();
-            if let Some(victim) = victim {
-                victim.shutdown();
-                shard.stats.tcp_closed(TcpClose::Evicted);
-            }
-        }
         let stream = Rc::new(Closing(stream));
-        let open = Open::new(&shard, Rc::clone(&stream), client);
-        crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-        tokio::task::spawn_local(connection(open, stream, peer.ip()));
+        let open = Open::new(&shard, Rc::clone(&stream) as Rc<dyn Close>, client);
+        tokio::task::spawn_local(connection(open, stream, peer.ip(), Transport::Tcp));
     }
 }
 
-/// An open client connection, counted in the shard's `tcp_open` and its registry
-/// and against its client address for as long as its task lives.
-struct Open<B: Backend> {
+/// After a failed accept: EMFILE and friends; back off instead of spinning.
+pub(super) async fn accept_failed(e: &std::io::Error) {
+    tracing::debug!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
+/// The bounds every stream connection (TCP, DoT, DoH) meets at accept, in order:
+/// the access list (`drop` closes it), `tcp_connections_per_client` across all
+/// shards, the shard's hard bound of twice `tcp_connections`, and at
+/// `tcp_connections` the idlest connection of the shard (of any transport) closed
+/// for this one. Returns the client's slot, or None (counted): close it.
+pub(super) fn admit_connection<B: Backend>(
+    shard: &Rc<Shard<B>>,
+    client: std::net::IpAddr,
+    transport: Transport,
+) -> Option<ClientSlot> {
+    if !shard.stream_accepts(client, transport) {
+        return None;
+    }
+    let limits = &shard.shared.config.limits;
+    let Some(slot) = shard
+        .shared
+        .tcp_clients
+        .acquire(client, limits.tcp_connections_per_client)
+    else {
+        shard.stats.dropped(DropReason::TcpClientLimit);
+        return None;
+    };
+    // Connections closed for a newer one may still be draining their answers:
+    // they hold sockets, so they count against a hard bound too.
+    if shard.tcp_open.get() >= limits.tcp_connections.saturating_mul(2) {
+        shard.stats.dropped(DropReason::TcpConnectionLimit);
+        return None;
+    }
+    if shard.tcp_registry.borrow().len() >= limits.tcp_connections {
+        let victim = shard.tcp_registry.borrow_mut().evict_idlest();
+        if let Some(victim) = victim {
+            victim.close();
+            shard.stats.tcp_closed(TcpClose::Evicted);
+        }
+    }
+    crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
+    Some(slot)
+}
+
+impl<S: TcpIo> Close for Closing<S> {
+    fn close(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// An open client connection (TCP, DoT or DoH), counted in the shard's `tcp_open`
+/// and its registry and against its client address for as long as its task lives.
+pub(super) struct Open<B: Backend> {
     shard: Rc<Shard<B>>,
     id: ConnId,
     _client: ClientSlot,
 }
 
 impl<B: Backend> Open<B> {
-    fn new(shard: &Rc<Shard<B>>, stream: Rc<Closing<B::Stream>>, client: ClientSlot) -> Self {
+    /// The shard serving it.
+    pub(super) fn shard(&self) -> &Rc<Shard<B>> {
+        &self.shard
+    }
+
+    /// Its registry entry.
+    pub(super) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Registers a connection admitted by [`admit_connection`]; `handle` closes it
+    /// when the shard needs its place.
+    pub(super) fn new(shard: &Rc<Shard<B>>, handle: Rc<dyn Close>, client: ClientSlot) -> Self {
         shard.tcp_open.set(shard.tcp_open.get() + 1);
         let id = shard
             .tcp_registry
             .borrow_mut()
-            .insert(Instant::now(), stream);
+            .insert(Instant::now(), handle);
         Self {
             shard: Rc::clone(shard),
             id,
@@ -120,13 +156,13 @@ impl<B: Backend> Drop for Open<B> {
 
 /// One query of a connection being answered: marked in the registry from the read
 /// to the reply queued (or dropped), however its task ends.
-struct Busy<B: Backend> {
+pub(super) struct Busy<B: Backend> {
     shard: Rc<Shard<B>>,
     id: ConnId,
 }
 
 impl<B: Backend> Busy<B> {
-    fn new(shard: &Rc<Shard<B>>, id: ConnId) -> Self {
+    pub(super) fn new(shard: &Rc<Shard<B>>, id: ConnId) -> Self {
         shard.tcp_registry.borrow_mut().begin(id, Instant::now());
         Self {
             shard: Rc::clone(shard),
@@ -152,10 +188,14 @@ impl<B: Backend> Drop for Busy<B> {
 /// `refuse`), the connection closed for `drop` (a reload may deny an open one).
 /// After `tcp_max_queries` queries or `tcp_max_lifetime` the reader stops; the
 /// queries already read are answered before the connection closes.
-async fn connection<B: Backend>(
+///
+/// The same for DNS over TLS (RFC 7858 frames messages as TCP does): `stream` is
+/// then the TLS session, `transport` [`Transport::Dot`].
+pub(super) async fn connection<B: Backend, S: TcpIo>(
     open: Open<B>,
-    stream: Rc<Closing<B::Stream>>,
+    stream: Rc<Closing<S>>,
     client: std::net::IpAddr,
+    transport: Transport,
 ) {
     let shard = Rc::clone(&open.shard);
     let id = open.id;
@@ -233,7 +273,7 @@ async fn connection<B: Backend>(
             Err(_idle) => break,
         };
         read += 1;
-        let gate = shard.gate(client, Transport::Tcp, Instant::now());
+        let gate = shard.gate(client, transport, Instant::now());
         if gate == Gate::Drop {
             break;
         }
@@ -242,32 +282,7 @@ async fn connection<B: Backend>(
         let tx = tx.clone();
         tokio::task::spawn_local(async move {
             let _busy = busy;
-            let start = Instant::now();
-            let out = shard.pool.get();
-            let first = if gate == Gate::Pass {
-                shard.first_pass(&query, Transport::Tcp, out, start)
-            } else {
-                match shard.gated_reply(gate, &query, Transport::Tcp) {
-                    Some(reply) => First::Reply(reply),
-                    None => First::Drop(out),
-                }
-            };
-            let reply = match first {
-                First::Reply(reply) => Some(reply),
-                First::Drop(out) => {
-                    shard.pool.put(out);
-                    None
-                }
-                First::Miss(out) => {
-                    shard.pool.put(out);
-                    match shard.admit() {
-                        Some(admitted) => {
-                            shard.resolve(&query, Transport::Tcp, start, admitted).await
-                        }
-                        None => shard.overload_reply(&query, Transport::Tcp),
-                    }
-                }
-            };
+            let reply = answer(&shard, &query, transport, gate, Instant::now()).await;
             if let Some(reply) = reply {
                 // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
                 // have nothing to frame it with, and goes unsent.
@@ -285,6 +300,42 @@ async fn connection<B: Backend>(
     let _ = writer.await;
     if linger {
         linger_close(&**stream, idle.min(LINGER)).await;
+    }
+}
+
+/// Answers one query of a stream connection (TCP, DoT, DoH) that passed or was
+/// stopped by `gate`: the gated reply, or the first pass and, for a miss, the
+/// flight. None: nothing to send (dropped and counted). The reply is a pooled
+/// buffer.
+pub(super) async fn answer<B: Backend>(
+    shard: &Rc<Shard<B>>,
+    query: &[u8],
+    transport: Transport,
+    gate: Gate,
+    start: Instant,
+) -> Option<Vec<u8>> {
+    let out = shard.pool.get();
+    let first = if gate == Gate::Pass {
+        shard.first_pass(query, transport, out, start)
+    } else {
+        match shard.gated_reply(gate, query, transport) {
+            Some(reply) => First::Reply(reply),
+            None => First::Drop(out),
+        }
+    };
+    match first {
+        First::Reply(reply) => Some(reply),
+        First::Drop(out) => {
+            shard.pool.put(out);
+            None
+        }
+        First::Miss(out) => {
+            shard.pool.put(out);
+            match shard.admit() {
+                Some(admitted) => shard.resolve(query, transport, start, admitted).await,
+                None => shard.overload_reply(query, transport),
+            }
+        }
     }
 }
 

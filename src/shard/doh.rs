@@ -1,0 +1,315 @@
+//! DNS over HTTPS (RFC 8484): HTTP/2 and HTTP/1.1 (hyper, chosen by the client's
+//! preface) on a TLS session, one path (`https.path`), GET with `?dns=` (base64url
+//! without padding) and POST with an `application/dns-message` body.
+//!
+//! Every request's DNS message goes the way a TCP query goes ([`tcp::answer`]):
+//! the gate (access list) first, then the first pass, the cache, the flight and
+//! the tiers, with transport [`Transport::Doh`]. The reply carries
+//! `cache-control: max-age=` the smallest TTL of its answer section (the negative
+//! TTL of RFC 2308 for an answer without records; 0 without either), as RFC 8484
+//! 5.1 asks.
+//!
+//! Requests that are not DNS get an HTTP error and never reach the resolver:
+//! another path 404, another method 405 (with `allow`), a POST of another
+//! content type 415, a missing or undecodable `dns` parameter, an empty or
+//! unreadable message 400, a body over 65535 bytes 413. A client denied by
+//! `access` with `refuse` gets a REFUSED DNS answer (HTTP 200); with `drop`, 403 and
+//! the connection closed.
+//!
+//! Bounds, the TCP ones where they apply: `tcp_pipeline` concurrent HTTP/2 streams
+//! (HTTP/1.1 answers one request at a time); request headers at most
+//! [`MAX_HEADERS`] bytes (431 past it); a body read within `tcp_idle_timeout`; a
+//! connection with no request in flight for `tcp_idle_timeout` is closed, as is one
+//! past `tcp_max_queries` requests or `tcp_max_lifetime` (gracefully: HTTP/2
+//! GOAWAY, the requests in flight answered, for at most [`DRAIN`]).
+
+use super::gate::Gate;
+use super::tcp::{answer, Busy, Open};
+use super::tcp_registry::{Close, CloseSignal};
+use crate::io::Backend;
+use crate::metrics::Transport;
+use crate::wire::answer::AnswerLayout;
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// The media type of a DNS message (RFC 8484 6).
+const DNS_MESSAGE: &str = "application/dns-message";
+
+/// Largest request head (request line or pseudo-headers, and headers).
+pub(super) const MAX_HEADERS: usize = 16 * 1024;
+
+/// Largest DNS message (a POST body, a decoded `dns` parameter).
+const MAX_MESSAGE: usize = 65535;
+
+/// Longest a connection that is closing waits for the requests in flight.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// base64url; padding tolerated though RFC 8484 4.1 says to leave it out.
+const BASE64URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// hyper's executor for HTTP/2 streams: tasks on the shard's own thread (shard
+/// state is `Rc`, the futures are not `Send`).
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// One DoH connection's state, shared by its requests.
+struct Conn<B: Backend> {
+    open: Open<B>,
+    client: std::net::IpAddr,
+    signal: Rc<CloseSignal>,
+    /// Requests being answered.
+    in_flight: Cell<usize>,
+    /// Requests read.
+    requests: Cell<u64>,
+    /// When the last request began or ended.
+    last: Cell<Instant>,
+}
+
+/// A request counted in flight for as long as it lives.
+struct InFlight<'a, B: Backend>(&'a Conn<B>);
+
+impl<B: Backend> Drop for InFlight<'_, B> {
+    fn drop(&mut self) {
+        let c = self.0;
+        c.in_flight.set(c.in_flight.get().saturating_sub(1));
+        c.last.set(Instant::now());
+    }
+}
+
+/// Serves one DoH session until it ends.
+pub(super) async fn serve<B: Backend>(
+    open: Open<B>,
+    session: TlsStream<TcpStream>,
+    client: std::net::IpAddr,
+    signal: Rc<CloseSignal>,
+) {
+    let shard = Rc::clone(open.shard());
+    let limits = &shard.shared.config.limits;
+    let idle = limits.tcp_idle_timeout;
+    let conn = Rc::new(Conn {
+        open,
+        client,
+        signal: Rc::clone(&signal),
+        in_flight: Cell::new(0),
+        requests: Cell::new(0),
+        last: Cell::new(Instant::now()),
+    });
+    let service = {
+        let conn = Rc::clone(&conn);
+        hyper::service::service_fn(move |req| {
+            let conn = Rc::clone(&conn);
+            async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .max_buf_size(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(u32::try_from(limits.tcp_pipeline).unwrap_or(u32::MAX))
+        .max_header_list_size(MAX_HEADERS as u32);
+    let served = builder.serve_connection(TokioIo::new(session), service);
+    tokio::pin!(served);
+    let mut shutdown = shard.shutdown.clone();
+    let expiry = async {
+        if limits.tcp_max_lifetime.is_zero() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(limits.tcp_max_lifetime).await;
+    };
+    tokio::pin!(expiry);
+    // Set once the connection is closing: when it must be gone.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(deadline) = drain_until {
+            tokio::select! {
+                _ = served.as_mut() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            break;
+        }
+        let idle_at = tokio::time::Instant::from_std(conn.last.get() + idle);
+        tokio::select! {
+            biased;
+            _ = served.as_mut() => break,
+            // Evicted, access `drop`, or `tcp_max_queries` read (counted where
+            // it is decided).
+            _ = signal.closed() => {}
+            _ = shutdown.changed() => {}
+            _ = &mut expiry => shard.stats.tcp_closed(crate::metrics::TcpClose::MaxLifetime),
+            _ = tokio::time::sleep_until(idle_at) => {
+                if conn.in_flight.get() > 0 {
+                    // Busy: look again an idle period from now.
+                    conn.last.set(Instant::now());
+                    continue;
+                }
+                if conn.last.get().elapsed() < idle {
+                    continue;
+                }
+            }
+        }
+        served.as_mut().graceful_shutdown();
+        drain_until = Some(tokio::time::Instant::now() + DRAIN);
+    }
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = code;
+    r
+}
+
+/// The `dns` parameter of a GET's query string, decoded; None if absent or bad.
+fn dns_param(query: Option<&str>) -> Option<Vec<u8>> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("dns="))?;
+    // base64url needs no percent-encoding; a `%` is not base64url.
+    if value.is_empty() || value.len() > MAX_MESSAGE.div_ceil(3) * 4 {
+        return None;
+    }
+    BASE64URL.decode(value).ok()
+}
+
+/// Whether a content type is `application/dns-message` (parameters ignored).
+fn is_dns_message(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(DNS_MESSAGE))
+}
+
+/// One request: checked, its DNS message answered.
+async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let shard = conn.open.shard();
+    conn.requests.set(conn.requests.get() + 1);
+    let max = shard.shared.config.limits.tcp_max_queries;
+    if max > 0 && conn.requests.get() == max {
+        // This one is answered; the connection takes no more.
+        shard.stats.tcp_closed(crate::metrics::TcpClose::MaxQueries);
+        conn.signal.close();
+    }
+    conn.in_flight.set(conn.in_flight.get() + 1);
+    conn.last.set(Instant::now());
+    let _in_flight = InFlight(conn);
+    let _busy = Busy::new(shard, conn.open.id());
+    if req.uri().path() != shard.shared.config.https.path {
+        return status(StatusCode::NOT_FOUND);
+    }
+    let query = match *req.method() {
+        Method::GET => match dns_param(req.uri().query()) {
+            Some(q) => q,
+            None => return status(StatusCode::BAD_REQUEST),
+        },
+        Method::POST => {
+            if !is_dns_message(req.headers().get(CONTENT_TYPE)) {
+                return status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            }
+            let idle = shard.shared.config.limits.tcp_idle_timeout;
+            let body = Limited::new(req.into_body(), MAX_MESSAGE).collect();
+            match tokio::time::timeout(idle, body).await {
+                Ok(Ok(b)) => b.to_bytes().to_vec(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return status(StatusCode::PAYLOAD_TOO_LARGE)
+                }
+                _ => return status(StatusCode::BAD_REQUEST),
+            }
+        }
+        _ => {
+            let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, POST"));
+            return r;
+        }
+    };
+    if query.len() < 12 {
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let start = Instant::now();
+    let gate = shard.gate(conn.client, Transport::Doh, start);
+    if gate == Gate::Drop {
+        conn.signal.close();
+        return status(StatusCode::FORBIDDEN);
+    }
+    let Some(reply) = answer(shard, &query, Transport::Doh, gate, start).await else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let max_age = AnswerLayout::parse(&reply)
+        .ok()
+        .and_then(|l| l.min_answer_ttl().or(l.negative_ttl()))
+        .unwrap_or(0);
+    let body = Bytes::copy_from_slice(&reply);
+    shard.pool.put(reply);
+    let mut r = Response::new(Full::new(body));
+    let headers = r.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_str(&format!("max-age={max_age}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-store")),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_parameter_is_base64url_without_padding() {
+        let msg = [0u8, 1, 0xfb, 0xff, 0x3e];
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(msg);
+        assert!(text.contains('-') || text.contains('_'), "{text}");
+        assert_eq!(dns_param(Some(&format!("dns={text}"))), Some(msg.to_vec()));
+        assert_eq!(
+            dns_param(Some(&format!("ct=x&dns={text}&z=1"))),
+            Some(msg.to_vec())
+        );
+        assert_eq!(dns_param(Some(&format!("dns={text}="))), Some(msg.to_vec()));
+        assert_eq!(dns_param(Some("dns=")), None);
+        assert_eq!(dns_param(Some("dns=a+b/")), None, "standard base64");
+        assert_eq!(dns_param(Some("dns=%41AA")), None);
+        assert_eq!(dns_param(Some("name=example.com")), None);
+        assert_eq!(dns_param(None), None);
+        let long = "A".repeat(MAX_MESSAGE.div_ceil(3) * 4 + 4);
+        assert_eq!(dns_param(Some(&format!("dns={long}"))), None);
+    }
+
+    #[test]
+    fn the_content_type_is_compared_without_its_parameters() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(is_dns_message(Some(&v("application/dns-message"))));
+        assert!(is_dns_message(Some(&v("Application/DNS-Message; q=1"))));
+        assert!(!is_dns_message(Some(&v("application/json"))));
+        assert!(!is_dns_message(None));
+    }
+}
