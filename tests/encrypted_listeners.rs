@@ -1,0 +1,661 @@
+//! The encrypted listeners (issue 13): DNS over TLS (RFC 7858) and over HTTPS
+//! (RFC 8484), on loopback, against a simulated upstream, with a private CA made
+//! by the test (rcgen) and clients on rustls (tokio-rustls) and hyper.
+//!
+//! What they must show: answers over DoT, pipelined on one connection; DoH GET and
+//! POST over HTTP/2 and HTTP/1.1 with `cache-control: max-age` from the answer's
+//! TTL; the HTTP errors; the access list and the per-client connection cap on
+//! these listeners; the handshake timeout; a certificate reload.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+
+/// The name the server's certificates are for.
+const HOST: &str = "dns.test";
+
+/// A private CA and a temp directory holding the server's files.
+struct Pki {
+    dir: PathBuf,
+    ca_key: rcgen::KeyPair,
+    ca: rcgen::Certificate,
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Pki {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tierdns-enc-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("tierdns test CA {tag}"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let pki = Self { dir, ca_key, ca };
+        pki.issue(HOST, "server");
+        pki
+    }
+
+    /// Writes `<prefix>-cert.pem` and `<prefix>-key.pem` for `host`, signed by the CA.
+    fn issue(&self, host: &str, prefix: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        std::fs::write(self.dir.join(format!("{prefix}-cert.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            self.dir.join(format!("{prefix}-key.pem")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `[tls]` and `[https]` on loopback port 0 with the server's files.
+    fn sections(&self, tls_extra: &str) -> String {
+        format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tls_extra}\n[https]\nlisten = [\"127.0.0.1:0\"]\n",
+            self.file("server-cert.pem"),
+            self.file("server-key.pem")
+        )
+    }
+
+    /// A client config trusting this CA, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TCP connection to `server` from `src` (127.0.0.x).
+async fn tcp_from(src: Ipv4Addr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
+    sock.connect(server).await
+}
+
+/// A TLS session to `server` from `src`, verifying `name` against `client`'s CA.
+async fn tls_from(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<Tls> {
+    let tcp = tcp_from(src, server).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        TlsConnector::from(client).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+async fn write_query(s: &mut Tls, id: u16, name: &str) {
+    let q = query(id, name, RecordType::A, None).bytes();
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    s.write_all(&frame).await.unwrap();
+}
+
+async fn read_answer(s: &mut Tls) -> Option<Message> {
+    let read = async {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.ok()?;
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut msg).await.ok()?;
+        Message::from_vec(&msg).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether the server ends `s` (EOF, reset, or a TLS alert) within `wait`.
+async fn ended_within(s: &mut Tls, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn upstream() -> SimUpstream {
+    SimUpstream::start(Behavior {
+        addrs: vec![Ipv4Addr::new(192, 0, 2, 7)],
+        ttl: 120,
+        ..Behavior::default()
+    })
+}
+
+const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+#[test]
+fn dot_answers_pipelined_queries_matched_by_id_on_both_backends() {
+    for io in ["epoll", uring()] {
+        let pki = Pki::new("dot");
+        let up = upstream();
+        let server = start(config(&[up.addr], io, &pki.sections("")));
+        let addr = server.tls_addrs[0];
+        assert_ne!(addr.port(), 0);
+        runtime().block_on(async {
+            let mut s = tls_from(LOCAL, addr, pki.client(&[b"dot"]), HOST)
+                .await
+                .expect("handshake with the test CA");
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"dot"[..]));
+            // Two queries before reading anything: both answered on this
+            // connection, each under its own ID.
+            write_query(&mut s, 0x1111, "one.example.").await;
+            write_query(&mut s, 0x2222, "two.example.").await;
+            let a = read_answer(&mut s).await.expect("first answer");
+            let b = read_answer(&mut s).await.expect("second answer");
+            let mut ids = [a.metadata.id, b.metadata.id];
+            ids.sort();
+            assert_eq!(ids, [0x1111, 0x2222], "{io}");
+            for m in [&a, &b] {
+                let name = m.queries[0].name().to_ascii();
+                let want = if m.metadata.id == 0x1111 {
+                    "one"
+                } else {
+                    "two"
+                };
+                assert!(name.starts_with(want), "{name} for id {:x}", m.metadata.id);
+                assert_eq!(a_records(m), [Ipv4Addr::new(192, 0, 2, 7)]);
+            }
+            // The connection stays open for more; a repeat is a cache hit.
+            write_query(&mut s, 3, "one.example.").await;
+            let c = read_answer(&mut s).await.expect("third answer");
+            assert_eq!(c.metadata.id, 3);
+            assert_eq!(a_records(&c), [Ipv4Addr::new(192, 0, 2, 7)]);
+        });
+        assert_eq!(up.queries(), 2, "{io}: the repeat came from the cache");
+        server.shutdown();
+    }
+}
+
+/// A DoH response: status, headers, body.
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn dns(&self) -> Message {
+        assert_eq!(self.status, StatusCode::OK);
+        assert_eq!(self.headers["content-type"], "application/dns-message");
+        Message::from_vec(&self.body).unwrap()
+    }
+
+    fn max_age(&self) -> u32 {
+        let v = self.headers["cache-control"].to_str().unwrap();
+        v.strip_prefix("max-age=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cache-control {v:?}"))
+    }
+}
+
+/// An HTTP/2 or HTTP/1.1 client connection over TLS.
+enum Http {
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+}
+
+impl Http {
+    async fn connect(pki: &Pki, addr: SocketAddr, h2: bool) -> Self {
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        let tls = tls_from(LOCAL, addr, pki.client(&[alpn]), HOST)
+            .await
+            .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Self::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Self::H1(send)
+        }
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = match self {
+            Self::H2(s) => s.send_request(req).await,
+            Self::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await
+            }
+        }
+        .expect("a response");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn request(
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = content_type {
+        b = b.header("content-type", t);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+fn get(addr: SocketAddr, path_and_query: &str) -> Request<Full<Bytes>> {
+    request(
+        Method::GET,
+        &format!("https://{HOST}:{}{path_and_query}", addr.port()),
+        None,
+        Vec::new(),
+    )
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[test]
+fn doh_get_and_post_over_http2_and_http1_with_max_age_from_the_ttl() {
+    let pki = Pki::new("doh");
+    let up = upstream();
+    let server = start(config(&[up.addr], uring(), &pki.sections("")));
+    let addr = server.https_addrs[0];
+    let url = |p: &str| format!("https://{HOST}:{}{p}", addr.port());
+    runtime().block_on(async {
+        for (h2, tag) in [(true, "h2"), (false, "h1")] {
+            let mut http = Http::connect(&pki, addr, h2).await;
+            // GET, ID 0 as RFC 8484 recommends.
+            let q = query(0, &format!("get-{tag}.example."), RecordType::A, None).bytes();
+            let r = http
+                .send(get(addr, &format!("/dns-query?dns={}", b64(&q))))
+                .await;
+            let m = r.dns();
+            assert_eq!(m.metadata.id, 0);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(192, 0, 2, 7)], "{tag}");
+            // The upstream's TTL is 120: a fresh answer may be cached 120 s.
+            let age = r.max_age();
+            assert!((118..=120).contains(&age), "{tag}: max-age={age}");
+            // POST, on the same connection.
+            let q = query(0x4242, &format!("post-{tag}.example."), RecordType::A, None).bytes();
+            let r = http
+                .send(request(
+                    Method::POST,
+                    &url("/dns-query"),
+                    Some("application/dns-message"),
+                    q,
+                ))
+                .await;
+            let m = r.dns();
+            assert_eq!(m.metadata.id, 0x4242);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(192, 0, 2, 7)], "{tag}");
+            assert!((118..=120).contains(&r.max_age()), "{tag}");
+            // A negative answer: max-age from the SOA (TTL 120, MINIMUM 60).
+            let q = query(7, &format!("nx-{tag}.example."), RecordType::A, None).bytes();
+            let r = http
+                .send(get(addr, &format!("/dns-query?dns={}", b64(&q))))
+                .await;
+            assert_eq!(r.dns().metadata.response_code, ResponseCode::NXDomain);
+            let age = r.max_age();
+            assert!((58..=60).contains(&age), "{tag}: negative max-age={age}");
+        }
+    });
+    assert_eq!(up.queries(), 6, "each name asked once");
+    server.shutdown();
+}
+
+#[test]
+fn doh_answers_what_is_not_dns_with_an_http_error() {
+    let pki = Pki::new("errors");
+    let up = upstream();
+    let server = start(config(&[up.addr], "epoll", &pki.sections("")));
+    let addr = server.https_addrs[0];
+    let url = |p: &str| format!("https://{HOST}:{}{p}", addr.port());
+    let q = query(1, "err.example.", RecordType::A, None).bytes();
+    runtime().block_on(async {
+        for h2 in [true, false] {
+            let mut http = Http::connect(&pki, addr, h2).await;
+            let dns = format!("?dns={}", b64(&q));
+            let cases: Vec<(Request<Full<Bytes>>, StatusCode)> = vec![
+                (get(addr, &format!("/other{dns}")), StatusCode::NOT_FOUND),
+                (
+                    get(addr, &format!("/dns-query/x{dns}")),
+                    StatusCode::NOT_FOUND,
+                ),
+                (
+                    request(
+                        Method::PUT,
+                        &url("/dns-query"),
+                        Some("application/dns-message"),
+                        q.clone(),
+                    ),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                ),
+                (
+                    request(
+                        Method::DELETE,
+                        &url(&format!("/dns-query{dns}")),
+                        None,
+                        Vec::new(),
+                    ),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                ),
+                (
+                    request(
+                        Method::POST,
+                        &url("/dns-query"),
+                        Some("text/plain"),
+                        q.clone(),
+                    ),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ),
+                (
+                    request(Method::POST, &url("/dns-query"), None, q.clone()),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ),
+                (get(addr, "/dns-query"), StatusCode::BAD_REQUEST),
+                (get(addr, "/dns-query?dns=***"), StatusCode::BAD_REQUEST),
+                (
+                    get(addr, &format!("/dns-query?dns={}", b64(&q[..5]))),
+                    StatusCode::BAD_REQUEST,
+                ),
+                (
+                    request(
+                        Method::POST,
+                        &url("/dns-query"),
+                        Some("application/dns-message"),
+                        vec![1, 2, 3],
+                    ),
+                    StatusCode::BAD_REQUEST,
+                ),
+                (
+                    request(
+                        Method::POST,
+                        &url("/dns-query"),
+                        Some("application/dns-message"),
+                        vec![0; 70_000],
+                    ),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                ),
+            ];
+            for (i, (req, want)) in cases.into_iter().enumerate() {
+                let what = format!("case {i} {} {} (h2 {h2})", req.method(), req.uri());
+                let r = http.send(req).await;
+                assert_eq!(r.status, want, "{what}");
+                if want == StatusCode::METHOD_NOT_ALLOWED {
+                    assert_eq!(r.headers["allow"], "GET, POST");
+                }
+                if matches!(http, Http::H1(_)) && want == StatusCode::PAYLOAD_TOO_LARGE {
+                    // HTTP/1.1 cannot go on after an unread body.
+                    http = Http::connect(&pki, addr, h2).await;
+                }
+            }
+            // Still serving DNS after all that.
+            let r = http.send(get(addr, &format!("/dns-query{dns}"))).await;
+            assert_eq!(r.dns().metadata.id, 1);
+        }
+    });
+    assert_eq!(
+        up.queries(),
+        1,
+        "nothing but the good query reached the upstream"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn access_control_refuses_and_drops_clients_on_the_encrypted_listeners() {
+    let pki = Pki::new("access");
+    let up = upstream();
+    let refuse = format!(
+        "{}[access]\nallow = [\"127.0.0.2/32\"]\naction = \"refuse\"\n",
+        pki.sections("")
+    );
+    let server = start(config(&[up.addr], uring(), &refuse));
+    let (dot, doh) = (server.tls_addrs[0], server.https_addrs[0]);
+    runtime().block_on(async {
+        // 127.0.0.1 is outside allow: REFUSED over DoT and DoH.
+        let mut s = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
+        write_query(&mut s, 9, "denied.example.").await;
+        let m = read_answer(&mut s).await.expect("an answer");
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let mut http = Http::connect(&pki, doh, true).await;
+        let q = query(10, "denied.example.", RecordType::A, None).bytes();
+        let r = http
+            .send(get(doh, &format!("/dns-query?dns={}", b64(&q))))
+            .await;
+        assert_eq!(r.dns().metadata.response_code, ResponseCode::Refused);
+        // 127.0.0.2 is served.
+        let mut s = tls_from(Ipv4Addr::new(127, 0, 0, 2), dot, pki.client(&[]), HOST)
+            .await
+            .unwrap();
+        write_query(&mut s, 11, "allowed.example.").await;
+        let m = read_answer(&mut s).await.expect("an answer");
+        assert_eq!(a_records(&m), [Ipv4Addr::new(192, 0, 2, 7)]);
+    });
+    assert_eq!(
+        up.queries(),
+        1,
+        "only the allowed client's query went upstream"
+    );
+    // `drop`: closed at accept, before any handshake.
+    let drop_config = config(
+        &[up.addr],
+        uring(),
+        &format!(
+            "{}[access]\nallow = [\"127.0.0.2/32\"]\naction = \"drop\"\n",
+            pki.sections("")
+        ),
+    );
+    let _ = server.reload(drop_config);
+    std::thread::sleep(Duration::from_millis(100));
+    runtime().block_on(async {
+        for addr in [dot, doh] {
+            let r = tls_from(LOCAL, addr, pki.client(&[]), HOST).await;
+            assert!(r.is_err(), "denied with drop: no session on {addr}");
+        }
+    });
+    server.shutdown();
+}
+
+#[test]
+fn the_per_client_cap_holds_on_the_encrypted_listeners() {
+    let pki = Pki::new("cap");
+    let up = upstream();
+    let extra = format!(
+        "{}[limits]\ntcp_connections_per_client = 2\n",
+        pki.sections("")
+    );
+    let server = start(config(&[up.addr], "epoll", &extra));
+    let (dot, doh) = (server.tls_addrs[0], server.https_addrs[0]);
+    runtime().block_on(async {
+        // One DoT and one DoH connection: the address's two.
+        let mut a = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
+        let _b = Http::connect(&pki, doh, true).await;
+        write_query(&mut a, 1, "cap.example.").await;
+        assert!(read_answer(&mut a).await.is_some());
+        // A third, on either listener: closed at accept.
+        for addr in [dot, doh, dot] {
+            assert!(
+                tls_from(LOCAL, addr, pki.client(&[]), HOST).await.is_err(),
+                "past the cap on {addr}"
+            );
+        }
+        // Another address has its own cap.
+        let mut c = tls_from(Ipv4Addr::new(127, 0, 0, 2), dot, pki.client(&[]), HOST)
+            .await
+            .unwrap();
+        write_query(&mut c, 2, "cap.example.").await;
+        assert_eq!(read_answer(&mut c).await.expect("served").metadata.id, 2);
+        // A connection that ends gives its slot back.
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server.shared.tcp_clients.open(LOCAL.into()) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut d = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
+        write_query(&mut d, 3, "cap.example.").await;
+        assert!(read_answer(&mut d).await.is_some(), "slot freed");
+    });
+    server.shutdown();
+}
+
+#[test]
+fn a_handshake_that_does_not_complete_in_time_is_closed() {
+    let pki = Pki::new("slow");
+    let up = upstream();
+    let extra = pki.sections("handshake_timeout = \"300ms\"");
+    let server = start(config(&[up.addr], uring(), &extra));
+    let addr = server.tls_addrs[0];
+    runtime().block_on(async {
+        // A client that connects and says nothing.
+        let mut tcp = tcp_from(LOCAL, addr).await.unwrap();
+        let t0 = Instant::now();
+        let mut byte = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut byte)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "closed by the server: {r:?}"
+        );
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+            "closed after {waited:?}"
+        );
+        // Its slot is free again: the address is not left at its cap.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while server.shared.tcp_clients.open(LOCAL.into()) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(server.shared.tcp_clients.open(LOCAL.into()), 0);
+        // A real client in time is served.
+        let mut s = tls_from(LOCAL, addr, pki.client(&[]), HOST).await.unwrap();
+        write_query(&mut s, 5, "slow.example.").await;
+        assert!(read_answer(&mut s).await.is_some());
+        assert!(!ended_within(&mut s, Duration::from_millis(400)).await);
+    });
+    server.shutdown();
+}
+
+#[test]
+fn a_reload_serves_the_new_certificate_and_a_bad_file_keeps_the_old() {
+    let pki = Pki::new("reload");
+    let up = upstream();
+    let extra = pki.sections("");
+    let server = start(config(&[up.addr], "epoll", &extra));
+    let (dot, doh) = (server.tls_addrs[0], server.https_addrs[0]);
+    // A second CA issues the replacement, for the same name.
+    let next = Pki::new("reload-next");
+    runtime().block_on(async {
+        for addr in [dot, doh] {
+            assert!(tls_from(LOCAL, addr, pki.client(&[]), HOST).await.is_ok());
+            assert!(tls_from(LOCAL, addr, next.client(&[]), HOST).await.is_err());
+        }
+    });
+    // Replace the files in place and reload, as SIGHUP does.
+    for f in ["server-cert.pem", "server-key.pem"] {
+        std::fs::copy(next.dir.join(f), pki.dir.join(f)).unwrap();
+    }
+    let warnings = server.reload(config(&[up.addr], "epoll", &extra));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    runtime().block_on(async {
+        for addr in [dot, doh] {
+            let mut s = tls_from(LOCAL, addr, next.client(&[]), HOST)
+                .await
+                .expect("the new certificate");
+            if addr == dot {
+                write_query(&mut s, 8, "reloaded.example.").await;
+                assert!(read_answer(&mut s).await.is_some());
+            }
+            assert!(
+                tls_from(LOCAL, addr, pki.client(&[]), HOST).await.is_err(),
+                "the old certificate is gone"
+            );
+        }
+    });
+    // A bad file: named in the warnings, and the running certificate stays.
+    std::fs::write(pki.dir.join("server-cert.pem"), "not a certificate\n").unwrap();
+    let warnings = server.reload(config(&[up.addr], "epoll", &extra));
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings.iter().all(|w| w.contains("tls.cert_file")),
+        "{warnings:?}"
+    );
+    runtime().block_on(async {
+        for addr in [dot, doh] {
+            assert!(tls_from(LOCAL, addr, next.client(&[]), HOST).await.is_ok());
+        }
+    });
+    // A name the certificate is not for is refused by the client's check.
+    runtime().block_on(async {
+        assert!(tls_from(LOCAL, dot, next.client(&[]), "other.test")
+            .await
+            .is_err());
+    });
+    server.shutdown();
+}
