@@ -659,3 +659,93 @@ fn a_reload_serves_the_new_certificate_and_a_bad_file_keeps_the_old() {
     });
     server.shutdown();
 }
+
+#[test]
+fn a_full_shard_closes_its_idlest_connection_of_any_transport() {
+    let pki = Pki::new("evict");
+    let up = upstream();
+    let mut c = config(
+        &[up.addr],
+        uring(),
+        &format!("{}[limits]\ntcp_connections = 2\n", pki.sections("")),
+    );
+    c.server.shards = 1;
+    let server = start(c);
+    let (dot, doh) = (server.tls_addrs[0], server.https_addrs[0]);
+    let plain = server.local_addrs[0];
+    runtime().block_on(async {
+        let mut idlest = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
+        write_query(&mut idlest, 1, "evict.example.").await;
+        assert!(read_answer(&mut idlest).await.is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut http = Http::connect(&pki, doh, true).await;
+        let q = query(2, "evict.example.", RecordType::A, None).bytes();
+        let r = http
+            .send(get(doh, &format!("/dns-query?dns={}", b64(&q))))
+            .await;
+        assert_eq!(r.dns().metadata.id, 2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A third connection (plain TCP) at the bound of 2: the DoT one, idle the
+        // longest, is closed for it.
+        let mut tcp = TcpStream::connect(plain).await.unwrap();
+        let q = query(3, "evict.example.", RecordType::A, None).bytes();
+        let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&q);
+        tcp.write_all(&frame).await.unwrap();
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).await.unwrap();
+        assert!(
+            ended_within(&mut idlest, Duration::from_secs(2)).await,
+            "the idlest went"
+        );
+        // The DoH connection is still served.
+        let q = query(4, "evict.example.", RecordType::A, None).bytes();
+        let r = http
+            .send(get(doh, &format!("/dns-query?dns={}", b64(&q))))
+            .await;
+        assert_eq!(r.dns().metadata.id, 4);
+    });
+    server.shutdown();
+}
+
+#[test]
+fn doh_connections_end_when_idle_and_after_their_query_cap() {
+    let pki = Pki::new("doh-limits");
+    let up = upstream();
+    let extra = format!(
+        "{}[limits]\ntcp_idle_timeout = \"300ms\"\ntcp_max_queries = 3\n",
+        pki.sections("")
+    );
+    let server = start(config(&[up.addr], "epoll", &extra));
+    let doh = server.https_addrs[0];
+    let q = query(0, "limits.example.", RecordType::A, None).bytes();
+    let path = format!("/dns-query?dns={}", b64(&q));
+    runtime().block_on(async {
+        for h2 in [true, false] {
+            // Idle past tcp_idle_timeout: closed by the server.
+            let mut http = Http::connect(&pki, doh, h2).await;
+            assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let closed = match &mut http {
+                Http::H2(s) => s.ready().await.is_err() || s.is_closed(),
+                Http::H1(s) => s.ready().await.is_err() || s.is_closed(),
+            };
+            assert!(closed, "idle connection closed (h2 {h2})");
+            // Three requests answered, then the connection takes no more.
+            let mut http = Http::connect(&pki, doh, h2).await;
+            for _ in 0..3 {
+                assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let fourth = match &mut http {
+                Http::H2(s) => s.send_request(get(doh, &path)).await,
+                Http::H1(s) => match s.ready().await {
+                    Ok(()) => s.send_request(get(doh, &path)).await,
+                    Err(e) => Err(e),
+                },
+            };
+            assert!(fourth.is_err(), "past tcp_max_queries (h2 {h2})");
+        }
+    });
+    server.shutdown();
+}

@@ -5,7 +5,7 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "tierdns_queries_total",
-        "Client queries answered, by transport and rcode"
+        "Client queries answered, by transport (udp, tcp, dot, doh) and rcode"
     );
     describe_counter!(
         "tierdns_cache_total",
@@ -13,7 +13,7 @@ pub fn describe() {
     );
     describe_counter!(
         "tierdns_drops_total",
-        "Packets dropped without an answer, by reason"
+        "Packets dropped without an answer (and connections closed before serving: tcp_client_limit, tcp_connection_limit, tls_handshake, tls_handshake_timeout), by reason"
     );
     describe_histogram!(
         "tierdns_client_latency_seconds",
@@ -96,15 +96,15 @@ pub fn describe() {
     );
     describe_counter!(
         "tierdns_tcp_connections_total",
-        "TCP client connections accepted"
+        "Stream client connections accepted: TCP, DoT and DoH (their TLS handshake still to come)"
     );
     describe_counter!(
         "tierdns_tcp_closed_total",
-        "TCP client connections tierdns closed, by reason: evicted (the idlest of a full shard, for a new one), max_queries, max_lifetime"
+        "Stream client connections (TCP, DoT, DoH) tierdns closed, by reason: evicted (the idlest of a full shard, for a new one), max_queries, max_lifetime"
     );
     describe_counter!(
         "tierdns_access_denied_total",
-        "Clients outside access.allow, by transport and action: refuse (REFUSED + EDE 18, per query) or drop (per UDP query; per TCP connection, closed at accept)"
+        "Clients outside access.allow, by transport and action: refuse (REFUSED + EDE 18, per query) or drop (per UDP query; per TCP, DoT or DoH connection, closed at accept)"
     );
     describe_counter!(
         "tierdns_ratelimited_total",
