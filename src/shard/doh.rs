@@ -26,6 +26,7 @@
 use super::gate::Gate;
 use super::tcp::{answer, Busy, Open};
 use super::tcp_registry::{Close, CloseSignal};
+use super::Shard;
 use crate::io::Backend;
 use crate::metrics::Transport;
 use crate::wire::answer::AnswerLayout;
@@ -208,6 +209,54 @@ fn is_dns_message(value: Option<&HeaderValue>) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(DNS_MESSAGE))
 }
 
+/// The DNS message of a request, or the HTTP error it gets. A request refused
+/// before its body is read has the body read and discarded first (bounded like a
+/// POST body): an HTTP/2 reply that ends a stream the client is still sending on
+/// comes with a reset, which clients report instead of the status.
+async fn read_query<B: Backend>(
+    shard: &Shard<B>,
+    req: Request<Incoming>,
+) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+    let idle = shard.shared.config.limits.tcp_idle_timeout;
+    let (parts, body) = req.into_parts();
+    let read = |body| async move {
+        tokio::time::timeout(idle, Limited::new(body, MAX_MESSAGE).collect()).await
+    };
+    let refuse = |code, body| async move {
+        let _ = read(body).await;
+        Err(status(code))
+    };
+    if parts.uri.path() != shard.shared.config.https.path {
+        return refuse(StatusCode::NOT_FOUND, body).await;
+    }
+    match parts.method {
+        Method::GET => match dns_param(parts.uri.query()) {
+            Some(q) => Ok(q),
+            None => refuse(StatusCode::BAD_REQUEST, body).await,
+        },
+        Method::POST => {
+            if !is_dns_message(parts.headers.get(CONTENT_TYPE)) {
+                return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, body).await;
+            }
+            match read(body).await {
+                Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    Err(status(StatusCode::PAYLOAD_TOO_LARGE))
+                }
+                _ => Err(status(StatusCode::BAD_REQUEST)),
+            }
+        }
+        _ => {
+            let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, body).await;
+            if let Err(r) = &mut r {
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, POST"));
+            }
+            r
+        }
+    }
+}
+
 /// One request: checked, its DNS message answered.
 async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let shard = conn.open.shard();
@@ -222,34 +271,9 @@ async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<
     conn.last.set(Instant::now());
     let _in_flight = InFlight(conn);
     let _busy = Busy::new(shard, conn.open.id());
-    if req.uri().path() != shard.shared.config.https.path {
-        return status(StatusCode::NOT_FOUND);
-    }
-    let query = match *req.method() {
-        Method::GET => match dns_param(req.uri().query()) {
-            Some(q) => q,
-            None => return status(StatusCode::BAD_REQUEST),
-        },
-        Method::POST => {
-            if !is_dns_message(req.headers().get(CONTENT_TYPE)) {
-                return status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-            }
-            let idle = shard.shared.config.limits.tcp_idle_timeout;
-            let body = Limited::new(req.into_body(), MAX_MESSAGE).collect();
-            match tokio::time::timeout(idle, body).await {
-                Ok(Ok(b)) => b.to_bytes().to_vec(),
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return status(StatusCode::PAYLOAD_TOO_LARGE)
-                }
-                _ => return status(StatusCode::BAD_REQUEST),
-            }
-        }
-        _ => {
-            let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, POST"));
-            return r;
-        }
+    let query = match read_query(shard, req).await {
+        Ok(q) => q,
+        Err(response) => return response,
     };
     if query.len() < 12 {
         return status(StatusCode::BAD_REQUEST);
