@@ -137,6 +137,9 @@ listen = ["127.0.0.1:$dport"]
 shards = 1
 io = "$io"
 pin_cpus = false
+[limits]
+tcp_max_queries = 0      # no cap: one connection for the whole run (dnsdist has none)
+tcp_max_lifetime = "0s"
 [metrics]
 enabled = false
 [tls]
@@ -175,6 +178,7 @@ EOF
     c0=$(cpu_ticks "$pid")
     load "$port" "$QPS" "$DURATION" "$TMP/$row.r$ROUND.json"
     c1=$(cpu_ticks "$pid")
+    grep -q '"error"' "$TMP/$row.r$ROUND.json" && die "$row: $(cat "$TMP/$row.r$ROUND.json")"
     ans=$(field "$TMP/$row.r$ROUND.json" answered)
     sent=$(field "$TMP/$row.r$ROUND.json" sent)
     lost=$(field "$TMP/$row.r$ROUND.json" lost)
@@ -201,7 +205,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
         vals=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" '$1 == s {print $2}')
         counts=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" '$1 == s {printf "%s%s/%s", sep, $3, $4; sep = ", "}')
         med=$(median <<<"$vals")
-        ratio=$(awk -v m="$med" -v b="${base:-0}" 'BEGIN {print b > 0 ? sprintf("%.2f", m / b) : "-"}')
+        ratio=$(awk -v m="$med" -v b="${base:-0}" 'BEGIN {print (b > 0 ? sprintf("%.2f", m / b) : "-")}')
         echo "| $s | $med | $ratio | $(tr '\n' ' ' <<<"$vals" | sed 's/ $//; s/ /, /g') | $counts |"
     done
     echo

@@ -43,6 +43,13 @@ async def run(args):
     done_sending = asyncio.Event()
 
     async def read_loop():
+        try:
+            await read_answers()
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            if outstanding or not done_sending.is_set():
+                stats["error"] = f"connection ended: {e!r}"
+
+    async def read_answers():
         while True:
             if done_sending.is_set() and not outstanding:
                 return
@@ -55,13 +62,15 @@ async def run(args):
                 stats["answered"] += 1
                 rc = flags & 15
                 rcodes[rc] = rcodes.get(rc, 0) + 1
+                if done_sending.is_set() and not outstanding:
+                    return
 
     reading = asyncio.create_task(read_loop())
     per_tick = max(1, round(args.rate * args.tick))
     nxt = 0
     start = time.monotonic()
     tick = 0
-    while True:
+    while not reading.done():
         now = time.monotonic()
         if now - start >= args.duration:
             break
@@ -76,16 +85,21 @@ async def run(args):
                 batch.append(frames[ident])
             writer.write(b"".join(batch))
             stats["sent"] += per_tick
-        await writer.drain()
+        try:
+            await writer.drain()
+        except ConnectionError:
+            break
         tick += 1
         delay = start + tick * args.tick - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
     elapsed = time.monotonic() - start
     done_sending.set()
+    if not outstanding:
+        reading.cancel()
     try:
         await asyncio.wait_for(reading, timeout=3)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+    except (asyncio.TimeoutError, asyncio.CancelledError):
         pass
     writer.close()
     stats["seconds"] = round(elapsed, 3)
