@@ -52,16 +52,17 @@ fn closed() -> io::Error {
 }
 
 impl TlsIo {
+    /// Reads into `buf`'s spare capacity (at most [`READ_CHUNK`] bytes), appending.
     fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
-        let room = (buf.capacity() - buf.len()).min(READ_CHUNK);
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut read = ReadBuf::new(&mut chunk[..room]);
-        let mut session = self.session.borrow_mut();
-        match Pin::new(&mut *session).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            }
+        let len = buf.len();
+        let room = (buf.capacity() - len).min(READ_CHUNK);
+        buf.resize(len + room, 0);
+        let mut read = ReadBuf::new(&mut buf[len..]);
+        let polled = Pin::new(&mut *self.session.borrow_mut()).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        buf.truncate(len + n);
+        match polled {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(n)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }

@@ -346,11 +346,11 @@ pub(crate) struct Shard<B: Backend> {
     /// Background work running: flights collecting after their first answer, and
     /// prefetches (bound: `limits.max_background`).
     pub(crate) background: Cell<usize>,
-    /// TCP client connections whose tasks are running (those closed for a newer
-    /// one and still draining included).
+    /// Stream client connections (TCP, DoT, DoH) whose tasks are running (those
+    /// closed for a newer one and still draining included).
     pub(crate) tcp_open: Cell<usize>,
-    /// The open TCP client connections and what they are doing, to close the
-    /// idlest at the bound.
+    /// The open stream client connections (TCP, DoT, DoH) and what they are
+    /// doing, to close the idlest at the bound.
     pub(crate) tcp_registry: RefCell<tcp_registry::Registry<Rc<dyn tcp_registry::Close>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
