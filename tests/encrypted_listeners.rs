@@ -569,31 +569,37 @@ fn the_per_client_cap_holds_on_the_encrypted_listeners() {
 fn a_handshake_that_does_not_complete_in_time_is_closed() {
     let pki = Pki::new("slow");
     let up = upstream();
-    let extra = pki.sections("handshake_timeout = \"300ms\"");
+    // The last line lands in [https]: each section has its own timeout.
+    let extra = format!(
+        "{}handshake_timeout = \"300ms\"\n",
+        pki.sections("handshake_timeout = \"300ms\"")
+    );
     let server = start(config(&[up.addr], uring(), &extra));
-    let addr = server.tls_addrs[0];
     runtime().block_on(async {
-        // A client that connects and says nothing.
-        let mut tcp = tcp_from(LOCAL, addr).await.unwrap();
-        let t0 = Instant::now();
-        let mut byte = [0u8; 1];
-        let r = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut byte)).await;
-        assert!(
-            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-            "closed by the server: {r:?}"
-        );
-        let waited = t0.elapsed();
-        assert!(
-            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
-            "closed after {waited:?}"
-        );
-        // Its slot is free again: the address is not left at its cap.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while server.shared.tcp_clients.open(LOCAL.into()) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        for addr in [server.tls_addrs[0], server.https_addrs[0]] {
+            // A client that connects and says nothing.
+            let mut tcp = tcp_from(LOCAL, addr).await.unwrap();
+            let t0 = Instant::now();
+            let mut byte = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut byte)).await;
+            assert!(
+                matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                "closed by the server: {r:?}"
+            );
+            let waited = t0.elapsed();
+            assert!(
+                waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+                "{addr}: closed after {waited:?}"
+            );
+            // Its slot is free again: the address is not left at its cap.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while server.shared.tcp_clients.open(LOCAL.into()) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(server.shared.tcp_clients.open(LOCAL.into()), 0);
         }
-        assert_eq!(server.shared.tcp_clients.open(LOCAL.into()), 0);
-        // A real client in time is served.
+        // A real client in time is served, and not closed at the handshake timeout.
+        let addr = server.tls_addrs[0];
         let mut s = tls_from(LOCAL, addr, pki.client(&[]), HOST).await.unwrap();
         write_query(&mut s, 5, "slow.example.").await;
         assert!(read_answer(&mut s).await.is_some());
