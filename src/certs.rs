@@ -104,6 +104,33 @@ pub fn load(files: CertFiles<'_>, provider: &CryptoProvider) -> Result<Certified
     })
 }
 
+/// The certificate files the configured listeners need (`[tls]` with `tls.listen`,
+/// `[https]`'s own or `[tls]`'s with `https.listen`), each with its key.
+pub fn needed(config: &crate::config::Config) -> Vec<CertFiles<'_>> {
+    let (tls, https) = (&config.tls, &config.https);
+    let mut files = Vec::new();
+    if !tls.listen.is_empty() {
+        files.push(CertFiles {
+            cert: (&tls.cert_file, "tls.cert_file"),
+            key: (&tls.key_file, "tls.key_file"),
+        });
+    }
+    if !https.listen.is_empty() {
+        files.push(https.cert_files(tls));
+    }
+    files
+}
+
+/// Loads every certificate the configured listeners need, as a start would
+/// (`tierdns --check`); the error names the key of the file at fault.
+pub fn check(config: &crate::config::Config) -> Result<(), CertError> {
+    let provider = provider();
+    for files in needed(config) {
+        load(files, &provider)?;
+    }
+    Ok(())
+}
+
 /// The certificate in force for a set of listeners, swapped whole by a reload.
 #[derive(Debug)]
 pub struct ServerCert {

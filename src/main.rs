@@ -16,7 +16,8 @@ struct Cli {
     /// 127.0.0.1:5353, forward to five public resolvers.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Validate the config and exit: 0 when valid, 1 with the key and reason when not.
+    /// Validate the config (and the certificate files of [tls] and [https]) and exit:
+    /// 0 when valid, 1 with the key and reason when not.
     #[arg(long)]
     check: bool,
     /// Print the effective config (defaults included) as TOML and exit.
@@ -49,6 +50,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if cli.check {
+        // The listeners' certificate files too, as a start would read them.
+        if let Err(e) = tierdns::certs::check(&config) {
+            eprintln!("tierdns: {e}");
+            return ExitCode::from(1);
+        }
         println!("config ok");
         return ExitCode::SUCCESS;
     }

@@ -755,3 +755,43 @@ fn doh_connections_end_when_idle_and_after_their_query_cap() {
     });
     server.shutdown();
 }
+
+#[test]
+fn check_reads_the_certificate_files_and_names_the_key_of_a_bad_one() {
+    let pki = Pki::new("check");
+    let write = |name: &str, text: &str| {
+        let path = pki.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tierdns"))
+            .args(["--check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let good = write(
+        "good.toml",
+        &format!(
+            "{}[[upstream]]\naddress = \"127.0.0.1:5300\"\n",
+            pki.sections("")
+        ),
+    );
+    let out = run(&good);
+    assert!(out.status.success(), "{out:?}");
+    // [https] with files of its own, the key file missing.
+    let bad = write(
+        "bad.toml",
+        &format!(
+            "{}cert_file = \"{}\"\nkey_file = \"{}\"\n[[upstream]]\naddress = \"127.0.0.1:5300\"\n",
+            pki.sections(""),
+            pki.file("server-cert.pem"),
+            pki.file("missing-key.pem")
+        ),
+    );
+    let out = run(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("https.key_file: cannot read"), "{err}");
+}
