@@ -2,7 +2,7 @@
 //! preface) on a TLS session, one path (`https.path`), GET with `?dns=` (base64url
 //! without padding) and POST with an `application/dns-message` body.
 //!
-//! Every request's DNS message goes the way a TCP query goes ([`tcp::answer`]):
+//! Every request's DNS message goes the way a TCP query goes ([`super::tcp::answer`]):
 //! the gate (access list) first, then the first pass, the cache, the flight and
 //! the tiers, with transport [`Transport::Doh`]. The reply carries
 //! `cache-control: max-age=` the smallest TTL of its answer section (the negative

@@ -3,7 +3,7 @@
 //! ([`super::doh`]) differ only in what runs on the session.
 //!
 //! A connection meets, before any TLS work, the bounds every stream connection
-//! meets ([`tcp::admit_connection`]): `drop` in `[access]`, the per-client cap, the
+//! meets ([`super::tcp::admit_connection`]): `drop` in `[access]`, the per-client cap, the
 //! shard's connection bound (the idlest connection of any transport is closed for
 //! it). The handshake then has `handshake_timeout` to complete (a slow-loris
 //! holds a slot no longer), and the connection is closed at once if the shard

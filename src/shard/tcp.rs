@@ -1,6 +1,9 @@
 //! Client TCP (RFC 7766): several queries per connection, answered as they complete
 //! (pipelined, possibly out of order), an idle timeout, and a bound on queries
-//! answered at once per connection.
+//! answered at once per connection. DNS over TLS sessions are served by the same
+//! [`connection`] ([`super::dot`]); DoT and DoH connections meet the same bounds at
+//! accept ([`admit_connection`]) and count in the same registry, and every DoH
+//! request's message is answered by the same [`answer`].
 //!
 //! What one client and one connection may hold:
 //! - `tcp_connections_per_client` open at once from one address, across all shards
