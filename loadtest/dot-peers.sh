@@ -13,6 +13,8 @@
 # rounds; the table shows medians. One run, one machine: compare rows as ratios.
 #
 # Environment [defaults]: QPS [10000], DURATION [15], ROUNDS [3], NAMES [1000],
+#   TICK [0.005]: the client sends QPS * TICK queries every TICK seconds in one write
+#   (50 at the defaults: a pipelining client's burst; smaller ticks, smaller bursts),
 #   SERVERS ["tierdns tierdns-epoll dnsdist"], SERVER_CPU [0], LOAD_CPU [1],
 #   TIERDNS_BIN [target/release/tierdns, built if missing], OUT [stdout only],
 #   KEEP_TMP [0].
@@ -23,6 +25,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
 QPS=${QPS:-10000}
+TICK_S=${TICK:-0.005}
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-3}
 NAMES=${NAMES:-1000}
@@ -117,7 +120,7 @@ sleep 1
 
 load() { # PORT RATE SECONDS OUT
     timeout $((${3%.*} + 20)) taskset -c "$LOAD_CPU" python3 "$HERE/dot_load.py" --port "$1" --ca "$TMP/ca.pem" \
-        --name "$NAME" --names "$TMP/names.txt" --rate "$2" --duration "$3" >"$4"
+        --name "$NAME" --names "$TMP/names.txt" --rate "$2" --duration "$3" --tick "$TICK_S" >"$4"
 }
 field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
@@ -209,7 +212,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
         echo "| $s | $med | $ratio | $(tr '\n' ' ' <<<"$vals" | sed 's/ $//; s/ /, /g') | $counts |"
     done
     echo
-    echo "QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES; server on CPU $SERVER_CPU, client and NSD on CPU $LOAD_CPU;"
+    echo "QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES TICK=$TICK_S ($(awk -v q="$QPS" -v t="$TICK_S" 'BEGIN {printf "%d", q * t + 0.5}') queries per write); server on CPU $SERVER_CPU, client and NSD on CPU $LOAD_CPU;"
     echo "load average before $LOAD0, after $LOAD1; $(nproc) CPUs, $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC');"
     echo "$("$TIERDNS_BIN" --version 2>/dev/null) ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)), $(dnsdist --version 2>/dev/null | head -1 | awk '{print $1, $2}')"
 } | tee ${OUT:+"$OUT"}

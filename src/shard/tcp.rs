@@ -210,7 +210,15 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
     let writer_stream = Rc::clone(&stream);
     let writer = tokio::task::spawn_local(async move {
-        while let Some(frame) = rx.recv().await {
+        while let Some(mut frame) = rx.recv().await {
+            // Answers ready together leave in one write: one syscall (one TLS
+            // record over DoT) for a burst of pipelined answers.
+            while frame.len() < COALESCE {
+                match rx.try_recv() {
+                    Ok(more) => frame.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
             match tokio::time::timeout(idle, writer_stream.write_all(frame)).await {
                 Ok((Ok(()), _)) => {}
                 _ => {
@@ -341,6 +349,10 @@ pub(super) async fn answer<B: Backend>(
         }
     }
 }
+
+/// Framed answers already queued are joined into one write up to this many bytes
+/// (a write may exceed it by one answer).
+const COALESCE: usize = 16 * 1024;
 
 /// Longest a connection stopped by its limits waits for the client to close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
