@@ -36,7 +36,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TIERDNS_BIN=${TIERDNS_BIN:-$ROOT/target/release/tierdns}
 NAME=dns.bench.test
-TICK=$(getconf CLK_TCK)
+HZ=$(getconf CLK_TCK)
 
 die() { echo "dot-peers: $*" >&2; exit 1; }
 log() { echo "--- $*" >&2; }
@@ -186,7 +186,7 @@ EOF
     sent=$(field "$TMP/$row.r$ROUND.json" sent)
     lost=$(field "$TMP/$row.r$ROUND.json" lost)
     local us
-    us=$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$ans" 'BEGIN {printf "%.2f", n ? c * 1e6 / t / n : 0}')
+    us=$(awk -v c=$((c1 - c0)) -v t="$HZ" -v n="$ans" 'BEGIN {printf "%.2f", n ? c * 1e6 / t / n : 0}')
     log "$row round $ROUND: $ans of $sent answered, lost $lost, $((c1 - c0)) ticks: $us µs/query"
     ROWS+=("$row|$us|$ans|$sent|$lost")
     kill -TERM "$pid" 2>/dev/null || true
