@@ -18,7 +18,9 @@
 //!
 //! Bounds, the TCP ones where they apply: `tcp_pipeline` concurrent HTTP/2 streams
 //! (HTTP/1.1 answers one request at a time); request headers at most
-//! [`MAX_HEADERS`] bytes (431 past it); a body read within `tcp_idle_timeout`; a
+//! [`MAX_HEADERS`] bytes (431 past it); HTTP/2 flow-control windows of one message
+//! per stream and [`H2_CONNECTION_WINDOW`] per connection, so unread request bodies
+//! stay small; a body read within `tcp_idle_timeout`; a
 //! connection with no request in flight for `tcp_idle_timeout` is closed, as is one
 //! past `tcp_max_queries` requests or `tcp_max_lifetime` (gracefully: HTTP/2
 //! GOAWAY, the requests in flight answered, for at most [`DRAIN`]).
@@ -52,6 +54,9 @@ pub(super) const MAX_HEADERS: usize = 16 * 1024;
 
 /// Largest DNS message (a POST body, a decoded `dns` parameter).
 const MAX_MESSAGE: usize = 65535;
+
+/// HTTP/2 flow-control window of a connection: request bodies buffered at once.
+const H2_CONNECTION_WINDOW: u32 = 4 * 65535;
 
 /// Longest a connection that is closing waits for the requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -137,7 +142,12 @@ pub(super) async fn serve<B: Backend>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(u32::try_from(limits.tcp_pipeline).unwrap_or(u32::MAX))
-        .max_header_list_size(MAX_HEADERS as u32);
+        .max_header_list_size(MAX_HEADERS as u32)
+        // What a client may have sent and not yet read: one message per stream,
+        // a few per connection (hyper's defaults allow a MiB per connection).
+        .initial_stream_window_size(MAX_MESSAGE as u32)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(MAX_MESSAGE + 1);
     let served = builder.serve_connection(TokioIo::new(session), service);
     tokio::pin!(served);
     let mut shutdown = shard.shutdown.clone();
