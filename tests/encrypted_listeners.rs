@@ -795,3 +795,56 @@ fn check_reads_the_certificate_files_and_names_the_key_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("https.key_file: cannot read"), "{err}");
 }
+
+#[test]
+fn doh_http2_streams_per_connection_are_bounded_by_tcp_pipeline() {
+    let pki = Pki::new("streams");
+    let up = upstream();
+    up.set(|b| b.delay = Duration::from_millis(300));
+    let extra = format!("{}[limits]\ntcp_pipeline = 2\n", pki.sections(""));
+    let server = start(config(&[up.addr], "epoll", &extra));
+    let doh = server.https_addrs[0];
+    runtime().block_on(async {
+        let Http::H2(send) = Http::connect(&pki, doh, true).await else {
+            unreachable!("asked for HTTP/2")
+        };
+        // One request first, so the client has the server's SETTINGS and queues
+        // streams past the limit itself (streams opened before would be refused
+        // with REFUSED_STREAM).
+        let q = query(99, "first.example.", RecordType::A, None).bytes();
+        let first = send
+            .clone()
+            .send_request(get(doh, &format!("/dns-query?dns={}", b64(&q))))
+            .await
+            .expect("a response");
+        assert_eq!(first.status(), StatusCode::OK);
+        // Six misses at once on one connection, 300 ms each upstream: two streams
+        // at a time take three rounds.
+        let t0 = Instant::now();
+        let requests = (0..6u16).map(|i| {
+            let mut send = send.clone();
+            let q = query(i, &format!("s{i}.example."), RecordType::A, None).bytes();
+            let req = get(doh, &format!("/dns-query?dns={}", b64(&q)));
+            async move {
+                let resp = send.send_request(req).await.expect("a response");
+                assert_eq!(resp.status(), StatusCode::OK);
+                Instant::now()
+            }
+        });
+        let mut ends = Vec::new();
+        for task in requests.map(tokio::spawn).collect::<Vec<_>>() {
+            ends.push(task.await.unwrap() - t0);
+        }
+        ends.sort();
+        assert!(
+            ends[1] < Duration::from_millis(600),
+            "the first two at once: {ends:?}"
+        );
+        assert!(
+            ends[5] >= Duration::from_millis(850),
+            "no more than two streams at once: {ends:?}"
+        );
+    });
+    assert_eq!(up.queries(), 7);
+    server.shutdown();
+}
