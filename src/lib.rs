@@ -163,6 +163,8 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
     let handle = shard::start(config)?;
     tracing::info!(
         listen = ?handle.local_addrs,
+        tls = ?handle.tls_addrs,
+        https = ?handle.https_addrs,
         shards,
         io = handle.backend,
         upstreams = ?upstreams,
