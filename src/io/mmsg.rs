@@ -25,8 +25,12 @@ pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
 const BATCHES_PER_TURN: usize = 8;
 
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
-struct RecvBatch {
+/// Used for client sockets here and for upstream sockets (`upstream`), with a
+/// buffer size of each one's own.
+pub(crate) struct RecvBatch {
     data: Box<[u8]>,
+    /// Bytes per buffer: a longer datagram is flagged, not served.
+    size: usize,
     names: Box<[[u8; NAME_LEN]; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
@@ -34,9 +38,15 @@ struct RecvBatch {
 
 impl RecvBatch {
     fn new() -> Self {
+        Self::with_buffers(RECV_BUFFER_SIZE)
+    }
+
+    /// [`BATCH`] buffers of `size` bytes.
+    pub(crate) fn with_buffers(size: usize) -> Self {
         let (iovs, hdrs) = msghdr::empty_batch();
         Self {
-            data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
+            data: vec![0u8; BATCH * size].into_boxed_slice(),
+            size,
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
             iovs,
             hdrs,
@@ -44,7 +54,8 @@ impl RecvBatch {
     }
 
     /// Receives up to [`BATCH`] datagrams without waiting.
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let size = self.size;
         for (i, ((iov, name), hdr)) in self
             .iovs
             .iter_mut()
@@ -55,10 +66,7 @@ impl RecvBatch {
             msghdr::point(
                 &mut hdr.msg_hdr,
                 iov,
-                (
-                    self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr(),
-                    RECV_BUFFER_SIZE,
-                ),
+                (self.data[i * size..].as_mut_ptr(), size),
                 (name.as_mut_ptr().cast(), NAME_LEN as libc::socklen_t),
             );
             hdr.msg_len = 0;
@@ -84,16 +92,34 @@ impl RecvBatch {
     /// Datagram `i` of the last receive: its bytes and sender, or why it is not
     /// served.
     fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), UdpDrop> {
+        let bytes = self.bytes(i)?;
+        let name_len = (self.hdrs[i].msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
+        Ok((bytes, peer))
+    }
+
+    /// The bytes of datagram `i` of the last receive (`i` below what it returned),
+    /// or `Oversize` if it did not fit its buffer.
+    pub(crate) fn bytes(&self, i: usize) -> Result<&[u8], UdpDrop> {
         let hdr = &self.hdrs[i];
         if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(UdpDrop::Oversize);
         }
-        let len = (hdr.msg_len as usize).min(RECV_BUFFER_SIZE);
-        let name_len = (hdr.msg_hdr.msg_namelen as usize).min(NAME_LEN);
-        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
-        let start = i * RECV_BUFFER_SIZE;
-        Ok((&self.data[start..start + len], peer))
+        let len = (hdr.msg_len as usize).min(self.size);
+        let start = i * self.size;
+        Ok(&self.data[start..start + len])
     }
+}
+
+/// A UDP socket registered with the current runtime's reactor for readiness, to be
+/// read in [`RecvBatch`]es (the upstream sockets, on either backend: tokio's
+/// reactor runs under the io_uring shards too).
+pub(crate) fn watched(
+    sock: std::net::UdpSocket,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the std socket owns its fd and the `AsyncFd` owns the socket, so the
+    // fd stays open and names this socket for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(io::Error::from)
 }
 
 /// Replies waiting for the batch's `sendmmsg`.

@@ -74,7 +74,6 @@ pub(super) async fn reload_loop<B: Backend>(
         let built = UpstreamSet::build(
             config,
             Some(&old),
-            &shard.pool,
             &shard.stats,
             &shard.shared.board,
         );
