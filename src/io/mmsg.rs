@@ -111,15 +111,22 @@ impl RecvBatch {
     }
 }
 
-/// A UDP socket registered with the current runtime's reactor for readiness, to be
-/// read in [`RecvBatch`]es (the upstream sockets, on either backend: tokio's
-/// reactor runs under the io_uring shards too).
-pub(crate) fn watched(
-    sock: std::net::UdpSocket,
-) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
-    // SAFETY: the std socket owns its fd and the `AsyncFd` owns the socket, so the
-    // fd stays open and names this socket for as long as it is registered.
-    unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(io::Error::from)
+/// For `try_io` around a [`RecvBatch::recv`]: a short batch took everything queued,
+/// so it is reported as WouldBlock (its count kept in `short`), which clears the
+/// socket's readiness: the loop then waits for the next datagram instead of asking
+/// the socket once more only to hear EAGAIN. (Tokio clears readiness only as of the
+/// event it saw before the call; a datagram that comes later raises a new one.)
+pub(crate) fn short_is_drained(
+    received: io::Result<usize>,
+    short: &mut Option<usize>,
+) -> io::Result<usize> {
+    match received {
+        Ok(n) if n < BATCH => {
+            *short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    }
 }
 
 /// Replies waiting for the batch's `sendmmsg`.
@@ -206,9 +213,15 @@ pub(crate) async fn serve<S: DatagramService>(
                 wait = false;
                 break;
             }
-            let n = match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+            let mut short = None;
+            let n = match sock.try_io(Interest::READABLE, || {
+                short_is_drained(rx.recv(fd), &mut short)
+            }) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match short.take() {
+                    Some(n) => n,
+                    None => break,
+                },
                 Err(e) => {
                     // Readiness stays set after an error: pace the retry.
                     tracing::debug!(error = %e, "client receive error");

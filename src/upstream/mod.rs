@@ -34,7 +34,7 @@ use crate::config::{Limits, UpstreamConfig};
 use crate::health::FailKind;
 use crate::io::buffers::BUF_CAPACITY;
 use crate::io::frame::{framed, read_frame};
-use crate::io::mmsg::{watched, RecvBatch, BATCH};
+use crate::io::mmsg::{short_is_drained, RecvBatch, BATCH};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, ShardStats};
 use crate::wire::build::MAX_UPSTREAM_QUERY_LEN;
@@ -48,7 +48,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::task::JoinHandle;
 
 /// A successful exchange.
@@ -95,7 +95,7 @@ pub(crate) struct UpstreamLink<B: Backend> {
 /// open while the link or a query waiting on it ([`Sent`]) holds it; when the last
 /// goes, its receive loop is stopped and the socket closed.
 struct UdpSlot {
-    sock: Rc<AsyncFd<std::net::UdpSocket>>,
+    sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
     receiver: JoinHandle<()>,
     /// When to replace it.
@@ -111,7 +111,7 @@ impl UdpSlot {
         renew_at: Instant,
         stats: &Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
-        let sock = Rc::new(watched(connected_udp(addr)?)?);
+        let sock = Rc::new(tokio::net::UdpSocket::from_std(connected_udp(addr)?)?);
         let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
         let receiver = tokio::task::spawn_local(receive_loop(
             Rc::clone(&sock),
@@ -208,7 +208,12 @@ impl<B: Backend> UpstreamLink<B> {
         let mut sockets = self.sockets.borrow_mut();
         let i = rand::rng().random_range(0..sockets.len());
         if sockets[i].renew_at <= now {
-            match UdpSlot::open(self.addr, self.max_pending, now + self.lifetime, &self.stats) {
+            match UdpSlot::open(
+                self.addr,
+                self.max_pending,
+                now + self.lifetime,
+                &self.stats,
+            ) {
                 // The old one lives on while its queries wait, then is released.
                 Ok(fresh) => sockets[i] = fresh,
                 Err(e) => {
@@ -225,7 +230,7 @@ impl<B: Backend> UpstreamLink<B> {
         self.sockets
             .borrow()
             .iter()
-            .filter_map(|s| s.sock.get_ref().local_addr().ok().map(|a| a.port()))
+            .filter_map(|s| s.sock.local_addr().ok().map(|a| a.port()))
             .collect()
     }
 
@@ -268,7 +273,7 @@ impl<B: Backend> UpstreamLink<B> {
         msg[..2].copy_from_slice(&id.to_be_bytes());
         // A connected datagram socket with room in its buffer: the send does not
         // wait. A full buffer fails this query like any network error.
-        match sent.slot.sock.get_ref().send(msg) {
+        match socket2::SockRef::from(&*sent.slot.sock).send(msg) {
             Ok(_) => Ok(sent),
             Err(_) => Err(FailKind::Network),
         }
@@ -399,27 +404,25 @@ thread_local! {
 /// Takes the replies of one upstream socket as they come, a batch per `recvmmsg`,
 /// and hands each to the pending table. Runs until its socket's slot is dropped.
 async fn receive_loop(
-    sock: Rc<AsyncFd<std::net::UdpSocket>>,
+    sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
     stats: Rc<ShardStats>,
 ) {
+    let fd = sock.as_raw_fd();
     let mut full_batches = 0;
     loop {
-        let mut ready = match sock.readable().await {
-            Ok(ready) => ready,
-            Err(e) => {
-                tracing::error!(error = %e, "upstream socket: waiting to read failed");
-                return;
-            }
-        };
+        if let Err(e) = sock.readable().await {
+            tracing::error!(error = %e, "upstream socket: waiting to read failed");
+            return;
+        }
         let taken = RECEIVE.with(|batch| {
             let mut batch = batch.borrow_mut();
-            let Ok(n) = ready.try_io(|sock| batch.recv(sock.get_ref().as_raw_fd())) else {
-                // WouldBlock: `try_io` cleared the readiness.
-                return Ok(0);
-            };
-            let n = match n {
+            let mut short = None;
+            let n = match sock.try_io(Interest::READABLE, || {
+                short_is_drained(batch.recv(fd), &mut short)
+            }) {
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => short.unwrap_or(0),
                 // ICMP port unreachable surfaces as ECONNREFUSED on a connected
                 // socket: the waiting queries time out; keep receiving.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(BATCH),
@@ -444,19 +447,13 @@ async fn receive_loop(
             Ok(n)
         });
         match taken {
-            Ok(0) => full_batches = 0,
-            // A short batch took all there was: wait for the next readiness without
-            // asking the socket once more only to hear EAGAIN.
-            Ok(n) if n < BATCH => {
-                ready.clear_ready();
-                full_batches = 0;
-            }
+            // A short batch took all there was (and cleared the readiness).
+            Ok(n) if n < BATCH => full_batches = 0,
             Ok(_) => {
                 // Still coming: let the shard's other tasks run now and then.
                 full_batches += 1;
                 if full_batches == BATCHES_PER_TURN {
                     full_batches = 0;
-                    drop(ready);
                     tokio::task::yield_now().await;
                 }
             }
@@ -583,7 +580,12 @@ mod tests {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
         let (w, mailbox) = waiter();
-        let mut ids = vec![t.borrow_mut().register(q.clone(), false, None, w).unwrap().0];
+        let mut ids = vec![
+            t.borrow_mut()
+                .register(q.clone(), false, None, w)
+                .unwrap()
+                .0,
+        ];
         for _ in 1..4 {
             let (id, _) = t
                 .borrow_mut()
@@ -704,8 +706,7 @@ mod tests {
                 priority: 0,
                 case_randomization: false,
             };
-            let link =
-                UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
+            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
             let first = link.local_ports();
             assert_eq!(first.len(), 16);
             let mut query = vec![0u8; 12];
