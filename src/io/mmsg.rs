@@ -333,6 +333,35 @@ mod tests {
     }
 
     #[test]
+    fn a_short_batch_clears_readiness_and_the_next_datagram_raises_it_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (server, client) = pair();
+            server.set_nonblocking(true).unwrap();
+            let server = tokio::net::UdpSocket::from_std(server).unwrap();
+            let fd = server.as_raw_fd();
+            let mut rx = RecvBatch::new();
+            for round in 0..50u32 {
+                client.send(&round.to_be_bytes()).unwrap();
+                tokio::time::timeout(Duration::from_secs(2), server.readable())
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: readiness came"))
+                    .unwrap();
+                let mut short = None;
+                let got = server.try_io(Interest::READABLE, || {
+                    short_is_drained(rx.recv(fd), &mut short)
+                });
+                assert_eq!(got.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                assert_eq!(short, Some(1), "round {round}: the datagram was taken");
+                assert_eq!(rx.bytes(0).unwrap(), round.to_be_bytes());
+            }
+        });
+    }
+
+    #[test]
     fn one_send_carries_a_batch_in_order() {
         let (server, client) = pair();
         let peer = client.local_addr().unwrap();
