@@ -686,6 +686,81 @@ mod tests {
         (addr, ports)
     }
 
+    /// A UDP responder on loopback that waits for `n` queries, then answers them
+    /// all at once (QR set), in reverse order.
+    fn burst_responder(n: usize) -> SocketAddr {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while got.len() < n {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    return;
+                };
+                buf[2] |= 0x80;
+                got.push((buf[..len].to_vec(), from));
+            }
+            for (reply, to) in got.iter().rev() {
+                sock.send_to(reply, to).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_burst_of_replies_past_a_receive_batch_reaches_every_waiter_once() {
+        const N: usize = 3 * BATCH + 5;
+        let addr = burst_responder(N);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            // One socket: every reply queues on it, and a receive takes a batch.
+            let limits = Limits {
+                upstream_sockets: 1,
+                ..Limits::default()
+            };
+            let stats = Rc::new(ShardStats::new(1));
+            let upstream = UpstreamConfig {
+                address: addr,
+                name: None,
+                priority: 0,
+                case_randomization: false,
+            };
+            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
+            let mut query = vec![0u8; 12];
+            query[5] = 1;
+            query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+            let q = Question::new(b"\x01a\x00", 1, 1);
+            let mailbox = Mailbox::new();
+            let sent: Vec<Sent> = (0..N)
+                .map(|up| {
+                    let waiter = Waiter {
+                        mailbox: Rc::clone(&mailbox),
+                        up,
+                        sent_at: Instant::now(),
+                    };
+                    link.send(&query, &q, false, waiter).unwrap()
+                })
+                .collect();
+            let mut heard = vec![0u32; N];
+            for _ in 0..N {
+                let (up, res) = tokio::time::timeout(Duration::from_secs(5), mailbox.recv())
+                    .await
+                    .expect("every reply arrives");
+                assert_eq!(&res.unwrap().reply[12..], &query[12..]);
+                heard[up] += 1;
+            }
+            assert!(heard.iter().all(|&h| h == 1), "each waiter once: {heard:?}");
+            assert!(mailbox.take().is_none());
+            drop(sent);
+        });
+    }
+
     #[test]
     fn queries_leave_from_a_pool_of_ports_that_is_renewed() {
         let (addr, ports) = responder();
