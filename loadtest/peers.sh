@@ -35,6 +35,8 @@
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
 #   SERVERS ["tierdns dnsdist unbound"]; MODE=miss: ["tierdns-1x tierdns dnsdist unbound"]
+#                      MODE=hit may add "responder": `loadtest responder`, the floor
+#                      (one socket, recvmmsg/sendmmsg, one fixed answer, no cache)
 #   TIERDNS_BIN        use this tierdns binary instead of `cargo build --release`
 #   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
 #   PORT_BASE [25353]  first port tried; free ports are picked upward from it
@@ -164,7 +166,7 @@ else
     [[ -x $TIERDNS_BIN ]] || die "no binary at $TIERDNS_BIN"
 fi
 
-if ((SATURATE)); then
+if ((SATURATE)) || [[ " $SERVERS " == *" responder "* ]]; then
     if [[ -n ${LOADTEST_BIN:-} ]]; then
         [[ -x $LOADTEST_BIN ]] || die "LOADTEST_BIN=$LOADTEST_BIN is not executable"
     else
@@ -442,6 +444,15 @@ for server in $SERVERS; do
             measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
         done
         ;;
+    responder)
+        # The floor: `loadtest responder`, one socket, recvmmsg/sendmmsg, the same
+        # answer for every question, no cache and no parsing beyond the question.
+        [[ $MODE == hit ]] || die "SERVERS: responder is a MODE=hit row"
+        METRICS_PORT=""
+        port=$(pick_port)
+        measure responder "$port" "$TMP/responder.log" "$LOADTEST_BIN" responder \
+            --listen "127.0.0.1:$port" --duration $((DURATION * 3 + 200))
+        ;;
     dnsdist)
         METRICS_PORT=""
         port=$(pick_port)
@@ -455,7 +466,7 @@ for server in $SERVERS; do
         unbound-checkconf "$TMP/unbound.conf" >/dev/null || die "bad unbound.conf"
         measure unbound "$port" "$TMP/unbound.log" unbound -d -c "$TMP/unbound.conf"
         ;;
-    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x tierdns-1x-s1 dnsdist unbound)" ;;
+    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x tierdns-1x-s1 dnsdist unbound responder)" ;;
     esac
 done
 done
