@@ -295,9 +295,13 @@ impl<B: Backend> FlightRun<B> {
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
         let plan = {
             let mut health = shard.health.borrow_mut();
-            let dead_elsewhere =
-                |up: UpstreamIdx| set.board.get(up).is_some_and(|b| b.is_open(now));
-            health.order_shared(&route.upstreams, now, &mut order, dead_elsewhere);
+            let elsewhere = |up: UpstreamIdx| {
+                set.board
+                    .get(up)
+                    .map(|b| b.elsewhere(now))
+                    .unwrap_or_default()
+            };
+            health.order_shared(&route.upstreams, now, &mut order, elsewhere);
             Plan::new(
                 route.strategy,
                 &route.tiers,
@@ -389,6 +393,7 @@ impl<B: Backend> FlightRun<B> {
             Heard::Good { rtt, first } => {
                 if self.is_current() {
                     self.update_health(up, |h| h.record_success(up, rtt, now), "answered");
+                    self.publish_rtt(up, now);
                 }
                 self.record(up, UpstreamEvent::Answer(rtt));
                 first
@@ -460,6 +465,15 @@ impl<B: Backend> FlightRun<B> {
                     "upstream circuit changed"
                 );
             }
+        }
+    }
+
+    /// Shares this shard's smoothed RTT of `up` with the others, now and then (see
+    /// [`crate::health::PUBLISH_EVERY`]).
+    fn publish_rtt(&self, up: UpstreamIdx, now: Instant) {
+        let srtt = self.shard.health.borrow_mut().srtt_to_publish(up, now);
+        if let (Some(srtt), Some(slot)) = (srtt, self.set.board.get(up)) {
+            slot.publish_srtt(srtt);
         }
     }
 
