@@ -1,7 +1,9 @@
 //! Client UDP on epoll in batches: one `recvmmsg` takes every datagram queued on the
 //! socket (up to [`BATCH`]), the replies the service gives at once (cache hits)
 //! leave with one `sendmmsg`. Datagrams the service keeps (misses) are answered
-//! later with a send of their own, as on every path.
+//! later through the socket's [`Outbox`], on every backend: one task per client
+//! socket sends what queued up while the shard's other tasks ran (the misses whose
+//! upstream replies came in the same turn) with one `sendmmsg`.
 //!
 //! Bounds: [`BATCH`] receive buffers of [`RECV_BUFFER_SIZE`] bytes per client
 //! socket; a longer datagram is dropped and counted (`oversize`), like on the
@@ -10,10 +12,16 @@
 
 use super::msghdr::{self, NAME_LEN};
 use super::udp::{send_reply, DatagramService, UdpDrop};
-use super::{peer_of, MAX_QUERY};
+use super::{peer_of, UdpIo, MAX_QUERY};
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use tokio::io::Interest;
 use tokio::sync::watch;
 
@@ -240,7 +248,7 @@ pub(crate) async fn serve<S: DatagramService>(
                     Err(why) => service.dropped(why),
                 }
             }
-            flush(sock, service, fd, &mut tx).await;
+            flush(sock, service, &mut tx).await;
             if n < BATCH {
                 break;
             }
@@ -257,13 +265,9 @@ pub(crate) async fn serve<S: DatagramService>(
 }
 
 /// Sends the batch's replies: one `sendmmsg` for as many as the socket takes, the
-/// rest one by one through the reactor.
-async fn flush<S: DatagramService>(
-    sock: &tokio::net::UdpSocket,
-    service: &S,
-    fd: RawFd,
-    tx: &mut SendBatch,
-) {
+/// rest one by one through the backend.
+async fn flush<U: UdpIo, S: DatagramService>(sock: &U, service: &S, tx: &mut SendBatch) {
+    let fd = sock.raw_fd();
     let mut sent = 0;
     while sent < tx.replies.len() {
         match tx.send(fd, sent) {
@@ -278,11 +282,78 @@ async fn flush<S: DatagramService>(
     }
     // Whatever the kernel refused (full socket buffer, or an error for one
     // destination): each goes on its own, waiting for room, or is counted lost.
-    let rest: smallvec::SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
+    let rest: SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
     for (reply, peer) in rest {
         if send_reply(sock, service.pool(), reply, peer).await.is_err() {
             service.dropped(UdpDrop::SendError);
         }
+    }
+}
+
+/// Replies that leave after their datagram's turn (misses), queued for one client
+/// socket; `T` is what each holds until its reply has left (the query's admission).
+///
+/// Bound: the queue holds one entry per query admitted and answered but not yet
+/// sent, so it is bounded by the admissions (`max_client_in_flight`).
+pub(crate) struct Outbox<T> {
+    queue: RefCell<VecDeque<(Vec<u8>, SocketAddr, T)>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl<T> Outbox<T> {
+    pub(crate) fn new() -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::new(VecDeque::new()),
+            waker: Cell::new(None),
+        })
+    }
+
+    /// Queues `reply` for `peer`; [`send_queued`] sends it in this turn's batch.
+    pub(crate) fn push(&self, reply: Vec<u8>, peer: SocketAddr, held: T) {
+        self.queue.borrow_mut().push_back((reply, peer, held));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+}
+
+/// Sends what `outbox` holds, forever (the task ends with its runtime): woken by
+/// the first reply queued, it runs after the tasks woken before it (those of the
+/// same turn), so their replies leave together, [`BATCH`] per `sendmmsg`. What
+/// each entry holds is dropped once its reply has left (or was lost, counted).
+pub(crate) async fn send_queued<U: UdpIo, S: DatagramService, T>(
+    sock: Rc<U>,
+    service: Rc<S>,
+    outbox: Rc<Outbox<T>>,
+) {
+    let mut tx = SendBatch::new();
+    loop {
+        poll_fn(|cx| {
+            if outbox.len() > 0 {
+                Poll::Ready(())
+            } else {
+                outbox.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut held: SmallVec<[T; BATCH]> = SmallVec::new();
+        {
+            let mut queue = outbox.queue.borrow_mut();
+            while held.len() < BATCH {
+                let Some((reply, peer, h)) = queue.pop_front() else {
+                    break;
+                };
+                tx.replies.push((reply, peer));
+                held.push(h);
+            }
+        }
+        flush(&*sock, &*service, &mut tx).await;
+        drop(held);
     }
 }
 
@@ -358,6 +429,77 @@ mod tests {
                 assert_eq!(short, Some(1), "round {round}: the datagram was taken");
                 assert_eq!(rx.bytes(0).unwrap(), round.to_be_bytes());
             }
+        });
+    }
+
+    struct Sink(super::super::buffers::BufferPool, Cell<usize>);
+
+    impl DatagramService for Sink {
+        fn datagram(&self, _: &[u8], _: SocketAddr) -> Option<Vec<u8>> {
+            None
+        }
+        fn dropped(&self, _: UdpDrop) {
+            self.1.set(self.1.get() + 1);
+        }
+        fn pool(&self) -> &super::super::buffers::BufferPool {
+            &self.0
+        }
+    }
+
+    /// Counts its drops: what an outbox entry holds until its reply has left.
+    struct Held(Rc<Cell<usize>>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    #[test]
+    fn queued_replies_leave_in_order_and_release_what_they_hold() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let (server, client) = pair();
+            server.set_nonblocking(true).unwrap();
+            let server = Rc::new(tokio::net::UdpSocket::from_std(server).unwrap());
+            let sink = Rc::new(Sink(
+                super::super::buffers::BufferPool::new(8, 0),
+                Cell::new(0),
+            ));
+            let outbox = Outbox::new();
+            tokio::task::spawn_local(send_queued(
+                Rc::clone(&server),
+                Rc::clone(&sink),
+                Rc::clone(&outbox),
+            ));
+            let released = Rc::new(Cell::new(0));
+            let peer = client.local_addr().unwrap();
+            // More than a batch, queued in one turn.
+            let n = BATCH as u32 + 9;
+            for i in 0..n {
+                outbox.push(i.to_be_bytes().to_vec(), peer, Held(Rc::clone(&released)));
+            }
+            assert_eq!(released.get(), 0, "held until sent");
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(released.get(), n as usize, "released once sent");
+            assert_eq!(outbox.len(), 0);
+            let mut got = [0u8; 8];
+            for i in 0..n {
+                let len = client.recv(&mut got).unwrap();
+                assert_eq!(&got[..len], i.to_be_bytes(), "in the order queued");
+            }
+            // The task waits for more, and sends a later one too.
+            outbox.push(b"late".to_vec(), peer, Held(Rc::clone(&released)));
+            tokio::task::yield_now().await;
+            let len = client.recv(&mut got).unwrap();
+            assert_eq!(&got[..len], b"late");
+            assert_eq!(sink.1.get(), 0, "nothing lost");
         });
     }
 

@@ -156,7 +156,7 @@ impl<B: Backend> Shard<B> {
         packet: &[u8],
         transport: Transport,
         start: Instant,
-        _admitted: Admitted<B>,
+        _admitted: &Admitted<B>,
     ) -> Option<Vec<u8>> {
         let Ok(q) = QueryView::parse(packet) else {
             return None;

@@ -262,7 +262,9 @@ async fn connection<B: Backend>(
                     shard.pool.put(out);
                     match shard.admit() {
                         Some(admitted) => {
-                            shard.resolve(&query, Transport::Tcp, start, admitted).await
+                            shard
+                                .resolve(&query, Transport::Tcp, start, &admitted)
+                                .await
                         }
                         None => shard.overload_reply(&query, Transport::Tcp),
                     }
