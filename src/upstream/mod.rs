@@ -10,6 +10,7 @@
 //! bound fails at once (the tiers move on). Every query has a hard timeout; its
 //! pending entry is removed on timeout or when the caller stops waiting.
 
+pub(crate) mod encrypted;
 mod pending;
 
 #[cfg(fuzzing)]
@@ -63,6 +64,9 @@ pub(crate) struct UpstreamLink<B: Backend> {
     tcp_busy: Cell<usize>,
     max_tcp: usize,
     timeout: Duration,
+    /// DoT or DoH (`tls://`, `https://`): every query goes there, never over UDP
+    /// or plain TCP (the UDP pool is then empty).
+    encrypted: Option<encrypted::EncryptedLink>,
 }
 
 /// One connected UDP socket of a link, its pending table and receive loop. It stays
@@ -145,7 +149,13 @@ impl<B: Backend> UpstreamLink<B> {
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
         let addr = upstream.address;
-        let n = limits.upstream_sockets.max(1);
+        let encrypted = encrypted::EncryptedLink::open(upstream, limits, &stats)?;
+        // An encrypted upstream gets no UDP socket: nothing can leave in the clear.
+        let n = if encrypted.is_some() {
+            0
+        } else {
+            limits.upstream_sockets.max(1)
+        };
         let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
         let lifetime = limits.upstream_socket_lifetime;
         let now = Instant::now();
@@ -169,7 +179,19 @@ impl<B: Backend> UpstreamLink<B> {
             tcp_busy: Cell::new(0),
             max_tcp: limits.upstream_tcp_max,
             timeout: limits.upstream_timeout,
+            encrypted,
         }))
+    }
+
+    /// Whether this link is the transport `upstream` asks for (a reload keeps it
+    /// only then: a plain link never serves an encrypted upstream, nor the reverse).
+    pub(crate) fn serves(&self, upstream: &UpstreamConfig) -> bool {
+        self.addr == upstream.address
+            && self.randomize_case == upstream.case_randomization
+            && match &self.encrypted {
+                Some(enc) => enc.serves(upstream),
+                None => !upstream.transport.is_encrypted(),
+            }
     }
 
     /// A socket of the pool at random, renewed first if its time has come (a
@@ -216,6 +238,9 @@ impl<B: Backend> UpstreamLink<B> {
         pool: &BufferPool,
         background: bool,
     ) -> Result<Exchange, FailKind> {
+        if let Some(enc) = &self.encrypted {
+            return enc.exchange(query, question).await;
+        }
         let start = Instant::now();
         // A random socket; a second one if the first has no room.
         let mut buf = pool.get();
@@ -594,12 +619,7 @@ mod tests {
             };
             let pool = Rc::new(BufferPool::new(64, 0));
             let stats = Rc::new(ShardStats::new(1));
-            let upstream = UpstreamConfig {
-                address: addr,
-                name: None,
-                priority: 0,
-                case_randomization: false,
-            };
+            let upstream = UpstreamConfig::plain(addr);
             let link =
                 UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, Rc::clone(&pool), stats)
                     .unwrap();
