@@ -156,7 +156,7 @@ impl<B: Backend> UpstreamLink<B> {
         } else {
             limits.upstream_sockets.max(1)
         };
-        let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
+        let max_pending = limits.max_upstream_pending.div_ceil(n.max(1)).max(1);
         let lifetime = limits.upstream_socket_lifetime;
         let now = Instant::now();
         let mut rng = rand::rng();

@@ -96,7 +96,8 @@ impl DohLink {
     fn pick(&self, fresh: bool) -> Result<Rc<DohConn>, FailKind> {
         let mut slot = self.conn.borrow_mut();
         if let Some(c) = slot.as_ref() {
-            if !c.dead.get() && !(fresh && c.established.get()) {
+            let stale = c.dead.get() || (fresh && c.established.get());
+            if !stale {
                 if c.in_flight.get() >= self.shared.max_per_connection {
                     return Err(FailKind::Overload);
                 }

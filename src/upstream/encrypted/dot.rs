@@ -276,10 +276,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// Reads replies and hands each to its query, until the stream ends or fails.
 async fn read_loop<R: AsyncRead + Unpin>(conn: Rc<DotConn>, mut read: R, shared: Rc<Shared>) {
-    loop {
-        let Ok(len) = read.read_u16().await else {
-            break;
-        };
+    while let Ok(len) = read.read_u16().await {
         let mut reply = vec![0u8; usize::from(len)];
         if read.read_exact(&mut reply).await.is_err() {
             break;
