@@ -458,6 +458,11 @@ impl UpstreamConfig {
         if self.idle_timeout.is_zero() {
             return Err(invalid(key("idle_timeout"), "must be positive"));
         }
+        if self.ca_file.is_none() {
+            // The system's roots, then: there must be some.
+            crate::upstream::encrypted::system_roots()
+                .map_err(|why| invalid(key("ca_file"), why))?;
+        }
         Ok(())
     }
 }
@@ -900,6 +905,84 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.ratelimit.qps, c.ratelimit.burst), (20, 40));
+    }
+
+    #[test]
+    fn upstream_addresses_carry_their_transport() {
+        let parsed = |t: &str| parse_address(t).unwrap();
+        assert_eq!(
+            parsed("192.0.2.1:53"),
+            ("192.0.2.1:53".parse().unwrap(), UpstreamTransport::Plain)
+        );
+        assert_eq!(
+            parsed("tls://192.0.2.1"),
+            ("192.0.2.1:853".parse().unwrap(), UpstreamTransport::Tls)
+        );
+        assert_eq!(
+            parsed("tls://[2001:db8::1]:8853"),
+            (
+                "[2001:db8::1]:8853".parse().unwrap(),
+                UpstreamTransport::Tls
+            )
+        );
+        assert_eq!(
+            parsed("https://[2001:db8::1]"),
+            (
+                "[2001:db8::1]:443".parse().unwrap(),
+                UpstreamTransport::Https {
+                    path: DOH_PATH.to_string()
+                }
+            )
+        );
+        assert_eq!(
+            parsed("https://192.0.2.1:8443/resolve"),
+            (
+                "192.0.2.1:8443".parse().unwrap(),
+                UpstreamTransport::Https {
+                    path: "/resolve".to_string()
+                }
+            )
+        );
+        for (bad, says) in [
+            ("tls://dns.example", "tls_name = \"dns.example\""),
+            ("https://dns.example:8443/q", "tls_name = \"dns.example\""),
+            ("tls://", "no host"),
+            ("tls://2001:db8::1", "brackets"),
+            ("tls://192.0.2.1:x", "bad port"),
+            ("https://192.0.2.1/q?dns=x", "plain path"),
+            ("https://u@192.0.2.1/", "user information"),
+            ("udp://192.0.2.1:53", "unknown scheme"),
+            ("192.0.2.1", "not IP:PORT"),
+        ] {
+            let e = parse_address(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn encrypted_upstream_keys_are_checked() {
+        let e = err("[[upstream]]\naddress = \"127.0.0.1:53\"\nidle_timeout = \"5s\"\n");
+        assert!(
+            e.contains("idle_timeout") && e.contains("only for encrypted"),
+            "{e}"
+        );
+        let e = err("[[upstream]]\naddress = \"127.0.0.1:53\"\nca_file = \"/etc/hosts\"\n");
+        assert!(e.contains("upstream[0].ca_file"), "{e}");
+        let e = err("[[upstream]]\naddress = \"tls://127.0.0.1\"\ncase_randomization = true\n");
+        assert!(e.contains("upstream[0].case_randomization"), "{e}");
+        let e = err("[[upstream]]\naddress = \"tls://127.0.0.1\"\nidle_timeout = \"0s\"\n");
+        assert!(e.contains("upstream[0].idle_timeout"), "{e}");
+        let e = err("[[upstream]]\naddress = \"tls://127.0.0.1\"\nca_file = \"/nonexistent\"\n");
+        assert!(
+            e.contains("upstream[0].ca_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        // The same address over UDP and TLS is one upstream listed twice.
+        let e = err("[[upstream]]\naddress = \"127.0.0.1:853\"\n[[upstream]]\naddress = \"tls://127.0.0.1\"\n");
+        assert!(
+            e.contains("upstream[1].address") && e.contains("twice"),
+            "{e}"
+        );
     }
 
     #[test]

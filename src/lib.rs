@@ -157,7 +157,7 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
     let upstreams: Vec<String> = config
         .upstreams
         .iter()
-        .map(|u| format!("{}={}", u.label(), u.address))
+        .map(|u| format!("{}={}", u.label(), u.address_text()))
         .collect();
     let handle = shard::start(config)?;
     tracing::info!(

@@ -30,7 +30,7 @@ mod dot;
 mod pad;
 mod tls;
 
-pub(crate) use tls::read_roots;
+pub(crate) use tls::{read_roots, system_roots};
 
 use super::{Exchange, Question};
 use crate::config::{Limits, UpstreamConfig, UpstreamTransport};

@@ -48,9 +48,10 @@ pub(crate) fn read_roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The system's roots, read once and kept (an empty store is not kept: the next
-/// upstream opened tries again).
-fn system_roots() -> Result<Arc<RootCertStore>, String> {
+/// The system's roots (rustls-native-certs: the OS's CA bundle, `SSL_CERT_FILE`
+/// and `SSL_CERT_DIR` honoured), read once and kept for the life of the process
+/// (an empty store is not kept: the next upstream opened tries again).
+pub(crate) fn system_roots() -> Result<Arc<RootCertStore>, String> {
     static SYSTEM: Mutex<Option<Arc<RootCertStore>>> = Mutex::new(None);
     let mut kept = SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(roots) = &*kept {
