@@ -221,19 +221,22 @@ impl DotLink {
             rx,
             reader,
             self.shared.idle_timeout,
+            self.shared.timeout,
         ));
         Ok(tx)
     }
 }
 
 /// Writes queued frames (flushing once per batch) until the connection is idle
-/// for `idle`, its reader ends, or a write fails; then closes it.
+/// for `idle`, its reader ends, or a write fails or does not complete within
+/// `stall` (a server that stops reading); then closes it.
 async fn write_loop<W: AsyncWrite + Unpin>(
     conn: Rc<DotConn>,
     mut write: W,
     mut rx: mpsc::Receiver<Vec<u8>>,
     mut reader: tokio::task::JoinHandle<()>,
     idle: std::time::Duration,
+    stall: std::time::Duration,
 ) {
     loop {
         let check = if conn.pending.borrow().is_empty() {
@@ -245,17 +248,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = &mut reader => break,
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
-                if write.write_all(&frame).await.is_err() {
-                    break;
-                }
-                let mut failed = false;
-                while let Ok(frame) = rx.try_recv() {
-                    if write.write_all(&frame).await.is_err() {
-                        failed = true;
-                        break;
+                let batch = async {
+                    write.write_all(&frame).await?;
+                    while let Ok(frame) = rx.try_recv() {
+                        write.write_all(&frame).await?;
                     }
-                }
-                if failed || write.flush().await.is_err() {
+                    write.flush().await
+                };
+                if !matches!(tokio::time::timeout(stall, batch).await, Ok(Ok(()))) {
                     break;
                 }
             }

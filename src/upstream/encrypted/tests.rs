@@ -388,3 +388,58 @@ fn doh_needs_the_server_to_speak_http2() {
         );
     });
 }
+
+#[test]
+fn doh_streams_in_flight_are_bounded() {
+    // An HTTP/2 server that takes every request and never answers.
+    let handler: Handler = Arc::new(|tls| {
+        Box::pin(async move {
+            let Ok(mut conn) = h2::server::handshake(tls).await else {
+                return;
+            };
+            let mut held = Vec::new();
+            while let Some(Ok((_request, respond))) = conn.accept().await {
+                held.push(respond);
+            }
+        })
+    });
+    let (addr, ca, accepted) = tls_server(b"h2", handler);
+    on_shard(|| async move {
+        let limits = Limits {
+            max_upstream_pending: 3,
+            upstream_timeout: Duration::from_millis(800),
+            ..Limits::default()
+        };
+        let stats = Rc::new(ShardStats::new(1));
+        let link = EncryptedLink::open(&upstream(&format!("https://{addr}"), &ca), &limits, &stats)
+            .unwrap()
+            .unwrap();
+        let link = Rc::new(link);
+        let (q, question) = query();
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let (link, q, question) = (Rc::clone(&link), q.clone(), question.clone());
+            waiting.push(tokio::task::spawn_local(async move {
+                link.exchange(&q, &question).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(link.connections(), 1);
+        let t = Instant::now();
+        assert_eq!(
+            link.exchange(&q, &question).await.unwrap_err(),
+            FailKind::Overload
+        );
+        assert!(t.elapsed() < Duration::from_millis(50));
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap_err(), FailKind::Timeout);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            link.exchange(&q, &question).await.unwrap_err(),
+            FailKind::Timeout,
+            "room again: sent, not refused"
+        );
+    });
+}
