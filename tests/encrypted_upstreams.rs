@@ -532,6 +532,18 @@ fn a_certificate_for_another_name_is_refused_counted_and_nothing_goes_in_the_cle
             seen[0], 0x16,
             "{label}: what it sent starts with a TLS handshake record"
         );
+        // Every byte is inside a TLS record (handshake, alert, change cipher spec or
+        // encrypted data): nothing else was written on the connection.
+        let mut at = 0;
+        while at < seen.len() {
+            let header = &seen[at..(at + 5).min(seen.len())];
+            assert!(
+                header.len() == 5 && (0x14..=0x17).contains(&header[0]) && header[1] == 3,
+                "{label}: not a TLS record at byte {at}: {header:02x?}"
+            );
+            at += 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        }
+        assert_eq!(at, seen.len(), "{label}: whole records only");
         assert!(
             !seen.windows(10).any(|w| w == b"secretname"),
             "{label}: the name never left in the clear"
@@ -698,4 +710,37 @@ fn encrypted_upstream_config_errors_name_the_key() {
     assert_eq!(c.upstreams[1].label(), "https://[::1]:443/dns-query");
     let back = Config::parse(&c.to_toml(), "printed").unwrap();
     assert_eq!(back.to_toml(), c.to_toml());
+}
+
+#[test]
+fn a_reload_that_changes_tls_name_rebuilds_the_link() {
+    let pki = pki();
+    let dot = FakeServer::dot(&pki, Mode::Answer);
+    let tierdns = start(config_with(
+        &dot_upstream("renamed", &dot, &pki, "other.test"),
+        "epoll",
+        "",
+    ));
+    let addr = tierdns.local_addrs[0];
+    let r = udp_query(addr, &query(1, "before.example.", RecordType::A, None));
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(dot.handshakes.load(Ordering::SeqCst), 0);
+    // Same address, the right name: a new link (no backoff carried over), answers.
+    let warnings = tierdns.reload(config_with(
+        &dot_upstream("renamed", &dot, &pki, "dns.test"),
+        "epoll",
+        "",
+    ));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let answered = loop {
+        let r = udp_query(addr, &query(2, "after.example.", RecordType::A, None));
+        if r.metadata.response_code == ResponseCode::NoError || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(a_records(&answered).len(), 1, "{answered:?}");
+    assert_eq!(dot.handshakes.load(Ordering::SeqCst), 1);
+    tierdns.shutdown();
 }

@@ -443,3 +443,67 @@ fn doh_streams_in_flight_are_bounded() {
         );
     });
 }
+
+#[test]
+fn failed_connections_back_off_and_are_logged_once_a_minute() {
+    // A server whose every handshake fails: it closes at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    // Any readable roots will do: the handshake never gets to the certificate.
+    let (_, ca, _) = tls_server(b"dot", Arc::new(|_tls| Box::pin(async {})));
+    on_shard(|| async move {
+        let stats = Rc::new(ShardStats::new(1));
+        let link = EncryptedLink::open(
+            &upstream(&format!("tls://{addr}"), &ca),
+            &Limits::default(),
+            &stats,
+        )
+        .unwrap()
+        .unwrap();
+        let (q, question) = query();
+        assert_eq!(
+            link.exchange(&q, &question).await.unwrap_err(),
+            FailKind::Network
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(
+            link.shared.logged.get().is_some(),
+            "the first failure is logged"
+        );
+        // Within the backoff: failed at once, no new attempt.
+        for _ in 0..20 {
+            assert_eq!(
+                link.exchange(&q, &question).await.unwrap_err(),
+                FailKind::Network
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // After it: one more attempt, failed, not logged again (a minute has not passed).
+        tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(50)).await;
+        assert_eq!(
+            link.exchange(&q, &question).await.unwrap_err(),
+            FailKind::Network
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(link.shared.unlogged.get(), 1);
+        // The next wait is twice as long.
+        tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(50)).await;
+        assert!(link.exchange(&q, &question).await.is_err());
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "still in the doubled backoff"
+        );
+        tokio::time::sleep(BACKOFF_BASE).await;
+        assert!(link.exchange(&q, &question).await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    });
+}
