@@ -744,3 +744,30 @@ fn a_reload_that_changes_tls_name_rebuilds_the_link() {
     assert_eq!(dot.handshakes.load(Ordering::SeqCst), 1);
     tierdns.shutdown();
 }
+
+#[test]
+fn the_readme_example_of_encrypted_upstreams_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .find("### Encrypted upstreams")
+        .expect("the README's section");
+    let start = section + readme[section..].find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    // This test's CA for both (the machine's own roots are not the test's business).
+    let pki = pki();
+    let ca = format!("ca_file = \"{}\"", pki.ca_file.display());
+    let example = readme[start..end]
+        .replace("ca_file = \"/etc/tierdns/ca.pem\"", &ca)
+        .replace(
+            "tls_name = \"doh.example.net\"",
+            &format!("tls_name = \"doh.example.net\"\n{ca}"),
+        );
+    let c = Config::parse(&example, "README.md").unwrap_or_else(|e| panic!("{e}\n{example}"));
+    assert_eq!(c.upstreams.len(), 2);
+    assert_eq!(c.upstreams[0].address_text(), "tls://192.0.2.55:853");
+    assert_eq!(
+        c.upstreams[1].address_text(),
+        "https://192.0.2.56:443/dns-query"
+    );
+}

@@ -1,5 +1,7 @@
 //! One shard's connections to one upstream: a connected UDP socket with its table of
-//! pending queries, and reused TCP connections for truncated answers.
+//! pending queries, and reused TCP connections for truncated answers; or, for an
+//! encrypted upstream, its DoT or DoH link ([`encrypted`]), which every query takes
+//! instead (never UDP or plain TCP).
 //!
 //! Acceptance rules (anti-spoofing): a reply counts only if it arrives on the
 //! connected socket (the kernel filters the peer address), carries the ID of a
