@@ -771,3 +771,130 @@ fn the_readme_example_of_encrypted_upstreams_is_valid() {
         "https://192.0.2.56:443/dns-query"
     );
 }
+
+/// The binary on a config file; its stderr lines; killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Binary {
+    fn spawn(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tierdns"))
+            .arg("--config")
+            .arg(config)
+            .env("TIERDNS_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_refuses_a_file_whose_ca_file_cannot_be_read_and_keeps_serving() {
+    let pki = pki();
+    let dot = FakeServer::dot(&pki, Mode::Answer);
+    let file = pki.dir.join("tierdns.toml");
+    let write = |ca_file: &std::path::Path| {
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\nio = \"epoll\"\npin_cpus = false\n\
+                 [metrics]\nenabled = false\n\
+                 [[upstream]]\nname = \"dot\"\naddress = \"tls://{}\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\n",
+                dot.addr,
+                ca_file.display()
+            ),
+        )
+        .unwrap();
+    };
+    write(&pki.ca_file);
+    let mut run = Binary::spawn(&file);
+    let started = run.wait_for("running");
+    assert!(
+        started.contains(&format!("dot=tls://{}", dot.addr)),
+        "{started}"
+    );
+    let at = started.find("listen=[").unwrap() + "listen=[".len();
+    let listen: SocketAddr = started[at..at + started[at..].find(']').unwrap()]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = udp_query(listen, &query(1, "one.example.", RecordType::A, None));
+    assert_eq!(a_records(&r).len(), 1);
+    // The file now names a CA file that is not there: refused, with the key.
+    write(&pki.dir.join("gone.pem"));
+    run.signal("HUP");
+    let refused = run.wait_for("reload refused");
+    assert!(refused.contains("upstream[0].ca_file"), "{refused}");
+    let r = udp_query(listen, &query(2, "two.example.", RecordType::A, None));
+    assert_eq!(a_records(&r).len(), 1, "the running config still serves");
+    assert_eq!(
+        dot.accepted.load(Ordering::SeqCst),
+        1,
+        "on the same connection"
+    );
+    // And `--check` says the same.
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tierdns"))
+        .args(["--check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let said = String::from_utf8_lossy(&check.stderr).to_string()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("upstream[0].ca_file"), "{said}");
+    run.signal("TERM");
+}
