@@ -25,8 +25,12 @@ pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
 const BATCHES_PER_TURN: usize = 8;
 
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
-struct RecvBatch {
+/// Used for client sockets here and for upstream sockets (`upstream`), with a
+/// buffer size of each one's own.
+pub(crate) struct RecvBatch {
     data: Box<[u8]>,
+    /// Bytes per buffer: a longer datagram is flagged, not served.
+    size: usize,
     names: Box<[[u8; NAME_LEN]; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
@@ -34,9 +38,15 @@ struct RecvBatch {
 
 impl RecvBatch {
     fn new() -> Self {
+        Self::with_buffers(RECV_BUFFER_SIZE)
+    }
+
+    /// [`BATCH`] buffers of `size` bytes.
+    pub(crate) fn with_buffers(size: usize) -> Self {
         let (iovs, hdrs) = msghdr::empty_batch();
         Self {
-            data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
+            data: vec![0u8; BATCH * size].into_boxed_slice(),
+            size,
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
             iovs,
             hdrs,
@@ -44,7 +54,8 @@ impl RecvBatch {
     }
 
     /// Receives up to [`BATCH`] datagrams without waiting.
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let size = self.size;
         for (i, ((iov, name), hdr)) in self
             .iovs
             .iter_mut()
@@ -55,10 +66,7 @@ impl RecvBatch {
             msghdr::point(
                 &mut hdr.msg_hdr,
                 iov,
-                (
-                    self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr(),
-                    RECV_BUFFER_SIZE,
-                ),
+                (self.data[i * size..].as_mut_ptr(), size),
                 (name.as_mut_ptr().cast(), NAME_LEN as libc::socklen_t),
             );
             hdr.msg_len = 0;
@@ -84,15 +92,40 @@ impl RecvBatch {
     /// Datagram `i` of the last receive: its bytes and sender, or why it is not
     /// served.
     fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), UdpDrop> {
+        let bytes = self.bytes(i)?;
+        let name_len = (self.hdrs[i].msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
+        Ok((bytes, peer))
+    }
+
+    /// The bytes of datagram `i` of the last receive (`i` below what it returned),
+    /// or `Oversize` if it did not fit its buffer.
+    pub(crate) fn bytes(&self, i: usize) -> Result<&[u8], UdpDrop> {
         let hdr = &self.hdrs[i];
         if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(UdpDrop::Oversize);
         }
-        let len = (hdr.msg_len as usize).min(RECV_BUFFER_SIZE);
-        let name_len = (hdr.msg_hdr.msg_namelen as usize).min(NAME_LEN);
-        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
-        let start = i * RECV_BUFFER_SIZE;
-        Ok((&self.data[start..start + len], peer))
+        let len = (hdr.msg_len as usize).min(self.size);
+        let start = i * self.size;
+        Ok(&self.data[start..start + len])
+    }
+}
+
+/// For `try_io` around a [`RecvBatch::recv`]: a short batch took everything queued,
+/// so it is reported as WouldBlock (its count kept in `short`), which clears the
+/// socket's readiness: the loop then waits for the next datagram instead of asking
+/// the socket once more only to hear EAGAIN. (Tokio clears readiness only as of the
+/// event it saw before the call; a datagram that comes later raises a new one.)
+pub(crate) fn short_is_drained(
+    received: io::Result<usize>,
+    short: &mut Option<usize>,
+) -> io::Result<usize> {
+    match received {
+        Ok(n) if n < BATCH => {
+            *short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
     }
 }
 
@@ -180,9 +213,15 @@ pub(crate) async fn serve<S: DatagramService>(
                 wait = false;
                 break;
             }
-            let n = match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+            let mut short = None;
+            let n = match sock.try_io(Interest::READABLE, || {
+                short_is_drained(rx.recv(fd), &mut short)
+            }) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match short.take() {
+                    Some(n) => n,
+                    None => break,
+                },
                 Err(e) => {
                     // Readiness stays set after an error: pace the retry.
                     tracing::debug!(error = %e, "client receive error");
@@ -291,6 +330,35 @@ mod tests {
         assert_eq!(rx.datagram(8).unwrap_err(), UdpDrop::Oversize);
         let empty = rx.recv(fd).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock, "never waits");
+    }
+
+    #[test]
+    fn a_short_batch_clears_readiness_and_the_next_datagram_raises_it_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (server, client) = pair();
+            server.set_nonblocking(true).unwrap();
+            let server = tokio::net::UdpSocket::from_std(server).unwrap();
+            let fd = server.as_raw_fd();
+            let mut rx = RecvBatch::new();
+            for round in 0..50u32 {
+                client.send(&round.to_be_bytes()).unwrap();
+                tokio::time::timeout(Duration::from_secs(2), server.readable())
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: readiness came"))
+                    .unwrap();
+                let mut short = None;
+                let got = server.try_io(Interest::READABLE, || {
+                    short_is_drained(rx.recv(fd), &mut short)
+                });
+                assert_eq!(got.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                assert_eq!(short, Some(1), "round {round}: the datagram was taken");
+                assert_eq!(rx.bytes(0).unwrap(), round.to_be_bytes());
+            }
+        });
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   the TLS client's.
 //! - Every query is padded (RFC 7830, to 128-byte blocks per RFC 8467); a reply
 //!   must be a response (QR=1) repeating the question, with the query's ID (DoT:
-//!   random per connection; DoH: 0, RFC 8484 section 4.1).
+//!   random per connection; DoH: 0, RFC 8484 section 4.1), and not truncated (a
+//!   TC=1 reply fails as malformed: it is never retried over plain TCP).
 //! - A query whose reused connection is lost before its answer (the server closed
 //!   an idle connection just then) is sent once more on a fresh connection,
 //!   within the same timeout.
@@ -36,6 +37,7 @@ use super::{Exchange, Question};
 use crate::config::{Limits, UpstreamConfig, UpstreamTransport};
 use crate::health::FailKind;
 use crate::metrics::ShardStats;
+use crate::wire::reader::Header;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::PathBuf;
@@ -285,6 +287,11 @@ impl EncryptedLink {
                 .await
                 .unwrap_or(Err(AttemptError::Fail(FailKind::Timeout)));
             match outcome {
+                // TC=1 on a stream transport is broken (RFC 7766 has no truncation
+                // over TCP) and must never lead to a retry in the clear.
+                Ok(reply) if Header::parse(&reply).is_ok_and(|h| h.tc()) => {
+                    return Err(FailKind::Malformed)
+                }
                 Ok(reply) => {
                     return Ok(Exchange {
                         reply,

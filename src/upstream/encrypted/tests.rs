@@ -234,7 +234,12 @@ fn a_hostile_dot_server_gets_nothing_it_forges_accepted() {
                         wrong[13] = b'b';
                         write_frame(&mut tls, &wrong).await;
                     }
-                    _ => write_frame(&mut tls, &reply_to(&q)).await,
+                    3 => write_frame(&mut tls, &reply_to(&q)).await,
+                    _ => {
+                        let mut truncated = reply_to(&q);
+                        truncated[2] |= 0x02;
+                        write_frame(&mut tls, &truncated).await;
+                    }
                 }
             }
         })
@@ -263,6 +268,11 @@ fn a_hostile_dot_server_gets_nothing_it_forges_accepted() {
         let ex = link.exchange(&q, &question).await.unwrap();
         assert_eq!(&ex.reply[12..], &reply_to(&q)[12..]);
         assert!(!ex.over_tcp);
+        assert_eq!(
+            link.exchange(&q, &question).await.unwrap_err(),
+            FailKind::Malformed,
+            "TC=1 over TLS: never retried in the clear"
+        );
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,
