@@ -284,7 +284,7 @@ impl<B: Backend> UpstreamLink<B> {
             let (enc, query, question) = (Rc::clone(enc), query.to_vec(), question.clone());
             return Ok(Sent(SentOn::Encrypted(tokio::task::spawn_local(
                 async move {
-                    let res = enc.exchange(&query, &question).await;
+                    let res = enc.exchange(&query, &question, background).await;
                     waiter.mailbox.post((waiter.up, res));
                 },
             ))));

@@ -93,12 +93,12 @@ impl DohLink {
     /// The connection (a new one if there is none, or only a dead one, or `fresh`
     /// asks for one that was not open before), unless it is full or the link in
     /// backoff.
-    fn pick(&self, fresh: bool) -> Result<Rc<DohConn>, FailKind> {
+    fn pick(&self, background: bool, fresh: bool) -> Result<Rc<DohConn>, FailKind> {
         let mut slot = self.conn.borrow_mut();
         if let Some(c) = slot.as_ref() {
             let stale = c.dead.get() || (fresh && c.established.get());
             if !stale {
-                if c.in_flight.get() >= self.shared.max_per_connection {
+                if c.in_flight.get() >= super::room(self.shared.max_per_connection, background) {
                     return Err(FailKind::Overload);
                 }
                 return Ok(Rc::clone(c));
@@ -123,9 +123,10 @@ impl DohLink {
         &self,
         query: &mut [u8],
         question: &Question,
+        background: bool,
         fresh: bool,
     ) -> Result<Vec<u8>, AttemptError> {
-        let conn = self.pick(fresh)?;
+        let conn = self.pick(background, fresh)?;
         let reused = conn.established.get();
         conn.in_flight.set(conn.in_flight.get() + 1);
         conn.last_active.set(Instant::now());

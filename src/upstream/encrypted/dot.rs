@@ -62,15 +62,19 @@ impl DotConn {
         }
     }
 
-    fn has_room(&self) -> bool {
-        !self.dead.get() && self.pending.borrow().len() < self.max
+    fn has_room(&self, background: bool) -> bool {
+        !self.dead.get() && self.pending.borrow().len() < super::room(self.max, background)
     }
 
     /// A fresh random ID, unused on this connection, and the receiver of its
     /// outcome; None when the table is full.
-    fn register(&self, question: &Question) -> Option<(u16, u64, oneshot::Receiver<Outcome>)> {
+    fn register(
+        &self,
+        question: &Question,
+        background: bool,
+    ) -> Option<(u16, u64, oneshot::Receiver<Outcome>)> {
         let mut pending = self.pending.borrow_mut();
-        if pending.len() >= self.max {
+        if pending.len() >= super::room(self.max, background) {
             return None;
         }
         let mut rng = rand::rng();
@@ -143,12 +147,12 @@ impl DotLink {
     /// pack onto few connections), else a new one if the bound allows and the
     /// link is not in backoff. `fresh`: not one that was open before (a retry
     /// after a lost connection).
-    fn pick(&self, fresh: bool) -> Result<Rc<DotConn>, FailKind> {
+    fn pick(&self, background: bool, fresh: bool) -> Result<Rc<DotConn>, FailKind> {
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| !c.dead.get());
         if let Some(c) = conns
             .iter()
-            .find(|c| c.has_room() && !(fresh && c.established.get()))
+            .find(|c| c.has_room(background) && !(fresh && c.established.get()))
         {
             return Ok(Rc::clone(c));
         }
@@ -166,11 +170,14 @@ impl DotLink {
         &self,
         query: &mut [u8],
         question: &Question,
+        background: bool,
         fresh: bool,
     ) -> Result<Vec<u8>, AttemptError> {
-        let conn = self.pick(fresh)?;
+        let conn = self.pick(background, fresh)?;
         let reused = conn.established.get();
-        let (id, serial, rx) = conn.register(question).ok_or(FailKind::Overload)?;
+        let (id, serial, rx) = conn
+            .register(question, background)
+            .ok_or(FailKind::Overload)?;
         let _guard = PendingGuard {
             conn: &conn,
             id,

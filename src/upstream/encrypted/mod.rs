@@ -7,8 +7,9 @@
 //!   score see what the upstream costs. They are reused and pipelined, closed
 //!   after `idle_timeout` without a query, and bounded: [`DOT_CONNECTIONS`] DoT
 //!   connections or one HTTP/2 connection per upstream and shard, each with at
-//!   most its share of `limits.max_upstream_pending` queries in flight; a query
-//!   past the bound fails at once with [`FailKind::Overload`].
+//!   most its share of `limits.max_upstream_pending` queries in flight (background
+//!   work three quarters of it, as on UDP); a query past the bound fails at once
+//!   with [`FailKind::Overload`].
 //! - A connection that cannot be opened puts the link in backoff ([`Backoff`]:
 //!   exponential, capped): queries fail at once with the same failure until it
 //!   ends, so a dead or misconfigured upstream costs one handshake per backoff,
@@ -267,10 +268,13 @@ impl EncryptedLink {
     /// Sends `query` (any ID: replaced) padded, and waits for the reply to its
     /// question, within `limits.upstream_timeout` from now, connection setup
     /// included. A lost reused connection is retried once on a fresh one.
+    /// `background` (no client waits): it may take only three quarters of a
+    /// connection's room, as on UDP.
     pub(crate) async fn exchange(
         &self,
         query: &[u8],
         question: &Question,
+        background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::from_std(start + self.shared.timeout);
@@ -279,8 +283,12 @@ impl EncryptedLink {
         loop {
             let attempt = async {
                 match &self.transport {
-                    Transport::Dot(link) => link.attempt(&mut padded, question, fresh).await,
-                    Transport::Doh(link) => link.attempt(&mut padded, question, fresh).await,
+                    Transport::Dot(link) => {
+                        link.attempt(&mut padded, question, background, fresh).await
+                    }
+                    Transport::Doh(link) => {
+                        link.attempt(&mut padded, question, background, fresh).await
+                    }
                 }
             };
             let outcome = tokio::time::timeout_at(deadline, attempt)
@@ -313,6 +321,17 @@ impl EncryptedLink {
             Transport::Dot(link) => link.connections(),
             Transport::Doh(link) => link.connections(),
         }
+    }
+}
+
+/// Queries a connection of room `max` may hold when one more registers: all of
+/// it for a client's query, three quarters for background work, so that
+/// background work never takes the last places (as the UDP pending tables).
+pub(crate) fn room(max: usize, background: bool) -> usize {
+    if background {
+        (max - max / 4).max(1)
+    } else {
+        max
     }
 }
 

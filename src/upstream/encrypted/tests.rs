@@ -183,7 +183,7 @@ fn dot_connections_and_queries_in_flight_are_bounded() {
         for _ in 0..4 {
             let (link, q, question) = (Rc::clone(&link), q.clone(), question.clone());
             waiting.push(tokio::task::spawn_local(async move {
-                link.exchange(&q, &question).await
+                link.exchange(&q, &question, false).await
             }));
             tokio::task::yield_now().await;
         }
@@ -192,7 +192,7 @@ fn dot_connections_and_queries_in_flight_are_bounded() {
         // The fifth has no room: it fails at once, as tierdns' own overload.
         let t = Instant::now();
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Overload
         );
         assert!(t.elapsed() < Duration::from_millis(50));
@@ -202,7 +202,7 @@ fn dot_connections_and_queries_in_flight_are_bounded() {
         assert_eq!(accepted.load(Ordering::SeqCst), DOT_CONNECTIONS);
         // Their slots are free again.
         let again =
-            tokio::time::timeout(Duration::from_secs(2), link.exchange(&q, &question)).await;
+            tokio::time::timeout(Duration::from_secs(2), link.exchange(&q, &question, false)).await;
         assert_eq!(
             again.unwrap().unwrap_err(),
             FailKind::Timeout,
@@ -256,20 +256,20 @@ fn a_hostile_dot_server_gets_nothing_it_forges_accepted() {
         .unwrap();
         let (q, question) = query();
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Malformed,
             "QR=0"
         );
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Malformed,
             "another question"
         );
-        let ex = link.exchange(&q, &question).await.unwrap();
+        let ex = link.exchange(&q, &question, false).await.unwrap();
         assert_eq!(&ex.reply[12..], &reply_to(&q)[12..]);
         assert!(!ex.over_tcp);
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Malformed,
             "TC=1 over TLS: never retried in the clear"
         );
@@ -362,7 +362,7 @@ fn doh_replies_must_be_200_dns_messages_of_bounded_size_with_id_0() {
             .unwrap();
             let (q, question) = query();
             for _ in 0..2 {
-                let got = link.exchange(&q, &question).await.map(|ex| {
+                let got = link.exchange(&q, &question, false).await.map(|ex| {
                     assert_eq!(&ex.reply[..2], &[0, 0], "ID 0");
                 });
                 assert_eq!(got, want, "case {i}");
@@ -393,7 +393,7 @@ fn doh_needs_the_server_to_speak_http2() {
         .unwrap();
         let (q, question) = query();
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Network
         );
     });
@@ -430,7 +430,7 @@ fn doh_streams_in_flight_are_bounded() {
         for _ in 0..3 {
             let (link, q, question) = (Rc::clone(&link), q.clone(), question.clone());
             waiting.push(tokio::task::spawn_local(async move {
-                link.exchange(&q, &question).await
+                link.exchange(&q, &question, false).await
             }));
             tokio::task::yield_now().await;
         }
@@ -438,7 +438,7 @@ fn doh_streams_in_flight_are_bounded() {
         assert_eq!(link.connections(), 1);
         let t = Instant::now();
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Overload
         );
         assert!(t.elapsed() < Duration::from_millis(50));
@@ -447,7 +447,7 @@ fn doh_streams_in_flight_are_bounded() {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Timeout,
             "room again: sent, not refused"
         );
@@ -480,7 +480,7 @@ fn failed_connections_back_off_and_are_logged_once_a_minute() {
         .unwrap();
         let (q, question) = query();
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Network
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -491,7 +491,7 @@ fn failed_connections_back_off_and_are_logged_once_a_minute() {
         // Within the backoff: failed at once, no new attempt.
         for _ in 0..20 {
             assert_eq!(
-                link.exchange(&q, &question).await.unwrap_err(),
+                link.exchange(&q, &question, false).await.unwrap_err(),
                 FailKind::Network
             );
         }
@@ -499,21 +499,72 @@ fn failed_connections_back_off_and_are_logged_once_a_minute() {
         // After it: one more attempt, failed, not logged again (a minute has not passed).
         tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(50)).await;
         assert_eq!(
-            link.exchange(&q, &question).await.unwrap_err(),
+            link.exchange(&q, &question, false).await.unwrap_err(),
             FailKind::Network
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(link.shared.unlogged.get(), 1);
         // The next wait is twice as long.
         tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(50)).await;
-        assert!(link.exchange(&q, &question).await.is_err());
+        assert!(link.exchange(&q, &question, false).await.is_err());
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             2,
             "still in the doubled backoff"
         );
         tokio::time::sleep(BACKOFF_BASE).await;
-        assert!(link.exchange(&q, &question).await.is_err());
+        assert!(link.exchange(&q, &question, false).await.is_err());
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    });
+}
+
+#[test]
+fn background_queries_leave_a_quarter_of_a_connection_to_clients() {
+    // A DoT server that reads and never answers.
+    let silent: Handler =
+        Arc::new(|mut tls| Box::pin(async move { while read_frame(&mut tls).await.is_some() {} }));
+    let (addr, ca, _) = tls_server(b"dot", silent);
+    on_shard(|| async move {
+        // Two connections of four: background work may fill three of each.
+        let limits = Limits {
+            max_upstream_pending: 8,
+            upstream_timeout: Duration::from_millis(600),
+            ..Limits::default()
+        };
+        let stats = Rc::new(ShardStats::new(1));
+        let link = EncryptedLink::open(&upstream(&format!("tls://{addr}"), &ca), &limits, &stats)
+            .unwrap()
+            .unwrap();
+        let link = Rc::new(link);
+        let (q, question) = query();
+        let spawn = |background: bool| {
+            let (link, q, question) = (Rc::clone(&link), q.clone(), question.clone());
+            tokio::task::spawn_local(async move { link.exchange(&q, &question, background).await })
+        };
+        let mut waiting = Vec::new();
+        for _ in 0..6 {
+            waiting.push(spawn(true));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            link.exchange(&q, &question, true).await.unwrap_err(),
+            FailKind::Overload,
+            "background work stops at three quarters"
+        );
+        // A client's queries take the last places, one per connection.
+        for _ in 0..2 {
+            waiting.push(spawn(false));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            link.exchange(&q, &question, false).await.unwrap_err(),
+            FailKind::Overload,
+            "then every place is taken"
+        );
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap_err(), FailKind::Timeout, "all sent");
+        }
     });
 }
