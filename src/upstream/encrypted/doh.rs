@@ -11,7 +11,7 @@
 //! stream, or when the server ends it (GOAWAY, reset): then the next query opens a
 //! new one.
 
-use super::{AttemptError, Shared};
+use super::{AttemptError, Setup, Shared};
 use crate::config::{UpstreamConfig, DOH_PORT};
 use crate::health::FailKind;
 use crate::upstream::Question;
@@ -23,7 +23,6 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// The media type of DNS messages (RFC 8484 section 6).
 const DNS_MESSAGE: &str = "application/dns-message";
@@ -34,7 +33,8 @@ const MAX_HEADERS: u32 = 16 << 10;
 
 /// One HTTP/2 connection: opening (by the first query that needs it) or open.
 struct DohConn {
-    io: OnceCell<Result<SendRequest<Bytes>, FailKind>>,
+    /// The HTTP/2 handle once the handshakes are done, or why they failed.
+    setup: Rc<Setup<SendRequest<Bytes>>>,
     /// Streams in flight on it.
     in_flight: Rc<Cell<usize>>,
     dead: Rc<Cell<bool>>,
@@ -108,7 +108,7 @@ impl DohLink {
         }
         self.shared.backoff.borrow().check(Instant::now())?;
         let conn = Rc::new(DohConn {
-            io: OnceCell::new(),
+            setup: Setup::new(),
             in_flight: Rc::new(Cell::new(0)),
             dead: Rc::new(Cell::new(false)),
             established: Cell::new(false),
@@ -132,11 +132,9 @@ impl DohLink {
         conn.last_active.set(Instant::now());
         let _in_flight = InFlight(&conn);
         let send = conn
-            .io
-            .get_or_init(|| self.connect(&conn))
-            .await
-            .clone()
-            .inspect_err(|_| conn.dead.set(true))?;
+            .setup
+            .get(|| connect(Rc::clone(&self.shared), Rc::clone(&conn)))
+            .await?;
         query
             .get_mut(..2)
             .ok_or(FailKind::Malformed)?
@@ -188,44 +186,53 @@ impl DohLink {
         }
         Ok(reply)
     }
+}
 
-    /// Opens the TLS connection (ALPN h2 required), does the HTTP/2 handshake and
-    /// starts the task driving the connection until it ends or is idle.
-    async fn connect(&self, conn: &DohConn) -> Result<SendRequest<Bytes>, FailKind> {
-        let stream = self.shared.open().await?;
-        let handshake = h2::client::Builder::new()
-            .max_header_list_size(MAX_HEADERS)
-            .max_concurrent_reset_streams(64)
-            .handshake::<_, Bytes>(stream);
-        let (send, connection) = match tokio::time::timeout(self.shared.timeout, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %self.shared.label, error = %e, "HTTP/2 handshake");
-                return Err(FailKind::Network);
-            }
-            Err(_) => return Err(FailKind::Timeout),
-        };
-        conn.established.set(true);
-        conn.last_active.set(Instant::now());
-        let dead = Rc::clone(&conn.dead);
-        let last_active = Rc::clone(&conn.last_active);
-        let idle = self.shared.idle_timeout;
-        let in_flight = Rc::clone(&conn.in_flight);
-        let label = self.shared.label.clone();
-        tokio::task::spawn_local(async move {
-            tokio::select! {
-                ended = connection => {
-                    if let Err(e) = ended {
-                        tracing::debug!(upstream = %label, error = %e, "DoH connection ended");
-                    }
-                }
-                () = idle_for(idle, &last_active, &in_flight, &dead) => {}
-            }
-            // Dropping the connection closes it; streams still open on it fail.
-            dead.set(true);
-        });
-        Ok(send)
+/// Opens the TLS connection (ALPN h2 required), does the HTTP/2 handshake and
+/// starts the task driving the connection until it ends or is idle; a connection
+/// that cannot be opened is dead.
+async fn connect(shared: Rc<Shared>, conn: Rc<DohConn>) -> Result<SendRequest<Bytes>, FailKind> {
+    let opened = open_h2(&shared, &conn).await;
+    if opened.is_err() {
+        conn.dead.set(true);
     }
+    opened
+}
+
+async fn open_h2(shared: &Shared, conn: &DohConn) -> Result<SendRequest<Bytes>, FailKind> {
+    let stream = shared.open().await?;
+    let handshake = h2::client::Builder::new()
+        .max_header_list_size(MAX_HEADERS)
+        .max_concurrent_reset_streams(64)
+        .handshake::<_, Bytes>(stream);
+    let (send, connection) = match tokio::time::timeout(shared.timeout, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %shared.label, error = %e, "HTTP/2 handshake");
+            return Err(FailKind::Network);
+        }
+        Err(_) => return Err(FailKind::Timeout),
+    };
+    conn.established.set(true);
+    conn.last_active.set(Instant::now());
+    let dead = Rc::clone(&conn.dead);
+    let last_active = Rc::clone(&conn.last_active);
+    let idle = shared.idle_timeout;
+    let in_flight = Rc::clone(&conn.in_flight);
+    let label = shared.label.clone();
+    tokio::task::spawn_local(async move {
+        tokio::select! {
+            ended = connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(upstream = %label, error = %e, "DoH connection ended");
+                }
+            }
+            () = idle_for(idle, &last_active, &in_flight, &dead) => {}
+        }
+        // Dropping the connection closes it; streams still open on it fail.
+        dead.set(true);
+    });
+    Ok(send)
 }
 
 /// Completes once no stream is in flight and the last began or ended `idle` ago

@@ -12,7 +12,7 @@
 //! When either task ends, the connection is dead: every query still pending on it
 //! sees it lost.
 
-use super::{AttemptError, Shared};
+use super::{AttemptError, Setup, Shared};
 use crate::health::FailKind;
 use crate::metrics::DropReason;
 use crate::upstream::Question;
@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{mpsc, oneshot};
 
 /// What a pending query is sent: its reply, or why it failed.
 type Outcome = Result<Vec<u8>, FailKind>;
@@ -37,7 +37,7 @@ struct Waiter {
 /// One DoT connection: opening (the first query to need it opens it) or open.
 pub(super) struct DotConn {
     /// The writer's queue once the handshake is done, or why it failed.
-    io: OnceCell<Result<mpsc::Sender<Vec<u8>>, FailKind>>,
+    setup: Rc<Setup<mpsc::Sender<Vec<u8>>>>,
     pending: RefCell<HashMap<u16, Waiter>>,
     max: usize,
     serial: Cell<u64>,
@@ -52,7 +52,7 @@ pub(super) struct DotConn {
 impl DotConn {
     fn new(max: usize) -> Self {
         Self {
-            io: OnceCell::new(),
+            setup: Setup::new(),
             pending: RefCell::new(HashMap::with_capacity(max.min(64))),
             max,
             serial: Cell::new(0),
@@ -184,11 +184,9 @@ impl DotLink {
             serial,
         };
         let tx = conn
-            .io
-            .get_or_init(|| self.connect(Rc::clone(&conn)))
-            .await
-            .clone()
-            .inspect_err(|_| conn.kill())?;
+            .setup
+            .get(|| connect(Rc::clone(&self.shared), Rc::clone(&conn)))
+            .await?;
         query
             .get_mut(..2)
             .ok_or(FailKind::Malformed)?
@@ -208,30 +206,30 @@ impl DotLink {
             Err(_) => Err(AttemptError::Lost { reused }),
         }
     }
+}
 
-    /// Opens the connection (TLS, backoff, counting in `Shared::open`) and starts
-    /// its writer and reader tasks.
-    async fn connect(&self, conn: Rc<DotConn>) -> Result<mpsc::Sender<Vec<u8>>, FailKind> {
-        let stream = self.shared.open().await?;
-        let (read, write) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::channel(conn.max);
-        conn.established.set(true);
-        conn.last_active.set(Instant::now());
-        let reader = tokio::task::spawn_local(read_loop(
-            Rc::clone(&conn),
-            BufReader::new(read),
-            Rc::clone(&self.shared),
-        ));
-        tokio::task::spawn_local(write_loop(
-            conn,
-            write,
-            rx,
-            reader,
-            self.shared.idle_timeout,
-            self.shared.timeout,
-        ));
-        Ok(tx)
-    }
+/// Opens the connection (TLS, backoff, counting in `Shared::open`) and starts its
+/// writer and reader tasks; a connection that cannot be opened is dead.
+async fn connect(shared: Rc<Shared>, conn: Rc<DotConn>) -> Result<mpsc::Sender<Vec<u8>>, FailKind> {
+    let stream = shared.open().await.inspect_err(|_| conn.kill())?;
+    let (read, write) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel(conn.max);
+    conn.established.set(true);
+    conn.last_active.set(Instant::now());
+    let reader = tokio::task::spawn_local(read_loop(
+        Rc::clone(&conn),
+        BufReader::new(read),
+        Rc::clone(&shared),
+    ));
+    tokio::task::spawn_local(write_loop(
+        conn,
+        write,
+        rx,
+        reader,
+        shared.idle_timeout,
+        shared.timeout,
+    ));
+    Ok(tx)
 }
 
 /// Writes queued frames (flushing once per batch) until the connection is idle

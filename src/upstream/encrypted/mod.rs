@@ -2,9 +2,11 @@
 //! (RFC 8484, [`doh`]), one [`EncryptedLink`] per upstream and shard.
 //!
 //! What both share, and their invariants:
-//! - Connections are opened by the query that needs one, and its round-trip time
+//! - Connections are opened when a query needs one, and its round-trip time
 //!   includes what it waited for (TCP, TLS handshake): the tiers and the health
-//!   score see what the upstream costs. They are reused and pipelined, closed
+//!   score see what the upstream costs. The setup runs in a task of its own
+//!   ([`Setup`]), so a query that stops waiting does not cancel the handshake
+//!   the next ones will use. They are reused and pipelined, closed
 //!   after `idle_timeout` without a query, and bounded: [`DOT_CONNECTIONS`] DoT
 //!   connections or one HTTP/2 connection per upstream and shard, each with at
 //!   most its share of `limits.max_upstream_pending` queries in flight (background
@@ -320,6 +322,50 @@ impl EncryptedLink {
         match &self.transport {
             Transport::Dot(link) => link.connections(),
             Transport::Doh(link) => link.connections(),
+        }
+    }
+}
+
+/// A connection's setup (TCP, TLS, HTTP/2), run once by a task of its own, so
+/// that a query that stops waiting (its flight has its answer) does not cancel
+/// the handshake the next queries need; its result goes to every query waiting
+/// on it. The task ends with the setup, which is bounded by the upstream timeout.
+pub(crate) struct Setup<T> {
+    result: RefCell<Option<Result<T, FailKind>>>,
+    started: Cell<bool>,
+    done: tokio::sync::Notify,
+}
+
+impl<T: Clone + 'static> Setup<T> {
+    pub(crate) fn new() -> Rc<Self> {
+        Rc::new(Self {
+            result: RefCell::new(None),
+            started: Cell::new(false),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Starts `open` on the first call, then waits for its result.
+    pub(crate) async fn get<F>(self: &Rc<Self>, open: impl FnOnce() -> F) -> Result<T, FailKind>
+    where
+        F: std::future::Future<Output = Result<T, FailKind>> + 'static,
+    {
+        if !self.started.replace(true) {
+            let (me, opening) = (Rc::clone(self), open());
+            tokio::task::spawn_local(async move {
+                let result = opening.await;
+                *me.result.borrow_mut() = Some(result);
+                me.done.notify_waiters();
+            });
+        }
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = &*self.result.borrow() {
+                return result.clone();
+            }
+            notified.await;
         }
     }
 }

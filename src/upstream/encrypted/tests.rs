@@ -53,6 +53,15 @@ type Handler = Arc<
 /// A TLS server on 127.0.0.1 (certificate for 127.0.0.1 from a fresh CA, whose
 /// PEM file is returned) running `handler` on each connection; counts accepts.
 fn tls_server(alpn: &[u8], handler: Handler) -> (SocketAddr, PathBuf, Arc<AtomicUsize>) {
+    tls_server_slow(alpn, handler, Duration::ZERO)
+}
+
+/// [`tls_server`], waiting `delay` after each TCP accept before the handshake.
+fn tls_server_slow(
+    alpn: &[u8],
+    handler: Handler,
+    delay: Duration,
+) -> (SocketAddr, PathBuf, Arc<AtomicUsize>) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     static N: AtomicUsize = AtomicUsize::new(0);
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -101,6 +110,7 @@ fn tls_server(alpn: &[u8], handler: Handler) -> (SocketAddr, PathBuf, Arc<Atomic
                 count.fetch_add(1, Ordering::SeqCst);
                 let (acceptor, handler) = (acceptor.clone(), Arc::clone(&handler));
                 tokio::task::spawn_local(async move {
+                    tokio::time::sleep(delay).await;
                     if let Ok(tls) = acceptor.accept(tcp).await {
                         handler(tls).await;
                     }
@@ -566,5 +576,47 @@ fn background_queries_leave_a_quarter_of_a_connection_to_clients() {
         for w in waiting {
             assert_eq!(w.await.unwrap().unwrap_err(), FailKind::Timeout, "all sent");
         }
+    });
+}
+
+#[test]
+fn a_query_that_stops_waiting_does_not_cancel_the_handshake() {
+    // A server slow to start TLS (300 ms), answering every query.
+    let answering: Handler = Arc::new(|mut tls| {
+        Box::pin(async move {
+            while let Some(q) = read_frame(&mut tls).await {
+                write_frame(&mut tls, &reply_to(&q)).await;
+            }
+        })
+    });
+    let (addr, ca, accepted) = tls_server_slow(b"dot", answering, Duration::from_millis(300));
+    on_shard(|| async move {
+        let stats = Rc::new(ShardStats::new(1));
+        let link = EncryptedLink::open(
+            &upstream(&format!("tls://{addr}"), &ca),
+            &Limits::default(),
+            &stats,
+        )
+        .unwrap()
+        .unwrap();
+        let (q, question) = query();
+        // The first query gives up during the handshake (its flight got its answer
+        // elsewhere): the handshake goes on.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(100),
+            link.exchange(&q, &question, false),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The next finds the connection open: no new handshake, a quick answer.
+        let t = Instant::now();
+        link.exchange(&q, &question, false).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     });
 }
