@@ -17,7 +17,8 @@
 //!    amplification budget; then the merge.
 //! 6. [`upstream`]: the shard's links to each upstream: a pool of connected UDP
 //!    sockets (one picked at random per query) with their pending-query tables,
-//!    TCP for truncated answers.
+//!    TCP for truncated answers; or, for a `tls://` or `https://` upstream, pipelined
+//!    DoT connections or an HTTP/2 connection (`upstream::encrypted`).
 //! 7. [`health`]: EWMA RTT and circuit breaker per upstream (circuits shared by all
 //!    shards), the order of the next plan, and the failure kinds everything above
 //!    shares.
@@ -157,7 +158,7 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
     let upstreams: Vec<String> = config
         .upstreams
         .iter()
-        .map(|u| format!("{}={}", u.label(), u.address))
+        .map(|u| format!("{}={}", u.label(), u.address_text()))
         .collect();
     let handle = shard::start(config)?;
     tracing::info!(

@@ -51,9 +51,7 @@ impl<B: Backend> UpstreamSet<B> {
         let mut links = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
             let reuse = old.and_then(|o| {
-                let j = o.links.iter().position(|l| {
-                    l.addr == u.address && l.randomize_case == u.case_randomization
-                })?;
+                let j = o.links.iter().position(|l| l.serves(u))?;
                 Some((j, Rc::clone(&o.links[j])))
             });
             let link = match reuse {

@@ -1,6 +1,7 @@
 //! One shard's connections to one upstream: a pool of connected UDP sockets, each
 //! with its table of pending queries, and reused TCP connections for truncated
-//! answers.
+//! answers; or, for an encrypted upstream, its DoT or DoH link ([`encrypted`]),
+//! which every query takes instead (never UDP or plain TCP).
 //!
 //! The exchange is cheap by construction: [`UpstreamLink::send`] registers the
 //! query and sends it with one `send` from the flight's own task, and the socket's
@@ -22,6 +23,7 @@
 //! entry is removed when its reply comes or when the flight stops waiting
 //! ([`Sent`] is dropped: a timeout, or the flight ended).
 
+pub(crate) mod encrypted;
 mod mailbox;
 mod pending;
 
@@ -89,6 +91,9 @@ pub(crate) struct UpstreamLink<B: Backend> {
     max_tcp: usize,
     /// How long a query waits for its answer (`upstream_timeout`).
     pub(crate) timeout: Duration,
+    /// DoT or DoH (`tls://`, `https://`): every query goes there, never over UDP
+    /// or plain TCP (the UDP pool is then empty).
+    encrypted: Option<Rc<encrypted::EncryptedLink>>,
 }
 
 /// One connected UDP socket of a link, its pending table and receive loop. It stays
@@ -135,18 +140,27 @@ impl Drop for UdpSlot {
     }
 }
 
-/// A query in flight on a UDP socket: dropping it stops the waiting (the pending
-/// entry goes, and is remembered as abandoned so that its late reply is told
-/// apart from a forged one). Holds the socket open.
-pub(crate) struct Sent {
-    slot: Rc<UdpSlot>,
-    id: u16,
-    serial: u64,
+/// A query in flight: dropping it stops the waiting. On a UDP socket, the pending
+/// entry goes, and is remembered as abandoned so that its late reply is told apart
+/// from a forged one (the socket is held open meanwhile); on an encrypted link, the
+/// task asking it is stopped.
+pub(crate) struct Sent(SentOn);
+
+enum SentOn {
+    Udp {
+        slot: Rc<UdpSlot>,
+        id: u16,
+        serial: u64,
+    },
+    Encrypted(JoinHandle<()>),
 }
 
 impl Drop for Sent {
     fn drop(&mut self) {
-        self.slot.pending.borrow_mut().abandon(self.id, self.serial);
+        match &self.0 {
+            SentOn::Udp { slot, id, serial } => slot.pending.borrow_mut().abandon(*id, *serial),
+            SentOn::Encrypted(task) => task.abort(),
+        }
     }
 }
 
@@ -176,8 +190,14 @@ impl<B: Backend> UpstreamLink<B> {
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
         let addr = upstream.address;
-        let n = limits.upstream_sockets.max(1);
-        let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
+        let encrypted = encrypted::EncryptedLink::open(upstream, limits, &stats)?.map(Rc::new);
+        // An encrypted upstream gets no UDP socket: nothing can leave in the clear.
+        let n = if encrypted.is_some() {
+            0
+        } else {
+            limits.upstream_sockets.max(1)
+        };
+        let max_pending = limits.max_upstream_pending.div_ceil(n.max(1)).max(1);
         let lifetime = limits.upstream_socket_lifetime;
         let now = Instant::now();
         let mut rng = rand::rng();
@@ -199,7 +219,19 @@ impl<B: Backend> UpstreamLink<B> {
             tcp_busy: Cell::new(0),
             max_tcp: limits.upstream_tcp_max,
             timeout: limits.upstream_timeout,
+            encrypted,
         }))
+    }
+
+    /// Whether this link is the transport `upstream` asks for (a reload keeps it
+    /// only then: a plain link never serves an encrypted upstream, nor the reverse).
+    pub(crate) fn serves(&self, upstream: &UpstreamConfig) -> bool {
+        self.addr == upstream.address
+            && self.randomize_case == upstream.case_randomization
+            && match &self.encrypted {
+                Some(enc) => enc.serves(upstream),
+                None => !upstream.transport.is_encrypted(),
+            }
     }
 
     /// A socket of the pool at random, renewed first if its time has come (a
@@ -246,6 +278,17 @@ impl<B: Backend> UpstreamLink<B> {
         background: bool,
         waiter: Waiter,
     ) -> Result<Sent, FailKind> {
+        if let Some(enc) = &self.encrypted {
+            // A task of its own (connections, TLS and HTTP/2 are awaited); its
+            // result goes to the mailbox like a UDP reply.
+            let (enc, query, question) = (Rc::clone(enc), query.to_vec(), question.clone());
+            return Ok(Sent(SentOn::Encrypted(tokio::task::spawn_local(
+                async move {
+                    let res = enc.exchange(&query, &question, background).await;
+                    waiter.mailbox.post((waiter.up, res));
+                },
+            ))));
+        }
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let Some(msg) = buf.get_mut(..query.len()) else {
             return Err(FailKind::Malformed);
@@ -269,11 +312,12 @@ impl<B: Backend> UpstreamLink<B> {
             .borrow_mut()
             .register(question.clone(), background, case, waiter)
             .ok_or(FailKind::Overload)?;
-        let sent = Sent { slot, id, serial };
+        let sock = Rc::clone(&slot.sock);
+        let sent = Sent(SentOn::Udp { slot, id, serial });
         msg[..2].copy_from_slice(&id.to_be_bytes());
         // A connected datagram socket with room in its buffer: the send does not
         // wait. A full buffer fails this query like any network error.
-        match socket2::SockRef::from(&*sent.slot.sock).send(msg) {
+        match socket2::SockRef::from(&*sock).send(msg) {
             Ok(_) => Ok(sent),
             Err(_) => Err(FailKind::Network),
         }
@@ -316,6 +360,11 @@ impl<B: Backend> UpstreamLink<B> {
         question: &Question,
         deadline: Instant,
     ) -> Result<Exchange, FailKind> {
+        if self.encrypted.is_some() {
+            // Never in the clear (the encrypted link refuses truncated replies, so
+            // this is only a guard).
+            return Err(FailKind::Malformed);
+        }
         let start = Instant::now();
         let reply = tokio::time::timeout_at(deadline.into(), self.tcp_exchange(query, question))
             .await
@@ -725,12 +774,7 @@ mod tests {
                 ..Limits::default()
             };
             let stats = Rc::new(ShardStats::new(1));
-            let upstream = UpstreamConfig {
-                address: addr,
-                name: None,
-                priority: 0,
-                case_randomization: false,
-            };
+            let upstream = UpstreamConfig::plain(addr);
             let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
             let mut query = vec![0u8; 12];
             query[5] = 1;
@@ -775,12 +819,7 @@ mod tests {
                 ..Limits::default()
             };
             let stats = Rc::new(ShardStats::new(1));
-            let upstream = UpstreamConfig {
-                address: addr,
-                name: None,
-                priority: 0,
-                case_randomization: false,
-            };
+            let upstream = UpstreamConfig::plain(addr);
             let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
             let first = link.local_ports();
             assert_eq!(first.len(), 16);
