@@ -49,7 +49,8 @@ fn failure_ede(worst: Option<FailKind>) -> Ede {
     match worst {
         Some(FailKind::ServFail) => Ede::UPSTREAM_SERVFAIL,
         Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
-        Some(FailKind::Network) => Ede::NETWORK_ERROR,
+        // A certificate that did not verify: nothing was sent, as a network error.
+        Some(FailKind::Network | FailKind::TlsCertificate) => Ede::NETWORK_ERROR,
         Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
         Some(FailKind::Overload) => Ede::LOCAL_OVERLOAD,
         Some(_) => Ede::UPSTREAM_ERROR,

@@ -235,9 +235,13 @@ impl<B: Backend> UpstreamLink<B> {
     }
 
     /// A socket of the pool at random, renewed first if its time has come (a
-    /// socket that cannot be opened leaves the old one in place).
-    fn pick(&self, now: Instant) -> Rc<UdpSlot> {
+    /// socket that cannot be opened leaves the old one in place). None for a link
+    /// without UDP sockets (an encrypted one).
+    fn pick(&self, now: Instant) -> Option<Rc<UdpSlot>> {
         let mut sockets = self.sockets.borrow_mut();
+        if sockets.is_empty() {
+            return None;
+        }
         let i = rand::rng().random_range(0..sockets.len());
         if sockets[i].renew_at <= now {
             match UdpSlot::open(
@@ -253,7 +257,7 @@ impl<B: Backend> UpstreamLink<B> {
                 }
             }
         }
-        Rc::clone(&sockets[i])
+        Some(Rc::clone(&sockets[i]))
     }
 
     /// The local ports of the pool's sockets (for tests and logs).
@@ -303,9 +307,9 @@ impl<B: Backend> UpstreamLink<B> {
             None
         };
         // A random socket; a second one if the first has no room.
-        let mut slot = self.pick(waiter.sent_at);
+        let mut slot = self.pick(waiter.sent_at).ok_or(FailKind::Network)?;
         if slot.pending.borrow().is_full(background) {
-            slot = self.pick(waiter.sent_at);
+            slot = self.pick(waiter.sent_at).ok_or(FailKind::Network)?;
         }
         let (id, serial) = slot
             .pending

@@ -384,6 +384,11 @@ fn the_ede_names_the_most_telling_failure() {
         Ede::UPSTREAM_SERVFAIL
     );
     assert_eq!(failure_ede(Some(FailKind::Overload)), Ede::LOCAL_OVERLOAD);
+    assert_eq!(
+        failure_ede(Some(FailKind::TlsCertificate)),
+        Ede::NETWORK_ERROR,
+        "a refused certificate: nothing was sent"
+    );
     assert!(telling(FailKind::ServFail) > telling(FailKind::Network));
     assert!(telling(FailKind::Network) > telling(FailKind::Timeout));
     assert!(telling(FailKind::Timeout) > telling(FailKind::Overload));
