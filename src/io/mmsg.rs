@@ -11,17 +11,14 @@
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
 use super::msghdr::{self, NAME_LEN};
+use super::queue::LocalQueue;
 use super::udp::{send_reply, DatagramService, UdpDrop};
 use super::{peer_of, UdpIo, MAX_QUERY};
 use smallvec::SmallVec;
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use tokio::io::Interest;
 use tokio::sync::watch;
 
@@ -29,8 +26,8 @@ use tokio::sync::watch;
 pub(crate) const BATCH: usize = 32;
 /// Bytes per receive buffer: the longest datagram served, as on the io_uring ring.
 pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
-/// Batches taken in a row before the loop lets other tasks run.
-const BATCHES_PER_TURN: usize = 8;
+/// Batches taken in a row before a receive loop lets other tasks run.
+pub(crate) const BATCHES_PER_TURN: usize = 8;
 
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
 /// Used for client sockets here and for upstream sockets (`upstream`), with a
@@ -295,31 +292,7 @@ async fn flush<U: UdpIo, S: DatagramService>(sock: &U, service: &S, tx: &mut Sen
 ///
 /// Bound: the queue holds one entry per query admitted and answered but not yet
 /// sent, so it is bounded by the admissions (`max_client_in_flight`).
-pub(crate) struct Outbox<T> {
-    queue: RefCell<VecDeque<(Vec<u8>, SocketAddr, T)>>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl<T> Outbox<T> {
-    pub(crate) fn new() -> Rc<Self> {
-        Rc::new(Self {
-            queue: RefCell::new(VecDeque::new()),
-            waker: Cell::new(None),
-        })
-    }
-
-    /// Queues `reply` for `peer`; [`send_queued`] sends it in this turn's batch.
-    pub(crate) fn push(&self, reply: Vec<u8>, peer: SocketAddr, held: T) {
-        self.queue.borrow_mut().push_back((reply, peer, held));
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.queue.borrow().len()
-    }
-}
+pub(crate) type Outbox<T> = LocalQueue<(Vec<u8>, SocketAddr, T)>;
 
 /// Sends what `outbox` holds, forever (the task ends with its runtime): woken by
 /// the first reply queued, it runs after the tasks woken before it (those of the
@@ -332,25 +305,14 @@ pub(crate) async fn send_queued<U: UdpIo, S: DatagramService, T>(
 ) {
     let mut tx = SendBatch::new();
     loop {
-        poll_fn(|cx| {
-            if outbox.len() > 0 {
-                Poll::Ready(())
-            } else {
-                outbox.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await;
+        outbox.ready().await;
         let mut held: SmallVec<[T; BATCH]> = SmallVec::new();
-        {
-            let mut queue = outbox.queue.borrow_mut();
-            while held.len() < BATCH {
-                let Some((reply, peer, h)) = queue.pop_front() else {
-                    break;
-                };
-                tx.replies.push((reply, peer));
-                held.push(h);
-            }
+        while held.len() < BATCH {
+            let Some((reply, peer, h)) = outbox.pop() else {
+                break;
+            };
+            tx.replies.push((reply, peer));
+            held.push(h);
         }
         flush(&*sock, &*service, &mut tx).await;
         drop(held);
@@ -360,6 +322,7 @@ pub(crate) async fn send_queued<U: UdpIo, S: DatagramService, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::time::Duration;
 
     fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
@@ -481,7 +444,7 @@ mod tests {
             // More than a batch, queued in one turn.
             let n = BATCH as u32 + 9;
             for i in 0..n {
-                outbox.push(i.to_be_bytes().to_vec(), peer, Held(Rc::clone(&released)));
+                outbox.push((i.to_be_bytes().to_vec(), peer, Held(Rc::clone(&released))));
             }
             assert_eq!(released.get(), 0, "held until sent");
             for _ in 0..10 {
@@ -495,7 +458,7 @@ mod tests {
                 assert_eq!(&got[..len], i.to_be_bytes(), "in the order queued");
             }
             // The task waits for more, and sends a later one too.
-            outbox.push(b"late".to_vec(), peer, Held(Rc::clone(&released)));
+            outbox.push((b"late".to_vec(), peer, Held(Rc::clone(&released))));
             tokio::task::yield_now().await;
             let len = client.recv(&mut got).unwrap();
             assert_eq!(&got[..len], b"late");

@@ -32,6 +32,7 @@ mod bufring;
 pub(crate) mod mmsg;
 #[allow(unsafe_code)]
 mod msghdr;
+pub(crate) mod queue;
 #[allow(unsafe_code)]
 pub(crate) mod ring;
 pub(crate) mod udp;

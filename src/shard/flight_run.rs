@@ -27,7 +27,7 @@ use super::upstreams::UpstreamSet;
 use super::{BackgroundSlot, Shard};
 use crate::cache::Key;
 use crate::flight::{Answer, FlightResult};
-use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
+use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
@@ -280,6 +280,9 @@ pub(super) struct FlightRun<B: Backend> {
     background: bool,
     /// Upstreams of the send being launched that are background work (completion).
     completing: SmallVec<[UpstreamIdx; 4]>,
+    /// Queries the plan said were due when [`Self::settled`] looked, to be sent
+    /// first thing in [`Self::complete`].
+    due: Option<SendList>,
 }
 
 impl<B: Backend> FlightRun<B> {
@@ -327,6 +330,7 @@ impl<B: Backend> FlightRun<B> {
             asked_again: false,
             background,
             completing: SmallVec::new(),
+            due: None,
             set,
             shard,
         }
@@ -342,7 +346,9 @@ impl<B: Backend> FlightRun<B> {
         self.asked_again = asked_again;
     }
 
-    fn launch(&mut self, up: UpstreamIdx, now: Instant) {
+    fn launch(&mut self, up: UpstreamIdx) {
+        // The round trip is timed from here, not from the start of the step.
+        let now = Instant::now();
         let Some(link) = self.set.links.get(up) else {
             // Not a configured upstream: the plan hears it failed.
             self.state.on_report(up, Err(FailKind::Network), now);
@@ -359,8 +365,8 @@ impl<B: Backend> FlightRun<B> {
         match link.send(&self.query, &self.question, background, waiter) {
             Ok(sent) => self.out.push(Outstanding {
                 up,
-                deadline: now + link.timeout,
-                hold: Hold::Udp { _entry: sent },
+                deadline: after(now, link.timeout),
+                hold: Hold::Sent { _entry: sent },
             }),
             // Failed at once (no room, or the socket refused it): no answer comes.
             Err(kind) => {
@@ -495,7 +501,7 @@ impl<B: Backend> FlightRun<B> {
         let (mailbox, up, deadline) = (Rc::clone(&self.mailbox), o.up, o.deadline);
         o.hold = Hold::Task(tokio::task::spawn_local(async move {
             let res = link.tcp_retry(&query, &question, deadline).await;
-            mailbox.post((up, res));
+            mailbox.push((up, res));
         }));
     }
 
@@ -511,7 +517,7 @@ impl<B: Backend> FlightRun<B> {
     /// Returns the flight's first good answer if one of them is it.
     fn take_news(&mut self, now: Instant) -> Option<Arc<Answer>> {
         let mut first = None;
-        while let Some(report) = self.mailbox.take() {
+        while let Some(report) = self.mailbox.pop() {
             first = first.or(self.on_report(report, now));
         }
         self.expire(now);
@@ -546,6 +552,12 @@ impl<B: Backend> FlightRun<B> {
     /// Drives the flight one step. Returns false once it is done. The clock is
     /// read here, at the edge, and passed in.
     async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
+        if let Some(list) = self.due.take() {
+            for up in list {
+                self.launch(up);
+            }
+            return (true, None);
+        }
         let now = Instant::now();
         if let Some(answer) = self.take_news(now) {
             return (true, Some(answer));
@@ -553,7 +565,7 @@ impl<B: Backend> FlightRun<B> {
         match self.next(now) {
             Next::Send(list) => {
                 for up in list {
-                    self.launch(up, now);
+                    self.launch(up);
                 }
                 (true, None)
             }
@@ -573,22 +585,20 @@ impl<B: Backend> FlightRun<B> {
     }
 
     /// Whether the flight has nothing left to do now (after its first answer or
-    /// its failure): sends what the plan says is due, and says whether it would
-    /// wait. A settled flight is [`conclude`](Self::conclude)d at once, with no
-    /// task of its own.
+    /// its failure). A settled flight is [`conclude`](Self::conclude)d at once,
+    /// with no task of its own. Queries the plan says are due are not sent here
+    /// but kept for [`complete`](Self::complete), so the client's reply leaves
+    /// first.
     pub(super) fn settled(&mut self) -> bool {
-        loop {
-            let now = Instant::now();
-            self.take_news(now);
-            match self.next(now) {
-                Next::Send(list) => {
-                    for up in list {
-                        self.launch(up, now);
-                    }
-                }
-                Next::Wait(_) => return false,
-                Next::Done => return true,
+        let now = Instant::now();
+        self.take_news(now);
+        match self.next(now) {
+            Next::Send(list) => {
+                self.due = Some(list);
+                false
             }
+            Next::Wait(_) => false,
+            Next::Done => true,
         }
     }
 
@@ -605,12 +615,10 @@ impl<B: Backend> FlightRun<B> {
 
     /// Background completion: collect until the plan is done, merge, and write the
     /// merged answer if this flight's version is still the newest for the key.
-    /// Without a background `slot` (the shard has `max_background` running), the
-    /// flight stops collecting at once and keeps its first answer.
-    pub(super) async fn complete(mut self, slot: Option<BackgroundSlot<B>>) {
-        if slot.is_none() {
-            self.stop_collecting();
-        }
+    /// `_slot` is held while it runs; without one (the shard has `max_background`
+    /// running) the caller has stopped the collecting: the flight keeps its first
+    /// answer.
+    pub(super) async fn complete(mut self, _slot: Option<BackgroundSlot<B>>) {
         while self.step().await.0 {}
         self.conclude();
     }
@@ -625,7 +633,7 @@ impl<B: Backend> FlightRun<B> {
         // Results already in count; what is still out is abandoned, and the time
         // waited tells health something about the silent upstreams.
         let now = Instant::now();
-        while let Some(report) = self.mailbox.take() {
+        while let Some(report) = self.mailbox.pop() {
             self.on_report(report, now);
         }
         if self.is_current() {
@@ -688,8 +696,9 @@ struct Outstanding {
 }
 
 enum Hold {
-    /// Its pending entry on a UDP socket (removed when this is dropped).
-    Udp { _entry: Sent },
+    /// Its pending entry on a UDP socket, or the task of its encrypted exchange
+    /// (removed, or stopped, when this is dropped).
+    Sent { _entry: Sent },
     /// The task asking it over TCP after a truncated answer (stopped when this is
     /// dropped).
     Task(JoinHandle<()>),

@@ -122,7 +122,7 @@ fn take<B: Backend>(
                 shard.pool.put(query);
                 if let Some(reply) = reply {
                     // Admitted until the reply has left (shutdown waits for it).
-                    outbox.push(reply, peer, admitted);
+                    outbox.push((reply, peer, admitted));
                 }
             });
             None

@@ -36,7 +36,7 @@ use crate::config::{Limits, UpstreamConfig};
 use crate::health::FailKind;
 use crate::io::buffers::BUF_CAPACITY;
 use crate::io::frame::{framed, read_frame};
-use crate::io::mmsg::{short_is_drained, RecvBatch, BATCH};
+use crate::io::mmsg::{short_is_drained, RecvBatch, BATCH, BATCHES_PER_TURN};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, ShardStats};
 use crate::wire::build::MAX_UPSTREAM_QUERY_LEN;
@@ -164,6 +164,12 @@ impl Drop for Sent {
     }
 }
 
+/// A send error that says our side has no room (socket or device queue full), not
+/// that the upstream is unreachable.
+fn local_congestion(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
 /// A std UDP socket bound to a random port and connected to `addr`.
 fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
@@ -177,6 +183,8 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     sock.bind(&any.into())?;
     sock.connect(&addr.into())?;
     let _ = sock.set_recv_buffer_size(1 << 20);
+    // Room for a burst of queries (a full buffer fails them as our overload).
+    let _ = sock.set_send_buffer_size(1 << 20);
     Ok(sock.into())
 }
 
@@ -289,7 +297,7 @@ impl<B: Backend> UpstreamLink<B> {
             return Ok(Sent(SentOn::Encrypted(tokio::task::spawn_local(
                 async move {
                     let res = enc.exchange(&query, &question, background).await;
-                    waiter.mailbox.post((waiter.up, res));
+                    waiter.mailbox.push((waiter.up, res));
                 },
             ))));
         }
@@ -320,9 +328,11 @@ impl<B: Backend> UpstreamLink<B> {
         let sent = Sent(SentOn::Udp { slot, id, serial });
         msg[..2].copy_from_slice(&id.to_be_bytes());
         // A connected datagram socket with room in its buffer: the send does not
-        // wait. A full buffer fails this query like any network error.
+        // wait. A full buffer is our own bound, not the upstream's failure (it
+        // must not open a healthy upstream's circuit): the tiers move on.
         match socket2::SockRef::from(&*sock).send(msg) {
             Ok(_) => Ok(sent),
+            Err(e) if local_congestion(&e) => Err(FailKind::Overload),
             Err(_) => Err(FailKind::Network),
         }
     }
@@ -353,7 +363,8 @@ impl<B: Backend> UpstreamLink<B> {
         if !ex.truncated() {
             return Ok(ex);
         }
-        self.tcp_retry(query, question, start + self.timeout).await
+        self.tcp_retry(query, question, crate::health::after(start, self.timeout))
+            .await
     }
 
     /// Asks `query` again over TCP after a truncated UDP answer, by `deadline` (one
@@ -443,9 +454,6 @@ impl Drop for Busy<'_> {
         self.0.set(self.0.get().saturating_sub(1));
     }
 }
-
-/// Full batches taken in a row before the receive loop lets other tasks run.
-const BATCHES_PER_TURN: usize = 8;
 
 thread_local! {
     /// Per shard thread: the buffers every upstream socket of the shard receives
@@ -601,9 +609,9 @@ mod tests {
             Err(Dispatch::CaseMismatch)
         );
         assert_eq!(t.borrow().map.len(), 1, "the query keeps waiting");
-        assert!(mailbox.take().is_none());
+        assert!(mailbox.pop().is_none());
         assert!(t.borrow_mut().dispatch(&reply(&sent), now).is_ok());
-        let (_, got) = mailbox.take().expect("posted to the waiter");
+        let (_, got) = mailbox.pop().expect("posted to the waiter");
         assert_eq!(got.unwrap().reply, reply(&sent));
         // A compressed or cut name has no mask.
         assert_eq!(CaseMask::of_question(&[0u8; 12]), None);
@@ -663,11 +671,11 @@ mod tests {
             t.borrow_mut().dispatch(&reply, now),
             Err(Dispatch::Mismatch)
         );
-        assert!(mailbox.take().is_none());
+        assert!(mailbox.pop().is_none());
         reply[13] = b'a';
         assert!(t.borrow_mut().dispatch(&reply, now).is_ok());
         assert_eq!(t.borrow().map.len(), 3);
-        assert!(mailbox.take().is_some(), "the first query's waiter has it");
+        assert!(mailbox.pop().is_some(), "the first query's waiter has it");
     }
 
     /// A reply (QR=1) with this ID to the question `a.` A IN.
@@ -804,7 +812,7 @@ mod tests {
                 heard[up] += 1;
             }
             assert!(heard.iter().all(|&h| h == 1), "each waiter once: {heard:?}");
-            assert!(mailbox.take().is_none());
+            assert!(mailbox.pop().is_none());
             drop(sent);
         });
     }

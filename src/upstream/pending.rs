@@ -279,7 +279,7 @@ impl PendingTable {
                 up,
                 sent_at,
             } = p.waiter;
-            mailbox.post((
+            mailbox.push((
                 up,
                 Ok(Exchange {
                     reply: reply.to_vec(),
@@ -332,7 +332,7 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
     } else {
         assert_eq!(table.map.len(), before, "a refused reply serves nobody");
     }
-    let (_, result) = mailbox.take()?;
-    assert!(mailbox.take().is_none(), "one reply serves one waiter");
+    let (_, result) = mailbox.pop()?;
+    assert!(mailbox.pop().is_none(), "one reply serves one waiter");
     result.ok().map(|ex| ex.reply)
 }

@@ -279,7 +279,8 @@ impl EncryptedLink {
         background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        let deadline = tokio::time::Instant::from_std(start + self.shared.timeout);
+        let deadline =
+            tokio::time::Instant::from_std(crate::health::after(start, self.shared.timeout));
         let mut padded = pad::pad_query(query).map_err(|_| FailKind::Malformed)?;
         let mut fresh = false;
         loop {
