@@ -41,6 +41,8 @@ pub mod io;
 pub mod metrics;
 pub mod policy;
 pub mod shard;
+#[cfg(test)]
+mod test_support;
 pub mod tiers;
 pub mod upstream;
 pub mod wire;

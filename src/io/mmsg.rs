@@ -368,11 +368,7 @@ mod tests {
 
     #[test]
     fn a_short_batch_clears_readiness_and_the_next_datagram_raises_it_again() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        crate::test_support::local(async {
             let (server, client) = pair();
             server.set_nonblocking(true).unwrap();
             let server = tokio::net::UdpSocket::from_std(server).unwrap();
@@ -420,12 +416,7 @@ mod tests {
 
     #[test]
     fn queued_replies_leave_in_order_and_release_what_they_hold() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::test_support::local(async {
             let (server, client) = pair();
             server.set_nonblocking(true).unwrap();
             let server = Rc::new(tokio::net::UdpSocket::from_std(server).unwrap());

@@ -73,12 +73,7 @@ mod tests {
 
     #[test]
     fn a_push_wakes_the_waiting_consumer_and_items_come_in_order() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::test_support::local(async {
             let queue = LocalQueue::new();
             let producer = Rc::clone(&queue);
             let waiting = tokio::task::spawn_local(async move {

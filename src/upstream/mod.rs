@@ -774,12 +774,7 @@ mod tests {
     fn a_burst_of_replies_past_a_receive_batch_reaches_every_waiter_once() {
         const N: usize = 3 * BATCH + 5;
         let addr = burst_responder(N);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::test_support::local(async {
             // One socket: every reply queues on it, and a receive takes a batch.
             let limits = Limits {
                 upstream_sockets: 1,
@@ -820,12 +815,7 @@ mod tests {
     #[test]
     fn queries_leave_from_a_pool_of_ports_that_is_renewed() {
         let (addr, ports) = responder();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::test_support::local(async {
             let limits = Limits {
                 upstream_socket_lifetime: Duration::from_millis(200),
                 ..Limits::default()

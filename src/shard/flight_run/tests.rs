@@ -406,12 +406,7 @@ fn an_absurd_upstream_timeout_is_clamped_not_an_overflow() {
     let mut query = 7u16.to_be_bytes().to_vec();
     query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
     query.extend_from_slice(b"\x03www\x07example\x00\x00\x01\x00\x01");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    crate::test_support::local(async {
         let shard = crate::shard::socketless_shard(config);
         let admitted = shard.admit().unwrap();
         let resolving = shard.resolve(

@@ -99,12 +99,7 @@ fn tls_server_slow(
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
+        crate::test_support::local(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
@@ -131,11 +126,7 @@ fn upstream(address: &str, ca_file: &std::path::Path) -> UpstreamConfig {
 
 /// Runs `f` on a current-thread runtime with a LocalSet, as a shard does.
 fn on_shard<F: Future<Output = ()>>(f: impl FnOnce() -> F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f());
+    crate::test_support::local(f());
 }
 
 /// The query `a.` A IN with an empty OPT, ID 0.
