@@ -10,8 +10,8 @@
 //! posts it to the [`Mailbox`] of the flight that asked. No task, channel or timer
 //! per upstream query: the flight keeps the deadline of each query it sent and
 //! times them out itself. Both backends do this through tokio's reactor (which the
-//! io_uring shards also run): the upstream sockets are few and their replies come
-//! in bursts that `recvmmsg` takes at once.
+//! io_uring shards also run). A send the socket has no room for fails the query as
+//! our own overload (`FailKind::Overload`), never as the upstream's failure.
 //!
 //! Acceptance rules (anti-spoofing): a reply counts only if it arrives on the
 //! connected socket (the kernel filters the peer address), carries the ID of a
