@@ -771,6 +771,15 @@ mod tests {
     }
 
     #[test]
+    fn a_full_send_buffer_is_our_congestion_not_the_upstreams_failure() {
+        assert!(local_congestion(&io::ErrorKind::WouldBlock.into()));
+        assert!(local_congestion(&io::Error::from_raw_os_error(libc::ENOBUFS)));
+        for upstreams in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH] {
+            assert!(!local_congestion(&io::Error::from_raw_os_error(upstreams)));
+        }
+    }
+
+    #[test]
     fn a_burst_of_replies_past_a_receive_batch_reaches_every_waiter_once() {
         const N: usize = 3 * BATCH + 5;
         let addr = burst_responder(N);
