@@ -13,6 +13,8 @@
 # wildcard), every server fresh (empty cache), no warm-up. Rows there:
 #   tierdns-1x   one exchange per miss: one upstream, active_tier_size = 1,
 #                complete = false (loadtest/peers/tierdns-1x.toml.in)
+#   tierdns-1x-s1  the same with upstream_sockets = 1 (one socket per upstream and
+#                shard, as dnsdist has one per backend), not in the default SERVERS
 #   tierdns      the defaults ([tiers], [budget]) with five upstreams: the one NSD
 #                listening on 127.0.0.1 .. 127.0.0.5 (loadtest/peers/tierdns-5.toml.in)
 #   dnsdist, unbound   as in hit mode, forwarding to the NSD on 127.0.0.1
@@ -33,6 +35,8 @@
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
 #   SERVERS ["tierdns dnsdist unbound"]; MODE=miss: ["tierdns-1x tierdns dnsdist unbound"]
+#                      MODE=hit may add "responder": `loadtest responder`, the floor
+#                      (one socket, recvmmsg/sendmmsg, one fixed answer, no cache)
 #   TIERDNS_BIN        use this tierdns binary instead of `cargo build --release`
 #   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
 #   PORT_BASE [25353]  first port tried; free ports are picked upward from it
@@ -162,7 +166,7 @@ else
     [[ -x $TIERDNS_BIN ]] || die "no binary at $TIERDNS_BIN"
 fi
 
-if ((SATURATE)); then
+if ((SATURATE)) || [[ " $SERVERS " == *" responder "* ]]; then
     if [[ -n ${LOADTEST_BIN:-} ]]; then
         [[ -x $LOADTEST_BIN ]] || die "LOADTEST_BIN=$LOADTEST_BIN is not executable"
     else
@@ -419,21 +423,35 @@ for server in $SERVERS; do
             measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
         done
         ;;
-    tierdns-1x)
-        [[ $MODE == miss ]] || die "SERVERS: tierdns-1x is a MODE=miss row"
+    tierdns-1x | tierdns-1x-s1)
+        [[ $MODE == miss ]] || die "SERVERS: $server is a MODE=miss row"
         for io in $IO; do
             case $io in
-            uring) row=tierdns-1x ;;
-            epoll) row=tierdns-1x-epoll ;;
+            uring) row=$server ;;
+            epoll) row=$server-epoll ;;
             *) die "IO: unknown backend '$io' (uring, epoll)" ;;
             esac
             port=$(pick_port)
             METRICS_PORT=$(NEXT_PORT=$((port + 1)); pick_port) # pick_port in $() cannot advance NEXT_PORT
             render "$TEMPLATES/tierdns-1x.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" \
                 "IO=$io" "METRICS_PORT=$METRICS_PORT"
+            if [[ $server == tierdns-1x-s1 ]]; then
+                # One upstream socket per shard, as dnsdist has one per backend by
+                # default: the cost of the 16-socket pool (source-port entropy) shows.
+                printf '\n[limits]\nupstream_sockets = 1\n' >>"$TMP/$row.toml"
+            fi
             "$TIERDNS_BIN" --config "$TMP/$row.toml" --check >/dev/null || die "bad $row.toml"
             measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
         done
+        ;;
+    responder)
+        # The floor: `loadtest responder`, one socket, recvmmsg/sendmmsg, the same
+        # answer for every question, no cache and no parsing beyond the question.
+        [[ $MODE == hit ]] || die "SERVERS: responder is a MODE=hit row"
+        METRICS_PORT=""
+        port=$(pick_port)
+        measure responder "$port" "$TMP/responder.log" "$LOADTEST_BIN" responder \
+            --listen "127.0.0.1:$port" --duration $((DURATION * 3 + 200))
         ;;
     dnsdist)
         METRICS_PORT=""
@@ -448,7 +466,7 @@ for server in $SERVERS; do
         unbound-checkconf "$TMP/unbound.conf" >/dev/null || die "bad unbound.conf"
         measure unbound "$port" "$TMP/unbound.log" unbound -d -c "$TMP/unbound.conf"
         ;;
-    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x dnsdist unbound)" ;;
+    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x tierdns-1x-s1 dnsdist unbound responder)" ;;
     esac
 done
 done
@@ -533,13 +551,14 @@ done
     echo "tierdns /metrics: \`sum(tierdns_upstream_queries_total)\` over the same window divided by \`tierdns_cache_total{result=\"miss\"}\`."
     echo
     echo "Rows: tierdns-1x = one exchange per miss (1 upstream, \`active_tier_size = 1\`, \`complete = false\`, 1 shard);"
+    echo "tierdns-1x-s1 = the same with \`upstream_sockets = 1\` (one upstream socket, as dnsdist has one per backend; the default 16 spread the source ports);"
     echo "tierdns = defaults (\`[tiers]\`, \`[budget]\`) with 5 upstreams: the one NSD on 127.0.0.1 .. 127.0.0.5, 1 shard;"
     echo "\"-epoll\" rows: the same with \`io = \"epoll\"\`, the others \`io = \"uring\"\`; dnsdist: one backend (the NSD on 127.0.0.1), packet cache;"
     echo "unbound: forward-zone \".\" to the NSD on 127.0.0.1, num-threads 1, module-config iterator."
     vers=()
     for server in $SERVERS; do
         case $server in
-        tierdns-1x) ;;
+        tierdns-1x | tierdns-1x-s1) ;;
         tierdns) vers+=("$("$TIERDNS_BIN" --version) ($TIERDNS_REV; shards = 1, io: $IO)") ;;
         dnsdist) vers+=("$(ver dnsdist --version | awk '{print $1, $2}')") ;;
         unbound) vers+=("unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}')") ;;

@@ -17,7 +17,8 @@
 //!    amplification budget; then the merge.
 //! 6. [`upstream`]: the shard's links to each upstream: a pool of connected UDP
 //!    sockets (one picked at random per query) with their pending-query tables,
-//!    TCP for truncated answers.
+//!    TCP for truncated answers; or, for a `tls://` or `https://` upstream, pipelined
+//!    DoT connections or an HTTP/2 connection (`upstream::encrypted`).
 //! 7. [`health`]: EWMA RTT and circuit breaker per upstream (circuits shared by all
 //!    shards), the order of the next plan, and the failure kinds everything above
 //!    shares.
@@ -41,6 +42,8 @@ pub mod io;
 pub mod metrics;
 pub mod policy;
 pub mod shard;
+#[cfg(test)]
+mod test_support;
 pub mod tiers;
 pub mod upstream;
 pub mod wire;
@@ -158,7 +161,7 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
     let upstreams: Vec<String> = config
         .upstreams
         .iter()
-        .map(|u| format!("{}={}", u.label(), u.address))
+        .map(|u| format!("{}={}", u.label(), u.address_text()))
         .collect();
     let handle = shard::start(config)?;
     tracing::info!(

@@ -1,14 +1,19 @@
-//! Circuit state shared by every shard: a dead upstream is found once, not once
-//! per shard.
+//! Health shared by every shard: a dead upstream is found once, not once per
+//! shard, and an upstream's round trip is known to a shard that has not asked it
+//! yet.
 //!
 //! Each shard keeps its own [`super::HealthTracker`] (EWMA RTT, score, circuit),
-//! written without locks on every result. Only a change of a circuit to open or
-//! back to closed is published here, one atomic store per change (rare): the
-//! moment until which the upstream is known dead. Every shard reads it when it
-//! orders the upstreams of a flight (one atomic load per candidate) and puts an
-//! upstream another shard found dead after the others, so its first queries go to
-//! the living; the shard that opened the circuit keeps probing it on its backoff,
-//! and its closing clears the mark for all.
+//! written without locks on every result. Two things are published here, never
+//! per packet:
+//! - a change of a circuit to open or back to closed, one atomic store per change
+//!   (rare): the moment until which the upstream is known dead. Every shard reads
+//!   it when it orders the upstreams of a flight (one atomic load per candidate)
+//!   and puts an upstream another shard found dead after the others, so its first
+//!   queries go to the living; the shard that opened the circuit keeps probing it
+//!   on its backoff, and its closing clears the mark for all;
+//! - the smoothed RTT, stored by a shard at most once per
+//!   [`PUBLISH_EVERY`](super::PUBLISH_EVERY) per upstream: a shard with no sample
+//!   of its own ranks the upstream by it instead of optimistically first.
 //!
 //! Upstreams are named by address, so a reload that keeps an upstream keeps its
 //! mark. The board holds an entry per address in use; entries of addresses no
@@ -24,15 +29,24 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct CircuitBoard {
     epoch: Instant,
-    slots: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    slots: Mutex<HashMap<SocketAddr, Arc<Mark>>>,
+}
+
+/// What the board knows of one upstream.
+#[derive(Debug, Default)]
+struct Mark {
+    /// Nanoseconds after the epoch until which the upstream is known dead; 0: not.
+    open_until: AtomicU64,
+    /// The last smoothed RTT a shard published, in microseconds, as `f64` bits;
+    /// 0: none yet.
+    srtt_micros: AtomicU64,
 }
 
 /// One upstream's mark on the board, held by each shard's upstream set.
 #[derive(Debug, Clone)]
 pub struct BoardSlot {
     epoch: Instant,
-    /// Nanoseconds after `epoch` until which the upstream is known dead; 0: not.
-    open_until: Arc<AtomicU64>,
+    mark: Arc<Mark>,
 }
 
 impl Default for CircuitBoard {
@@ -58,10 +72,10 @@ impl CircuitBoard {
             // Addresses no upstream set holds any more.
             slots.retain(|_, s| Arc::strong_count(s) > 1);
         }
-        let open_until = Arc::clone(slots.entry(addr).or_default());
+        let mark = Arc::clone(slots.entry(addr).or_default());
         BoardSlot {
             epoch: self.epoch,
-            open_until,
+            mark,
         }
     }
 
@@ -83,18 +97,45 @@ impl BoardSlot {
 
     /// A shard opened the upstream's circuit: it is dead until `until`.
     pub fn mark_open(&self, until: Instant) {
-        self.open_until
+        self.mark
+            .open_until
             .store(self.nanos(until).max(1), Ordering::Relaxed);
     }
 
     /// A shard closed the upstream's circuit again.
     pub fn mark_closed(&self) {
-        self.open_until.store(0, Ordering::Relaxed);
+        self.mark.open_until.store(0, Ordering::Relaxed);
     }
 
     /// Whether some shard knows the upstream dead at `now`.
     pub fn is_open(&self, now: Instant) -> bool {
-        self.open_until.load(Ordering::Relaxed) > self.nanos(now)
+        self.mark.open_until.load(Ordering::Relaxed) > self.nanos(now)
+    }
+
+    /// A shard's smoothed RTT of the upstream, in microseconds (ignored unless
+    /// finite and positive).
+    pub fn publish_srtt(&self, micros: f64) {
+        if micros.is_finite() && micros > 0.0 {
+            self.mark
+                .srtt_micros
+                .store(micros.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The smoothed RTT last published by any shard.
+    pub fn srtt_micros(&self) -> Option<f64> {
+        match self.mark.srtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    /// What this board says of the upstream at `now`, for the tier order.
+    pub fn elsewhere(&self, now: Instant) -> super::Elsewhere {
+        super::Elsewhere {
+            dead: self.is_open(now),
+            srtt_micros: self.srtt_micros(),
+        }
     }
 }
 
@@ -118,6 +159,23 @@ mod tests {
         );
         a.mark_closed();
         assert!(!b.is_open(now));
+    }
+
+    #[test]
+    fn a_published_rtt_is_seen_by_every_holder_and_nonsense_is_ignored() {
+        let board = CircuitBoard::new();
+        let addr: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let (a, b) = (board.slot(addr), board.slot(addr));
+        assert_eq!(b.srtt_micros(), None);
+        a.publish_srtt(1500.0);
+        assert_eq!(b.srtt_micros(), Some(1500.0));
+        for nonsense in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            a.publish_srtt(nonsense);
+        }
+        assert_eq!(b.srtt_micros(), Some(1500.0), "the last good one stays");
+        let seen = b.elsewhere(Instant::now());
+        assert!(!seen.dead);
+        assert_eq!(seen.srtt_micros, Some(1500.0));
     }
 
     #[test]

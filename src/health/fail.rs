@@ -20,6 +20,10 @@ pub enum FailKind {
     Malformed,
     /// The query could not be sent or the connection failed.
     Network,
+    /// An encrypted upstream's certificate did not verify (unknown issuer, wrong
+    /// name, expired...): the query was never sent, and is never sent in the clear
+    /// instead.
+    TlsCertificate,
     /// tierdns itself had no room for the query (a full pending table or too many
     /// upstream TCP connections): says nothing about the upstream's health.
     Overload,
@@ -38,6 +42,7 @@ impl FailKind {
             Self::Malformed => "malformed",
             Self::Network => "network",
             Self::Overload => "overload",
+            Self::TlsCertificate => "tls_certificate",
         }
     }
 
@@ -47,7 +52,11 @@ impl FailKind {
     /// upstream's score, or a flood for one broken name would open every circuit.
     pub fn trips_circuit(self) -> bool {
         match self {
-            Self::Timeout | Self::Refused | Self::Malformed | Self::Network => true,
+            Self::Timeout
+            | Self::Refused
+            | Self::Malformed
+            | Self::Network
+            | Self::TlsCertificate => true,
             Self::ServFail | Self::FormErr | Self::NotImp | Self::OtherRcode | Self::Overload => {
                 false
             }
@@ -71,6 +80,7 @@ mod tests {
             FailKind::Malformed,
             FailKind::Network,
             FailKind::Overload,
+            FailKind::TlsCertificate,
         ];
         let mut labels: Vec<_> = all.iter().map(|k| k.as_str()).collect();
         labels.sort_unstable();
@@ -79,5 +89,9 @@ mod tests {
         assert!(FailKind::Timeout.trips_circuit());
         assert!(!FailKind::ServFail.trips_circuit());
         assert!(!FailKind::Overload.trips_circuit());
+        assert!(
+            FailKind::TlsCertificate.trips_circuit(),
+            "an upstream whose certificate does not verify is unusable"
+        );
     }
 }

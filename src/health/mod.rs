@@ -11,8 +11,10 @@
 //!    anyway (last resort: an attempt beats a certain SERVFAIL);
 //! 2. score, lower is better: SRTT + `failure_penalty` x recent failure rate, where
 //!    the failure rate is an EWMA (gain `ewma_alpha`) of 1 per failure and 0 per
-//!    success. An upstream without RTT samples scores SRTT = 0: optimistic, so a
-//!    new upstream gets tried (as hickory's `DecayingSrtt` starts tiny);
+//!    success. An upstream without RTT samples of this shard's own takes the SRTT
+//!    another shard published ([`CircuitBoard`]), and without that scores SRTT = 0:
+//!    optimistic, so a new upstream gets tried (as hickory's `DecayingSrtt` starts
+//!    tiny);
 //! 3. configured priority (lower first), then index: deterministic ties.
 //!
 //! Invariants: nothing here reads a clock or does I/O (time is passed in); methods
@@ -38,11 +40,22 @@ use circuit::Circuit;
 use rtt::{quantile_micros, RttEstimator};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 /// Index of an upstream in the configured upstream list.
 pub type UpstreamIdx = usize;
+
+/// A shard publishes an upstream's smoothed RTT to the board at most this often.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// What the other shards know of an upstream (from the [`CircuitBoard`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Elsewhere {
+    /// Its circuit is open on another shard.
+    pub dead: bool,
+    /// The smoothed RTT another shard published, in microseconds.
+    pub srtt_micros: Option<f64>,
+}
 
 /// Longest timer set from a configured duration: absurd values are clamped to this,
 /// so that `Instant` arithmetic cannot overflow.
@@ -51,6 +64,14 @@ pub(crate) const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
 /// `now + d`, with `d` clamped to [`MAX_TIMER`].
 pub(crate) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(MAX_TIMER)).unwrap_or(now)
+}
+
+/// How one candidate ranks (see the module docs), lower first.
+struct RankKey {
+    dead: bool,
+    group: u8,
+    score: f64,
+    priority: i32,
 }
 
 /// The `[health]` config section.
@@ -180,6 +201,8 @@ struct Upstream {
     /// EWMA of 1 per failure, 0 per success.
     fail_rate: f64,
     circuit: Circuit,
+    /// When this shard last published the SRTT to the board.
+    published_at: Option<Instant>,
 }
 
 impl Upstream {
@@ -189,6 +212,7 @@ impl Upstream {
             rtt: RttEstimator::default(),
             fail_rate: 0.0,
             circuit: Circuit::new(params),
+            published_at: None,
         }
     }
 }
@@ -276,18 +300,19 @@ impl HealthTracker {
         now: Instant,
         out: &mut SmallVec<[UpstreamIdx; 8]>,
     ) {
-        self.order_shared(candidates, now, out, |_| false);
+        self.order_shared(candidates, now, out, |_| Elsewhere::default());
     }
 
-    /// [`Self::order`], with what the other shards know: an upstream
-    /// `dead_elsewhere` (its circuit open on another shard, see [`CircuitBoard`])
-    /// goes after every other, whatever its local state says.
+    /// [`Self::order`], with what the other shards know ([`CircuitBoard`]): an
+    /// upstream `dead` elsewhere (its circuit open on another shard) goes after
+    /// every other, whatever its local state says; one this shard has no RTT
+    /// sample of is scored with the SRTT another shard published.
     pub fn order_shared(
         &mut self,
         candidates: &[UpstreamIdx],
         now: Instant,
         out: &mut SmallVec<[UpstreamIdx; 8]>,
-        dead_elsewhere: impl Fn(UpstreamIdx) -> bool,
+        elsewhere: impl Fn(UpstreamIdx) -> Elsewhere,
     ) {
         out.clear();
         let mut any_valid = false;
@@ -311,43 +336,62 @@ impl HealthTracker {
                 }
             }
         }
-        out.sort_unstable_by(|&a, &b| {
-            dead_elsewhere(a)
-                .cmp(&dead_elsewhere(b))
-                .then_with(|| self.rank(a, b))
+        // Each candidate's key once (the board is read once per candidate).
+        let mut keyed: SmallVec<[(RankKey, UpstreamIdx); 8]> = out
+            .iter()
+            .filter_map(|&i| Some((self.rank_key(i, elsewhere(i))?, i)))
+            .collect();
+        keyed.sort_unstable_by(|(ka, a), (kb, b)| {
+            ka.dead
+                .cmp(&kb.dead)
+                .then(ka.group.cmp(&kb.group))
+                .then(ka.score.total_cmp(&kb.score))
+                .then(ka.priority.cmp(&kb.priority))
+                .then(a.cmp(b))
         });
+        out.clear();
+        out.extend(keyed.into_iter().map(|(_, i)| i));
     }
 
-    fn rank(&self, a: UpstreamIdx, b: UpstreamIdx) -> Ordering {
-        let key = |i: UpstreamIdx| {
-            self.ups.get(i).map(|u| {
-                let group = match u.circuit.state() {
-                    CircuitState::Closed | CircuitState::Degraded => 0u8,
-                    CircuitState::HalfOpen => 1,
-                    CircuitState::Open => 2,
-                };
-                (group, self.score_micros(u), u.priority)
-            })
+    fn rank_key(&self, i: UpstreamIdx, elsewhere: Elsewhere) -> Option<RankKey> {
+        let u = self.ups.get(i)?;
+        let group = match u.circuit.state() {
+            CircuitState::Closed | CircuitState::Degraded => 0u8,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
         };
-        match (key(a), key(b)) {
-            (Some((ga, sa, pa)), Some((gb, sb, pb))) => ga
-                .cmp(&gb)
-                .then(sa.total_cmp(&sb))
-                .then(pa.cmp(&pb))
-                .then(a.cmp(&b)),
-            _ => a.cmp(&b),
-        }
+        Some(RankKey {
+            dead: elsewhere.dead,
+            group,
+            score: self.score_micros(u, elsewhere.srtt_micros),
+            priority: u.priority,
+        })
     }
 
-    fn score_micros(&self, u: &Upstream) -> f64 {
+    /// SRTT (this shard's, else `shared`, else 0) plus the failure penalty.
+    fn score_micros(&self, u: &Upstream, shared: Option<f64>) -> f64 {
         let penalty = self.params.failure_penalty.as_micros() as f64;
-        u.rtt.srtt_micros().unwrap_or(0.0) + penalty * u.fail_rate
+        u.rtt.srtt_micros().or(shared).unwrap_or(0.0) + penalty * u.fail_rate
+    }
+
+    /// The SRTT of `up` to publish to the board at `now`, if this shard has one and
+    /// has not published it within [`PUBLISH_EVERY`].
+    pub fn srtt_to_publish(&mut self, up: UpstreamIdx, now: Instant) -> Option<f64> {
+        let u = self.ups.get_mut(up)?;
+        let srtt = u.rtt.srtt_micros()?;
+        if u.published_at
+            .is_some_and(|at| now.saturating_duration_since(at) < PUBLISH_EVERY)
+        {
+            return None;
+        }
+        u.published_at = Some(now);
+        Some(srtt)
     }
 
     /// The health score of `up` (SRTT + failure penalty; lower is better).
     pub fn score(&self, up: UpstreamIdx) -> Option<Duration> {
         let u = self.ups.get(up)?;
-        let us = self.score_micros(u).clamp(0.0, 3.6e9);
+        let us = self.score_micros(u, None).clamp(0.0, 3.6e9);
         Some(Duration::from_micros(us.round() as u64))
     }
 
@@ -498,6 +542,61 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_this_shard_never_heard_is_ranked_by_the_rtt_another_published() {
+        let t0 = Instant::now();
+        let mut h = tracker(3);
+        // This shard knows only upstream 2: 20 ms.
+        for _ in 0..5 {
+            h.record_success(2, 20 * MS, t0);
+        }
+        let board = CircuitBoard::new();
+        let slots: Vec<BoardSlot> = (1..=3u16)
+            .map(|p| board.slot(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let order_now = |h: &mut HealthTracker| {
+            let mut out = SmallVec::new();
+            h.order_shared(&[0, 1, 2], t0, &mut out, |up| slots[up].elsewhere(t0));
+            out.to_vec()
+        };
+        assert_eq!(
+            order_now(&mut h),
+            [0, 1, 2],
+            "unknown ones first (optimistic)"
+        );
+        // Another shard found upstream 0 slow (300 ms) and upstream 1 fast (5 ms).
+        slots[0].publish_srtt(300_000.0);
+        slots[1].publish_srtt(5_000.0);
+        assert_eq!(
+            order_now(&mut h),
+            [1, 2, 0],
+            "what the others learned counts"
+        );
+        // Once this shard has its own samples, they rule.
+        for _ in 0..5 {
+            h.record_success(0, 2 * MS, t0);
+        }
+        assert_eq!(order_now(&mut h), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_shard_publishes_an_rtt_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let mut h = tracker(2);
+        assert_eq!(h.srtt_to_publish(0, t0), None, "nothing to publish yet");
+        h.record_success(0, 10 * MS, t0);
+        let first = h.srtt_to_publish(0, t0).expect("the first sample goes out");
+        assert!((first - 10_000.0).abs() < 1.0);
+        h.record_success(0, 30 * MS, t0);
+        assert_eq!(h.srtt_to_publish(0, t0 + PUBLISH_EVERY / 2), None);
+        assert!(h.srtt_to_publish(0, t0 + PUBLISH_EVERY).is_some());
+        assert_eq!(
+            h.srtt_to_publish(9, t0),
+            None,
+            "an unknown index is ignored"
+        );
+    }
+
+    #[test]
     fn an_upstream_dead_on_another_shard_goes_last_here() {
         let t0 = Instant::now();
         let mut h = tracker(3);
@@ -512,7 +611,7 @@ mod tests {
             .collect();
         let order_now = |h: &mut HealthTracker, now| {
             let mut out = SmallVec::new();
-            h.order_shared(&[0, 1, 2], now, &mut out, |up| slots[up].is_open(now));
+            h.order_shared(&[0, 1, 2], now, &mut out, |up| slots[up].elsewhere(now));
             out.to_vec()
         };
         assert_eq!(order_now(&mut h, t0), [0, 1, 2]);

@@ -21,15 +21,6 @@ impl UdpIo for tokio::net::UdpSocket {
         let res = Self::send_to(self, &buf, addr).await;
         (res, buf)
     }
-    async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
-        buf.clear();
-        let res = Self::recv_buf(self, &mut buf).await;
-        (res, buf)
-    }
-    async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
-        let res = Self::send(self, &buf).await;
-        (res, buf)
-    }
     fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         Self::try_send_to(self, buf, addr)
     }

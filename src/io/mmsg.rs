@@ -1,7 +1,9 @@
 //! Client UDP on epoll in batches: one `recvmmsg` takes every datagram queued on the
 //! socket (up to [`BATCH`]), the replies the service gives at once (cache hits)
 //! leave with one `sendmmsg`. Datagrams the service keeps (misses) are answered
-//! later with a send of their own, as on every path.
+//! later through the socket's [`Outbox`], on every backend: one task per client
+//! socket sends what queued up while the shard's other tasks ran (the misses whose
+//! upstream replies came in the same turn) with one `sendmmsg`.
 //!
 //! Bounds: [`BATCH`] receive buffers of [`RECV_BUFFER_SIZE`] bytes per client
 //! socket; a longer datagram is dropped and counted (`oversize`), like on the
@@ -9,11 +11,14 @@
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
 use super::msghdr::{self, NAME_LEN};
+use super::queue::LocalQueue;
 use super::udp::{send_reply, DatagramService, UdpDrop};
-use super::{peer_of, MAX_QUERY};
+use super::{peer_of, UdpIo, MAX_QUERY};
+use smallvec::SmallVec;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
@@ -21,12 +26,16 @@ use tokio::sync::watch;
 pub(crate) const BATCH: usize = 32;
 /// Bytes per receive buffer: the longest datagram served, as on the io_uring ring.
 pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
-/// Batches taken in a row before the loop lets other tasks run.
-const BATCHES_PER_TURN: usize = 8;
+/// Batches taken in a row before a receive loop lets other tasks run.
+pub(crate) const BATCHES_PER_TURN: usize = 8;
 
 /// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
-struct RecvBatch {
+/// Used for client sockets here and for upstream sockets (`upstream`), with a
+/// buffer size of each one's own.
+pub(crate) struct RecvBatch {
     data: Box<[u8]>,
+    /// Bytes per buffer: a longer datagram is flagged, not served.
+    size: usize,
     names: Box<[[u8; NAME_LEN]; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
@@ -34,9 +43,15 @@ struct RecvBatch {
 
 impl RecvBatch {
     fn new() -> Self {
+        Self::with_buffers(RECV_BUFFER_SIZE)
+    }
+
+    /// [`BATCH`] buffers of `size` bytes.
+    pub(crate) fn with_buffers(size: usize) -> Self {
         let (iovs, hdrs) = msghdr::empty_batch();
         Self {
-            data: vec![0u8; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
+            data: vec![0u8; BATCH * size].into_boxed_slice(),
+            size,
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
             iovs,
             hdrs,
@@ -44,7 +59,8 @@ impl RecvBatch {
     }
 
     /// Receives up to [`BATCH`] datagrams without waiting.
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let size = self.size;
         for (i, ((iov, name), hdr)) in self
             .iovs
             .iter_mut()
@@ -55,10 +71,7 @@ impl RecvBatch {
             msghdr::point(
                 &mut hdr.msg_hdr,
                 iov,
-                (
-                    self.data[i * RECV_BUFFER_SIZE..].as_mut_ptr(),
-                    RECV_BUFFER_SIZE,
-                ),
+                (self.data[i * size..].as_mut_ptr(), size),
                 (name.as_mut_ptr().cast(), NAME_LEN as libc::socklen_t),
             );
             hdr.msg_len = 0;
@@ -84,15 +97,40 @@ impl RecvBatch {
     /// Datagram `i` of the last receive: its bytes and sender, or why it is not
     /// served.
     fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), UdpDrop> {
+        let bytes = self.bytes(i)?;
+        let name_len = (self.hdrs[i].msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
+        Ok((bytes, peer))
+    }
+
+    /// The bytes of datagram `i` of the last receive (`i` below what it returned),
+    /// or `Oversize` if it did not fit its buffer.
+    pub(crate) fn bytes(&self, i: usize) -> Result<&[u8], UdpDrop> {
         let hdr = &self.hdrs[i];
         if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(UdpDrop::Oversize);
         }
-        let len = (hdr.msg_len as usize).min(RECV_BUFFER_SIZE);
-        let name_len = (hdr.msg_hdr.msg_namelen as usize).min(NAME_LEN);
-        let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
-        let start = i * RECV_BUFFER_SIZE;
-        Ok((&self.data[start..start + len], peer))
+        let len = (hdr.msg_len as usize).min(self.size);
+        let start = i * self.size;
+        Ok(&self.data[start..start + len])
+    }
+}
+
+/// For `try_io` around a [`RecvBatch::recv`]: a short batch took everything queued,
+/// so it is reported as WouldBlock (its count kept in `short`), which clears the
+/// socket's readiness: the loop then waits for the next datagram instead of asking
+/// the socket once more only to hear EAGAIN. (Tokio clears readiness only as of the
+/// event it saw before the call; a datagram that comes later raises a new one.)
+pub(crate) fn short_is_drained(
+    received: io::Result<usize>,
+    short: &mut Option<usize>,
+) -> io::Result<usize> {
+    match received {
+        Ok(n) if n < BATCH => {
+            *short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
     }
 }
 
@@ -180,9 +218,15 @@ pub(crate) async fn serve<S: DatagramService>(
                 wait = false;
                 break;
             }
-            let n = match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+            let mut short = None;
+            let n = match sock.try_io(Interest::READABLE, || {
+                short_is_drained(rx.recv(fd), &mut short)
+            }) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match short.take() {
+                    Some(n) => n,
+                    None => break,
+                },
                 Err(e) => {
                     // Readiness stays set after an error: pace the retry.
                     tracing::debug!(error = %e, "client receive error");
@@ -201,7 +245,7 @@ pub(crate) async fn serve<S: DatagramService>(
                     Err(why) => service.dropped(why),
                 }
             }
-            flush(sock, service, fd, &mut tx).await;
+            flush(sock, service, &mut tx).await;
             if n < BATCH {
                 break;
             }
@@ -218,13 +262,9 @@ pub(crate) async fn serve<S: DatagramService>(
 }
 
 /// Sends the batch's replies: one `sendmmsg` for as many as the socket takes, the
-/// rest one by one through the reactor.
-async fn flush<S: DatagramService>(
-    sock: &tokio::net::UdpSocket,
-    service: &S,
-    fd: RawFd,
-    tx: &mut SendBatch,
-) {
+/// rest one by one through the backend.
+async fn flush<U: UdpIo, S: DatagramService>(sock: &U, service: &S, tx: &mut SendBatch) {
+    let fd = sock.raw_fd();
     let mut sent = 0;
     while sent < tx.replies.len() {
         match tx.send(fd, sent) {
@@ -239,7 +279,7 @@ async fn flush<S: DatagramService>(
     }
     // Whatever the kernel refused (full socket buffer, or an error for one
     // destination): each goes on its own, waiting for room, or is counted lost.
-    let rest: smallvec::SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
+    let rest: SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
     for (reply, peer) in rest {
         if send_reply(sock, service.pool(), reply, peer).await.is_err() {
             service.dropped(UdpDrop::SendError);
@@ -247,9 +287,42 @@ async fn flush<S: DatagramService>(
     }
 }
 
+/// Replies that leave after their datagram's turn (misses), queued for one client
+/// socket; `T` is what each holds until its reply has left (the query's admission).
+///
+/// Bound: the queue holds one entry per query admitted and answered but not yet
+/// sent, so it is bounded by the admissions (`max_client_in_flight`).
+pub(crate) type Outbox<T> = LocalQueue<(Vec<u8>, SocketAddr, T)>;
+
+/// Sends what `outbox` holds, forever (the task ends with its runtime): woken by
+/// the first reply queued, it runs after the tasks woken before it (those of the
+/// same turn), so their replies leave together, [`BATCH`] per `sendmmsg`. What
+/// each entry holds is dropped once its reply has left (or was lost, counted).
+pub(crate) async fn send_queued<U: UdpIo, S: DatagramService, T>(
+    sock: Rc<U>,
+    service: Rc<S>,
+    outbox: Rc<Outbox<T>>,
+) {
+    let mut tx = SendBatch::new();
+    loop {
+        outbox.ready().await;
+        let mut held: SmallVec<[T; BATCH]> = SmallVec::new();
+        while held.len() < BATCH {
+            let Some((reply, peer, h)) = outbox.pop() else {
+                break;
+            };
+            tx.replies.push((reply, peer));
+            held.push(h);
+        }
+        flush(&*sock, &*service, &mut tx).await;
+        drop(held);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::time::Duration;
 
     fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
@@ -291,6 +364,97 @@ mod tests {
         assert_eq!(rx.datagram(8).unwrap_err(), UdpDrop::Oversize);
         let empty = rx.recv(fd).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock, "never waits");
+    }
+
+    #[test]
+    fn a_short_batch_clears_readiness_and_the_next_datagram_raises_it_again() {
+        crate::test_support::local(async {
+            let (server, client) = pair();
+            server.set_nonblocking(true).unwrap();
+            let server = tokio::net::UdpSocket::from_std(server).unwrap();
+            let fd = server.as_raw_fd();
+            let mut rx = RecvBatch::new();
+            for round in 0..50u32 {
+                client.send(&round.to_be_bytes()).unwrap();
+                tokio::time::timeout(Duration::from_secs(2), server.readable())
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: readiness came"))
+                    .unwrap();
+                let mut short = None;
+                let got = server.try_io(Interest::READABLE, || {
+                    short_is_drained(rx.recv(fd), &mut short)
+                });
+                assert_eq!(got.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                assert_eq!(short, Some(1), "round {round}: the datagram was taken");
+                assert_eq!(rx.bytes(0).unwrap(), round.to_be_bytes());
+            }
+        });
+    }
+
+    struct Sink(super::super::buffers::BufferPool, Cell<usize>);
+
+    impl DatagramService for Sink {
+        fn datagram(&self, _: &[u8], _: SocketAddr) -> Option<Vec<u8>> {
+            None
+        }
+        fn dropped(&self, _: UdpDrop) {
+            self.1.set(self.1.get() + 1);
+        }
+        fn pool(&self) -> &super::super::buffers::BufferPool {
+            &self.0
+        }
+    }
+
+    /// Counts its drops: what an outbox entry holds until its reply has left.
+    struct Held(Rc<Cell<usize>>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    #[test]
+    fn queued_replies_leave_in_order_and_release_what_they_hold() {
+        crate::test_support::local(async {
+            let (server, client) = pair();
+            server.set_nonblocking(true).unwrap();
+            let server = Rc::new(tokio::net::UdpSocket::from_std(server).unwrap());
+            let sink = Rc::new(Sink(
+                super::super::buffers::BufferPool::new(8, 0),
+                Cell::new(0),
+            ));
+            let outbox = Outbox::new();
+            tokio::task::spawn_local(send_queued(
+                Rc::clone(&server),
+                Rc::clone(&sink),
+                Rc::clone(&outbox),
+            ));
+            let released = Rc::new(Cell::new(0));
+            let peer = client.local_addr().unwrap();
+            // More than a batch, queued in one turn.
+            let n = BATCH as u32 + 9;
+            for i in 0..n {
+                outbox.push((i.to_be_bytes().to_vec(), peer, Held(Rc::clone(&released))));
+            }
+            assert_eq!(released.get(), 0, "held until sent");
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(released.get(), n as usize, "released once sent");
+            assert_eq!(outbox.len(), 0);
+            let mut got = [0u8; 8];
+            for i in 0..n {
+                let len = client.recv(&mut got).unwrap();
+                assert_eq!(&got[..len], i.to_be_bytes(), "in the order queued");
+            }
+            // The task waits for more, and sends a later one too.
+            outbox.push((b"late".to_vec(), peer, Held(Rc::clone(&released))));
+            tokio::task::yield_now().await;
+            let len = client.recv(&mut got).unwrap();
+            assert_eq!(&got[..len], b"late");
+            assert_eq!(sink.1.get(), 0, "nothing lost");
+        });
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod bufring;
 pub(crate) mod mmsg;
 #[allow(unsafe_code)]
 mod msghdr;
+pub(crate) mod queue;
 #[allow(unsafe_code)]
 pub(crate) mod ring;
 pub(crate) mod udp;
@@ -57,10 +58,6 @@ pub(crate) trait UdpIo: 'static {
     fn recv_from(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(usize, SocketAddr)>>;
     /// Sends `buf` to `addr`.
     fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> impl Future<Output = BufResult<usize>>;
-    /// Receives from the connected peer.
-    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
-    /// Sends to the connected peer.
-    fn send(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize>>;
     /// Sends `buf` to `addr` now if the socket can take it (WouldBlock if not).
     /// A UDP send rarely waits; sending it with one syscall spares io_uring a
     /// submission and a completion round trip through the runtime per reply.

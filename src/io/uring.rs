@@ -23,13 +23,6 @@ impl UdpIo for UringUdp {
     async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
         self.io.send_to(buf, addr).await
     }
-    async fn recv(&self, mut buf: Vec<u8>) -> BufResult<usize> {
-        buf.clear();
-        self.io.read(buf).await
-    }
-    async fn send(&self, buf: Vec<u8>) -> BufResult<usize> {
-        self.io.send(buf).await
-    }
     fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         self.direct.send_to(buf, &addr.into())
     }

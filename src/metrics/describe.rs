@@ -40,6 +40,10 @@ pub fn describe() {
         "tierdns_upstream_tcp_retries_total",
         "Truncated UDP answers retried over TCP"
     );
+    describe_counter!(
+        "tierdns_upstream_tls_failures_total",
+        "Failed TLS connections to encrypted upstreams (DoT, DoH), by reason: name_mismatch, unknown_issuer, expired, invalid_certificate (the certificate does not verify: nothing is sent), handshake, alpn"
+    );
     describe_histogram!(
         "tierdns_upstream_rtt_seconds",
         Unit::Seconds,

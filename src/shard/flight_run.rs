@@ -9,26 +9,31 @@
 //!   classify, feed the plan, keep the first good answer and the rest for the merge),
 //!   and at the end merges ([`FlightState::finish`]). Its tests drive it with a
 //!   stepped clock against simulated upstreams.
-//! - [`FlightRun`]: the shard's I/O around it. It sends over the upstream links,
-//!   sleeps until the state's wake-up or a result, reads the clock and passes it in,
-//!   records health and counters, and splits the flight in two phases:
+//! - [`FlightRun`]: the shard's I/O around it. It sends over the upstream links
+//!   from its own task (one `send` per query), keeps each query's deadline, sleeps
+//!   until the state's wake-up, a deadline or a result in its [`Mailbox`], reads the
+//!   clock and passes it in, records health and counters, and splits the flight in
+//!   two phases:
 //!   1. [`FlightRun::until_first`]: until the first good answer (returned at once, for
 //!      the clients and the cache) or the plan gives up.
 //!   2. [`FlightRun::complete`]: spawned, nobody waits for it. Keeps collecting until
 //!      the plan is done (never past `total_collect_timeout`), merges the good answers
-//!      and rewrites the cache entry only if no newer flight wrote it meanwhile.
+//!      and rewrites the cache entry only if no newer flight wrote it meanwhile. A
+//!      flight with nothing left to do after its first answer (one upstream asked,
+//!      `complete = false`, an answer no merge can grow) is concluded at once
+//!      instead ([`FlightRun::settled`]): no task.
 
 use super::upstreams::UpstreamSet;
 use super::{BackgroundSlot, Shard};
 use crate::cache::Key;
 use crate::flight::{Answer, FlightResult};
-use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
+use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
     merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
 };
-use crate::upstream::{Exchange, Question};
+use crate::upstream::{Exchange, Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::rcode;
@@ -37,18 +42,15 @@ use smallvec::SmallVec;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// One upstream's result, as the driver reports it.
-type Report = (UpstreamIdx, Result<Exchange, FailKind>);
 
 /// The Extended DNS Error that says why a flight failed.
 fn failure_ede(worst: Option<FailKind>) -> Ede {
     match worst {
         Some(FailKind::ServFail) => Ede::UPSTREAM_SERVFAIL,
         Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
-        Some(FailKind::Network) => Ede::NETWORK_ERROR,
+        // A certificate that did not verify: nothing was sent, as a network error.
+        Some(FailKind::Network | FailKind::TlsCertificate) => Ede::NETWORK_ERROR,
         Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
         Some(FailKind::Overload) => Ede::LOCAL_OVERLOAD,
         Some(_) => Ede::UPSTREAM_ERROR,
@@ -264,9 +266,10 @@ pub(super) struct FlightRun<B: Backend> {
     key: Key,
     version: u64,
     started: Instant,
-    tx: mpsc::UnboundedSender<Report>,
-    rx: mpsc::UnboundedReceiver<Report>,
-    tasks: SmallVec<[JoinHandle<()>; 8]>,
+    /// Where the upstream links post this flight's results.
+    mailbox: Rc<Mailbox>,
+    /// The queries sent and not heard from yet.
+    out: SmallVec<[Outstanding; 4]>,
     /// When each upstream was asked.
     sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
     /// The name is known to be asked again (waiters, or a prefetch): its
@@ -277,6 +280,9 @@ pub(super) struct FlightRun<B: Backend> {
     background: bool,
     /// Upstreams of the send being launched that are background work (completion).
     completing: SmallVec<[UpstreamIdx; 4]>,
+    /// Queries the plan said were due when [`Self::settled`] looked, to be sent
+    /// first thing in [`Self::complete`].
+    due: Option<SendList>,
 }
 
 impl<B: Backend> FlightRun<B> {
@@ -293,9 +299,13 @@ impl<B: Backend> FlightRun<B> {
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
         let plan = {
             let mut health = shard.health.borrow_mut();
-            let dead_elsewhere =
-                |up: UpstreamIdx| set.board.get(up).is_some_and(|b| b.is_open(now));
-            health.order_shared(&route.upstreams, now, &mut order, dead_elsewhere);
+            let elsewhere = |up: UpstreamIdx| {
+                set.board
+                    .get(up)
+                    .map(|b| b.elsewhere(now))
+                    .unwrap_or_default()
+            };
+            health.order_shared(&route.upstreams, now, &mut order, elsewhere);
             Plan::new(
                 route.strategy,
                 &route.tiers,
@@ -307,7 +317,6 @@ impl<B: Backend> FlightRun<B> {
         };
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let len = write_upstream_query(&mut buf, 0, q);
-        let (tx, rx) = mpsc::unbounded_channel();
         Self {
             state: FlightState::new(plan, q.qtype, now),
             query: buf[..len].into(),
@@ -315,13 +324,13 @@ impl<B: Backend> FlightRun<B> {
             key,
             version: shard.shared.cache.next_version(),
             started: now,
-            tx,
-            rx,
-            tasks: SmallVec::new(),
+            mailbox: Mailbox::new(),
+            out: SmallVec::new(),
             sent_at: SmallVec::new(),
             asked_again: false,
             background,
             completing: SmallVec::new(),
+            due: None,
             set,
             shard,
         }
@@ -337,30 +346,53 @@ impl<B: Backend> FlightRun<B> {
         self.asked_again = asked_again;
     }
 
-    fn launch(&mut self, up: UpstreamIdx, now: Instant) {
-        let Some(link) = self.set.links.get(up).cloned() else {
+    fn launch(&mut self, up: UpstreamIdx) {
+        // The round trip is timed from here, not from the start of the step.
+        let now = Instant::now();
+        let Some(link) = self.set.links.get(up) else {
             // Not a configured upstream: the plan hears it failed.
             self.state.on_report(up, Err(FailKind::Network), now);
             return;
         };
         self.record(up, UpstreamEvent::Query);
         self.sent_at.push((up, now));
-        let shard = Rc::clone(&self.shard);
-        let query = Rc::clone(&self.query);
-        let question = self.question.clone();
-        let tx = self.tx.clone();
         let background = self.background || self.completing.contains(&up);
-        self.tasks.push(tokio::task::spawn_local(async move {
-            let res = link
-                .exchange(&query, &question, &shard.pool, background)
-                .await;
-            let _ = tx.send((up, res));
-        }));
+        let waiter = Waiter {
+            mailbox: Rc::clone(&self.mailbox),
+            up,
+            sent_at: now,
+        };
+        match link.send(&self.query, &self.question, background, waiter) {
+            Ok(sent) => self.out.push(Outstanding {
+                up,
+                deadline: after(now, link.timeout),
+                hold: Hold::Sent { _entry: sent },
+            }),
+            // Failed at once (no room, or the socket refused it): no answer comes.
+            Err(kind) => {
+                self.out.push(Outstanding {
+                    up,
+                    deadline: now,
+                    hold: Hold::Nothing,
+                });
+                self.on_report((up, Err(kind)), now);
+            }
+        }
     }
 
     /// Feeds one result to the state, then records what it meant. Returns the
-    /// answer when it is the flight's first good one.
+    /// answer when it is the flight's first good one. A truncated UDP answer is not
+    /// a result yet: the query is asked again over TCP, within its deadline.
     fn on_report(&mut self, (up, res): Report, now: Instant) -> Option<Arc<Answer>> {
+        // Only queries still out are heard (a result is posted once per query).
+        let i = self.out.iter().position(|o| o.up == up)?;
+        if let Ok(ex) = &res {
+            if ex.truncated() {
+                self.retry_over_tcp(i);
+                return None;
+            }
+        }
+        self.out.swap_remove(i);
         if res.as_ref().is_ok_and(|ex| ex.over_tcp) {
             self.record(up, UpstreamEvent::TcpRetry);
         }
@@ -368,6 +400,7 @@ impl<B: Backend> FlightRun<B> {
             Heard::Good { rtt, first } => {
                 if self.is_current() {
                     self.update_health(up, |h| h.record_success(up, rtt, now), "answered");
+                    self.publish_rtt(up, now);
                 }
                 self.record(up, UpstreamEvent::Answer(rtt));
                 first
@@ -442,16 +475,58 @@ impl<B: Backend> FlightRun<B> {
         }
     }
 
+    /// Shares this shard's smoothed RTT of `up` with the others, now and then (see
+    /// [`crate::health::PUBLISH_EVERY`]).
+    fn publish_rtt(&self, up: UpstreamIdx, now: Instant) {
+        let srtt = self.shard.health.borrow_mut().srtt_to_publish(up, now);
+        if let (Some(srtt), Some(slot)) = (srtt, self.set.board.get(up)) {
+            slot.publish_srtt(srtt);
+        }
+    }
+
     fn record(&self, up: UpstreamIdx, event: UpstreamEvent) {
         if self.is_current() {
             self.shard.stats.upstream(up, event);
         }
     }
 
-    /// Drives the flight one step. Returns false once it is done. The clock is
-    /// read here, at the edge, and passed in.
-    async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
-        let now = Instant::now();
+    /// Asks query `i` of [`Self::out`] again over TCP, by its deadline; the result
+    /// comes through the mailbox like any other.
+    fn retry_over_tcp(&mut self, i: usize) {
+        let o = &mut self.out[i];
+        let Some(link) = self.set.links.get(o.up).cloned() else {
+            return;
+        };
+        let (query, question) = (Rc::clone(&self.query), self.question.clone());
+        let (mailbox, up, deadline) = (Rc::clone(&self.mailbox), o.up, o.deadline);
+        o.hold = Hold::Task(tokio::task::spawn_local(async move {
+            let res = link.tcp_retry(&query, &question, deadline).await;
+            mailbox.push((up, res));
+        }));
+    }
+
+    /// Times out the queries past their deadline at `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(o) = self.out.iter().find(|o| o.deadline <= now) {
+            let up = o.up;
+            self.on_report((up, Err(FailKind::Timeout)), now);
+        }
+    }
+
+    /// Takes the results that came, and the timeouts that fell due, by `now`.
+    /// Returns the flight's first good answer if one of them is it.
+    fn take_news(&mut self, now: Instant) -> Option<Arc<Answer>> {
+        let mut first = None;
+        while let Some(report) = self.mailbox.pop() {
+            first = first.or(self.on_report(report, now));
+        }
+        self.expire(now);
+        first
+    }
+
+    /// What the plan does at `now`, every query beyond a flight's first paid from
+    /// the shard's amplification budget.
+    fn next(&mut self, now: Instant) -> Next {
         let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
         let asked_again = self.asked_again;
         let completing = &mut self.completing;
@@ -471,22 +546,59 @@ impl<B: Backend> FlightRun<B> {
             });
             ok
         };
-        match self.state.next(now, allow) {
+        self.state.next(now, allow)
+    }
+
+    /// Drives the flight one step. Returns false once it is done. The clock is
+    /// read here, at the edge, and passed in.
+    async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
+        if let Some(list) = self.due.take() {
+            for up in list {
+                self.launch(up);
+            }
+            return (true, None);
+        }
+        let now = Instant::now();
+        if let Some(answer) = self.take_news(now) {
+            return (true, Some(answer));
+        }
+        match self.next(now) {
             Next::Send(list) => {
                 for up in list {
-                    self.launch(up, now);
+                    self.launch(up);
                 }
                 (true, None)
             }
             Next::Wait(at) => {
+                // The plan's own wake-up, or the first query deadline.
+                let at = self.out.iter().map(|o| o.deadline).fold(at, Instant::min);
                 let report = tokio::select! {
-                    r = self.rx.recv() => r,
+                    r = self.mailbox.recv() => Some(r),
                     _ = tokio::time::sleep_until(at.into()) => None,
                 };
-                let answer = report.and_then(|r| self.on_report(r, Instant::now()));
-                (true, answer)
+                let now = Instant::now();
+                let answer = report.and_then(|r| self.on_report(r, now));
+                (true, answer.or_else(|| self.take_news(now)))
             }
             Next::Done => (false, None),
+        }
+    }
+
+    /// Whether the flight has nothing left to do now (after its first answer or
+    /// its failure). A settled flight is [`conclude`](Self::conclude)d at once,
+    /// with no task of its own. Queries the plan says are due are not sent here
+    /// but kept for [`complete`](Self::complete), so the client's reply leaves
+    /// first.
+    pub(super) fn settled(&mut self) -> bool {
+        let now = Instant::now();
+        self.take_news(now);
+        match self.next(now) {
+            Next::Send(list) => {
+                self.due = Some(list);
+                false
+            }
+            Next::Wait(_) => false,
+            Next::Done => true,
         }
     }
 
@@ -503,17 +615,25 @@ impl<B: Backend> FlightRun<B> {
 
     /// Background completion: collect until the plan is done, merge, and write the
     /// merged answer if this flight's version is still the newest for the key.
-    /// Without a background `slot` (the shard has `max_background` running), the
-    /// flight stops collecting at once and keeps its first answer.
-    pub(super) async fn complete(mut self, slot: Option<BackgroundSlot<B>>) {
-        if slot.is_none() {
-            self.state.stop_collecting();
-        }
+    /// `_slot` is held while it runs; without one (the shard has `max_background`
+    /// running) the caller has stopped the collecting: the flight keeps its first
+    /// answer.
+    pub(super) async fn complete(mut self, _slot: Option<BackgroundSlot<B>>) {
         while self.step().await.0 {}
-        // Results already in the channel count; what is still out is abandoned, and
-        // the time waited tells health something about the silent upstreams.
+        self.conclude();
+    }
+
+    /// No more queries: a good answer ends the flight.
+    pub(super) fn stop_collecting(&mut self) {
+        self.state.stop_collecting();
+    }
+
+    /// No more collecting: counts what the flight did, and writes the merge.
+    pub(super) fn conclude(mut self) {
+        // Results already in count; what is still out is abandoned, and the time
+        // waited tells health something about the silent upstreams.
         let now = Instant::now();
-        while let Ok(report) = self.rx.try_recv() {
+        while let Some(report) = self.mailbox.pop() {
             self.on_report(report, now);
         }
         if self.is_current() {
@@ -524,9 +644,9 @@ impl<B: Backend> FlightRun<B> {
                 }
             }
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        // Their pending entries go (a late reply is counted as late), and any TCP
+        // retry stops.
+        self.out.clear();
         let Finished { stats, merged } = self.state.finish();
         let tiers = &self.shard.stats.tiers;
         if let Some(reason) = stats.stagger_reason {
@@ -563,6 +683,33 @@ impl<B: Backend> FlightRun<B> {
             tiers.merged_addresses.set(added);
         } else {
             ShardStats::bump(&tiers.merge_rejected);
+        }
+    }
+}
+
+/// A query of the flight not heard from yet: its upstream, when it times out, and
+/// what keeps it waiting.
+struct Outstanding {
+    up: UpstreamIdx,
+    deadline: Instant,
+    hold: Hold,
+}
+
+enum Hold {
+    /// Its pending entry on a UDP socket, or the task of its encrypted exchange
+    /// (removed, or stopped, when this is dropped).
+    Sent { _entry: Sent },
+    /// The task asking it over TCP after a truncated answer (stopped when this is
+    /// dropped).
+    Task(JoinHandle<()>),
+    /// Failed at once; its result is being reported.
+    Nothing,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Self::Task(task) = self {
+            task.abort();
         }
     }
 }

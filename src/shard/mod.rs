@@ -443,8 +443,7 @@ fn build_shard<B: Backend>(
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
-    let (set, _) =
-        UpstreamSet::build(Arc::new(config.clone()), None, &pool, &stats, &shared.board)?;
+    let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &stats, &shared.board)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
     let policy = Policy::new(&config.access, &config.ratelimit).map_err(|e| e.to_string())?;

@@ -110,13 +110,7 @@ pub(super) async fn reload_loop<B: Backend>(
             }
         }
         let old = Rc::clone(&shard.upstreams.borrow());
-        let built = UpstreamSet::build(
-            config,
-            Some(&old),
-            &shard.pool,
-            &shard.stats,
-            &shard.shared.board,
-        );
+        let built = UpstreamSet::build(config, Some(&old), &shard.stats, &shard.shared.board);
         match built {
             Ok((set, kept)) => {
                 let new = &set.config;

@@ -157,7 +157,7 @@ impl<B: Backend> Shard<B> {
         packet: &[u8],
         transport: Transport,
         start: Instant,
-        _admitted: Admitted<B>,
+        _admitted: &Admitted<B>,
     ) -> Option<Vec<u8>> {
         let Ok(q) = QueryView::parse(packet) else {
             return None;
@@ -321,7 +321,14 @@ impl<B: Backend> Shard<B> {
         // Collecting after the first answer is background work, bounded per shard;
         // past the bound the flight keeps its first answer and stops.
         let slot = self.background_slot();
-        tokio::task::spawn_local(run.complete(slot));
+        if slot.is_none() {
+            run.stop_collecting();
+        }
+        if run.settled() {
+            run.conclude();
+        } else {
+            tokio::task::spawn_local(run.complete(slot));
+        }
         result
     }
 

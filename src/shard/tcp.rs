@@ -343,7 +343,7 @@ pub(super) async fn answer<B: Backend>(
         First::Miss(out) => {
             shard.pool.put(out);
             match shard.admit() {
-                Some(admitted) => shard.resolve(query, transport, start, admitted).await,
+                Some(admitted) => shard.resolve(query, transport, start, &admitted).await,
                 None => shard.overload_reply(query, transport),
             }
         }

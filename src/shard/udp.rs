@@ -1,6 +1,7 @@
 //! Client UDP: the shard's side of the receive loops in [`crate::io`]. Hits are
 //! answered inline (the loop sends the reply in its batch); misses are copied into a
-//! pooled buffer and resolved in a task of their own, which sends its reply.
+//! pooled buffer and resolved in a task of their own, which queues its reply in the
+//! socket's [`Outbox`]: the misses answered in one turn leave in one `sendmmsg`.
 //!
 //! Which loop serves a socket: on epoll, `recvmmsg`/`sendmmsg` batches
 //! ([`crate::io::mmsg`]); on io_uring, a multishot receive on a ring of its own
@@ -9,9 +10,10 @@
 
 use super::gate::Gate;
 use super::serve::First;
-use super::Shard;
+use super::{Admitted, Shard};
 use crate::io::buffers::BufferPool;
-use crate::io::udp::{self, send_reply, DatagramService, UdpDrop};
+use crate::io::mmsg::Outbox;
+use crate::io::udp::{self, DatagramService, UdpDrop};
 use crate::io::{mmsg, ring, Backend};
 use crate::metrics::{DropReason, Transport};
 use std::net::SocketAddr;
@@ -22,8 +24,14 @@ use std::time::Instant;
 pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>, receivers: usize) {
     let service = Rc::new(UdpService {
         shard: Rc::clone(&shard),
-        sock: Rc::clone(&sock),
+        outbox: Outbox::new(),
     });
+    // Runs as long as the shard: misses still in flight at shutdown are answered.
+    tokio::task::spawn_local(mmsg::send_queued(
+        Rc::clone(&sock),
+        Rc::clone(&service),
+        Rc::clone(&service.outbox),
+    ));
     let stop = shard.shutdown.clone();
     if let Some(tokio_sock) = B::readiness(&sock) {
         mmsg::serve(tokio_sock, &*service, stop).await;
@@ -56,12 +64,13 @@ pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>,
 /// One client socket of one shard, as the receive loops see it.
 struct UdpService<B: Backend> {
     shard: Rc<Shard<B>>,
-    sock: Rc<B::Udp>,
+    /// Replies to misses, with their admissions, until they have left.
+    outbox: Rc<Outbox<Admitted<B>>>,
 }
 
 impl<B: Backend> DatagramService for UdpService<B> {
     fn datagram(&self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-        take(&self.shard, &self.sock, packet, peer)
+        take(&self.shard, &self.outbox, packet, peer)
     }
 
     fn dropped(&self, why: UdpDrop) {
@@ -80,10 +89,10 @@ impl<B: Backend> DatagramService for UdpService<B> {
 /// One client datagram received into a buffer the caller keeps: past the gate, a
 /// hit's (or a refusal's) reply is returned for the caller to send in its batch; a
 /// miss is copied into a pooled buffer and resolved in a task of its own, which
-/// sends its reply.
+/// queues its reply in `outbox`.
 fn take<B: Backend>(
     shard: &Rc<Shard<B>>,
-    sock: &Rc<B::Udp>,
+    outbox: &Rc<Outbox<Admitted<B>>>,
     packet: &[u8],
     peer: SocketAddr,
 ) -> Option<Vec<u8>> {
@@ -105,14 +114,15 @@ fn take<B: Backend>(
             let mut query = shard.pool.get();
             query.extend_from_slice(packet);
             let shard = Rc::clone(shard);
-            let sock = Rc::clone(sock);
+            let outbox = Rc::clone(outbox);
             tokio::task::spawn_local(async move {
-                let reply = shard.resolve(&query, Transport::Udp, start, admitted).await;
+                let reply = shard
+                    .resolve(&query, Transport::Udp, start, &admitted)
+                    .await;
                 shard.pool.put(query);
                 if let Some(reply) = reply {
-                    if send_reply(&*sock, &shard.pool, reply, peer).await.is_err() {
-                        shard.stats.dropped(DropReason::SendError);
-                    }
+                    // Admitted until the reply has left (shutdown waits for it).
+                    outbox.push((reply, peer, admitted));
                 }
             });
             None

@@ -14,7 +14,6 @@
 
 use crate::config::Config;
 use crate::health::{BoardSlot, CircuitBoard};
-use crate::io::buffers::BufferPool;
 use crate::io::Backend;
 use crate::metrics::ShardStats;
 use crate::upstream::UpstreamLink;
@@ -44,7 +43,6 @@ impl<B: Backend> UpstreamSet<B> {
     pub(crate) fn build(
         config: Arc<Config>,
         old: Option<&Self>,
-        pool: &Rc<BufferPool>,
         stats: &Rc<ShardStats>,
         board: &CircuitBoard,
     ) -> Result<(Self, Vec<(usize, usize)>), String> {
@@ -53,9 +51,7 @@ impl<B: Backend> UpstreamSet<B> {
         let mut links = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
             let reuse = old.and_then(|o| {
-                let j = o.links.iter().position(|l| {
-                    l.addr == u.address && l.randomize_case == u.case_randomization
-                })?;
+                let j = o.links.iter().position(|l| l.serves(u))?;
                 Some((j, Rc::clone(&o.links[j])))
             });
             let link = match reuse {
@@ -63,7 +59,7 @@ impl<B: Backend> UpstreamSet<B> {
                     kept.push((j, i));
                     link
                 }
-                None => UpstreamLink::open(u, limits, Rc::clone(pool), Rc::clone(stats))
+                None => UpstreamLink::open(u, limits, Rc::clone(stats))
                     .map_err(|e| format!("upstream {} socket: {e}", u.label()))?,
             };
             links.push(link);

@@ -1,36 +1,57 @@
-//! One shard's connections to one upstream: a connected UDP socket with its table of
-//! pending queries, and reused TCP connections for truncated answers.
+//! One shard's connections to one upstream: a pool of connected UDP sockets, each
+//! with its table of pending queries, and reused TCP connections for truncated
+//! answers; or, for an encrypted upstream, its DoT or DoH link ([`encrypted`]),
+//! which every query takes instead (never UDP or plain TCP).
+//!
+//! The exchange is cheap by construction: [`UpstreamLink::send`] registers the
+//! query and sends it with one `send` from the flight's own task, and the socket's
+//! receive loop takes every queued reply with one `recvmmsg` (up to
+//! [`BATCH`](crate::io::mmsg::BATCH)), checks each against the pending table, and
+//! posts it to the [`Mailbox`] of the flight that asked. No task, channel or timer
+//! per upstream query: the flight keeps the deadline of each query it sent and
+//! times them out itself. Both backends do this through tokio's reactor (which the
+//! io_uring shards also run). A send the socket has no room for fails the query as
+//! our own overload (`FailKind::Overload`), never as the upstream's failure.
 //!
 //! Acceptance rules (anti-spoofing): a reply counts only if it arrives on the
 //! connected socket (the kernel filters the peer address), carries the ID of a
 //! pending query (IDs drawn from a CSPRNG, unique per socket) and repeats that
 //! query's question. Anything else is dropped and counted.
 //!
-//! Bounds: at most `max_upstream_pending` queries wait per socket; a query past the
-//! bound fails at once (the tiers move on). Every query has a hard timeout; its
-//! pending entry is removed on timeout or when the caller stops waiting.
+//! Bounds: at most `max_upstream_pending` queries wait per link (spread over its
+//! sockets); a query past the bound fails at once (the tiers move on). A pending
+//! entry is removed when its reply comes or when the flight stops waiting
+//! ([`Sent`] is dropped: a timeout, or the flight ended).
 
+pub(crate) mod encrypted;
+mod mailbox;
 mod pending;
 
+pub(crate) use mailbox::{Mailbox, Report};
 #[cfg(fuzzing)]
 pub(crate) use pending::fuzz_dispatch;
-pub(crate) use pending::{CaseMask, Question};
+pub(crate) use pending::{CaseMask, Question, Waiter};
 
 use crate::config::{Limits, UpstreamConfig};
 use crate::health::FailKind;
-use crate::io::buffers::BufferPool;
+use crate::io::buffers::BUF_CAPACITY;
 use crate::io::frame::{framed, read_frame};
-use crate::io::{Backend, Closing, TcpIo, UdpIo};
+use crate::io::mmsg::{short_is_drained, RecvBatch, BATCH, BATCHES_PER_TURN};
+use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, ShardStats};
+use crate::wire::build::MAX_UPSTREAM_QUERY_LEN;
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
-use pending::{Dispatch, PendingGuard, PendingTable};
+use pending::{Dispatch, PendingTable};
 use rand::Rng;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
+use tokio::task::JoinHandle;
 
 /// A successful exchange.
 #[derive(Debug)]
@@ -43,6 +64,13 @@ pub(crate) struct Exchange {
     pub(crate) over_tcp: bool,
 }
 
+impl Exchange {
+    /// A UDP answer with TC=1: to be asked again over TCP.
+    pub(crate) fn truncated(&self) -> bool {
+        !self.over_tcp && Header::parse(&self.reply).is_ok_and(|h| h.tc())
+    }
+}
+
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
@@ -50,71 +78,96 @@ pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) randomize_case: bool,
     /// The pool of connected UDP sockets, each with its pending table; a query
     /// goes out on one chosen at random (spoofing entropy: the source port).
-    sockets: RefCell<Vec<Rc<UdpSlot<B>>>>,
+    sockets: RefCell<Vec<Rc<UdpSlot>>>,
     /// Pending queries per socket (`max_upstream_pending` spread over the pool).
     max_pending: usize,
     /// A socket is replaced once this old (at its next use).
     lifetime: Duration,
-    pool: Rc<BufferPool>,
     stats: Rc<ShardStats>,
     idle_tcp: RefCell<Vec<Rc<Closing<B::Stream>>>>,
     max_idle_tcp: usize,
     /// Upstream TCP connections in use now, and their bound.
     tcp_busy: Cell<usize>,
     max_tcp: usize,
-    timeout: Duration,
+    /// How long a query waits for its answer (`upstream_timeout`).
+    pub(crate) timeout: Duration,
+    /// DoT or DoH (`tls://`, `https://`): every query goes there, never over UDP
+    /// or plain TCP (the UDP pool is then empty).
+    encrypted: Option<Rc<encrypted::EncryptedLink>>,
 }
 
 /// One connected UDP socket of a link, its pending table and receive loop. It stays
-/// open while the link or a query waiting on it holds it; when the last goes, it is
-/// released and its receive loop ends.
-struct UdpSlot<B: Backend> {
-    udp: Rc<B::Udp>,
+/// open while the link or a query waiting on it ([`Sent`]) holds it; when the last
+/// goes, its receive loop is stopped and the socket closed.
+struct UdpSlot {
+    sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
-    /// A duplicate of the socket, to release it at the end.
-    closer: socket2::Socket,
+    receiver: JoinHandle<()>,
     /// When to replace it.
     renew_at: Instant,
 }
 
-impl<B: Backend> UdpSlot<B> {
+impl UdpSlot {
     /// Opens a socket with a random source port, connected to `addr`, and starts its
     /// receive loop on the current shard runtime.
     fn open(
         addr: SocketAddr,
         max_pending: usize,
         renew_at: Instant,
-        pool: &Rc<BufferPool>,
         stats: &Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
-        let std_udp = connected_udp(addr)?;
-        let closer = socket2::Socket::from(std_udp.try_clone()?);
-        let udp = Rc::new(B::udp(std_udp)?);
+        let sock = Rc::new(tokio::net::UdpSocket::from_std(connected_udp(addr)?)?);
         let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
-        tokio::task::spawn_local(receive_loop::<B>(
-            Rc::clone(&udp),
+        let receiver = tokio::task::spawn_local(receive_loop(
+            Rc::clone(&sock),
             Rc::clone(&pending),
-            Rc::clone(pool),
             Rc::clone(stats),
         ));
         Ok(Rc::new(Self {
-            udp,
+            sock,
             pending,
-            closer,
+            receiver,
             renew_at,
         }))
     }
 }
 
-impl<B: Backend> Drop for UdpSlot<B> {
-    /// Its receive loop is blocked in a receive that only the upstream could
-    /// complete; an empty datagram from a private peer completes it, and the loop
-    /// sees it is alone and ends.
+impl Drop for UdpSlot {
+    /// Nobody can wait on this socket any more: its receive loop ends (it holds no
+    /// kernel operation in flight, only readiness), and the socket closes with it.
     fn drop(&mut self) {
-        if let Err(e) = crate::io::release_udp(&self.closer, 1) {
-            tracing::debug!(error = %e, "releasing an upstream socket");
+        self.receiver.abort();
+    }
+}
+
+/// A query in flight: dropping it stops the waiting. On a UDP socket, the pending
+/// entry goes, and is remembered as abandoned so that its late reply is told apart
+/// from a forged one (the socket is held open meanwhile); on an encrypted link, the
+/// task asking it is stopped.
+pub(crate) struct Sent(SentOn);
+
+enum SentOn {
+    Udp {
+        slot: Rc<UdpSlot>,
+        id: u16,
+        serial: u64,
+    },
+    Encrypted(JoinHandle<()>),
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        match &self.0 {
+            SentOn::Udp { slot, id, serial } => slot.pending.borrow_mut().abandon(*id, *serial),
+            SentOn::Encrypted(task) => task.abort(),
         }
     }
+}
+
+/// A send error that says our side has no room (socket or device queue full), not
+/// that the upstream is unreachable.
+fn local_congestion(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 /// A std UDP socket bound to a random port and connected to `addr`.
@@ -130,30 +183,36 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     sock.bind(&any.into())?;
     sock.connect(&addr.into())?;
     let _ = sock.set_recv_buffer_size(1 << 20);
+    // Room for a burst of queries (a full buffer fails them as our overload).
+    let _ = sock.set_send_buffer_size(1 << 20);
     Ok(sock.into())
 }
 
 impl<B: Backend> UpstreamLink<B> {
-    /// Opens the UDP socket and starts its receive loop on the current shard runtime.
     /// Opens the pool of UDP sockets (`limits.upstream_sockets`), each with its
     /// receive loop on the current shard runtime. Their renewal times are spread
     /// over one lifetime, so the pool turns over a socket at a time.
     pub(crate) fn open(
         upstream: &UpstreamConfig,
         limits: &Limits,
-        pool: Rc<BufferPool>,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
         let addr = upstream.address;
-        let n = limits.upstream_sockets.max(1);
-        let max_pending = limits.max_upstream_pending.div_ceil(n).max(1);
+        let encrypted = encrypted::EncryptedLink::open(upstream, limits, &stats)?.map(Rc::new);
+        // An encrypted upstream gets no UDP socket: nothing can leave in the clear.
+        let n = if encrypted.is_some() {
+            0
+        } else {
+            limits.upstream_sockets.max(1)
+        };
+        let max_pending = limits.max_upstream_pending.div_ceil(n.max(1)).max(1);
         let lifetime = limits.upstream_socket_lifetime;
         let now = Instant::now();
         let mut rng = rand::rng();
         let sockets = (0..n)
             .map(|_| {
                 let spread = lifetime.mul_f64(rng.random_range(0.5..=1.0));
-                UdpSlot::open(addr, max_pending, now + spread, &pool, &stats)
+                UdpSlot::open(addr, max_pending, now + spread, &stats)
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Rc::new(Self {
@@ -162,27 +221,41 @@ impl<B: Backend> UpstreamLink<B> {
             sockets: RefCell::new(sockets),
             max_pending,
             lifetime,
-            pool,
             stats,
             idle_tcp: RefCell::new(Vec::new()),
             max_idle_tcp: limits.upstream_tcp_idle,
             tcp_busy: Cell::new(0),
             max_tcp: limits.upstream_tcp_max,
             timeout: limits.upstream_timeout,
+            encrypted,
         }))
     }
 
+    /// Whether this link is the transport `upstream` asks for (a reload keeps it
+    /// only then: a plain link never serves an encrypted upstream, nor the reverse).
+    pub(crate) fn serves(&self, upstream: &UpstreamConfig) -> bool {
+        self.addr == upstream.address
+            && self.randomize_case == upstream.case_randomization
+            && match &self.encrypted {
+                Some(enc) => enc.serves(upstream),
+                None => !upstream.transport.is_encrypted(),
+            }
+    }
+
     /// A socket of the pool at random, renewed first if its time has come (a
-    /// socket that cannot be opened leaves the old one in place).
-    fn pick(&self, now: Instant) -> Rc<UdpSlot<B>> {
+    /// socket that cannot be opened leaves the old one in place). None for a link
+    /// without UDP sockets (an encrypted one).
+    fn pick(&self, now: Instant) -> Option<Rc<UdpSlot>> {
         let mut sockets = self.sockets.borrow_mut();
+        if sockets.is_empty() {
+            return None;
+        }
         let i = rand::rng().random_range(0..sockets.len());
         if sockets[i].renew_at <= now {
             match UdpSlot::open(
                 self.addr,
                 self.max_pending,
                 now + self.lifetime,
-                &self.pool,
                 &self.stats,
             ) {
                 // The old one lives on while its queries wait, then is released.
@@ -192,7 +265,7 @@ impl<B: Backend> UpstreamLink<B> {
                 }
             }
         }
-        Rc::clone(&sockets[i])
+        Some(Rc::clone(&sockets[i]))
     }
 
     /// The local ports of the pool's sockets (for tests and logs).
@@ -201,88 +274,122 @@ impl<B: Backend> UpstreamLink<B> {
         self.sockets
             .borrow()
             .iter()
-            .filter_map(|s| s.closer.local_addr().ok()?.as_socket().map(|a| a.port()))
+            .filter_map(|s| s.sock.local_addr().ok().map(|a| a.port()))
             .collect()
     }
 
-    /// Sends `query` (any ID; it is replaced) over UDP and waits for the matching
-    /// reply; on TC=1 retries the same question over TCP. `buf` is a pooled buffer
-    /// given back through `pool`. `background`: no client waits for it (see
-    /// `PendingTable::bound`).
+    /// Sends `query` (any ID; it is replaced) over UDP, now, on a socket of the
+    /// pool; its reply will be posted to `waiter`'s mailbox. The query waits until
+    /// the returned [`Sent`] is dropped. `background`: no client waits for it (see
+    /// `PendingTable::bound`). Fails at once with `Overload` when the pending
+    /// tables are full, `Network` when the socket refuses it.
+    pub(crate) fn send(
+        &self,
+        query: &[u8],
+        question: &Question,
+        background: bool,
+        waiter: Waiter,
+    ) -> Result<Sent, FailKind> {
+        if let Some(enc) = &self.encrypted {
+            // A task of its own (connections, TLS and HTTP/2 are awaited); its
+            // result goes to the mailbox like a UDP reply.
+            let (enc, query, question) = (Rc::clone(enc), query.to_vec(), question.clone());
+            return Ok(Sent(SentOn::Encrypted(tokio::task::spawn_local(
+                async move {
+                    let res = enc.exchange(&query, &question, background).await;
+                    waiter.mailbox.push((waiter.up, res));
+                },
+            ))));
+        }
+        let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
+        let Some(msg) = buf.get_mut(..query.len()) else {
+            return Err(FailKind::Malformed);
+        };
+        msg.copy_from_slice(query);
+        if msg.len() < HEADER_LEN {
+            return Err(FailKind::Malformed);
+        }
+        let case = if self.randomize_case {
+            CaseMask::randomize(msg)
+        } else {
+            None
+        };
+        // A random socket; a second one if the first has no room.
+        let mut slot = self.pick(waiter.sent_at).ok_or(FailKind::Network)?;
+        if slot.pending.borrow().is_full(background) {
+            slot = self.pick(waiter.sent_at).ok_or(FailKind::Network)?;
+        }
+        let (id, serial) = slot
+            .pending
+            .borrow_mut()
+            .register(question.clone(), background, case, waiter)
+            .ok_or(FailKind::Overload)?;
+        let sock = Rc::clone(&slot.sock);
+        let sent = Sent(SentOn::Udp { slot, id, serial });
+        msg[..2].copy_from_slice(&id.to_be_bytes());
+        // A connected datagram socket with room in its buffer: the send does not
+        // wait. A full buffer is our own bound, not the upstream's failure (it
+        // must not open a healthy upstream's circuit): the tiers move on.
+        match socket2::SockRef::from(&*sock).send(msg) {
+            Ok(_) => Ok(sent),
+            Err(e) if local_congestion(&e) => Err(FailKind::Overload),
+            Err(_) => Err(FailKind::Network),
+        }
+    }
+
+    /// One query, start to end: sent over UDP, its reply awaited (at most
+    /// `upstream_timeout`), and asked again over TCP on TC=1. For callers that
+    /// have no flight of their own to wait in (tests, tools); flights use
+    /// [`send`](Self::send) and time out their queries themselves.
+    #[cfg(test)]
     pub(crate) async fn exchange(
         &self,
         query: &[u8],
         question: &Question,
-        pool: &BufferPool,
         background: bool,
     ) -> Result<Exchange, FailKind> {
         let start = Instant::now();
-        // A random socket; a second one if the first has no room.
-        let mut buf = pool.get();
-        buf.extend_from_slice(query);
-        if buf.len() < HEADER_LEN {
-            pool.put(buf);
+        let mailbox = Mailbox::new();
+        let waiter = Waiter {
+            mailbox: Rc::clone(&mailbox),
+            up: 0,
+            sent_at: start,
+        };
+        let _sent = self.send(query, question, background, waiter)?;
+        let (_, res) = tokio::time::timeout(self.timeout, mailbox.recv())
+            .await
+            .map_err(|_| FailKind::Timeout)?;
+        let ex = res?;
+        if !ex.truncated() {
+            return Ok(ex);
+        }
+        self.tcp_retry(query, question, crate::health::after(start, self.timeout))
+            .await
+    }
+
+    /// Asks `query` again over TCP after a truncated UDP answer, by `deadline` (one
+    /// attempt, one deadline: the retry gets what is left of it).
+    pub(crate) async fn tcp_retry(
+        &self,
+        query: &[u8],
+        question: &Question,
+        deadline: Instant,
+    ) -> Result<Exchange, FailKind> {
+        if self.encrypted.is_some() {
+            // Never in the clear (the encrypted link refuses truncated replies, so
+            // this is only a guard).
             return Err(FailKind::Malformed);
         }
-        let case = if self.randomize_case {
-            CaseMask::randomize(&mut buf)
-        } else {
-            None
-        };
-        let mut slot = self.pick(start);
-        let mut registered = slot
-            .pending
-            .borrow_mut()
-            .register(question.clone(), background, case);
-        if registered.is_none() {
-            slot = self.pick(start);
-            registered = slot
-                .pending
-                .borrow_mut()
-                .register(question.clone(), background, case);
-        }
-        let Some((id, serial, rx)) = registered else {
-            pool.put(buf);
-            return Err(FailKind::Overload);
-        };
-        let _guard = PendingGuard {
-            table: &slot.pending,
-            id,
-            serial,
-        };
-        buf[..2].copy_from_slice(&id.to_be_bytes());
-        let (res, buf) = slot.udp.send(buf).await;
-        pool.put(buf);
-        if res.is_err() {
-            return Err(FailKind::Network);
-        }
-        let reply = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => return Err(FailKind::Network),
-            Err(_) => return Err(FailKind::Timeout),
-        };
-        let truncated = Header::parse(&reply).map(|h| h.tc()).unwrap_or(false);
-        if !truncated {
-            return Ok(Exchange {
-                reply,
-                rtt: start.elapsed(),
-                over_tcp: false,
-            });
-        }
-        pool.put(reply);
-        // One attempt, one deadline: the TCP retry gets what is left of it.
-        let left = self.timeout.saturating_sub(start.elapsed());
-        let tcp_start = Instant::now();
-        let reply = tokio::time::timeout(left, self.tcp_exchange(query, question))
+        let start = Instant::now();
+        let reply = tokio::time::timeout_at(deadline.into(), self.tcp_exchange(query, question))
             .await
             .map_err(|_| FailKind::Timeout)??;
         Ok(Exchange {
             reply,
-            rtt: tcp_start.elapsed(),
+            rtt: start.elapsed(),
             over_tcp: true,
         })
     }
-
     /// One query over TCP (RFC 7766), on an idle connection when there is one.
     /// A reused connection may have been closed by the upstream meanwhile: then the
     /// query is sent once more on a fresh connection.
@@ -348,24 +455,48 @@ impl Drop for Busy<'_> {
     }
 }
 
-async fn receive_loop<B: Backend>(
-    udp: Rc<B::Udp>,
+thread_local! {
+    /// Per shard thread: the buffers every upstream socket of the shard receives
+    /// into, one `recvmmsg` at a time (a receive is synchronous: it never holds
+    /// them across an await).
+    static RECEIVE: RefCell<RecvBatch> = RefCell::new(RecvBatch::with_buffers(BUF_CAPACITY));
+}
+
+/// Takes the replies of one upstream socket as they come, a batch per `recvmmsg`,
+/// and hands each to the pending table. Runs until its socket's slot is dropped.
+async fn receive_loop(
+    sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
-    pool: Rc<BufferPool>,
     stats: Rc<ShardStats>,
 ) {
+    let fd = sock.as_raw_fd();
+    let mut full_batches = 0;
     loop {
-        let (res, buf) = udp.recv(pool.get()).await;
-        if Rc::strong_count(&pending) == 1 {
-            // The link is gone.
-            pool.put(buf);
+        if let Err(e) = sock.readable().await {
+            tracing::error!(error = %e, "upstream socket: waiting to read failed");
             return;
         }
-        match res {
-            Ok(_) => {
-                let refused = pending.borrow_mut().dispatch(buf);
-                if let Err((why, buf)) = refused {
-                    pool.put(buf);
+        let taken = RECEIVE.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let mut short = None;
+            let n = match sock.try_io(Interest::READABLE, || {
+                short_is_drained(batch.recv(fd), &mut short)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => short.unwrap_or(0),
+                // ICMP port unreachable surfaces as ECONNREFUSED on a connected
+                // socket: the waiting queries time out; keep receiving.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(BATCH),
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            let mut table = pending.borrow_mut();
+            for i in 0..n {
+                let verdict = match batch.bytes(i) {
+                    Ok(reply) => table.dispatch(reply, now),
+                    Err(_) => Err(Dispatch::Malformed),
+                };
+                if let Err(why) = verdict {
                     stats.dropped(match why {
                         Dispatch::Mismatch => DropReason::UpstreamMismatch,
                         Dispatch::Late => DropReason::UpstreamLate,
@@ -374,14 +505,22 @@ async fn receive_loop<B: Backend>(
                     });
                 }
             }
-            Err(e) => {
-                pool.put(buf);
-                // ICMP port unreachable surfaces as ECONNREFUSED on a connected
-                // socket: the waiting queries time out; keep receiving.
-                if e.kind() != io::ErrorKind::ConnectionRefused {
-                    tracing::debug!(error = %e, "upstream receive error");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(n)
+        });
+        match taken {
+            // A short batch took all there was (and cleared the readiness).
+            Ok(n) if n < BATCH => full_batches = 0,
+            Ok(_) => {
+                // Still coming: let the shard's other tasks run now and then.
+                full_batches += 1;
+                if full_batches == BATCHES_PER_TURN {
+                    full_batches = 0;
+                    tokio::task::yield_now().await;
                 }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -391,43 +530,47 @@ async fn receive_loop<B: Backend>(
 mod tests {
     use super::pending::{Pending, RECENTLY_ABANDONED};
     use super::*;
-    use tokio::sync::oneshot;
 
     fn table() -> RefCell<PendingTable> {
         RefCell::new(PendingTable::new(4))
+    }
+
+    /// A waiter with a mailbox of its own, as upstream 0.
+    fn waiter() -> (Waiter, Rc<Mailbox>) {
+        let mailbox = Mailbox::new();
+        let w = Waiter {
+            mailbox: Rc::clone(&mailbox),
+            up: 0,
+            sent_at: Instant::now(),
+        };
+        (w, mailbox)
     }
 
     #[test]
     fn a_finished_query_never_removes_a_later_one_with_the_same_id() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
+        let (id, serial) = t
+            .borrow_mut()
+            .register(q.clone(), false, None, waiter().0)
+            .unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
-        let (tx, _rx2) = oneshot::channel();
         t.borrow_mut().map.insert(
             id,
             Pending {
                 case: None,
                 serial: serial + 1,
                 question: q,
-                tx,
+                waiter: waiter().0,
             },
         );
-        drop(PendingGuard {
-            table: &t,
-            id,
-            serial,
-        });
+        t.borrow_mut().abandon(id, serial);
         assert!(
             t.borrow().map.contains_key(&id),
             "the later query is still pending"
         );
-        drop(PendingGuard {
-            table: &t,
-            id,
-            serial: serial + 1,
-        });
+        t.borrow_mut().abandon(id, serial + 1);
         assert!(t.borrow().map.is_empty());
     }
 
@@ -451,7 +594,8 @@ mod tests {
         assert_eq!(CaseMask::of_question(&sent), Some(case));
         let t = table();
         let q = Question::new(b"\x07example\x03com\x00", 1, 1);
-        let (id, _, _rx) = t.borrow_mut().register(q, false, Some(case)).unwrap();
+        let (w, mailbox) = waiter();
+        let (id, _) = t.borrow_mut().register(q, false, Some(case), w).unwrap();
         let reply = |name: &[u8]| {
             let mut r = name.to_vec();
             r[..2].copy_from_slice(&id.to_be_bytes());
@@ -459,12 +603,16 @@ mod tests {
             r[5] = 1;
             r
         };
-        assert!(matches!(
-            t.borrow_mut().dispatch(reply(&lower)),
-            Err((Dispatch::CaseMismatch, _))
-        ));
+        let now = Instant::now();
+        assert_eq!(
+            t.borrow_mut().dispatch(&reply(&lower), now),
+            Err(Dispatch::CaseMismatch)
+        );
         assert_eq!(t.borrow().map.len(), 1, "the query keeps waiting");
-        assert!(t.borrow_mut().dispatch(reply(&sent)).is_ok());
+        assert!(mailbox.pop().is_none());
+        assert!(t.borrow_mut().dispatch(&reply(&sent), now).is_ok());
+        let (_, got) = mailbox.pop().expect("posted to the waiter");
+        assert_eq!(got.unwrap().reply, reply(&sent));
         // A compressed or cut name has no mask.
         assert_eq!(CaseMask::of_question(&[0u8; 12]), None);
     }
@@ -473,29 +621,43 @@ mod tests {
     fn background_queries_leave_the_last_quarter_to_clients() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
+        let register = |background| {
+            t.borrow_mut()
+                .register(q.clone(), background, None, waiter().0)
+                .is_some()
+        };
         for _ in 0..3 {
-            assert!(t.borrow_mut().register(q.clone(), true, None).is_some());
+            assert!(register(true));
         }
-        assert!(
-            t.borrow_mut().register(q.clone(), true, None).is_none(),
-            "background stops at 3 of 4"
-        );
-        assert!(
-            t.borrow_mut().register(q.clone(), false, None).is_some(),
-            "a client's query still goes"
-        );
-        assert!(t.borrow_mut().register(q.clone(), false, None).is_none());
+        assert!(!register(true), "background stops at 3 of 4");
+        assert!(t.borrow().is_full(true) && !t.borrow().is_full(false));
+        assert!(register(false), "a client's query still goes");
+        assert!(!register(false));
+        assert!(t.borrow().is_full(false));
     }
 
     #[test]
     fn the_table_is_bounded_and_replies_must_match_id_and_question() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
-        let ids: Vec<u16> = (0..4)
-            .map(|_| t.borrow_mut().register(q.clone(), false, None).unwrap().0)
-            .collect();
+        let (w, mailbox) = waiter();
+        let mut ids = vec![
+            t.borrow_mut()
+                .register(q.clone(), false, None, w)
+                .unwrap()
+                .0,
+        ];
+        for _ in 1..4 {
+            let (id, _) = t
+                .borrow_mut()
+                .register(q.clone(), false, None, waiter().0)
+                .unwrap();
+            ids.push(id);
+        }
         assert!(
-            t.borrow_mut().register(q.clone(), false, None).is_none(),
+            t.borrow_mut()
+                .register(q.clone(), false, None, waiter().0)
+                .is_none(),
             "full at its bound"
         );
         // A reply for the first ID but another question is refused.
@@ -504,13 +666,16 @@ mod tests {
         reply[2] = 0x80;
         reply[5] = 1;
         reply.extend_from_slice(b"\x01b\x00\x00\x01\x00\x01");
-        assert!(matches!(
-            t.borrow_mut().dispatch(reply.clone()),
-            Err((Dispatch::Mismatch, _))
-        ));
+        let now = Instant::now();
+        assert_eq!(
+            t.borrow_mut().dispatch(&reply, now),
+            Err(Dispatch::Mismatch)
+        );
+        assert!(mailbox.pop().is_none());
         reply[13] = b'a';
-        assert!(t.borrow_mut().dispatch(reply).is_ok());
+        assert!(t.borrow_mut().dispatch(&reply, now).is_ok());
         assert_eq!(t.borrow().map.len(), 3);
+        assert!(mailbox.pop().is_some(), "the first query's waiter has it");
     }
 
     /// A reply (QR=1) with this ID to the question `a.` A IN.
@@ -527,35 +692,38 @@ mod tests {
     fn a_reply_after_its_query_gave_up_is_late_not_a_mismatch() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
-        let (id, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
-        drop(PendingGuard {
-            table: &t,
-            id,
-            serial,
-        });
+        let (id, serial) = t
+            .borrow_mut()
+            .register(q.clone(), false, None, waiter().0)
+            .unwrap();
+        t.borrow_mut().abandon(id, serial);
         assert!(t.borrow().map.is_empty(), "the entry went with its waiter");
-        assert!(matches!(
-            t.borrow_mut().dispatch(reply_for(id)),
-            Err((Dispatch::Late, _))
-        ));
+        let now = Instant::now();
+        assert_eq!(
+            t.borrow_mut().dispatch(&reply_for(id), now),
+            Err(Dispatch::Late)
+        );
         // An ID nobody ever used is still a mismatch.
-        assert!(matches!(
-            t.borrow_mut().dispatch(reply_for(id.wrapping_add(1))),
-            Err((Dispatch::Mismatch, _))
-        ));
+        assert_eq!(
+            t.borrow_mut().dispatch(&reply_for(id.wrapping_add(1)), now),
+            Err(Dispatch::Mismatch)
+        );
         // The memory is bounded: after RECENTLY_ABANDONED more, the first is gone.
         for _ in 0..RECENTLY_ABANDONED {
-            let (other, serial, _rx) = t.borrow_mut().register(q.clone(), false, None).unwrap();
+            let (other, serial) = t
+                .borrow_mut()
+                .register(q.clone(), false, None, waiter().0)
+                .unwrap();
             t.borrow_mut().abandon(other, serial);
         }
-        let late_again = t.borrow_mut().dispatch(reply_for(id));
+        let late_again = t.borrow_mut().dispatch(&reply_for(id), now);
         let forgotten = t
             .borrow()
             .abandoned
             .iter()
             .all(|a| a.as_ref().is_none_or(|(i, _)| *i != id));
         if forgotten {
-            assert!(matches!(late_again, Err((Dispatch::Mismatch, _))));
+            assert_eq!(late_again, Err(Dispatch::Mismatch));
         }
         assert_eq!(t.borrow().abandoned.len(), RECENTLY_ABANDONED);
     }
@@ -579,30 +747,93 @@ mod tests {
         (addr, ports)
     }
 
+    /// A UDP responder on loopback that waits for `n` queries, then answers them
+    /// all at once (QR set), in reverse order.
+    fn burst_responder(n: usize) -> SocketAddr {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while got.len() < n {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    return;
+                };
+                buf[2] |= 0x80;
+                got.push((buf[..len].to_vec(), from));
+            }
+            for (reply, to) in got.iter().rev() {
+                sock.send_to(reply, to).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_full_send_buffer_is_our_congestion_not_the_upstreams_failure() {
+        assert!(local_congestion(&io::ErrorKind::WouldBlock.into()));
+        assert!(local_congestion(&io::Error::from_raw_os_error(
+            libc::ENOBUFS
+        )));
+        for upstreams in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH] {
+            assert!(!local_congestion(&io::Error::from_raw_os_error(upstreams)));
+        }
+    }
+
+    #[test]
+    fn a_burst_of_replies_past_a_receive_batch_reaches_every_waiter_once() {
+        const N: usize = 3 * BATCH + 5;
+        let addr = burst_responder(N);
+        crate::test_support::local(async {
+            // One socket: every reply queues on it, and a receive takes a batch.
+            let limits = Limits {
+                upstream_sockets: 1,
+                ..Limits::default()
+            };
+            let stats = Rc::new(ShardStats::new(1));
+            let upstream = UpstreamConfig::plain(addr);
+            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
+            let mut query = vec![0u8; 12];
+            query[5] = 1;
+            query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+            let q = Question::new(b"\x01a\x00", 1, 1);
+            let mailbox = Mailbox::new();
+            let sent: Vec<Sent> = (0..N)
+                .map(|up| {
+                    let waiter = Waiter {
+                        mailbox: Rc::clone(&mailbox),
+                        up,
+                        sent_at: Instant::now(),
+                    };
+                    link.send(&query, &q, false, waiter).unwrap()
+                })
+                .collect();
+            let mut heard = vec![0u32; N];
+            for _ in 0..N {
+                let (up, res) = tokio::time::timeout(Duration::from_secs(5), mailbox.recv())
+                    .await
+                    .expect("every reply arrives");
+                assert_eq!(&res.unwrap().reply[12..], &query[12..]);
+                heard[up] += 1;
+            }
+            assert!(heard.iter().all(|&h| h == 1), "each waiter once: {heard:?}");
+            assert!(mailbox.pop().is_none());
+            drop(sent);
+        });
+    }
+
     #[test]
     fn queries_leave_from_a_pool_of_ports_that_is_renewed() {
         let (addr, ports) = responder();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::test_support::local(async {
             let limits = Limits {
                 upstream_socket_lifetime: Duration::from_millis(200),
                 ..Limits::default()
             };
-            let pool = Rc::new(BufferPool::new(64, 0));
             let stats = Rc::new(ShardStats::new(1));
-            let upstream = UpstreamConfig {
-                address: addr,
-                name: None,
-                priority: 0,
-                case_randomization: false,
-            };
-            let link =
-                UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, Rc::clone(&pool), stats)
-                    .unwrap();
+            let upstream = UpstreamConfig::plain(addr);
+            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
             let first = link.local_ports();
             assert_eq!(first.len(), 16);
             let mut query = vec![0u8; 12];
@@ -610,7 +841,7 @@ mod tests {
             query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
             let q = Question::new(b"\x01a\x00", 1, 1);
             for _ in 0..64 {
-                let ex = link.exchange(&query, &q, &pool, false).await.unwrap();
+                let ex = link.exchange(&query, &q, false).await.unwrap();
                 assert_eq!(&ex.reply[12..], &query[12..]);
             }
             let used: std::collections::HashSet<u16> =
@@ -620,7 +851,7 @@ mod tests {
             // Past their lifetime the sockets are replaced as they are used.
             tokio::time::sleep(Duration::from_millis(250)).await;
             for _ in 0..64 {
-                link.exchange(&query, &q, &pool, false).await.unwrap();
+                link.exchange(&query, &q, false).await.unwrap();
             }
             let renewed = link.local_ports();
             assert!(

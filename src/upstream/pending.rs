@@ -7,14 +7,16 @@
 //! last [`RECENTLY_ABANDONED`] queries that stopped waiting are remembered to tell a
 //! late reply from a forged one.
 
+use super::mailbox::Mailbox;
+use super::Exchange;
+use crate::health::UpstreamIdx;
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
 use hashbrown::HashMap;
 use rand::Rng;
-use std::cell::RefCell;
 use std::rc::Rc;
-use tokio::sync::oneshot;
+use std::time::Instant;
 
 /// The question a reply must repeat: the lowercased wire name, type and class,
 /// compared byte for byte (not a hash a forger could aim at). Shared by every
@@ -134,7 +136,15 @@ pub(super) struct Pending {
     /// Distinguishes this registration from a later one that reuses the ID.
     pub(super) serial: u64,
     pub(super) question: Question,
-    pub(super) tx: oneshot::Sender<Vec<u8>>,
+    pub(super) waiter: Waiter,
+}
+
+/// Who waits for a pending query's reply: the flight's mailbox, under the
+/// upstream's index, and when the query left (the round trip is timed from it).
+pub(crate) struct Waiter {
+    pub(crate) mailbox: Rc<Mailbox>,
+    pub(crate) up: UpstreamIdx,
+    pub(crate) sent_at: Instant,
 }
 
 /// Why the pending table refused a reply.
@@ -166,13 +176,14 @@ pub(super) struct PendingTable {
 }
 
 impl PendingTable {
-    /// Reserves a fresh random ID; None at the bound.
+    /// Reserves a fresh random ID for `waiter`'s query; None at the bound.
     pub(super) fn register(
         &mut self,
         question: Question,
         background: bool,
         case: Option<CaseMask>,
-    ) -> Option<(u16, u64, oneshot::Receiver<Vec<u8>>)> {
+        waiter: Waiter,
+    ) -> Option<(u16, u64)> {
         if self.map.len() >= self.bound(background) {
             return None;
         }
@@ -183,7 +194,6 @@ impl PendingTable {
                 break id;
             }
         };
-        let (tx, rx) = oneshot::channel();
         self.serial += 1;
         let serial = self.serial;
         self.map.insert(
@@ -192,10 +202,10 @@ impl PendingTable {
                 case,
                 serial,
                 question,
-                tx,
+                waiter,
             },
         );
-        Some((id, serial, rx))
+        Some((id, serial))
     }
 
     pub(super) fn new(max: usize) -> Self {
@@ -206,6 +216,11 @@ impl PendingTable {
             abandoned: std::array::from_fn(|_| None),
             abandoned_next: 0,
         }
+    }
+
+    /// Whether a query (`background` or not) would find no room.
+    pub(super) fn is_full(&self, background: bool) -> bool {
+        self.map.len() >= self.bound(background)
     }
 
     /// How many entries a query may find in the table and still register: all of
@@ -231,14 +246,15 @@ impl PendingTable {
         }
     }
 
-    /// Hands a reply to its waiter, or gives it back with the reason it was refused.
-    pub(super) fn dispatch(&mut self, reply: Vec<u8>) -> Result<(), (Dispatch, Vec<u8>)> {
-        let verdict = match Header::parse(&reply) {
-            Ok(h) if h.qr() => match WireQuestion::read(&reply) {
+    /// Posts a copy of a reply, received at `now`, to its waiter's mailbox, or says
+    /// why it was refused.
+    pub(super) fn dispatch(&mut self, reply: &[u8], now: Instant) -> Result<(), Dispatch> {
+        let verdict = match Header::parse(reply) {
+            Ok(h) if h.qr() => match WireQuestion::read(reply) {
                 None => Err(Dispatch::Malformed),
                 Some(q) => match self.map.get(&h.id) {
                     Some(p) if q.is(&p.question) => match p.case {
-                        Some(sent) if CaseMask::of_question(&reply) != Some(sent) => {
+                        Some(sent) if CaseMask::of_question(reply) != Some(sent) => {
                             Err(Dispatch::CaseMismatch)
                         }
                         _ => Ok(h.id),
@@ -256,29 +272,23 @@ impl PendingTable {
             },
             _ => Err(Dispatch::Malformed),
         };
-        match verdict {
-            Ok(id) => {
-                if let Some(p) = self.map.remove(&id) {
-                    // The waiter may have given up just now; the reply is dropped then.
-                    let _ = p.tx.send(reply);
-                }
-                Ok(())
-            }
-            Err(why) => Err((why, reply)),
+        let id = verdict?;
+        if let Some(p) = self.map.remove(&id) {
+            let Waiter {
+                mailbox,
+                up,
+                sent_at,
+            } = p.waiter;
+            mailbox.push((
+                up,
+                Ok(Exchange {
+                    reply: reply.to_vec(),
+                    rtt: now.saturating_duration_since(sent_at),
+                    over_tcp: false,
+                }),
+            ));
         }
-    }
-}
-
-/// Removes a pending entry when the waiting query ends, however it ends.
-pub(super) struct PendingGuard<'a> {
-    pub(super) table: &'a RefCell<PendingTable>,
-    pub(super) id: u16,
-    pub(super) serial: u64,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.table.borrow_mut().abandon(self.id, self.serial);
+        Ok(())
     }
 }
 
@@ -292,27 +302,28 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
     let mut table = PendingTable::new(8);
     let id = u16::from_be_bytes([*reply.first()?, *reply.get(1)?]);
     let own = WireQuestion::read(reply).map(|q| Question::new(&q.name[..q.len], q.qtype, q.qclass));
-    let mut receivers = Vec::new();
+    let mailbox = Mailbox::new();
     for (i, question) in [own, Some(Question::new(b"\x01a\x00", 1, 1))]
         .into_iter()
         .enumerate()
     {
         let Some(question) = question else { continue };
-        let (tx, rx) = oneshot::channel();
-        let key = id.wrapping_add(i as u16);
         table.map.insert(
-            key,
+            id.wrapping_add(i as u16),
             Pending {
                 case: None,
                 serial: i as u64,
                 question,
-                tx,
+                waiter: Waiter {
+                    mailbox: Rc::clone(&mailbox),
+                    up: i,
+                    sent_at: Instant::now(),
+                },
             },
         );
-        receivers.push((key, rx));
     }
     let before = table.map.len();
-    let accepted = table.dispatch(reply.to_vec()).is_ok();
+    let accepted = table.dispatch(reply, Instant::now()).is_ok();
     let header = Header::parse(reply).ok();
     if accepted {
         let h = header.expect("only a readable header is accepted");
@@ -321,7 +332,7 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
     } else {
         assert_eq!(table.map.len(), before, "a refused reply serves nobody");
     }
-    receivers
-        .into_iter()
-        .find_map(|(_, mut rx)| rx.try_recv().ok())
+    let (_, result) = mailbox.pop()?;
+    assert!(mailbox.pop().is_none(), "one reply serves one waiter");
+    result.ok().map(|ex| ex.reply)
 }

@@ -1,0 +1,257 @@
+//! DNS over HTTPS (RFC 8484): each query a POST of `application/dns-message` with
+//! ID 0 (section 4.1, so that caches can share answers), on an HTTP/2 stream of one
+//! connection per upstream and shard (the h2 crate), at most
+//! `limits.max_upstream_pending` streams at once (and no more than the server's
+//! SETTINGS_MAX_CONCURRENT_STREAMS, which h2 enforces by making a query wait).
+//!
+//! A reply counts if the status is 200, the content type `application/dns-message`,
+//! the body at most 65535 bytes and a response to the same question with ID 0.
+//! Response headers are bounded (16 KiB), bodies are read with flow control
+//! released as they come. A connection is closed after `idle_timeout` without a
+//! stream, or when the server ends it (GOAWAY, reset): then the next query opens a
+//! new one.
+
+use super::{AttemptError, Setup, Shared};
+use crate::config::{UpstreamConfig, DOH_PORT};
+use crate::health::FailKind;
+use crate::upstream::Question;
+use crate::wire::reader::Header;
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls::pki_types::ServerName;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The media type of DNS messages (RFC 8484 section 6).
+const DNS_MESSAGE: &str = "application/dns-message";
+/// Largest DNS message, so largest body read.
+const MAX_BODY: usize = 65535;
+/// Largest response header block accepted.
+const MAX_HEADERS: u32 = 16 << 10;
+
+/// One HTTP/2 connection: opening (by the first query that needs it) or open.
+struct DohConn {
+    /// The HTTP/2 handle once the handshakes are done, or why they failed.
+    setup: Rc<Setup<SendRequest<Bytes>>>,
+    /// Streams in flight on it.
+    in_flight: Rc<Cell<usize>>,
+    dead: Rc<Cell<bool>>,
+    established: Cell<bool>,
+    last_active: Rc<Cell<Instant>>,
+}
+
+/// Counts a stream while alive.
+struct InFlight<'a>(&'a DohConn);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let n = &self.0.in_flight;
+        n.set(n.get().saturating_sub(1));
+        self.0.last_active.set(Instant::now());
+    }
+}
+
+/// One shard's DoH connection to one upstream.
+pub(super) struct DohLink {
+    shared: Rc<Shared>,
+    uri: http::Uri,
+    conn: RefCell<Option<Rc<DohConn>>>,
+}
+
+impl DohLink {
+    pub(super) fn new(
+        upstream: &UpstreamConfig,
+        path: &str,
+        shared: Rc<Shared>,
+    ) -> io::Result<Self> {
+        // The authority the server is asked for: the name its certificate is
+        // checked against, else the address.
+        let authority = match &shared.target.name {
+            ServerName::DnsName(name) if upstream.address.port() == DOH_PORT => {
+                name.as_ref().to_string()
+            }
+            ServerName::DnsName(name) => format!("{}:{}", name.as_ref(), upstream.address.port()),
+            _ => upstream.address.to_string(),
+        };
+        let uri = format!("https://{authority}{path}")
+            .parse::<http::Uri>()
+            .map_err(|e| io::Error::other(format!("upstream {}: {e}", upstream.label())))?;
+        Ok(Self {
+            shared,
+            uri,
+            conn: RefCell::new(None),
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn connections(&self) -> usize {
+        usize::from(self.conn.borrow().as_ref().is_some_and(|c| !c.dead.get()))
+    }
+
+    /// The connection (a new one if there is none, or only a dead one, or `fresh`
+    /// asks for one that was not open before), unless it is full or the link in
+    /// backoff.
+    fn pick(&self, background: bool, fresh: bool) -> Result<Rc<DohConn>, FailKind> {
+        let mut slot = self.conn.borrow_mut();
+        if let Some(c) = slot.as_ref() {
+            let stale = c.dead.get() || (fresh && c.established.get());
+            if !stale {
+                if c.in_flight.get() >= super::room(self.shared.max_per_connection, background) {
+                    return Err(FailKind::Overload);
+                }
+                return Ok(Rc::clone(c));
+            }
+            // A fresh connection replaces the old one; streams still on the old
+            // one finish there.
+        }
+        self.shared.backoff.borrow().check(Instant::now())?;
+        let conn = Rc::new(DohConn {
+            setup: Setup::new(),
+            in_flight: Rc::new(Cell::new(0)),
+            dead: Rc::new(Cell::new(false)),
+            established: Cell::new(false),
+            last_active: Rc::new(Cell::new(Instant::now())),
+        });
+        *slot = Some(Rc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// One try of one query (`query` padded; its ID set to 0 here).
+    pub(super) async fn attempt(
+        &self,
+        query: &mut [u8],
+        question: &Question,
+        background: bool,
+        fresh: bool,
+    ) -> Result<Vec<u8>, AttemptError> {
+        let conn = self.pick(background, fresh)?;
+        let reused = conn.established.get();
+        conn.in_flight.set(conn.in_flight.get() + 1);
+        conn.last_active.set(Instant::now());
+        let _in_flight = InFlight(&conn);
+        let send = conn
+            .setup
+            .get(|| connect(Rc::clone(&self.shared), Rc::clone(&conn)))
+            .await?;
+        query
+            .get_mut(..2)
+            .ok_or(FailKind::Malformed)?
+            .copy_from_slice(&[0, 0]);
+        let lost = |e: h2::Error| {
+            if e.is_go_away() || e.is_io() || conn.dead.get() {
+                conn.dead.set(true);
+                AttemptError::Lost { reused }
+            } else {
+                AttemptError::Fail(FailKind::Network)
+            }
+        };
+        let request = http::Request::post(self.uri.clone())
+            .header(http::header::CONTENT_TYPE, DNS_MESSAGE)
+            .header(http::header::ACCEPT, DNS_MESSAGE)
+            .header(http::header::CONTENT_LENGTH, query.len())
+            .body(())
+            .map_err(|_| FailKind::Malformed)?;
+        let mut send = send.ready().await.map_err(lost)?;
+        let (response, mut body) = send.send_request(request, false).map_err(lost)?;
+        body.send_data(Bytes::copy_from_slice(query), true)
+            .map_err(lost)?;
+        let response = response.await.map_err(lost)?;
+        if response.status() != http::StatusCode::OK {
+            return Err(FailKind::Network.into());
+        }
+        let media = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim);
+        if !media.is_some_and(|m| m.eq_ignore_ascii_case(DNS_MESSAGE)) {
+            return Err(FailKind::Malformed.into());
+        }
+        let mut body = response.into_body();
+        let mut reply = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(lost)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if reply.len() + chunk.len() > MAX_BODY {
+                return Err(FailKind::Malformed.into());
+            }
+            reply.extend_from_slice(&chunk);
+        }
+        let header = Header::parse(&reply).map_err(|_| FailKind::Malformed)?;
+        if !header.qr() || header.id != 0 || question.matches(&reply) != Some(true) {
+            return Err(FailKind::Malformed.into());
+        }
+        Ok(reply)
+    }
+}
+
+/// Opens the TLS connection (ALPN h2 required), does the HTTP/2 handshake and
+/// starts the task driving the connection until it ends or is idle; a connection
+/// that cannot be opened is dead.
+async fn connect(shared: Rc<Shared>, conn: Rc<DohConn>) -> Result<SendRequest<Bytes>, FailKind> {
+    let opened = open_h2(&shared, &conn).await;
+    if opened.is_err() {
+        conn.dead.set(true);
+    }
+    opened
+}
+
+async fn open_h2(shared: &Shared, conn: &DohConn) -> Result<SendRequest<Bytes>, FailKind> {
+    let stream = shared.open().await?;
+    let handshake = h2::client::Builder::new()
+        .max_header_list_size(MAX_HEADERS)
+        .max_concurrent_reset_streams(64)
+        .handshake::<_, Bytes>(stream);
+    let (send, connection) = match tokio::time::timeout(shared.timeout, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %shared.label, error = %e, "HTTP/2 handshake");
+            return Err(FailKind::Network);
+        }
+        Err(_) => return Err(FailKind::Timeout),
+    };
+    conn.established.set(true);
+    conn.last_active.set(Instant::now());
+    let dead = Rc::clone(&conn.dead);
+    let last_active = Rc::clone(&conn.last_active);
+    let idle = shared.idle_timeout;
+    let in_flight = Rc::clone(&conn.in_flight);
+    let label = shared.label.clone();
+    tokio::task::spawn_local(async move {
+        tokio::select! {
+            ended = connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(upstream = %label, error = %e, "DoH connection ended");
+                }
+            }
+            () = idle_for(idle, &last_active, &in_flight, &dead) => {}
+        }
+        // Dropping the connection closes it; streams still open on it fail.
+        dead.set(true);
+    });
+    Ok(send)
+}
+
+/// Completes once no stream is in flight and the last began or ended `idle` ago
+/// (checked when that would be), or the connection is marked dead.
+async fn idle_for(
+    idle: Duration,
+    last_active: &Cell<Instant>,
+    in_flight: &Cell<usize>,
+    dead: &Cell<bool>,
+) {
+    loop {
+        let at = if in_flight.get() == 0 {
+            last_active.get() + idle
+        } else {
+            Instant::now() + idle
+        };
+        tokio::time::sleep_until(at.max(Instant::now() + Duration::from_millis(1)).into()).await;
+        if dead.get() || (in_flight.get() == 0 && last_active.get().elapsed() >= idle) {
+            return;
+        }
+    }
+}

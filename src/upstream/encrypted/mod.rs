@@ -1,0 +1,386 @@
+//! Encrypted upstreams: DNS over TLS (RFC 7858, [`dot`]) and DNS over HTTPS
+//! (RFC 8484, [`doh`]), one [`EncryptedLink`] per upstream and shard.
+//!
+//! What both share, and their invariants:
+//! - Connections are opened when a query needs one, and its round-trip time
+//!   includes what it waited for (TCP, TLS handshake): the tiers and the health
+//!   score see what the upstream costs. The setup runs in a task of its own
+//!   ([`Setup`]), so a query that stops waiting does not cancel the handshake
+//!   the next ones will use. They are reused and pipelined, closed
+//!   after `idle_timeout` without a query, and bounded: [`DOT_CONNECTIONS`] DoT
+//!   connections or one HTTP/2 connection per upstream and shard, each with at
+//!   most its share of `limits.max_upstream_pending` queries in flight (background
+//!   work three quarters of it, as on UDP); a query past the bound fails at once
+//!   with [`FailKind::Overload`].
+//! - A connection that cannot be opened puts the link in backoff ([`Backoff`]:
+//!   exponential, capped): queries fail at once with the same failure until it
+//!   ends, so a dead or misconfigured upstream costs one handshake per backoff,
+//!   not one per query.
+//! - A certificate that does not verify fails with [`FailKind::TlsCertificate`],
+//!   is counted in `tierdns_upstream_tls_failures_total{upstream,reason}` and
+//!   logged at most once a minute per upstream and shard. Nothing is ever sent in
+//!   the clear instead: the only bytes written before a verified handshake are
+//!   the TLS client's.
+//! - Every query is padded (RFC 7830, to 128-byte blocks per RFC 8467); a reply
+//!   must be a response (QR=1) repeating the question, with the query's ID (DoT:
+//!   random per connection; DoH: 0, RFC 8484 section 4.1), and not truncated (a
+//!   TC=1 reply fails as malformed: it is never retried over plain TCP).
+//! - A query whose reused connection is lost before its answer (the server closed
+//!   an idle connection just then) is sent once more on a fresh connection,
+//!   within the same timeout.
+
+mod doh;
+mod dot;
+mod pad;
+mod tls;
+
+pub(crate) use tls::{read_roots, system_roots};
+
+use super::{Exchange, Question};
+use crate::config::{Limits, UpstreamConfig, UpstreamTransport};
+use crate::health::FailKind;
+use crate::metrics::ShardStats;
+use crate::wire::reader::Header;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tls::{ConnectError, TlsTarget};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// DoT connections per upstream and shard.
+pub(crate) const DOT_CONNECTIONS: usize = 2;
+/// First backoff after a connection failure; it doubles per failure in a row.
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Longest backoff.
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// At most one log line per upstream and shard this often about failed handshakes.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// When a link may try to connect again: exponential backoff with a cap, time
+/// passed in.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// Connection failures in a row.
+    failures: u32,
+    /// No attempt before this, and what the queries meanwhile fail with.
+    until: Option<(Instant, FailKind)>,
+}
+
+impl Backoff {
+    /// Nothing to wait for (`Ok`), or the failure to report until `until`.
+    pub(crate) fn check(&self, now: Instant) -> Result<(), FailKind> {
+        match self.until {
+            Some((until, kind)) if now < until => Err(kind),
+            _ => Ok(()),
+        }
+    }
+
+    /// A connection failed at `now`; returns the wait before the next attempt.
+    pub(crate) fn failed(&mut self, kind: FailKind, now: Instant) -> Duration {
+        let wait = BACKOFF_BASE
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_CAP);
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some((now + wait, kind));
+        wait
+    }
+
+    /// A connection opened: the next failure waits [`BACKOFF_BASE`] again.
+    pub(crate) fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Why one attempt of a query failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptError {
+    /// A failure to report.
+    Fail(FailKind),
+    /// The connection closed before the answer; `reused`: the query was sent on a
+    /// connection opened before it (so a fresh one may well work).
+    Lost { reused: bool },
+}
+
+impl From<FailKind> for AttemptError {
+    fn from(kind: FailKind) -> Self {
+        Self::Fail(kind)
+    }
+}
+
+/// What the DoT and DoH links share: the TLS target, the backoff, and the
+/// counting and logging of failed connections.
+struct Shared {
+    target: TlsTarget,
+    /// ALPN the server must select (DoH: "h2"); DoT accepts none.
+    require_alpn: Option<&'static [u8]>,
+    label: String,
+    timeout: Duration,
+    idle_timeout: Duration,
+    /// Queries in flight per connection.
+    max_per_connection: usize,
+    backoff: RefCell<Backoff>,
+    /// When the last failure was logged, and how many went unlogged since.
+    logged: Cell<Option<Instant>>,
+    unlogged: Cell<u64>,
+    stats: Rc<ShardStats>,
+}
+
+impl Shared {
+    /// A TLS connection, unless the link is in backoff. A failure starts (or
+    /// lengthens) the backoff, is counted and logged (rate-limited).
+    async fn open(&self) -> Result<TlsStream<TcpStream>, FailKind> {
+        self.backoff.borrow().check(Instant::now())?;
+        let opened = match self.target.connect(self.timeout).await {
+            Ok(stream) => match (self.require_alpn, stream.get_ref().1.alpn_protocol()) {
+                (Some(want), got) if got != Some(want) => Err(ConnectError::Protocol(format!(
+                    "the server did not select ALPN {:?}",
+                    String::from_utf8_lossy(want)
+                ))),
+                _ => Ok(stream),
+            },
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(stream) => {
+                self.backoff.borrow_mut().succeeded();
+                Ok(stream)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                let wait = self.backoff.borrow_mut().failed(kind, Instant::now());
+                if let Some(reason) = e.tls_reason() {
+                    // Per connection attempt (at most one per backoff), not per
+                    // packet: straight into the registry.
+                    metrics::counter!(
+                        "tierdns_upstream_tls_failures_total",
+                        "upstream" => self.label.clone(),
+                        "reason" => reason
+                    )
+                    .increment(1);
+                }
+                self.log_failure(&e, wait);
+                Err(kind)
+            }
+        }
+    }
+
+    fn log_failure(&self, e: &ConnectError, wait: Duration) {
+        let now = Instant::now();
+        if self
+            .logged
+            .get()
+            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
+        {
+            self.unlogged.set(self.unlogged.get() + 1);
+            return;
+        }
+        self.logged.set(Some(now));
+        let unlogged = self.unlogged.replace(0);
+        let addr = self.target.addr;
+        let upstream = &self.label;
+        if matches!(e, ConnectError::Certificate(_)) {
+            tracing::warn!(%upstream, %addr, error = %e, retry_in = ?wait, unlogged,
+                "encrypted upstream refused: its certificate does not verify (nothing sent)");
+        } else {
+            tracing::warn!(%upstream, %addr, error = %e, retry_in = ?wait, unlogged,
+                "encrypted upstream: cannot connect");
+        }
+    }
+}
+
+/// The transport-specific half of a link.
+enum Transport {
+    Dot(dot::DotLink),
+    Doh(doh::DohLink),
+}
+
+/// One shard's link to one encrypted upstream.
+pub(crate) struct EncryptedLink {
+    transport: Transport,
+    shared: Rc<Shared>,
+    /// The keys it was opened with, to tell on reload whether it still serves.
+    keys: (UpstreamTransport, Option<String>, Option<PathBuf>, Duration),
+}
+
+impl EncryptedLink {
+    /// The link for an encrypted upstream, None for a plain one. Reads `ca_file`
+    /// (or the system's roots); opens no connection yet.
+    pub(crate) fn open(
+        upstream: &UpstreamConfig,
+        limits: &Limits,
+        stats: &Rc<ShardStats>,
+    ) -> io::Result<Option<Self>> {
+        let (alpn, require_alpn, connections): (&[u8], _, usize) = match &upstream.transport {
+            UpstreamTransport::Plain => return Ok(None),
+            UpstreamTransport::Tls => (b"dot", None, DOT_CONNECTIONS),
+            UpstreamTransport::Https { .. } => (b"h2", Some(&b"h2"[..]), 1),
+        };
+        let target = TlsTarget::new(
+            upstream.address,
+            upstream.tls_name.as_deref(),
+            upstream.ca_file.as_deref(),
+            alpn,
+        )
+        .map_err(|why| io::Error::other(format!("upstream {}: {why}", upstream.label())))?;
+        let shared = Rc::new(Shared {
+            target,
+            require_alpn,
+            label: upstream.label(),
+            timeout: limits.upstream_timeout,
+            idle_timeout: upstream.idle_timeout,
+            max_per_connection: limits.max_upstream_pending.div_ceil(connections).max(1),
+            backoff: RefCell::new(Backoff::default()),
+            logged: Cell::new(None),
+            unlogged: Cell::new(0),
+            stats: Rc::clone(stats),
+        });
+        let transport = match &upstream.transport {
+            UpstreamTransport::Https { path } => {
+                Transport::Doh(doh::DohLink::new(upstream, path, Rc::clone(&shared))?)
+            }
+            _ => Transport::Dot(dot::DotLink::new(Rc::clone(&shared))),
+        };
+        Ok(Some(Self {
+            transport,
+            shared,
+            keys: Self::keys_of(upstream),
+        }))
+    }
+
+    fn keys_of(
+        u: &UpstreamConfig,
+    ) -> (UpstreamTransport, Option<String>, Option<PathBuf>, Duration) {
+        (
+            u.transport.clone(),
+            u.tls_name.clone(),
+            u.ca_file.clone(),
+            u.idle_timeout,
+        )
+    }
+
+    /// Whether this link is what `upstream` asks for (same transport, name, roots
+    /// file and idle timeout), so a reload may keep it and its connections.
+    pub(crate) fn serves(&self, upstream: &UpstreamConfig) -> bool {
+        self.shared.target.addr == upstream.address && self.keys == Self::keys_of(upstream)
+    }
+
+    /// Sends `query` (any ID: replaced) padded, and waits for the reply to its
+    /// question, within `limits.upstream_timeout` from now, connection setup
+    /// included. A lost reused connection is retried once on a fresh one.
+    /// `background` (no client waits): it may take only three quarters of a
+    /// connection's room, as on UDP.
+    pub(crate) async fn exchange(
+        &self,
+        query: &[u8],
+        question: &Question,
+        background: bool,
+    ) -> Result<Exchange, FailKind> {
+        let start = Instant::now();
+        let deadline =
+            tokio::time::Instant::from_std(crate::health::after(start, self.shared.timeout));
+        let mut padded = pad::pad_query(query).map_err(|_| FailKind::Malformed)?;
+        let mut fresh = false;
+        loop {
+            let attempt = async {
+                match &self.transport {
+                    Transport::Dot(link) => {
+                        link.attempt(&mut padded, question, background, fresh).await
+                    }
+                    Transport::Doh(link) => {
+                        link.attempt(&mut padded, question, background, fresh).await
+                    }
+                }
+            };
+            let outcome = tokio::time::timeout_at(deadline, attempt)
+                .await
+                .unwrap_or(Err(AttemptError::Fail(FailKind::Timeout)));
+            match outcome {
+                // TC=1 on a stream transport is broken (RFC 7766 has no truncation
+                // over TCP) and must never lead to a retry in the clear.
+                Ok(reply) if Header::parse(&reply).is_ok_and(|h| h.tc()) => {
+                    return Err(FailKind::Malformed)
+                }
+                Ok(reply) => {
+                    return Ok(Exchange {
+                        reply,
+                        rtt: start.elapsed(),
+                        over_tcp: false,
+                    })
+                }
+                Err(AttemptError::Lost { reused: true }) if !fresh => fresh = true,
+                Err(AttemptError::Lost { .. }) => return Err(FailKind::Network),
+                Err(AttemptError::Fail(kind)) => return Err(kind),
+            }
+        }
+    }
+
+    /// Connections open or opening now (for tests).
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
+        match &self.transport {
+            Transport::Dot(link) => link.connections(),
+            Transport::Doh(link) => link.connections(),
+        }
+    }
+}
+
+/// A connection's setup (TCP, TLS, HTTP/2), run once by a task of its own, so
+/// that a query that stops waiting (its flight has its answer) does not cancel
+/// the handshake the next queries need; its result goes to every query waiting
+/// on it. The task ends with the setup, which is bounded by the upstream timeout.
+pub(crate) struct Setup<T> {
+    result: RefCell<Option<Result<T, FailKind>>>,
+    started: Cell<bool>,
+    done: tokio::sync::Notify,
+}
+
+impl<T: Clone + 'static> Setup<T> {
+    pub(crate) fn new() -> Rc<Self> {
+        Rc::new(Self {
+            result: RefCell::new(None),
+            started: Cell::new(false),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Starts `open` on the first call, then waits for its result.
+    pub(crate) async fn get<F>(self: &Rc<Self>, open: impl FnOnce() -> F) -> Result<T, FailKind>
+    where
+        F: std::future::Future<Output = Result<T, FailKind>> + 'static,
+    {
+        if !self.started.replace(true) {
+            let (me, opening) = (Rc::clone(self), open());
+            tokio::task::spawn_local(async move {
+                let result = opening.await;
+                *me.result.borrow_mut() = Some(result);
+                me.done.notify_waiters();
+            });
+        }
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = &*self.result.borrow() {
+                return result.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Queries a connection of room `max` may hold when one more registers: all of
+/// it for a client's query, three quarters for background work, so that
+/// background work never takes the last places (as the UDP pending tables).
+pub(crate) fn room(max: usize, background: bool) -> usize {
+    if background {
+        (max - max / 4).max(1)
+    } else {
+        max
+    }
+}
+
+#[cfg(test)]
+mod tests;

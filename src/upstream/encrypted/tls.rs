@@ -1,0 +1,207 @@
+//! The TLS side of encrypted upstreams: the trusted roots, the rustls client
+//! config (ring provider, ALPN), the name a certificate must carry, one connection
+//! opened under a deadline, and what a failed handshake means.
+//!
+//! Certificates are verified by rustls' WebPKI verifier against `ca_file` or the
+//! system's trust store (rustls-native-certs). Nothing here ever sends a query:
+//! a connection that does not complete its handshake is closed, and the caller
+//! fails the query ([`FailKind::TlsCertificate`] for a certificate that does not
+//! verify): there is no plain-text fallback.
+
+use crate::health::FailKind;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Largest `ca_file` read (a bundle of every public root is about 250 KB).
+const MAX_CA_FILE: u64 = 4 << 20;
+
+/// The certificates of a PEM file as a root store; the error says why in words
+/// (for the config error naming `ca_file`).
+pub(crate) fn read_roots(path: &Path) -> Result<RootCertStore, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if meta.len() > MAX_CA_FILE {
+        return Err(format!(
+            "{shown} is larger than {} MiB: not a CA file",
+            MAX_CA_FILE >> 20
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{shown}: bad PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{shown}: a certificate that cannot be a root: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{shown} holds no PEM certificate"));
+    }
+    Ok(roots)
+}
+
+/// The system's roots (rustls-native-certs: the OS's CA bundle, `SSL_CERT_FILE`
+/// and `SSL_CERT_DIR` honoured), read once and kept for the life of the process
+/// (an empty store is not kept: the next upstream opened tries again).
+pub(crate) fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static SYSTEM: Mutex<Option<Arc<RootCertStore>>> = Mutex::new(None);
+    let mut kept = SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(roots) = &*kept {
+        return Ok(Arc::clone(roots));
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_string(), |e| e.to_string());
+        return Err(format!(
+            "no system root certificates ({why}): install the OS's CA bundle \
+             (ca-certificates) or set ca_file"
+        ));
+    }
+    let roots = Arc::new(roots);
+    *kept = Some(Arc::clone(&roots));
+    Ok(roots)
+}
+
+/// What one encrypted upstream needs to open connections.
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    /// The address connected to.
+    pub(crate) addr: SocketAddr,
+    /// The name the certificate must be valid for.
+    pub(crate) name: ServerName<'static>,
+    connector: TlsConnector,
+}
+
+impl TlsTarget {
+    /// A client config for `alpn` trusting `ca_file` (or the system's roots), with
+    /// the ring provider, safe default protocol versions and session resumption
+    /// (rustls' in-memory cache), verifying `tls_name` (default: `addr`'s IP).
+    pub(crate) fn new(
+        addr: SocketAddr,
+        tls_name: Option<&str>,
+        ca_file: Option<&Path>,
+        alpn: &[u8],
+    ) -> Result<Self, String> {
+        let roots = match ca_file {
+            Some(path) => Arc::new(read_roots(path)?),
+            None => system_roots()?,
+        };
+        let name = match tls_name {
+            Some(n) => ServerName::try_from(n.to_string())
+                .map_err(|_| format!("tls_name {n:?} is neither a DNS name nor an IP address"))?,
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Self {
+            addr,
+            name,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Opens a TCP connection and completes the TLS handshake within `deadline`.
+    pub(crate) async fn connect(
+        &self,
+        deadline: Duration,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let open = async {
+            let tcp = TcpStream::connect(self.addr)
+                .await
+                .map_err(ConnectError::Tcp)?;
+            let _ = tcp.set_nodelay(true);
+            self.connector
+                .connect(self.name.clone(), tcp)
+                .await
+                .map_err(ConnectError::from_handshake)
+        };
+        tokio::time::timeout(deadline, open)
+            .await
+            .unwrap_or(Err(ConnectError::Timeout))
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// TCP connect failed (refused, unreachable).
+    Tcp(std::io::Error),
+    /// The handshake failed on the certificate.
+    Certificate(CertificateError),
+    /// The handshake failed otherwise (an alert, a protocol error, the connection
+    /// closed or reset during it).
+    Handshake(String),
+    /// No connection and handshake within the deadline.
+    Timeout,
+    /// The server completed the handshake without the protocol asked for (ALPN).
+    Protocol(String),
+}
+
+impl ConnectError {
+    fn from_handshake(e: std::io::Error) -> Self {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(c)) => Self::Certificate(c.clone()),
+            Some(other) => Self::Handshake(other.to_string()),
+            None => Self::Handshake(e.to_string()),
+        }
+    }
+
+    /// The failure the query reports.
+    pub(crate) fn kind(&self) -> FailKind {
+        match self {
+            Self::Certificate(_) => FailKind::TlsCertificate,
+            Self::Timeout => FailKind::Timeout,
+            Self::Tcp(_) | Self::Handshake(_) | Self::Protocol(_) => FailKind::Network,
+        }
+    }
+
+    /// Label of `tierdns_upstream_tls_failures_total{reason}`, or None for a
+    /// failure before TLS (TCP, timeout), counted with the other upstream errors.
+    pub(crate) fn tls_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Certificate(c) => Some(match c {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => "name_mismatch",
+                CertificateError::UnknownIssuer => "unknown_issuer",
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => "expired",
+                _ => "invalid_certificate",
+            }),
+            Self::Handshake(_) => Some("handshake"),
+            Self::Protocol(_) => Some("alpn"),
+            Self::Tcp(_) | Self::Timeout => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(e) => write!(f, "TCP connect: {e}"),
+            Self::Certificate(c) => write!(f, "certificate does not verify: {c:?}"),
+            Self::Handshake(e) => write!(f, "TLS handshake: {e}"),
+            Self::Timeout => write!(f, "no connection within the upstream timeout"),
+            Self::Protocol(p) => write!(f, "{p}"),
+        }
+    }
+}
