@@ -31,111 +31,17 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 cd "$ROOT"
 HELPER=(python3 "$HERE/interop/dnscheck.py")
-HOST=127.0.0.1
-export NO_COLOR=1
-
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
-log() { echo "--- $*"; }
-
-WORK=""
+. "$HERE/interop/common.sh"
 UNBOUND_PID=""
 TIERDNS_PID=""
-POLICY_RC_CREATED=""
+STOP_ON_EXIT=(TIERDNS_PID UNBOUND_PID)
 
-# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL. Returns its status.
-stop_pid() {
-    local pid="$1" i rc=0
-    [[ -n "$pid" ]] || return 0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || rc=$?; return "$rc"; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || rc=$?
-    return "$rc"
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    stop_pid "$TIERDNS_PID"
-    stop_pid "$UNBOUND_PID"
-    if [[ -n "$POLICY_RC_CREATED" ]]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ $rc -ne 0 || $FAILED -ne 0 ]]; then
-            for f in "$WORK"/unbound.log "$WORK"/tierdns-*.log; do
-                [[ -f "$f" ]] || continue
-                echo "--- last lines of $f"
-                tail -n 30 "$f"
-            done
-        fi
-        if [[ -n "${KEEP_WORKDIR:-}" ]]; then
-            echo "--- work dir kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- tools
-missing=()
-for tool in unbound:unbound openssl:openssl dig:bind9-dnsutils kdig:knot-dnsutils \
-    python3:python3 curl:curl; do
-    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    log "installing: ${missing[*]}"
-    sudo=()
-    if [[ $(id -u) -ne 0 ]]; then sudo=(sudo -n); fi
-    # Keep the package's own unbound service from starting.
-    if [[ $(id -u) -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    timeout 300 "${sudo[@]}" apt-get update -qq
-    timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    if [[ -n "$POLICY_RC_CREATED" ]]; then
-        rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=""
-    fi
-fi
-
-if [[ -z "${TIERDNS_BIN:-}" ]]; then
-    log "cargo build --release"
-    timeout 1800 cargo build --release --bin tierdns
-    TIERDNS_BIN="${CARGO_TARGET_DIR:-target}/release/tierdns"
-fi
-[[ -x "$TIERDNS_BIN" ]] || { echo "FAIL: no tierdns binary at $TIERDNS_BIN"; exit 1; }
-echo "--- tierdns binary: $TIERDNS_BIN ($("$TIERDNS_BIN" --version 2>&1 || true))"
+install_missing unbound:unbound openssl:openssl dig:bind9-dnsutils kdig:knot-dnsutils python3:python3 curl:curl
+tierdns_binary
 echo "--- $(unbound -V 2>&1 | head -1)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierdns-enc-up.XXXXXX")"
 
-# wait_for SECONDS DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it succeeds.
-wait_for() {
-    local secs="$1" what="$2" deadline
-    shift 2
-    deadline=$((SECONDS + secs))
-    while ((SECONDS < deadline)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.2
-    done
-    echo "timed out after ${secs}s waiting for $what"
-    return 1
-}
 
 # ---------------------------------------------------------------- private CA
 log "private CA and a certificate for unbound.test and 127.0.0.1 (openssl)"
@@ -297,8 +203,8 @@ EOF
 }
 
 stop_tierdns() {
-    local rc=0
-    stop_pid "$TIERDNS_PID" || rc=$?
+    stop_pid "$TIERDNS_PID"
+    local rc=$STOPPED_RC
     TIERDNS_PID=""
     if [[ $rc -eq 0 ]]; then
         pass "[$IO] tierdns exits 0 on SIGTERM"

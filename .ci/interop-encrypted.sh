@@ -32,96 +32,14 @@ ROOT="$(cd "$HERE/.." && pwd)"
 cd "$ROOT"
 DATA="$HERE/interop"
 HELPER=(python3 "$DATA/dnscheck.py")
-HOST=127.0.0.1
+. "$HERE/interop/common.sh"
 NAME=dns.interop.test
-export NO_COLOR=1
-
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
-log() { echo "--- $*"; }
-
-WORK=""
 NSD_PID=""
 TIERDNS_PID=""
-POLICY_RC_CREATED=""
+STOP_ON_EXIT=(TIERDNS_PID NSD_PID)
 
-stop_pid() {
-    local pid="$1" i
-    [[ -n "$pid" ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    stop_pid "$TIERDNS_PID"
-    stop_pid "$NSD_PID"
-    if [[ -n "$POLICY_RC_CREATED" ]]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ $rc -ne 0 || $FAILED -ne 0 ]]; then
-            for f in "$WORK"/nsd.log "$WORK"/tierdns-*.log; do
-                [[ -f "$f" ]] || continue
-                echo "--- last lines of $f"
-                tail -n 40 "$f"
-            done
-        fi
-        if [[ -n "${KEEP_WORKDIR:-}" ]]; then
-            echo "--- work dir kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- tools
-install_tools() {
-    local missing=() sudo=()
-    command -v nsd >/dev/null || missing+=(nsd)
-    command -v dig >/dev/null || missing+=(bind9-dnsutils)
-    command -v kdig >/dev/null || missing+=(knot-dnsutils)
-    command -v python3 >/dev/null || missing+=(python3)
-    command -v openssl >/dev/null || missing+=(openssl)
-    command -v curl >/dev/null || missing+=(curl)
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "installing (missing: ${missing[*]})"
-    if [[ $(id -u) -ne 0 ]]; then sudo=(sudo -n); fi
-    if [[ $(id -u) -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    timeout 300 "${sudo[@]}" apt-get update -qq
-    timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    if [[ -n "$POLICY_RC_CREATED" ]]; then
-        rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=""
-    fi
-}
-install_tools
-
-if [[ -z "${TIERDNS_BIN:-}" ]]; then
-    log "cargo build --release"
-    timeout 1800 cargo build --release --bin tierdns
-    TIERDNS_BIN="${CARGO_TARGET_DIR:-target}/release/tierdns"
-fi
-[[ -x "$TIERDNS_BIN" ]] || { echo "FAIL: no tierdns binary at $TIERDNS_BIN"; exit 1; }
-echo "--- tierdns binary: $TIERDNS_BIN ($("$TIERDNS_BIN" --version 2>&1 || true))"
+install_missing nsd:nsd dig:bind9-dnsutils kdig:knot-dnsutils python3:python3 openssl:openssl curl:curl
+tierdns_binary
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierdns-interop-enc.XXXXXX")"
 
@@ -187,17 +105,6 @@ timeout 10 nsd-checkconf "$WORK/nsd.conf"
 nsd -d -c "$WORK/nsd.conf" >>"$WORK/nsd.log" 2>&1 &
 NSD_PID=$!
 
-wait_for() {
-    local secs="$1" what="$2" deadline
-    shift 2
-    deadline=$((SECONDS + secs))
-    while ((SECONDS < deadline)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.2
-    done
-    echo "timed out after ${secs}s waiting for $what"
-    return 1
-}
 answers() {
     dig @"$HOST" -p "$1" +time=1 +tries=1 interop.test SOA 2>/dev/null | grep -q 'status: NOERROR'
 }
