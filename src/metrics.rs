@@ -105,10 +105,13 @@ pub enum DropReason {
     /// A DoT or DoH connection whose TLS handshake took longer than its
     /// `handshake_timeout`.
     TlsHandshakeTimeout,
+    /// A query that waited on a flight longer than a flight can take (the
+    /// waiter's own bound): answered stale or SERVFAIL.
+    FlightWait,
 }
 
 impl DropReason {
-    const ALL: [Self; 16] = [
+    const ALL: [Self; 17] = [
         Self::Short,
         Self::Response,
         Self::Overload,
@@ -125,6 +128,7 @@ impl DropReason {
         Self::TcpClientLimit,
         Self::TlsHandshake,
         Self::TlsHandshakeTimeout,
+        Self::FlightWait,
     ];
 
     /// Metric label.
@@ -146,6 +150,7 @@ impl DropReason {
             Self::TcpClientLimit => "tcp_client_limit",
             Self::TlsHandshake => "tls_handshake",
             Self::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Self::FlightWait => "flight_wait",
         }
     }
 }
@@ -160,10 +165,18 @@ pub enum TcpClose {
     MaxQueries = 1,
     /// Open `limits.tcp_max_lifetime`.
     MaxLifetime = 2,
+    /// A DoH connection whose client reset too many of the requests it had sent
+    /// (streams reset after they were accepted; HTTP/2 GOAWAY, then closed).
+    Resets = 3,
 }
 
 impl TcpClose {
-    const ALL: [Self; 3] = [Self::Evicted, Self::MaxQueries, Self::MaxLifetime];
+    const ALL: [Self; 4] = [
+        Self::Evicted,
+        Self::MaxQueries,
+        Self::MaxLifetime,
+        Self::Resets,
+    ];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -171,6 +184,7 @@ impl TcpClose {
             Self::Evicted => "evicted",
             Self::MaxQueries => "max_queries",
             Self::MaxLifetime => "max_lifetime",
+            Self::Resets => "resets",
         }
     }
 }
@@ -283,7 +297,7 @@ pub(crate) struct ShardStats {
     pub(crate) tiers: TierStats,
     pub(crate) tcp_connections: Cell<u64>,
     /// TCP client connections closed by tierdns, by [`TcpClose`].
-    tcp_closed: [Cell<u64>; 3],
+    tcp_closed: [Cell<u64>; TcpClose::ALL.len()],
     /// Clients outside `access.allow`, by transport and action.
     access_denied: [[Cell<u64>; 2]; Transport::ALL.len()],
     /// UDP queries over the rate limit, by action (truncate, drop).

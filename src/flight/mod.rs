@@ -13,6 +13,8 @@
 //! - A flight ends exactly once: [`FlightLeader::finish`] or, if the leader is
 //!   dropped without finishing (task cancelled, shutdown), its `Drop` ends the flight
 //!   with the failure result, so no waiter waits forever.
+//! - A waiter waits at most a bound of its own ([`wait`]): a flight that overran
+//!   everything its plan allows cannot hold a client forever.
 //! - Waiters per flight are bounded by `max_waiters`. A query past the bound gets
 //!   [`Join::Full`]: the caller resolves it on its own, without coalescing. Nobody is
 //!   refused because a name is popular, and no flight grows without bound.
@@ -24,7 +26,28 @@ pub use result::{Answer, FlightResult};
 use crate::cache::{Key, KeyRef};
 use hashbrown::HashTable;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// What a waiter got from its flight.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited<R> {
+    /// The flight's result.
+    Done(R),
+    /// The flight ended without sending it (its leader went away).
+    Abandoned,
+    /// Nothing within the waiter's bound.
+    TimedOut,
+}
+
+/// Waits for a flight's result, at most `bound`.
+pub async fn wait<R>(rx: oneshot::Receiver<R>, bound: Duration) -> Waited<R> {
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(result)) => Waited::Done(result),
+        Ok(Err(_)) => Waited::Abandoned,
+        Err(_) => Waited::TimedOut,
+    }
+}
 
 struct Flight<R> {
     key: Key,
@@ -219,6 +242,44 @@ mod tests {
             table.join(&key("a").key_ref(), 0),
             Join::Leader(_)
         ));
+    }
+
+    /// The waiter's own bound, on tokio's paused clock: a flight that never ends
+    /// releases its waiter at the bound, not before; one that ends in time
+    /// delivers; a dropped leader is told apart from a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_waits_at_most_its_bound() {
+        let table = Arc::new(FlightTable::<u32>::new(4, 10));
+        let _stuck = table.join(&key("stuck").key_ref(), 0);
+        let Join::Waiter(rx) = table.join(&key("stuck").key_ref(), 0) else {
+            panic!("must wait")
+        };
+        let bound = Duration::from_secs(5);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(wait(rx, bound).await, Waited::TimedOut);
+        assert_eq!(t0.elapsed(), bound, "released at the bound, not before");
+
+        let Join::Leader(leader) = table.join(&key("quick").key_ref(), 0) else {
+            panic!("must lead")
+        };
+        let Join::Waiter(rx) = table.join(&key("quick").key_ref(), 0) else {
+            panic!("must wait")
+        };
+        let waiter = tokio::spawn(wait(rx, bound));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leader.finish(9);
+        assert_eq!(waiter.await.unwrap(), Waited::Done(9));
+
+        let leader = table.join(&key("gone").key_ref(), 0);
+        let Join::Waiter(rx) = table.join(&key("gone").key_ref(), 0) else {
+            panic!("must wait")
+        };
+        drop(leader);
+        // The table hands the failure result to waiters of a dropped leader.
+        assert_eq!(wait(rx, bound).await, Waited::Done(0));
+        let (tx, rx) = oneshot::channel::<u32>();
+        drop(tx);
+        assert_eq!(wait(rx, bound).await, Waited::Abandoned);
     }
 
     #[test]

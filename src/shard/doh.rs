@@ -23,7 +23,12 @@
 //! stay small; a body read within `tcp_idle_timeout`; a
 //! connection with no request in flight for `tcp_idle_timeout` is closed, as is one
 //! past `tcp_max_queries` requests or `tcp_max_lifetime` (gracefully: HTTP/2
-//! GOAWAY, the requests in flight answered, for at most [`DRAIN`]).
+//! GOAWAY, the requests in flight answered, for at most [`DRAIN`]), or past
+//! [`MAX_STREAM_RESETS`] requests the client reset after they were accepted.
+//!
+//! A reset request cancels nothing but its own reply: the flight it started runs
+//! to its end for the clients coalesced on the name, and for the cache
+//! ([`Shard::resolve`]).
 
 use super::gate::Gate;
 use super::tcp::{answer, Busy, Open};
@@ -61,6 +66,14 @@ const H2_CONNECTION_WINDOW: u32 = 4 * 65535;
 /// Longest a connection that is closing waits for the requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// Requests a connection's client may reset after tierdns accepted them (HTTP/2
+/// RST_STREAM, or an HTTP/1.1 connection closed mid-request); past it the
+/// connection gets GOAWAY and is closed (`tierdns_tcp_closed_total{reason="resets"}`).
+/// h2's own limit counts only streams reset before hyper accepts them; a reset
+/// stream costs tierdns nothing upstream (its flight runs on for its other
+/// clients and the cache), but each one is a request parsed and a task spawned.
+pub(super) const MAX_STREAM_RESETS: u32 = 100;
+
 /// base64url; padding tolerated though RFC 8484 4.1 says to leave it out.
 const BASE64URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
@@ -94,6 +107,36 @@ struct Conn<B: Backend> {
     requests: Cell<u64>,
     /// When the last request began or ended.
     last: Cell<Instant>,
+    /// Requests the client gave up on before their answer ([`MAX_STREAM_RESETS`]).
+    resets: Cell<u32>,
+}
+
+/// A request being served: if it is dropped before [`Self::answered`], the client
+/// reset it, and the connection counts that.
+struct Served<'a, B: Backend> {
+    conn: &'a Conn<B>,
+    answered: bool,
+}
+
+impl<B: Backend> Served<'_, B> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl<B: Backend> Drop for Served<'_, B> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let c = self.conn;
+        c.resets.set(c.resets.get().saturating_add(1));
+        if c.resets.get() == MAX_STREAM_RESETS + 1 {
+            let shard = c.open.shard();
+            shard.stats.tcp_closed(crate::metrics::TcpClose::Resets);
+            c.signal.close();
+        }
+    }
 }
 
 /// A request counted in flight for as long as it lives.
@@ -124,12 +167,21 @@ pub(super) async fn serve<B: Backend>(
         in_flight: Cell::new(0),
         requests: Cell::new(0),
         last: Cell::new(Instant::now()),
+        resets: Cell::new(0),
     });
     let service = {
         let conn = Rc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Rc::clone(&conn);
-            async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+            async move {
+                let request = Served {
+                    conn: &conn,
+                    answered: false,
+                };
+                let response = handle(&conn, req).await;
+                request.answered();
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);

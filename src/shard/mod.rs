@@ -356,10 +356,21 @@ pub(crate) struct Shard<B: Backend> {
 }
 
 /// A client query admitted to the miss path: counted in the shard's `in_flight`
-/// for as long as it lives, however its task ends.
-pub(crate) struct Admitted<B: Backend>(Rc<Shard<B>>);
+/// for as long as it lives, however its task ends. Clones share the one count: the
+/// flight a query leads holds a clone, so a client that goes away (a reset DoH
+/// stream, a closed connection) frees its place only when that flight is over.
+pub(crate) struct Admitted<B: Backend>(Rc<AdmittedQuery<B>>);
 
-impl<B: Backend> Drop for Admitted<B> {
+impl<B: Backend> Clone for Admitted<B> {
+    fn clone(&self) -> Self {
+        Self(Rc::clone(&self.0))
+    }
+}
+
+/// The one count behind an [`Admitted`] and its clones.
+pub(crate) struct AdmittedQuery<B: Backend>(Rc<Shard<B>>);
+
+impl<B: Backend> Drop for AdmittedQuery<B> {
     fn drop(&mut self) {
         let n = &self.0.in_flight;
         n.set(n.get().saturating_sub(1));
@@ -397,7 +408,7 @@ impl<B: Backend> Shard<B> {
             return None;
         }
         self.in_flight.set(self.in_flight.get() + 1);
-        Some(Admitted(Rc::clone(self)))
+        Some(Admitted(Rc::new(AdmittedQuery(Rc::clone(self)))))
     }
 }
 

@@ -11,7 +11,7 @@
 use super::flight_run::FlightRun;
 use super::{Admitted, Shard};
 use crate::cache::{KeyRef, Lookup};
-use crate::flight::{FlightLeader, FlightResult, Join};
+use crate::flight::{wait, FlightLeader, FlightResult, Join, Waited};
 use crate::io::buffers::BUF_CAPACITY;
 use crate::io::Backend;
 use crate::metrics::{CacheResult, DropReason, ShardStats, Transport};
@@ -20,7 +20,8 @@ use crate::wire::build::{any_reply, error_reply, reject_reply, Ede, ErrorRcode};
 use crate::wire::reader::{Discard, QueryView, Reject};
 use crate::wire::{rcode, ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Questions answered locally, never forwarded: zone transfers (a forwarder holds no
 /// zones: REFUSED, as Unbound does), the obsolete mailbox meta types (NOTIMP), and
@@ -152,17 +153,25 @@ impl<B: Backend> Shard<B> {
 
     /// Resolves a miss: join or lead the flight, answer from its result. None means
     /// send nothing (dropped and counted).
+    ///
+    /// A flight belongs to no client: a query that leads one starts it in a task of
+    /// its own (holding a clone of `admitted`) and then waits for it like any
+    /// waiter. If this future is dropped (a reset DoH stream, a closed connection,
+    /// shutdown of the listener) the flight still runs to its end: its waiters on
+    /// every shard get the answer, and it is cached.
     pub(super) async fn resolve(
         self: &Rc<Self>,
         packet: &[u8],
         transport: Transport,
         start: Instant,
-        _admitted: &Admitted<B>,
+        admitted: &Admitted<B>,
     ) -> Option<Vec<u8>> {
         let Ok(q) = QueryView::parse(packet) else {
             return None;
         };
-        let (reply, result) = self.resolve_view(&q, transport, start).await?;
+        let (reply, result) = self
+            .resolve_view(packet, &q, transport, start, admitted)
+            .await?;
         self.stats.cache(result);
         self.stats.answered(transport, reply_rcode(&reply));
         self.stats
@@ -173,21 +182,31 @@ impl<B: Backend> Shard<B> {
 
     async fn resolve_view(
         self: &Rc<Self>,
+        packet: &[u8],
         q: &QueryView<'_>,
         transport: Transport,
         start: Instant,
+        admitted: &Admitted<B>,
     ) -> Option<(Vec<u8>, CacheResult)> {
         let target = target_of(q, transport, self.max_udp());
         let key = KeyRef::from_query(q);
         // Every client miss refills the amplification budget a little.
         self.budget.borrow_mut().on_miss();
-        let result = match self.shared.flights.join(&key, ABANDONED) {
+        let rx = match self.shared.flights.join(&key, ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
-                rx.await.unwrap_or(ABANDONED)
+                rx
             }
-            Join::Leader(leader) => self.lead(q, start, Some(leader), true).await,
+            Join::Leader(leader) => self.lead_detached(packet, start, leader, admitted.clone()),
             Join::Full => return self.flight_full(q, &target, transport),
+        };
+        let result = match wait(rx, self.flight_wait_bound()).await {
+            Waited::Done(result) => result,
+            Waited::Abandoned => ABANDONED,
+            Waited::TimedOut => {
+                self.stats.dropped(DropReason::FlightWait);
+                ABANDONED
+            }
         };
         match result {
             FlightResult::Answer(answer) => {
@@ -209,6 +228,49 @@ impl<B: Backend> Shard<B> {
             }
             FlightResult::Failed(ede) => Some(self.failure_reply(q, &target, ede)),
         }
+    }
+
+    /// Starts the flight this query leads in a task of its own, which holds the
+    /// query's admission until the flight's first answer (or failure): the client
+    /// may go away meanwhile, the flight and its place in `max_client_in_flight`
+    /// stay. The result comes on the returned channel.
+    fn lead_detached(
+        self: &Rc<Self>,
+        packet: &[u8],
+        start: Instant,
+        leader: FlightLeader<FlightResult>,
+        admitted: Admitted<B>,
+    ) -> oneshot::Receiver<FlightResult> {
+        let (tx, rx) = oneshot::channel();
+        let shard = Rc::clone(self);
+        let query: Box<[u8]> = packet.into();
+        tokio::task::spawn_local(async move {
+            let _admitted = admitted;
+            // It parsed before it got here; a failure would only drop the leader,
+            // which ends the flight for its waiters.
+            if let Ok(q) = QueryView::parse(&query) {
+                let result = shard.lead(&q, start, Some(leader), true).await;
+                let _ = tx.send(result);
+            }
+        });
+        rx
+    }
+
+    /// How long a query waits on a flight before it gives up on it: the longest
+    /// a flight can take to its first answer or failure (the whole collection
+    /// window of the slowest route, then one more upstream timeout), so only a
+    /// flight that overran its own plan is left. The query then gets what a
+    /// failed flight gives (stale, else SERVFAIL), counted as
+    /// `reason="flight_wait"`.
+    fn flight_wait_bound(&self) -> Duration {
+        let config = &self.upstreams.borrow().config;
+        let collect = config
+            .zones
+            .iter()
+            .filter_map(|z| z.tiers.as_ref())
+            .map(|t| t.total_collect_timeout)
+            .fold(config.tiers.total_collect_timeout, Duration::max);
+        collect.saturating_add(config.limits.upstream_timeout)
     }
 
     /// The flight for this key already has `flight_max_waiters` waiters: this query

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tierdns::config::Config;
+
+pub mod tls;
 use tierdns::shard::ServerHandle;
 
 /// How a simulated upstream answers.
@@ -355,4 +357,53 @@ pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
         .collect();
     v.sort();
     v
+}
+
+/// Polls `check` until it returns `Some`, for at most `deadline`; panics with
+/// `what` and the last value `probe` saw if it never does. A test waits for a
+/// condition this way, never for a fixed time.
+pub fn eventually<T, S: std::fmt::Debug>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, S>,
+) -> T {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) if std::time::Instant::now() >= end => {
+                panic!("{what}: not within {deadline:?}; last seen: {seen:?}")
+            }
+            Err(_) => std::thread::yield_now(),
+        }
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+}
+
+/// Async form of [`eventually`], for tests whose clients run on a tokio runtime:
+/// polls without blocking the runtime's other tasks.
+pub async fn eventually_async<T, S: std::fmt::Debug>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, S>,
+) -> T {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) if std::time::Instant::now() >= end => {
+                panic!("{what}: not within {deadline:?}; last seen: {seen:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// The INFO-CODE of a reply's Extended DNS Error (RFC 8914), if it has one.
+pub fn ede_code(m: &Message) -> Option<u16> {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    match m.edns.as_ref()?.option(EdnsCode::Unknown(15))? {
+        EdnsOption::Unknown(15, data) => Some(u16::from_be_bytes([*data.first()?, *data.get(1)?])),
+        _ => None,
+    }
 }
