@@ -140,16 +140,22 @@ pub struct Limits {
     pub tcp_idle_timeout: Duration,
     /// Queries of one TCP connection answered concurrently; reading pauses past it.
     pub tcp_pipeline: usize,
-    /// TCP connections open at once from one client address, counted across all
+    /// Stream connections (TCP, DoT, DoH) open at once from one client prefix
+    /// (`ratelimit.ipv4_prefix`, `ratelimit.ipv6_prefix`), counted across all
     /// shards (unbound's `tcp-connection-limit`, dnsdist's
     /// `setMaxTCPConnectionsPerClient`); past it a new one is closed at once
-    /// (`reason="tcp_client_limit"`). 0: no cap.
+    /// (`reason="tcp_client_limit"`). 0: no cap. Default 256: a pipelining
+    /// forwarder or load balancer in front does not trip it.
     pub tcp_connections_per_client: usize,
-    /// Queries read from one TCP connection; then it stops reading, answers what it
-    /// read and closes (`tierdns_tcp_closed_total{reason="max_queries"}`). 0: no cap.
+    /// Queries read from one TCP connection; then it stops reading between two
+    /// queries, answers what it read and closes
+    /// (`tierdns_tcp_closed_total{reason="max_queries"}`). 0 (the default, as
+    /// dnsdist and unbound): no cap. A client that pipelines may have sent more
+    /// when the connection stops: those are not answered.
     pub tcp_max_queries: u64,
-    /// Age of a TCP connection past which it stops reading, answers what it read
-    /// and closes (`reason="max_lifetime"`). "0s": no cap.
+    /// Age of a TCP connection past which it stops reading between two queries,
+    /// answers what it read and closes (`reason="max_lifetime"`). "0s" (the
+    /// default): no cap.
     #[serde(with = "crate::duration")]
     pub tcp_max_lifetime: Duration,
     /// Idle upstream TCP connections kept per upstream per shard for reuse.
@@ -182,9 +188,9 @@ impl Default for Limits {
             tcp_connections: 256,
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_pipeline: 32,
-            tcp_connections_per_client: 32,
-            tcp_max_queries: 10_000,
-            tcp_max_lifetime: Duration::from_secs(300),
+            tcp_connections_per_client: 256,
+            tcp_max_queries: 0,
+            tcp_max_lifetime: Duration::ZERO,
             upstream_tcp_idle: 2,
             upstream_tcp_max: 16,
             flight_max_waiters: 1024,

@@ -130,14 +130,13 @@ fn clients_outside_allow_are_refused_with_ede_18_over_udp_and_tcp() {
         let reply = udp_from(OUTSIDE, addr, &q.bytes(), Duration::from_secs(3)).expect("an answer");
         assert_prohibited(&Message::from_vec(&reply).unwrap(), 0x5151, io);
 
-        // Over TCP: the connection stays, each query is answered REFUSED.
-        let mut s = tcp_from(OUTSIDE, addr);
+        // Over TCP a denied client never holds a connection, even with
+        // `refuse`: closed at accept, before its query is read (issue 18).
         for _ in 0..2 {
-            write_frame(&mut s, &q.bytes()).unwrap();
-            let m = Message::from_vec(&read_frame(&mut s).expect("a TCP reply")).unwrap();
-            assert_prohibited(&m, 0x5151, io);
+            let mut s = tcp_from(OUTSIDE, addr);
+            let _ = write_frame(&mut s, &q.bytes());
+            assert!(read_frame(&mut s).is_none(), "{io}: closed at accept");
         }
-        drop(s);
         assert_eq!(up.queries(), 0, "{io}: nothing went upstream");
 
         // The allowed address is served as before, on both transports.
@@ -170,6 +169,28 @@ fn clients_outside_allow_are_refused_with_ede_18_over_udp_and_tcp() {
             "{io}"
         );
     }
+}
+
+/// A REFUSED is rate limited like any reply (issue 18): a spoofed source outside
+/// `allow` gets at most the burst, then nothing, while `[ratelimit]` is on.
+#[test]
+fn refusals_are_rate_limited_over_udp() {
+    let (_serial, _) = serial();
+    let up = SimUpstream::start(Behavior::default());
+    let server = start(server_config(
+        up.addr,
+        "epoll",
+        &format!("{ONLY_INSIDE}[ratelimit]\nqps = 1\nburst = 3\n"),
+    ));
+    let addr = server.local_addrs[0];
+    let q = query(0x5252, "Denied.Example.", RecordType::A, Some(1232));
+    let refused = (0..10)
+        .filter(|_| udp_from(OUTSIDE, addr, &q.bytes(), Duration::from_millis(300)).is_some())
+        .count();
+    // The burst, and at most a token or two refilled while the 10 were asked.
+    assert!((3..=6).contains(&refused), "{refused} REFUSED of 10");
+    assert_eq!(up.queries(), 0);
+    server.shutdown();
 }
 
 #[test]
@@ -261,11 +282,11 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         };
         let rcode = |src: &str| rcode_within(src, Duration::from_secs(2));
         assert_eq!(rcode(OUTSIDE), Some(ResponseCode::Refused), "{io}");
-        // An open TCP connection from outside: refused now, served after the reload.
+        // A TCP connection from outside: closed at accept now, served after the
+        // reload.
         let mut s = tcp_from(OUTSIDE, addr);
-        write_frame(&mut s, &q.bytes()).unwrap();
-        let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
-        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{io}");
+        let _ = write_frame(&mut s, &q.bytes());
+        assert!(read_frame(&mut s).is_none(), "{io}: closed at accept");
 
         let warnings = server.reload(server_config(
             up.addr,
@@ -281,12 +302,27 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
             eventually(|| (0..8).all(|_| rcode(OUTSIDE) == Some(ResponseCode::NoError))),
             "{io}: the reloaded allow list applies on every shard"
         );
+        let mut s = tcp_from(OUTSIDE, addr);
         write_frame(&mut s, &q.bytes()).unwrap();
         let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
         assert_eq!(
             m.metadata.response_code,
             ResponseCode::NoError,
-            "{io}: open connection"
+            "{io}: a new connection"
+        );
+        // An open connection whose client a reload denies is refused per query.
+        server.reload(server_config(up.addr, io, ONLY_INSIDE));
+        assert!(
+            eventually(|| rcode(OUTSIDE) == Some(ResponseCode::Refused)),
+            "{io}: denied again"
+        );
+        assert!(
+            eventually(|| {
+                write_frame(&mut s, &q.bytes()).unwrap();
+                let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
+                m.metadata.response_code == ResponseCode::Refused
+            }),
+            "{io}: the open connection is refused per query"
         );
         drop(s);
 

@@ -89,9 +89,15 @@ fn connections_past_the_per_client_cap_are_closed_across_shards_on(io: &str) {
         3,
         "refusals take nothing"
     );
-    // Another address has a cap of its own.
-    let mut other = connect_from("127.0.0.2", addr);
-    let r = ask(&mut other, 40, "cap.example.").expect("another address is served");
+    // Another address of the same /24 shares the prefix's cap (issue 18)...
+    let mut same = connect_from("127.0.0.2", addr);
+    assert!(
+        closed_within(&mut same, Duration::from_secs(2)),
+        "127.0.0.2 is in 127.0.0.1's /24: past the cap"
+    );
+    // ... and another prefix has a cap of its own.
+    let mut other = connect_from("127.0.1.2", addr);
+    let r = ask(&mut other, 40, "cap.example.").expect("another prefix is served");
     assert_eq!(r.metadata.id, 40);
     // The held ones still work.
     assert!(ask(&mut held[0], 41, "cap.example.").is_some());

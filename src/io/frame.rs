@@ -6,6 +6,12 @@ use std::io;
 
 /// Reads one length-prefixed message.
 pub(crate) async fn read_frame<S: TcpIo>(stream: &S) -> io::Result<Vec<u8>> {
+    let len = read_frame_len(stream).await?;
+    read_frame_body(stream, len).await
+}
+
+/// Reads the two-byte length that starts a message.
+pub(crate) async fn read_frame_len<S: TcpIo>(stream: &S) -> io::Result<usize> {
     let mut buf = Vec::with_capacity(2);
     while buf.len() < 2 {
         let (res, b) = stream.read(buf).await;
@@ -14,7 +20,11 @@ pub(crate) async fn read_frame<S: TcpIo>(stream: &S) -> io::Result<Vec<u8>> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
-    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    Ok(u16::from_be_bytes([buf[0], buf[1]]) as usize)
+}
+
+/// Reads the `len` bytes of a message whose length was read.
+pub(crate) async fn read_frame_body<S: TcpIo>(stream: &S, len: usize) -> io::Result<Vec<u8>> {
     let mut msg = Vec::with_capacity(len);
     while msg.len() < len {
         let (res, m) = stream.read(msg).await;

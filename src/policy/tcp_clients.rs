@@ -1,5 +1,11 @@
-//! Open TCP connections per client address (`limits.tcp_connections_per_client`),
-//! one table for the whole process.
+//! Open stream connections (TCP, DoT, DoH) per client prefix
+//! (`limits.tcp_connections_per_client`), one table for the whole process.
+//!
+//! Clients are counted by the rate limiter's prefixes (`ratelimit.ipv4_prefix`,
+//! `ratelimit.ipv6_prefix`: /24 and /56 by default), not by full address: one IPv6
+//! /64 holds more addresses than there are ports, and a cap per address would let
+//! it open thousands. The prefix lengths are read at start (a reload does not
+//! change them).
 //!
 //! The kernel spreads one client's connections over every shard (SO_REUSEPORT), so
 //! a cap counted per shard would let a client hold the cap times the shard count.
@@ -27,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 #[derive(Debug)]
 pub struct TcpClients {
     parts: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    /// Bits of an IPv4 and of an IPv6 address that make a client's prefix.
+    prefix: (u8, u8),
     hasher: ahash::RandomState,
     /// Addresses in the table, all partitions.
     entries: AtomicUsize,
@@ -51,11 +59,13 @@ impl Drop for ClientSlot {
 
 impl TcpClients {
     /// A table of `partitions` (rounded up to a power of two) that tracks at most
-    /// `max_entries` addresses.
-    pub fn new(partitions: usize, max_entries: usize) -> Self {
+    /// `max_entries` prefixes, a client's prefix being the first `prefix.0` bits
+    /// of an IPv4 address or `prefix.1` of an IPv6 one.
+    pub fn new(partitions: usize, max_entries: usize, prefix: (u8, u8)) -> Self {
         let n = partitions.max(1).next_power_of_two();
         Self {
             parts: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            prefix: (prefix.0.min(32), prefix.1.min(128)),
             hasher: ahash::RandomState::new(),
             entries: AtomicUsize::new(0),
             max_entries,
@@ -72,7 +82,7 @@ impl TcpClients {
     /// A slot for one more connection from `client`, unless it has `cap` open
     /// already or the table is full. `cap` 0: no cap, nothing tracked.
     pub fn acquire(self: &Arc<Self>, client: IpAddr, cap: usize) -> Option<ClientSlot> {
-        let client = client.to_canonical();
+        let client = self.prefix_of(client);
         if cap == 0 {
             return Some(ClientSlot {
                 table: None,
@@ -112,9 +122,28 @@ impl TcpClients {
         }
     }
 
-    /// Connections open from `client`.
+    /// The prefix `client` is counted under, as an address with the other bits
+    /// cleared (an IPv4-mapped IPv6 address is its IPv4 address).
+    fn prefix_of(&self, client: IpAddr) -> IpAddr {
+        match client.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix.0))
+                    .unwrap_or(0);
+                IpAddr::from((u32::from(v4) & mask).to_be_bytes())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix.1))
+                    .unwrap_or(0);
+                IpAddr::from((u128::from(v6) & mask).to_be_bytes())
+            }
+        }
+    }
+
+    /// Connections open from `client`'s prefix.
     pub fn open(&self, client: IpAddr) -> u32 {
-        let client = client.to_canonical();
+        let client = self.prefix_of(client);
         self.part(&client).get(&client).copied().unwrap_or(0)
     }
 
@@ -134,7 +163,7 @@ mod tests {
 
     #[test]
     fn counts_up_to_the_cap_and_down_to_removal() {
-        let t = Arc::new(TcpClients::new(4, 100));
+        let t = Arc::new(TcpClients::new(4, 100, (32, 128)));
         let a = ip("192.0.2.1");
         let slots: Vec<_> = (0..3)
             .map(|_| t.acquire(a, 3).expect("under the cap"))
@@ -157,7 +186,7 @@ mod tests {
 
     #[test]
     fn mapped_v6_counts_as_v4() {
-        let t = Arc::new(TcpClients::new(1, 100));
+        let t = Arc::new(TcpClients::new(1, 100, (32, 128)));
         let _s = t.acquire(ip("::ffff:192.0.2.7"), 1).unwrap();
         assert!(t.acquire(ip("192.0.2.7"), 1).is_none());
         assert_eq!(t.open(ip("192.0.2.7")), 1);
@@ -165,7 +194,7 @@ mod tests {
 
     #[test]
     fn new_addresses_stop_at_the_bound() {
-        let t = Arc::new(TcpClients::new(8, 10));
+        let t = Arc::new(TcpClients::new(8, 10, (32, 128)));
         let held: Vec<_> = (0..10u8)
             .map(|i| t.acquire(IpAddr::from([10, 0, 0, i]), 2).unwrap())
             .collect();
@@ -178,9 +207,35 @@ mod tests {
         assert!(t.acquire(ip("10.0.1.1"), 2).is_some());
     }
 
+    /// One IPv6 /64 (or /56) is one client, as is one IPv4 /24: its addresses
+    /// share the cap.
+    #[test]
+    fn clients_are_counted_by_prefix() {
+        let t = Arc::new(TcpClients::new(4, 100, (24, 56)));
+        let held: Vec<_> = (1..=3u16)
+            .map(|i| {
+                let a = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0x1, 0, 0, 0, i);
+                t.acquire(IpAddr::V6(a), 3).expect("under the cap")
+            })
+            .collect();
+        assert!(
+            t.acquire(ip("2001:db8:0:ff::9"), 3).is_none(),
+            "same /56, past the cap"
+        );
+        assert!(t.acquire(ip("2001:db8:1::1"), 3).is_some(), "another /56");
+        let v4: Vec<_> = (1..=2u8)
+            .map(|i| t.acquire(IpAddr::from([198, 51, 100, i]), 2).unwrap())
+            .collect();
+        assert!(t.acquire(ip("198.51.100.200"), 2).is_none(), "same /24");
+        assert!(t.acquire(ip("::ffff:198.51.100.7"), 2).is_none(), "mapped");
+        assert_eq!(t.open(ip("198.51.100.99")), 2);
+        assert!(t.acquire(ip("198.51.101.1"), 2).is_some(), "another /24");
+        drop((held, v4));
+    }
+
     #[test]
     fn cap_zero_tracks_nothing() {
-        let t = Arc::new(TcpClients::new(1, 1));
+        let t = Arc::new(TcpClients::new(1, 1, (32, 128)));
         let slots: Vec<_> = (0..50).map(|_| t.acquire(ip("::1"), 0).unwrap()).collect();
         assert_eq!(t.tracked(), 0);
         drop(slots);

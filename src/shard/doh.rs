@@ -12,9 +12,10 @@
 //! Requests that are not DNS get an HTTP error and never reach the resolver:
 //! another path 404, another method 405 (with `allow`), a POST of another
 //! content type 415, a missing or undecodable `dns` parameter, an empty or
-//! unreadable message 400, a body over 65535 bytes 413. A client denied by
-//! `access` with `refuse` gets a REFUSED DNS answer (HTTP 200); with `drop`, 403 and
-//! the connection closed.
+//! unreadable message 400, a body over [`MAX_STREAM_QUERY`] bytes (4 KiB) 413. A
+//! client outside `access.allow` is closed at accept; one denied by a reload while
+//! connected gets a REFUSED DNS answer (HTTP 200) with `refuse`, and with `drop` 403
+//! and the connection closed.
 //!
 //! Bounds, the TCP ones where they apply: `tcp_pipeline` concurrent HTTP/2 streams
 //! (HTTP/1.1 answers one request at a time); request headers at most
@@ -31,7 +32,7 @@
 //! ([`Shard::resolve`]).
 
 use super::gate::Gate;
-use super::tcp::{answer, Busy, Open};
+use super::tcp::{answer, Busy, Open, MAX_STREAM_QUERY};
 use super::tcp_registry::{Close, CloseSignal};
 use super::Shard;
 use crate::io::Backend;
@@ -57,7 +58,7 @@ const DNS_MESSAGE: &str = "application/dns-message";
 /// Largest request head (request line or pseudo-headers, and headers).
 pub(super) const MAX_HEADERS: usize = 16 * 1024;
 
-/// Largest DNS message (a POST body, a decoded `dns` parameter).
+/// Largest DNS message (what one stream's flow-control window holds).
 const MAX_MESSAGE: usize = 65535;
 
 /// HTTP/2 flow-control window of a connection: request bodies buffered at once.
@@ -257,7 +258,7 @@ fn dns_param(query: Option<&str>) -> Option<Vec<u8>> {
         .split('&')
         .find_map(|pair| pair.strip_prefix("dns="))?;
     // base64url needs no percent-encoding; a `%` is not base64url.
-    if value.is_empty() || value.len() > MAX_MESSAGE.div_ceil(3) * 4 {
+    if value.is_empty() || value.len() > MAX_STREAM_QUERY.div_ceil(3) * 4 {
         return None;
     }
     BASE64URL.decode(value).ok()
@@ -282,7 +283,7 @@ async fn read_query<B: Backend>(
     let idle = shard.shared.config.limits.tcp_idle_timeout;
     let (parts, body) = req.into_parts();
     let read = |body| async move {
-        tokio::time::timeout(idle, Limited::new(body, MAX_MESSAGE).collect()).await
+        tokio::time::timeout(idle, Limited::new(body, MAX_STREAM_QUERY).collect()).await
     };
     let refuse = |code, body| async move {
         let _ = read(body).await;
@@ -386,7 +387,7 @@ mod tests {
         assert_eq!(dns_param(Some("dns=%41AA")), None);
         assert_eq!(dns_param(Some("name=example.com")), None);
         assert_eq!(dns_param(None), None);
-        let long = "A".repeat(MAX_MESSAGE.div_ceil(3) * 4 + 4);
+        let long = "A".repeat(MAX_STREAM_QUERY.div_ceil(3) * 4 + 4);
         assert_eq!(dns_param(Some(&format!("dns={long}"))), None);
     }
 

@@ -9,13 +9,15 @@
 //! question and the client's EDNS; anything that cannot be read that far is dropped
 //! (a denied client gets no FORMERR or NOTIMP either).
 //!
-//! The rate limit applies to UDP only: its `truncate` reply sends a real client to
-//! TCP, which is not limited (a spoofed source cannot complete a handshake).
+//! The rate limit applies to UDP, to the REFUSED of denied clients as well (over
+//! the limit they get nothing): its `truncate` reply sends a real client to TCP,
+//! where a spoofed source cannot complete a handshake.
 //!
-//! Streams (TCP, DoT, DoH): a client whose action is `drop` is closed at accept,
-//! before any TLS handshake ([`Shard::stream_accepts`]); on an open connection every
-//! query goes through the gate again, so a reload that denies a client takes effect
-//! on its open connections too (REFUSED, or the connection closed for `drop`).
+//! Streams (TCP, DoT, DoH): a denied client is closed at accept, whatever the
+//! action, before any TLS handshake ([`Shard::stream_accepts`]); on an open
+//! connection every query goes through the gate again, so a reload that denies a
+//! client takes effect on its open connections too (REFUSED, or the connection
+//! closed for `drop`).
 
 use super::Shard;
 use crate::io::Backend;
@@ -46,17 +48,32 @@ impl<B: Backend> Shard<B> {
     /// short partition lock when the rate limit is on.
     pub(super) fn gate(&self, client: IpAddr, transport: Transport, now: Instant) -> Gate {
         let policy = self.policy.borrow();
+        let limit = policy.ratelimit.filter(|_| transport == Transport::Udp);
         if let AccessVerdict::Deny(action) = policy.access.check(client) {
+            drop(policy);
             self.stats.access_denied(transport, action);
             return match action {
-                AccessAction::Refuse => Gate::Refuse,
+                // A REFUSED is a reply like any other: over UDP it is rate
+                // limited, so a spoofed source gets no unlimited reflection.
+                // Over the limit it is dropped (a truncated reply would only
+                // send the client to TCP, where it is closed at accept).
+                AccessAction::Refuse => match limit {
+                    Some(limit) => match self.shared.ratelimiter.check(&limit, client, now) {
+                        RateVerdict::Pass => Gate::Refuse,
+                        RateVerdict::Limit(_) => {
+                            self.stats.ratelimited(RateLimitAction::Drop);
+                            Gate::Drop
+                        }
+                    },
+                    None => Gate::Refuse,
+                },
                 AccessAction::Drop => Gate::Drop,
             };
         }
-        let Some(limit) = policy.ratelimit.filter(|_| transport == Transport::Udp) else {
+        drop(policy);
+        let Some(limit) = limit else {
             return Gate::Pass;
         };
-        drop(policy);
         match self.shared.ratelimiter.check(&limit, client, now) {
             RateVerdict::Pass => Gate::Pass,
             RateVerdict::Limit(action) => {
@@ -70,12 +87,15 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Whether a stream connection (TCP, DoT, DoH) from `client` is kept: false
-    /// (counted) when the client is denied with `drop`. A `refuse` client's
-    /// connection is kept and each of its queries answered REFUSED.
+    /// (counted, with its action) for any client outside `access.allow`. A denied
+    /// client never holds a connection: closed at accept, before any TLS
+    /// handshake, so it can neither take a connection slot nor evict an allowed
+    /// client's connection, whatever the action (`refuse` is for UDP; a stream
+    /// client learns as much from the close).
     pub(super) fn stream_accepts(&self, client: IpAddr, transport: Transport) -> bool {
         let verdict = self.policy.borrow().access.check(client);
-        if verdict == AccessVerdict::Deny(AccessAction::Drop) {
-            self.stats.access_denied(transport, AccessAction::Drop);
+        if let AccessVerdict::Deny(action) = verdict {
+            self.stats.access_denied(transport, action);
             return false;
         }
         true

@@ -112,6 +112,7 @@ impl Shared {
                 shards
                     .saturating_mul(config.limits.tcp_connections)
                     .saturating_mul(2),
+                (config.ratelimit.ipv4_prefix, config.ratelimit.ipv6_prefix),
             )),
             config,
         }

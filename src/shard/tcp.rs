@@ -26,7 +26,7 @@ use super::gate::Gate;
 use super::serve::First;
 use super::tcp_registry::{Close, ConnId};
 use super::Shard;
-use crate::io::frame::{framed, read_frame};
+use crate::io::frame::{framed, read_frame_body, read_frame_len};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose, Transport};
 use crate::policy::ClientSlot;
@@ -263,7 +263,10 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 _ => break,
             },
         };
-        let frame = tokio::select! {
+        // Only the wait for a query's first bytes may be cut short (shutdown, the
+        // lifetime): once its length is read the query is read whole and
+        // answered, so a connection stops between queries, never inside one.
+        let len = tokio::select! {
             biased;
             _ = &mut stop => break,
             _ = &mut expiry => {
@@ -271,7 +274,18 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 linger = true;
                 break;
             }
-            r = tokio::time::timeout(idle, read_frame(&**stream)) => r,
+            r = tokio::time::timeout(idle, read_frame_len(&**stream)) => r,
+        };
+        let frame = match len {
+            Ok(Ok(len)) if len > MAX_STREAM_QUERY => {
+                // No query is this long: not read, the connection is closed.
+                shard.stats.dropped(DropReason::Oversize);
+                linger = true;
+                break;
+            }
+            Ok(Ok(len)) => tokio::time::timeout(idle, read_frame_body(&**stream, len)).await,
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(idle) => Err(idle),
         };
         let query = match frame {
             Ok(Ok(q)) => q,
@@ -349,6 +363,12 @@ pub(super) async fn answer<B: Backend>(
         }
     }
 }
+
+/// Longest query a stream client (TCP, DoT, DoH) may send. A DNS query is one
+/// question and an OPT record: a few hundred bytes, 468 padded (RFC 8467); a
+/// longer frame is not read and its connection is closed (DoH: 413), counted as
+/// `reason="oversize"`.
+pub(super) const MAX_STREAM_QUERY: usize = 4096;
 
 /// Framed answers already queued are joined into one write up to this many bytes
 /// (a write may exceed it by one answer).

@@ -67,6 +67,8 @@ struct Entry<H> {
     gen: u64,
     last: Instant,
     busy: u32,
+    /// A query was read on it: a connection that has sent none is evicted first.
+    queried: bool,
     handle: H,
 }
 
@@ -98,6 +100,7 @@ impl<H> Registry<H> {
             gen: self.next_gen,
             last: now,
             busy: 0,
+            queried: false,
             handle,
         };
         let index = match self.free.pop() {
@@ -136,6 +139,7 @@ impl<H> Registry<H> {
     /// A query read on `id` at `now`.
     pub(crate) fn begin(&mut self, id: ConnId, now: Instant) {
         if let Some(e) = self.entry(id) {
+            e.queried = true;
             e.busy = e.busy.saturating_add(1);
             e.last = now;
         }
@@ -154,14 +158,16 @@ impl<H> Registry<H> {
         self.live
     }
 
-    /// Removes and returns the connection to close for a new one: the idlest with
-    /// no query in flight, else the one with the oldest activity.
+    /// Removes and returns the connection to close for a new one: one that has not
+    /// sent a query yet (a TLS handshake unfinished, or a client that only
+    /// connected), oldest first; else the idlest with no query in flight; else the
+    /// one with the oldest activity.
     pub(crate) fn evict_idlest(&mut self) -> Option<H> {
         let (index, _) = self
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i, (e.busy > 0, e.last))))
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, (e.queried, e.busy > 0, e.last))))
             .min_by_key(|(_, key)| *key)?;
         let gen = self.slots[index].as_ref()?.gen;
         self.remove(ConnId { index, gen })
@@ -175,6 +181,23 @@ mod tests {
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_connection_that_never_sent_a_query_goes_first() {
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        let served = r.insert(t0, "served");
+        r.begin(served, at(t0, 1));
+        r.end(served, at(t0, 2));
+        // Newer, but silent (a handshake that never finishes, a bare connect).
+        let silent = r.insert(at(t0, 50), "silent");
+        let busy = r.insert(at(t0, 60), "busy");
+        r.begin(busy, at(t0, 61));
+        assert_eq!(r.evict_idlest(), Some("silent"));
+        assert_eq!(r.evict_idlest(), Some("served"));
+        assert_eq!(r.evict_idlest(), Some("busy"));
+        let _ = silent;
     }
 
     #[test]
