@@ -281,6 +281,11 @@ pub(crate) struct TierStats {
     /// Background work shed at `limits.max_background`.
     pub(crate) background_shed: Cell<u64>,
     pub(crate) budget_refused: [Cell<u64>; 3],
+    /// Completion queries not sent because nobody was known to ask the name
+    /// again yet (the entry earns them on a hit while fresh).
+    pub(crate) completion_deferred: Cell<u64>,
+    /// Completions started by demand (a hit on an incomplete fresh entry).
+    pub(crate) demand_completions: Cell<u64>,
     pub(crate) peak_in_flight: Samples,
     pub(crate) background: Samples,
 }
@@ -485,6 +490,18 @@ impl ShardStats {
                 &t.merge_rejected,
             ),
             ("tierdns_flights_failed_total", "", "", &t.failed_flights),
+            (
+                "tierdns_budget_deferred_total",
+                "purpose",
+                "completion",
+                &t.completion_deferred,
+            ),
+            (
+                "tierdns_completions_on_demand_total",
+                "",
+                "",
+                &t.demand_completions,
+            ),
             ("tierdns_background_shed_total", "", "", &t.background_shed),
         ];
         for (i, purpose) in Purpose::CHARGED.iter().enumerate() {

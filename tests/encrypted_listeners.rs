@@ -182,6 +182,16 @@ fn doh_answers_what_is_not_dns_with_an_http_error() {
                         Method::POST,
                         &url("/dns-query"),
                         Some("application/dns-message"),
+                        vec![0; 5_000],
+                    ),
+                    // Longer than any query (issue 18: 4 KiB at most).
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                ),
+                (
+                    request(
+                        Method::POST,
+                        &url("/dns-query"),
+                        Some("application/dns-message"),
                         vec![0; 70_000],
                     ),
                     StatusCode::PAYLOAD_TOO_LARGE,

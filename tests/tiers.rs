@@ -150,3 +150,61 @@ fn identical_concurrent_queries_over_all_shards_make_one_flight() {
     assert_eq!(up.queries(), 1, "one flight for 100 identical queries");
     server.shutdown();
 }
+
+/// Completion by demand (issue 21): when the amplification budget has no spare
+/// for a name nobody asked again, its entry is cached with the first answers
+/// only; the first hit while it is fresh earns its completion, which asks the
+/// upstreams not heard and merges their addresses into the entry.
+#[test]
+fn a_name_asked_again_earns_its_completion() {
+    let ups = fleet();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // No refill from misses or time: the bucket's ten tokens are all there is,
+    // so after a few flights nothing is spare for names nobody asks again.
+    let mut cfg = config(
+        &addrs,
+        uring(),
+        "[budget]\nratio = 0.0\nmin_per_second = 0.0\n",
+    );
+    cfg.server.shards = 1;
+    let server = start(cfg);
+    let addr = server.local_addrs[0];
+    for i in 0..4 {
+        let name = format!("drain{i}.example.");
+        udp_query(addr, &query(i, &name, RecordType::A, Some(1232)));
+    }
+    let first = udp_query(
+        addr,
+        &query(20, "demand.example.", RecordType::A, Some(1232)),
+    );
+    let heard = a_records(&first).len();
+    assert!(heard >= 2, "the first answer: {:?}", a_records(&first));
+    // Collected what was in flight, nothing more: the entry is incomplete.
+    let cached = eventually(Duration::from_secs(5), "the flight settles", || {
+        let m = udp_query(
+            addr,
+            &query(21, "demand.example.", RecordType::A, Some(1232)),
+        );
+        let n = a_records(&m).len();
+        (n < 10).then_some(n).ok_or(n)
+    });
+    assert!(
+        cached < 10,
+        "no completion without demand: {cached} addresses"
+    );
+    // That hit was the demand: the upstreams not heard are asked, and the entry
+    // ends up with every address.
+    let mut want: Vec<Ipv4Addr> = (0..5u8)
+        .flat_map(|i| [Ipv4Addr::new(10, 0, i, 1), Ipv4Addr::new(10, 0, i, 2)])
+        .collect();
+    want.sort();
+    eventually(Duration::from_secs(5), "completed by demand", || {
+        let m = udp_query(
+            addr,
+            &query(22, "demand.example.", RecordType::A, Some(1232)),
+        );
+        let got = a_records(&m);
+        (got == want).then_some(()).ok_or(got)
+    });
+    server.shutdown();
+}

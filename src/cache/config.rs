@@ -46,6 +46,10 @@ pub struct CacheConfig {
     /// Fraction of the TTL, at its end, in which a hit asks for a refresh
     /// (0.1 = the last 10%). Default 0.1.
     pub prefetch_window: f32,
+    /// Hits a fresh entry that lacks some upstreams' addresses needs before it
+    /// asks for its completion (the demand signal of the amplification budget:
+    /// a name asked again earns it, once per entry). Default 1: the first hit.
+    pub complete_min_hits: u32,
 }
 
 impl Default for CacheConfig {
@@ -64,6 +68,7 @@ impl Default for CacheConfig {
             prefetch: true,
             prefetch_min_hits: 3,
             prefetch_window: 0.1,
+            complete_min_hits: 1,
         }
     }
 }

@@ -18,6 +18,11 @@ pub(super) const REFERENCED: u8 = 1 << 2;
 pub(super) const PREFETCHED: u8 = 1 << 3;
 /// Entry flag: the entry is a held SERVFAIL (never served stale, never prefetched).
 pub(super) const SERVFAIL: u8 = 1 << 4;
+/// Entry flag: the answer lacks addresses some upstreams of its route could add
+/// (its flight deferred or was refused its completion).
+pub(super) const INCOMPLETE: u8 = 1 << 5;
+/// Entry flag: a completion was already requested for this entry.
+pub(super) const COMPLETING: u8 = 1 << 6;
 
 pub(super) const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -58,8 +63,12 @@ pub(super) struct Entry {
     pub(super) ttl: u32,
     /// Hits since insert, saturating.
     pub(super) hits: u16,
-    /// Key flags (DO, CD) and entry flags (REFERENCED, PREFETCHED, SERVFAIL).
+    /// Key flags (DO, CD) and entry flags (REFERENCED, PREFETCHED, SERVFAIL,
+    /// INCOMPLETE, COMPLETING).
     pub(super) flags: u8,
+    /// Upstreams (by index, the first 16) whose addresses the answer holds, for
+    /// an INCOMPLETE entry: its completion asks the others.
+    pub(super) answered: u16,
 }
 
 impl Entry {

@@ -44,7 +44,9 @@ use std::time::Instant;
 
 use crate::wire::answer::{write_reply, AnswerLayout, TtlPatch};
 use crate::wire::{ReplyTarget, WireError, HEADER_LEN};
-use entry::{Clock, Entry, NANOS_PER_SEC, PREFETCHED, REFERENCED, SERVFAIL};
+use entry::{
+    Clock, Entry, COMPLETING, INCOMPLETE, NANOS_PER_SEC, PREFETCHED, REFERENCED, SERVFAIL,
+};
 use partition::Partition;
 use ttl::Kind;
 
@@ -58,6 +60,10 @@ pub enum Lookup {
         /// The entry is popular and near expiry: refresh it in the background.
         /// True at most once per entry.
         prefetch: bool,
+        /// The entry lacks some upstreams' addresses and is asked again while
+        /// fresh (`complete_min_hits`): ask the others in the background
+        /// ([`PacketCache::completion_base`]). True at most once per entry.
+        complete: bool,
     },
     /// No fresh entry (absent, expired, or `dst` too small).
     Miss,
@@ -124,6 +130,21 @@ impl InsertOutcome {
     pub fn stored(&self) -> bool {
         matches!(self, Self::Inserted | Self::Replaced)
     }
+}
+
+/// An incomplete entry as its completion starts from it
+/// ([`PacketCache::completion_base`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionBase {
+    /// The stored answer (question name lowercased, TTLs as stored).
+    pub wire: Vec<u8>,
+    /// When it was stored: a merged answer is stored as of then, so its TTLs
+    /// keep ageing from the first answer.
+    pub inserted: Instant,
+    /// The flight version that wrote it: the merge overwrites only that.
+    pub version: u64,
+    /// Upstreams (bits by index) whose addresses it holds.
+    pub answered: u16,
 }
 
 /// Plain counters, summed over partitions by [`PacketCache::stats`].
@@ -309,10 +330,64 @@ impl PacketCache {
             && ttl - age <= window;
         if prefetch {
             entry.flags |= PREFETCHED;
+        }
+        // A refresh brings every upstream's addresses anyway; an entry with less
+        // than a second left is not worth completing.
+        let complete = !prefetch
+            && entry.flags & (INCOMPLETE | COMPLETING) == INCOMPLETE
+            && u32::from(entry.hits) >= self.cfg.complete_min_hits
+            && ttl - age >= NANOS_PER_SEC;
+        if complete {
+            entry.flags |= COMPLETING;
+        }
+        if prefetch {
             part.stats.prefetches += 1;
         }
         part.stats.hits += 1;
-        Lookup::Hit { len, prefetch }
+        Lookup::Hit {
+            len,
+            prefetch,
+            complete,
+        }
+    }
+
+    /// Marks the entry of `key` written by flight `version` as lacking addresses
+    /// that upstreams other than those in `answered` (bits by upstream index)
+    /// could add: a later hit may then ask for its completion. Nothing if the
+    /// entry is gone or was written by another flight.
+    pub fn mark_incomplete(&self, key: &KeyRef<'_>, version: u64, answered: u16) {
+        let hash = key.hash();
+        let mut guard = self.partition(hash);
+        let part = &mut *guard;
+        let Some(slot) = part.find(hash, key) else {
+            return;
+        };
+        if let Some(entry) = part.entry_mut(slot).filter(|e| e.version == version) {
+            entry.flags |= INCOMPLETE;
+            entry.answered = answered;
+        }
+    }
+
+    /// What a completion of `key`'s entry starts from: a copy of the stored
+    /// answer, when it was stored, its version, and the upstreams already in it.
+    /// None if the entry is gone, expired, or complete. Allocates the copy.
+    pub fn completion_base(&self, key: &KeyRef<'_>, now: Instant) -> Option<CompletionBase> {
+        let hash = key.hash();
+        let now_nanos = self.clock.nanos(now);
+        let mut guard = self.partition(hash);
+        let part = &mut *guard;
+        let slot = part.find(hash, key)?;
+        let entry = part.entry_mut(slot)?;
+        if entry.flags & INCOMPLETE == 0 || entry.age(now_nanos) >= entry.ttl_nanos() {
+            return None;
+        }
+        let age = entry.age(now_nanos);
+        Some(CompletionBase {
+            wire: entry.wire.to_vec(),
+            inserted: now.checked_sub(std::time::Duration::from_nanos(age))?,
+            version: entry.version,
+            answered: entry.answered,
+        })
     }
 
     /// Serve-stale path, for when every upstream failed: an entry expired less than
@@ -491,6 +566,7 @@ impl PacketCache {
             ttl: policy.ttl,
             hits: 0,
             flags,
+            answered: 0,
         };
         if !entry.matches(key) {
             return Err(Reject::Mismatch);
@@ -626,7 +702,7 @@ mod tests {
         let client = wire_name(name);
         let mut buf = [0u8; 2048];
         match c.lookup(&key(&lower), now, &target(&client), &mut buf) {
-            Lookup::Hit { len, prefetch } => {
+            Lookup::Hit { len, prefetch, .. } => {
                 Some((Message::from_vec(&buf[..len]).unwrap(), prefetch))
             }
             Lookup::Miss => None,

@@ -283,7 +283,7 @@ async fn read_query<B: Backend>(
     let idle = shard.shared.config.limits.tcp_idle_timeout;
     let (parts, body) = req.into_parts();
     let read = |body| async move {
-        tokio::time::timeout(idle, Limited::new(body, MAX_STREAM_QUERY).collect()).await
+        tokio::time::timeout(idle, Limited::new(body, MAX_MESSAGE).collect()).await
     };
     let refuse = |code, body| async move {
         let _ = read(body).await;
@@ -301,8 +301,18 @@ async fn read_query<B: Backend>(
             if !is_dns_message(parts.headers.get(CONTENT_TYPE)) {
                 return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, body).await;
             }
+            // Read whole (up to a message's size) before refusing what is too
+            // long for a query: an HTTP/2 reply that ends a stream the client is
+            // still sending on comes with a reset, which clients report instead
+            // of the status.
             match read(body).await {
-                Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+                Ok(Ok(b)) => {
+                    let b = b.to_bytes();
+                    if b.len() > MAX_STREAM_QUERY {
+                        return Err(status(StatusCode::PAYLOAD_TOO_LARGE));
+                    }
+                    Ok(b.to_vec())
+                }
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     Err(status(StatusCode::PAYLOAD_TOO_LARGE))
                 }

@@ -25,13 +25,14 @@
 
 use super::upstreams::UpstreamSet;
 use super::{BackgroundSlot, Shard};
-use crate::cache::Key;
+use crate::cache::{CompletionBase, Key};
 use crate::flight::{Answer, FlightResult};
 use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
-    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
+    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, Spend, StaggerReason,
+    StrategyKind,
 };
 use crate::upstream::{Exchange, Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::answer::AnswerLayout;
@@ -116,6 +117,13 @@ pub(super) struct Finished {
     pub(super) merged: Option<(Merged, Instant)>,
 }
 
+/// Whether upstream `up` is among `answered` (bits by index; an index past 16 is
+/// never recorded as heard).
+fn heard(answered: u16, up: UpstreamIdx) -> bool {
+    1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX))
+        .is_some_and(|bit| answered & bit != 0)
+}
+
 /// Whether merging more answers into this first one could add anything: only a
 /// NOERROR answer with records of an A or AAAA question, unsigned and whole, can
 /// grow (see [`merge`]). For any other, background completion stops at once.
@@ -140,6 +148,11 @@ pub(super) struct FlightState {
     others: Vec<Vec<u8>>,
     /// The most telling failure so far (see [`telling`]).
     worst: Option<FailKind>,
+    /// Upstreams (bits by index, the first 16) that gave a good answer.
+    answered: u16,
+    /// For a completion by demand: the cached answer it completes (merged
+    /// first, its chain the one kept) and when that was stored.
+    base: Option<(Vec<u8>, Instant)>,
 }
 
 /// What the driver does next.
@@ -162,7 +175,28 @@ impl FlightState {
             first_at: now,
             others: Vec::new(),
             worst: None,
+            answered: 0,
+            base: None,
         }
+    }
+
+    /// Makes this the completion of a cached answer: `base` (stored at `at`,
+    /// holding the answers of the upstreams in `answered`) is merged first.
+    pub(super) fn complete_base(&mut self, base: Vec<u8>, at: Instant, answered: u16) {
+        self.base = Some((base, at));
+        self.answered = answered;
+    }
+
+    /// Upstreams (bits by index) whose good answers the flight holds.
+    pub(super) fn answered(&self) -> u16 {
+        self.answered
+    }
+
+    /// Whether the flight's first good answer is one a merge could grow.
+    pub(super) fn can_grow(&self) -> bool {
+        self.first
+            .as_ref()
+            .is_some_and(|a| merge_can_grow(&a.layout, self.qtype))
     }
 
     /// What to do at `now`; every query beyond the first is asked of `allow` (the
@@ -192,6 +226,9 @@ impl FlightState {
                     self.plan.stop_collecting();
                 }
                 self.plan.on_result(up, Outcome::Good, now);
+                if let Some(bit) = 1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX)) {
+                    self.answered |= bit;
+                }
                 if self.first.is_some() {
                     self.others.push(ex.reply);
                     return Heard::Good {
@@ -243,13 +280,19 @@ impl FlightState {
     pub(super) fn finish(self) -> Finished {
         let stats = *self.plan.stats();
         let merged = self.first.as_ref().and_then(|first| {
-            if self.others.is_empty() {
-                return None;
-            }
             let mut all: SmallVec<[&[u8]; 8]> = SmallVec::new();
+            // A completion merges into the cached answer, and ages from it.
+            let at = match &self.base {
+                Some((base, at)) => {
+                    all.push(base);
+                    *at
+                }
+                None if self.others.is_empty() => return None,
+                None => self.first_at,
+            };
             all.push(&first.wire);
             all.extend(self.others.iter().map(Vec::as_slice));
-            merge(&all).map(|m| (m, self.first_at))
+            merge(&all).map(|m| (m, at))
         });
         Finished { stats, merged }
     }
@@ -272,9 +315,15 @@ pub(super) struct FlightRun<B: Backend> {
     out: SmallVec<[Outstanding; 4]>,
     /// When each upstream was asked.
     sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
-    /// The name is known to be asked again (waiters, or a prefetch): its
-    /// completion ranks higher in the budget.
+    /// The name is known to be asked again (waiters, a prefetch, a hit on its
+    /// entry while fresh): it earns its completion (see [`crate::tiers::Budget`]).
     asked_again: bool,
+    /// A completion query was deferred or refused: the entry is stored
+    /// incomplete, for a later hit to complete.
+    short: bool,
+    /// A completion by demand of a cached answer, not a client's flight: every
+    /// query is a completion query, and its tier counters are not a flight's.
+    on_demand: bool,
     /// No client waits for any of its queries (a prefetch): they leave the last
     /// slots of the upstream pending tables to queries that have one.
     background: bool,
@@ -294,6 +343,50 @@ impl<B: Backend> FlightRun<B> {
         now: Instant,
         background: bool,
     ) -> Self {
+        let version = shard.shared.cache.next_version();
+        Self::planned(shard, q, key, now, background, version, None)
+    }
+
+    /// A completion by demand of the cached answer `base`: asks, all at once, the
+    /// upstreams of the name's route whose addresses it lacks, and merges what
+    /// they give into it under its own version (a newer write wins). None when
+    /// no upstream is left to ask.
+    pub(super) fn start_completion(
+        shard: Rc<Shard<B>>,
+        q: &QueryView<'_>,
+        key: Key,
+        now: Instant,
+        base: CompletionBase,
+    ) -> Option<Self> {
+        let version = base.version;
+        let left = {
+            let set = shard.upstreams.borrow();
+            let route = set.zones.route(q.qname_lower());
+            route.upstreams.iter().any(|up| !heard(base.answered, *up))
+        };
+        if !left {
+            return None;
+        }
+        let mut run = Self::planned(shard, q, key, now, true, version, Some(base.answered));
+        run.state
+            .complete_base(base.wire, base.inserted, base.answered);
+        run.asked_again = true;
+        run.on_demand = true;
+        Some(run)
+    }
+
+    /// The flight's plan on its route, in health order: the route's strategy,
+    /// or, for a completion (`skip`: the upstreams already heard), every
+    /// upstream not heard at once.
+    fn planned(
+        shard: Rc<Shard<B>>,
+        q: &QueryView<'_>,
+        key: Key,
+        now: Instant,
+        background: bool,
+        version: u64,
+        skip: Option<u16>,
+    ) -> Self {
         let set = Rc::clone(&shard.upstreams.borrow());
         let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
@@ -306,14 +399,14 @@ impl<B: Backend> FlightRun<B> {
                     .unwrap_or_default()
             };
             health.order_shared(&route.upstreams, now, &mut order, elsewhere);
-            Plan::new(
-                route.strategy,
-                &route.tiers,
-                &order,
-                &health,
-                now,
-                rand::random(),
-            )
+            let strategy = match skip {
+                Some(answered) => {
+                    order.retain(|up| !heard(answered, *up));
+                    StrategyKind::Parallel
+                }
+                None => route.strategy,
+            };
+            Plan::new(strategy, &route.tiers, &order, &health, now, rand::random())
         };
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let len = write_upstream_query(&mut buf, 0, q);
@@ -322,12 +415,14 @@ impl<B: Backend> FlightRun<B> {
             query: buf[..len].into(),
             question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,
-            version: shard.shared.cache.next_version(),
+            version,
             started: now,
             mailbox: Mailbox::new(),
             out: SmallVec::new(),
             sent_at: SmallVec::new(),
             asked_again: false,
+            short: false,
+            on_demand: false,
             background,
             completing: SmallVec::new(),
             due: None,
@@ -525,26 +620,54 @@ impl<B: Backend> FlightRun<B> {
     }
 
     /// What the plan does at `now`, every query beyond a flight's first paid from
-    /// the shard's amplification budget.
+    /// the shard's amplification budget: latency queries from the bucket misses
+    /// refill, completion queries by demand and from their upstream's share of
+    /// `upstream_completion_qps`, and only to an upstream with headroom.
     fn next(&mut self, now: Instant) -> Next {
         let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
-        let asked_again = self.asked_again;
+        let health = &self.shard.health;
+        let (asked_again, on_demand) = (self.asked_again, self.on_demand);
+        let current = self.is_current();
         let completing = &mut self.completing;
+        let short = &mut self.short;
         completing.clear();
-        let allow = |up, purpose: Purpose| {
+        let allow = |up: UpstreamIdx, purpose: Purpose| {
+            let purpose = if on_demand {
+                Purpose::Completion
+            } else {
+                purpose
+            };
             let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) else {
                 return true;
             };
-            if purpose == Purpose::Completion {
-                completing.push(up);
+            if purpose != Purpose::Completion {
+                let ok = budget.borrow_mut().try_spend(purpose, now);
+                ShardStats::bump(if ok {
+                    &tiers.extra_queries[i]
+                } else {
+                    &tiers.budget_refused[i]
+                });
+                return ok;
             }
-            let ok = budget.borrow_mut().try_spend(purpose, asked_again, now);
-            ShardStats::bump(if ok {
-                &tiers.extra_queries[i]
+            completing.push(up);
+            let mut budget = budget.borrow_mut();
+            // Headroom: no completion load on an upstream that is failing.
+            let strained = budget.params().enabled && current && {
+                let h = health.borrow();
+                h.state(up) != CircuitState::Closed || h.consecutive_failures(up) > 0
+            };
+            let spend = if strained {
+                Spend::Refused
             } else {
-                &tiers.budget_refused[i]
-            });
-            ok
+                budget.try_complete(up, asked_again, now)
+            };
+            match spend {
+                Spend::Allowed => ShardStats::bump(&tiers.extra_queries[i]),
+                Spend::Refused => ShardStats::bump(&tiers.budget_refused[i]),
+                Spend::Deferred => ShardStats::bump(&tiers.completion_deferred),
+            }
+            *short |= spend != Spend::Allowed;
+            spend == Spend::Allowed
         };
         self.state.next(now, allow)
     }
@@ -623,12 +746,16 @@ impl<B: Backend> FlightRun<B> {
         self.conclude();
     }
 
-    /// No more queries: a good answer ends the flight.
+    /// No more queries: a good answer ends the flight (stored incomplete, for a
+    /// later hit to complete).
     pub(super) fn stop_collecting(&mut self) {
+        self.short = true;
         self.state.stop_collecting();
     }
 
-    /// No more collecting: counts what the flight did, and writes the merge.
+    /// No more collecting: counts what the flight did, and writes the merge; an
+    /// answer that lacks upstreams' addresses because completion was deferred or
+    /// refused is marked incomplete in the cache.
     pub(super) fn conclude(mut self) {
         // Results already in count; what is still out is abandoned, and the time
         // waited tells health something about the silent upstreams.
@@ -647,8 +774,20 @@ impl<B: Backend> FlightRun<B> {
         // Their pending entries go (a late reply is counted as late), and any TCP
         // retry stops.
         self.out.clear();
+        let incomplete = self.short && self.state.can_grow() && !self.on_demand;
+        let answered = self.state.answered();
         let Finished { stats, merged } = self.state.finish();
         let tiers = &self.shard.stats.tiers;
+        store(&self.shard, &self.key, self.version, merged);
+        if incomplete {
+            self.shard
+                .shared
+                .cache
+                .mark_incomplete(&self.key.key_ref(), self.version, answered);
+        }
+        if self.on_demand {
+            return;
+        }
         if let Some(reason) = stats.stagger_reason {
             let i = match reason {
                 StaggerReason::Answered => 0,
@@ -666,24 +805,27 @@ impl<B: Backend> FlightRun<B> {
         tiers
             .background
             .record(self.started.elapsed().as_secs_f64());
-        let Some((merged, first_at)) = merged else {
-            return;
-        };
-        // Stored as of the first answer's arrival, so its TTLs age from then, not
-        // from the end of the collection.
-        let outcome = self.shard.shared.cache.insert(
-            &self.key.key_ref(),
-            &merged.wire,
-            first_at,
-            self.version,
-        );
-        if outcome.stored() {
-            ShardStats::bump(&tiers.merges);
-            let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;
-            tiers.merged_addresses.set(added);
-        } else {
-            ShardStats::bump(&tiers.merge_rejected);
-        }
+    }
+}
+
+/// Writes a flight's merged answer, if it has one, under its version.
+fn store<B: Backend>(shard: &Shard<B>, key: &Key, version: u64, merged: Option<(Merged, Instant)>) {
+    let tiers = &shard.stats.tiers;
+    let Some((merged, first_at)) = merged else {
+        return;
+    };
+    // Stored as of the first answer's arrival, so its TTLs age from then, not
+    // from the end of the collection.
+    let outcome = shard
+        .shared
+        .cache
+        .insert(&key.key_ref(), &merged.wire, first_at, version);
+    if outcome.stored() {
+        ShardStats::bump(&tiers.merges);
+        let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;
+        tiers.merged_addresses.set(added);
+    } else {
+        ShardStats::bump(&tiers.merge_rejected);
     }
 }
 

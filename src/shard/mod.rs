@@ -481,7 +481,8 @@ fn build_shard<B: Backend>(
         .into_iter()
         .map(tokio_listener)
         .collect::<Result<Vec<_>, _>>()?;
-    let budget = Budget::new(config.budget.clone(), Instant::now());
+    let budget =
+        Budget::new(config.budget.clone(), Instant::now()).for_shards(config.shard_count());
     let shard = Rc::new(Shard {
         index,
         shared,

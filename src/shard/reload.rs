@@ -125,8 +125,10 @@ pub(super) async fn reload_loop<B: Backend>(
                     .reset_upstreams(&old.labels, new.upstreams.len());
                 *shard.health.borrow_mut() = health;
                 if shard.budget.borrow().params() != &new.budget {
+                    let shards = shard.budget.borrow().shards();
                     *shard.budget.borrow_mut() =
-                        Budget::new(new.budget.clone(), std::time::Instant::now());
+                        Budget::new(new.budget.clone(), std::time::Instant::now())
+                            .for_shards(shards);
                 }
                 tracing::debug!(
                     shard = shard.index,

@@ -117,12 +117,16 @@ impl<B: Backend> Shard<B> {
             .cache
             .lookup_into(&KeyRef::from_query(&q), start, &target, &mut out)
         {
-            Lookup::Hit { prefetch, .. } => {
+            Lookup::Hit {
+                prefetch, complete, ..
+            } => {
                 self.stats.cache(CacheResult::Hit);
                 self.stats.answered(transport, reply_rcode(&out));
                 self.stats.latency_hit.record(start.elapsed().as_secs_f64());
                 if prefetch {
                     self.start_prefetch(packet);
+                } else if complete {
+                    self.start_completion(packet);
                 }
                 First::Reply(out)
             }
@@ -417,6 +421,33 @@ impl<B: Backend> Shard<B> {
                 shard.lead(&q, Instant::now(), Some(leader), false).await;
             }
         });
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    /// Completes a cached answer that lacks some upstreams' addresses, now that
+    /// its name is asked again while fresh (the demand the amplification budget
+    /// waits for): the upstreams not heard are asked at once, in the background,
+    /// and what they give is merged into the entry. Skipped when background work
+    /// is at its bound.
+    fn start_completion(self: &Rc<Self>, packet: &[u8]) {
+        let Some(slot) = self.background_slot() else {
+            return;
+        };
+        let Ok(q) = QueryView::parse(packet) else {
+            return;
+        };
+        let key = KeyRef::from_query(&q);
+        let now = Instant::now();
+        let Some(base) = self.shared.cache.completion_base(&key, now) else {
+            return;
+        };
+        let Some(run) = FlightRun::start_completion(Rc::clone(self), &q, key.to_key(), now, base)
+        else {
+            return;
+        };
+        ShardStats::bump(&self.stats.tiers.demand_completions);
+        tokio::task::spawn_local(run.complete(Some(slot)));
     }
 }
 

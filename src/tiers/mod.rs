@@ -97,7 +97,7 @@ mod plan;
 mod strategy;
 
 use crate::health::{FailKind, UpstreamIdx};
-pub use budget::{Budget, BudgetParams, BudgetParamsError, Purpose};
+pub use budget::{Budget, BudgetParams, BudgetParamsError, Purpose, Spend};
 pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES, MERGE_TTL_FLOOR};
 pub use params::{FallbackTimeout, TierParams, TierParamsError};
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
