@@ -7,7 +7,7 @@
 //! `--names` names (100 000) at `--rate` (3000 qps) for `--duration` (25 s), open
 //! loop. Then the scenario waits until background completion is over (nothing in
 //! flight at the fleet and no query for a second; at most `total_collect_timeout`
-//! plus 2 s), reads the counters, and asks `--probes` (300) names drawn from the
+//! plus 3 s), reads the counters, and asks `--probes` (300) names drawn from the
 //! same law: answer-weighted completeness, so a name weighs what it weighs in the
 //! traffic. A probe of a name the load never asked is a miss and carries what a miss
 //! gets, as the next client would see; the band table also gives completeness over
