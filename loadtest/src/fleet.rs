@@ -699,6 +699,11 @@ impl Fleet {
             .sum()
     }
 
+    /// Queries received and not yet answered or dropped, all upstreams.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
     /// A copy of the records so far.
     pub fn records(&self) -> Vec<Record> {
         self.shared.records.lock().expect("records lock").1.clone()

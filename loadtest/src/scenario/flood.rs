@@ -5,7 +5,7 @@
 //! `[cache] max_bytes` = 4 MiB; RSS sampled from /proc every 200 ms; cache bytes
 //! and entries from tierdns' gauges at the end of each row.
 
-use super::{f, load_config, metrics_sum, run_load, ConfigSpec, Ctx, Outcome, Table, Tierdns};
+use super::{f, load_config, metrics_sum, run_load, Ctx, Outcome, Table, Tierdns};
 use crate::fleet::{self, Fleet};
 use crate::generator::StopHandle;
 use crate::names::{NameSource, QtypeMix};
@@ -25,8 +25,7 @@ pub(super) fn run(ctx: &Ctx) -> Result<Outcome, String> {
     };
     let specs = fleet::parse_fleet(SPEC)?;
     let fl = Fleet::start(specs, ctx.args.seed).map_err(|e| format!("fleet: {e}"))?;
-    let mut cfg = ConfigSpec::new(fl.addrs.clone());
-    cfg.io = ctx.args.io.clone();
+    let mut cfg = ctx.config(fl.addrs.clone())?;
     cfg.cache.push(format!("max_bytes = {CACHE_BYTES}"));
     let td = Tierdns::start(&ctx.bin, &ctx.dir, "flood", &cfg)?;
     std::thread::sleep(Duration::from_millis(100));

@@ -7,7 +7,7 @@
 //! `tierdns_cache_total{result}`: hit / (hit + miss + stale); a query that joins a
 //! flight in progress counts as a miss there.
 
-use super::{f, load_config, metrics_sum, run_load, ConfigSpec, Ctx, Outcome, Table, Tierdns};
+use super::{f, load_config, metrics_sum, run_load, Ctx, Outcome, Table, Tierdns};
 use crate::fleet::{self, Fleet};
 use crate::generator::StopHandle;
 use crate::names::{NameSource, QtypeMix, Zipf};
@@ -65,8 +65,7 @@ pub(super) fn run(ctx: &Ctx) -> Result<Outcome, String> {
             duration.as_secs_f64()
         );
         let zipf = Zipf::new(NAMES, s)?;
-        let mut cfg = ConfigSpec::new(fl.addrs.clone());
-        cfg.io = ctx.args.io.clone();
+        let cfg = ctx.config(fl.addrs.clone())?;
         let td = Tierdns::start(&ctx.bin, &ctx.dir, &format!("hit-rate-{s}"), &cfg)?;
         std::thread::sleep(Duration::from_millis(100));
         fl.reset();

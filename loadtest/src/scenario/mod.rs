@@ -12,6 +12,7 @@
 //! duration plus its timeout, tierdns gets SIGTERM then SIGKILL, the fleet stops
 //! when dropped.
 
+mod completeness;
 mod flood;
 mod hit_rate;
 mod outage;
@@ -21,7 +22,8 @@ mod reload;
 mod tierdns;
 
 pub use tierdns::{
-    find_binary, free_port, metrics_by_label, metrics_sum, parse_metrics, ConfigSpec, Tierdns,
+    bucket_quantile, buckets_delta, find_binary, free_port, metrics_buckets, metrics_by_label,
+    metrics_sum, parse_metrics, ConfigSpec, Tierdns,
 };
 
 use crate::dns;
@@ -49,6 +51,9 @@ pub enum Name {
     Outage,
     /// SIGHUP during load: queries lost (must be zero).
     Reload,
+    /// Zipf(1) over 100k names at 3000 qps against the reference fleet, then probes:
+    /// how many answers carry every upstream's addresses, at what upstream cost.
+    Completeness,
 }
 
 impl Name {
@@ -61,6 +66,7 @@ impl Name {
             Self::Overload => "overload",
             Self::Outage => "outage",
             Self::Reload => "reload",
+            Self::Completeness => "completeness",
         }
     }
 }
@@ -98,6 +104,17 @@ pub struct ScenarioArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Extra tierdns config, `SECTION.KEY=VALUE` with VALUE as TOML
+    /// (`budget.enabled=false`, `tiers.total_collect_timeout="5s"`), or
+    /// `strategy=NAME`; repeatable. Not `[server]`, `[metrics]`, `[[upstream]]`.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Names of the Zipf mix (completeness only).
+    #[arg(long)]
+    pub names: Option<usize>,
+    /// Probes after the run (completeness only).
+    #[arg(long)]
+    pub probes: Option<usize>,
 }
 
 impl ScenarioArgs {
@@ -202,8 +219,23 @@ pub struct Ctx {
     pub bin: PathBuf,
 }
 
+impl Ctx {
+    /// The tierdns config of a scenario: upstreams (the fleet), `--io`, every `--set`.
+    pub fn config(&self, upstreams: Vec<SocketAddr>) -> Result<ConfigSpec, String> {
+        let mut c = ConfigSpec::new(upstreams);
+        c.io = self.args.io.clone();
+        c.set_all(&self.args.set)?;
+        Ok(c)
+    }
+}
+
 /// Runs `loadtest scenario`.
 pub fn main(args: ScenarioArgs) -> Result<(), String> {
+    if args.name != Name::Completeness && (args.names.is_some() || args.probes.is_some()) {
+        return Err("--names and --probes are options of scenario completeness".into());
+    }
+    // refuse a bad --set before starting anything
+    ConfigSpec::new(Vec::new()).set_all(&args.set)?;
     let bin = find_binary(args.tierdns.as_deref())?;
     let dir = std::env::temp_dir().join(format!(
         "loadtest-{}-{}",
@@ -223,6 +255,7 @@ pub fn main(args: ScenarioArgs) -> Result<(), String> {
         Name::Overload => overload::run(&ctx),
         Name::Outage => outage::run(&ctx),
         Name::Reload => reload::run(&ctx),
+        Name::Completeness => completeness::run(&ctx),
     };
     if args.keep || result.is_err() {
         eprintln!("scenario files kept in {}", dir.display());

@@ -11,7 +11,7 @@
 //! second in which every query got a good answer (NOERROR/NXDOMAIN, not lost),
 //! from the generator's 100 ms timeline.
 
-use super::{f, load_config, metrics_sum, run_load, ConfigSpec, Ctx, Outcome, Table, Tierdns};
+use super::{f, load_config, metrics_sum, run_load, Ctx, Outcome, Table, Tierdns};
 use crate::fleet::{self, Fleet, State};
 use crate::generator::StopHandle;
 use crate::names::{NameSource, QtypeMix, Zipf};
@@ -51,8 +51,7 @@ fn run_mode(ctx: &Ctx, mode: State, d: Duration, rate: u64) -> Result<ModeRun, S
     let specs = fleet::parse_fleet(SPEC)?;
     let n = specs.len();
     let fl = Fleet::start(specs, ctx.args.seed).map_err(|e| format!("fleet: {e}"))?;
-    let mut cfg = ConfigSpec::new(fl.addrs.clone());
-    cfg.io = ctx.args.io.clone();
+    let cfg = ctx.config(fl.addrs.clone())?;
     let td = Tierdns::start(&ctx.bin, &ctx.dir, &format!("outage-{mode:?}"), &cfg)?;
     std::thread::sleep(Duration::from_millis(200));
     let source = NameSource::Zipf {

@@ -7,7 +7,7 @@
 //! admitted (answered) and its latency, what was lost, and tierdns' drops by reason
 //! (`tierdns_drops_total`, the difference over each run).
 
-use super::{f, load_config, metrics_by_label, run_load, ConfigSpec, Ctx, Outcome, Table, Tierdns};
+use super::{f, load_config, metrics_by_label, run_load, Ctx, Outcome, Table, Tierdns};
 use crate::fleet::{self, Fleet};
 use crate::generator::StopHandle;
 use crate::names::{NameSource, QtypeMix};
@@ -43,8 +43,7 @@ pub(super) fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let duration = ctx.args.duration_or(6.0);
     let specs = fleet::parse_fleet(SPEC)?;
     let fl = Fleet::start(specs, ctx.args.seed).map_err(|e| format!("fleet: {e}"))?;
-    let mut cfg = ConfigSpec::new(fl.addrs.clone());
-    cfg.io = ctx.args.io.clone();
+    let mut cfg = ctx.config(fl.addrs.clone())?;
     cfg.limits.push(format!("max_client_in_flight = {LIMIT}"));
     let td = Tierdns::start(&ctx.bin, &ctx.dir, "overload", &cfg)?;
     std::thread::sleep(Duration::from_millis(200));

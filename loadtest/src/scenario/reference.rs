@@ -10,7 +10,7 @@
 //! completion ms = median over names of last upstream answer minus first upstream
 //! query.
 
-use super::{f, load_config, probe, run_load, ConfigSpec, Ctx, Outcome, Table, Tierdns};
+use super::{f, load_config, probe, run_load, Ctx, Outcome, Table, Tierdns};
 use crate::dns;
 use crate::fleet::{self, Fleet};
 use crate::generator::StopHandle;
@@ -40,9 +40,8 @@ pub(super) fn run_strategy(
 ) -> Result<Row, String> {
     let specs = fleet::parse_fleet(SPEC)?;
     let fl = Fleet::start(specs.clone(), ctx.args.seed).map_err(|e| format!("fleet: {e}"))?;
-    let mut cfg = ConfigSpec::new(fl.addrs.clone());
+    let mut cfg = ctx.config(fl.addrs.clone())?;
     cfg.strategy = strategy.into();
-    cfg.io = ctx.args.io.clone();
     let td = Tierdns::start(&ctx.bin, &ctx.dir, &format!("reference-{strategy}"), &cfg)?;
     // let the readiness probe's flight finish before counting
     std::thread::sleep(Duration::from_millis(400));

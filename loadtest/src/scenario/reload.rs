@@ -35,8 +35,7 @@ pub(super) fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let rate = ctx.args.rate.unwrap_or(2000);
     let specs = fleet::parse_fleet(SPEC)?;
     let fl = Fleet::start(specs, ctx.args.seed).map_err(|e| format!("fleet: {e}"))?;
-    let mut base = ConfigSpec::new(fl.addrs.clone());
-    base.io = ctx.args.io.clone();
+    let base = ctx.config(fl.addrs.clone())?;
     let td = Tierdns::start(&ctx.bin, &ctx.dir, "reload", &base)?;
     std::thread::sleep(Duration::from_millis(200));
     let applied0 = td.log_count("reloaded");

@@ -86,6 +86,8 @@ pub struct ConfigSpec {
     pub limits: Vec<String>,
     /// Extra lines of `[cache]`.
     pub cache: Vec<String>,
+    /// Other sections (`[budget]`, `[health]`, ...) and their lines, in order.
+    pub sections: Vec<(String, Vec<String>)>,
 }
 
 impl ConfigSpec {
@@ -98,7 +100,82 @@ impl ConfigSpec {
             tiers: Vec::new(),
             limits: Vec::new(),
             cache: Vec::new(),
+            sections: Vec::new(),
         }
+    }
+
+    /// Applies one `--set SECTION.KEY=VALUE` (VALUE is TOML as written: `false`,
+    /// `0.5`, `"5s"`), or `strategy=NAME`. The sections the scenario owns
+    /// (`server`, `metrics`, `upstream`) are refused: the listener, the metrics
+    /// endpoint and the fleet on loopback are what every scenario relies on.
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (path, value) = assignment
+            .split_once('=')
+            .map(|(p, v)| (p.trim(), v.trim()))
+            .ok_or_else(|| format!("--set {assignment:?}: expected SECTION.KEY=VALUE"))?;
+        if value.is_empty() || value.contains(['\n', '\r']) {
+            return Err(format!(
+                "--set {assignment:?}: the value is one line of TOML"
+            ));
+        }
+        if path == "strategy" {
+            self.strategy = value.trim_matches('"').to_string();
+            return Ok(());
+        }
+        let (section, key) = path
+            .split_once('.')
+            .ok_or_else(|| format!("--set {assignment:?}: expected SECTION.KEY=VALUE"))?;
+        let bare = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !bare(section) || !bare(key) {
+            return Err(format!(
+                "--set {assignment:?}: SECTION and KEY are bare TOML keys"
+            ));
+        }
+        let lines = match section {
+            "server" | "metrics" | "upstream" => {
+                return Err(format!(
+                    "--set {assignment:?}: [{section}] is the scenario's own (loopback listener, metrics, the fleet)"
+                ))
+            }
+            "limits" => &mut self.limits,
+            "tiers" => &mut self.tiers,
+            "cache" => &mut self.cache,
+            other => {
+                let i = match self.sections.iter().position(|(s, _)| s == other) {
+                    Some(i) => i,
+                    None => {
+                        self.sections.push((other.to_string(), Vec::new()));
+                        self.sections.len() - 1
+                    }
+                };
+                &mut self.sections[i].1
+            }
+        };
+        lines.push(format!("{key} = {value}"));
+        Ok(())
+    }
+
+    /// Applies every `--set` in turn.
+    pub fn set_all(&mut self, assignments: &[String]) -> Result<(), String> {
+        assignments.iter().try_for_each(|a| self.set(a))
+    }
+
+    /// The value of `SECTION.KEY` among the extra lines, as written (`"5s"`).
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        let lines = match section {
+            "limits" => &self.limits,
+            "tiers" => &self.tiers,
+            "cache" => &self.cache,
+            other => &self.sections.iter().find(|(s, _)| s == other)?.1,
+        };
+        lines.iter().rev().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim())
+        })
     }
 
     /// The TOML text, listening on `port`, metrics on `metrics_port`.
@@ -112,11 +189,13 @@ impl ConfigSpec {
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\nshards = 1\npin_cpus = false\nio = \"{}\"\nshutdown_grace = \"1s\"\n\n",
             self.io
         ));
-        for (section, lines) in [
+        let own = [
             ("limits", &self.limits),
             ("tiers", &self.tiers),
             ("cache", &self.cache),
-        ] {
+        ];
+        let others = self.sections.iter().map(|(s, l)| (s.as_str(), l));
+        for (section, lines) in own.into_iter().chain(others) {
             if !lines.is_empty() {
                 s.push_str(&format!("[{section}]\n{}\n\n", lines.join("\n")));
             }
@@ -368,6 +447,67 @@ pub fn metrics_by_label(
     out
 }
 
+/// The cumulative buckets `(le, count)` of histogram `name` (its `name_bucket`
+/// series) whose labels contain every `key="value"` in `labels`, by `le` (`+Inf`
+/// last).
+pub fn metrics_buckets(m: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> Vec<(f64, f64)> {
+    let series = format!("{name}_bucket");
+    let mut out: Vec<(f64, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let (n, rest) = k.split_once('{')?;
+            if n != series || !labels.iter().all(|l| rest.contains(l)) {
+                return None;
+            }
+            let i = rest.find("le=\"")?;
+            let le = rest[i + 4..].split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// `end` minus `start`, bucket by bucket (a bucket missing from `start` counts 0).
+pub fn buckets_delta(end: &[(f64, f64)], start: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    end.iter()
+        .map(|&(le, n)| {
+            let before = start.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, (n - before).max(0.0))
+        })
+        .collect()
+}
+
+/// The `q` quantile (0..1) of cumulative buckets, interpolated linearly within its
+/// bucket as Prometheus' `histogram_quantile` does (from 0 in the first bucket);
+/// in the `+Inf` bucket, the highest finite bound. None without samples.
+pub fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank && n > below {
+            if le.is_infinite() {
+                return Some(lo);
+            }
+            return Some(lo + (le - lo) * (rank - below) / (n - below));
+        }
+        if le.is_finite() {
+            lo = le;
+        }
+        below = n;
+    }
+    Some(lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +539,58 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_delta_and_quantiles() {
+        let text = "x_bucket{path=\"miss\",le=\"0.01\"} 10\n\
+            x_bucket{path=\"miss\",le=\"0.025\"} 60\n\
+            x_bucket{path=\"miss\",le=\"+Inf\"} 100\n\
+            x_bucket{path=\"miss\",le=\"0.05\"} 90\n\
+            x_bucket{path=\"hit\",le=\"0.01\"} 7\n\
+            x_count{path=\"miss\"} 100\n";
+        let m = parse_metrics(text);
+        let b = metrics_buckets(&m, "x", &["path=\"miss\""]);
+        assert_eq!(
+            b,
+            vec![
+                (0.01, 10.0),
+                (0.025, 60.0),
+                (0.05, 90.0),
+                (f64::INFINITY, 100.0)
+            ]
+        );
+        // median: rank 50, in (0.01, 0.025] holding 10..60: 0.01 + 0.015 * 40/50
+        let p50 = bucket_quantile(&b, 0.5).unwrap();
+        assert!((p50 - 0.022).abs() < 1e-9, "{p50}");
+        // rank 5 in the first bucket, from 0
+        assert!((bucket_quantile(&b, 0.05).unwrap() - 0.005).abs() < 1e-9);
+        // rank 99 lies in +Inf: the highest finite bound
+        assert_eq!(bucket_quantile(&b, 0.99), Some(0.05));
+        // a bucket missing from the start counts 0
+        let start = vec![(0.01, 10.0), (0.025, 20.0), (f64::INFINITY, 20.0)];
+        let d = buckets_delta(&b, &start);
+        assert_eq!(
+            d,
+            vec![
+                (0.01, 0.0),
+                (0.025, 40.0),
+                (0.05, 90.0),
+                (f64::INFINITY, 80.0)
+            ]
+        );
+        let start = vec![
+            (0.01, 10.0),
+            (0.025, 20.0),
+            (0.05, 20.0),
+            (f64::INFINITY, 20.0),
+        ];
+        let d = buckets_delta(&b, &start);
+        // rank 20 of 80: the empty first bucket is skipped, then 0.01 + 0.015 * 20/40
+        let q = bucket_quantile(&d, 0.25).unwrap();
+        assert!((q - 0.0175).abs() < 1e-9, "{q}");
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+        assert_eq!(bucket_quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
     fn config_has_the_fleet_and_the_extras() {
         let mut c = ConfigSpec::new(vec!["127.0.0.11:5300".parse().unwrap()]);
         c.strategy = "parallel".into();
@@ -409,5 +601,39 @@ mod tests {
         assert!(t.contains("[limits]\nmax_client_in_flight = 256"));
         assert!(t.contains("address = \"127.0.0.11:5300\""));
         assert!(!t.contains("[tiers]"), "no empty sections");
+    }
+
+    #[test]
+    fn set_adds_lines_to_their_sections_and_refuses_the_scenarios_own() {
+        let mut c = ConfigSpec::new(vec!["127.0.0.11:5300".parse().unwrap()]);
+        c.set("budget.enabled=false").unwrap();
+        c.set("budget.ratio = 0.5").unwrap();
+        c.set("tiers.total_collect_timeout=\"5s\"").unwrap();
+        c.set("strategy=parallel").unwrap();
+        let t = c.render(5353, 9153);
+        assert!(
+            t.contains("[budget]\nenabled = false\nratio = 0.5\n"),
+            "{t}"
+        );
+        assert!(t.contains("[tiers]\ntotal_collect_timeout = \"5s\""), "{t}");
+        assert!(t.contains("strategy = \"parallel\""), "{t}");
+        assert_eq!(c.get("tiers", "total_collect_timeout"), Some("\"5s\""));
+        assert_eq!(c.get("budget", "enabled"), Some("false"));
+        assert_eq!(c.get("budget", "missing"), None);
+        assert_eq!(c.get("health", "enabled"), None);
+        for bad in [
+            "budget.enabled",
+            "enabled=false",
+            "budget.=false",
+            "budget.enabled=",
+            "server.listen=[\"0.0.0.0:53\"]",
+            "upstream.address=\"8.8.8.8:53\"",
+            "metrics.listen=\"0.0.0.0:9\"",
+            "bud get.enabled=false",
+            "budget.enabled=false\n[server]",
+        ] {
+            assert!(c.set(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(c.render(5353, 9153).matches("[server]").count(), 1);
     }
 }
