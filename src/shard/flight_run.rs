@@ -31,7 +31,7 @@ use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
-    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
+    merge_agreed, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, StaggerReason,
 };
 use crate::upstream::{Exchange, Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::answer::AnswerLayout;
@@ -137,7 +137,12 @@ pub(super) struct FlightState {
     first: Option<Arc<Answer>>,
     /// When the first good answer arrived: the merge is aged from then.
     first_at: Instant,
+    /// The good answers after the first, for the merge. They passed the same
+    /// checks as the first (the link's ID, question and 0x20 case, [`classify`]):
+    /// every reply takes the one path through [`Self::on_report`].
     others: Vec<Vec<u8>>,
+    /// `merge_min_agree` of the flight's route.
+    min_agree: usize,
     /// The most telling failure so far (see [`telling`]).
     worst: Option<FailKind>,
 }
@@ -154,13 +159,14 @@ pub(super) enum Next {
 }
 
 impl FlightState {
-    pub(super) fn new(plan: Plan, qtype: u16, now: Instant) -> Self {
+    pub(super) fn new(plan: Plan, qtype: u16, min_agree: usize, now: Instant) -> Self {
         Self {
             plan,
             qtype,
             first: None,
             first_at: now,
             others: Vec::new(),
+            min_agree,
             worst: None,
         }
     }
@@ -249,7 +255,7 @@ impl FlightState {
             let mut all: SmallVec<[&[u8]; 8]> = SmallVec::new();
             all.push(&first.wire);
             all.extend(self.others.iter().map(Vec::as_slice));
-            merge(&all).map(|m| (m, self.first_at))
+            merge_agreed(&all, self.min_agree).map(|m| (m, self.first_at))
         });
         Finished { stats, merged }
     }
@@ -297,6 +303,7 @@ impl<B: Backend> FlightRun<B> {
         let set = Rc::clone(&shard.upstreams.borrow());
         let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
+        let min_agree = route.tiers.merge_min_agree;
         let plan = {
             let mut health = shard.health.borrow_mut();
             let elsewhere = |up: UpstreamIdx| {
@@ -318,7 +325,7 @@ impl<B: Backend> FlightRun<B> {
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let len = write_upstream_query(&mut buf, 0, q);
         Self {
-            state: FlightState::new(plan, q.qtype, now),
+            state: FlightState::new(plan, q.qtype, min_agree, now),
             query: buf[..len].into(),
             question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,
