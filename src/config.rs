@@ -315,8 +315,10 @@ pub struct UpstreamConfig {
     pub priority: i32,
     /// DNS 0x20 (draft-vixie-dnsext-dns0x20): the letters of each UDP query's name
     /// get a random case, and a reply must repeat it exactly or is dropped
-    /// (`reason="upstream_case_mismatch"`): more for a forger to guess. Off by
-    /// default: some upstreams do not preserve case. Plain upstreams only.
+    /// (`reason="upstream_case_mismatch"`): more for a forger to guess. On by
+    /// default for plain upstreams, with an automatic fallback for an upstream seen
+    /// not to preserve case (see `upstream::case`); `false` turns it off. Plain
+    /// upstreams only: off (and refused when set) for encrypted ones.
     pub case_randomization: bool,
     /// Encrypted upstreams: the name the server's certificate must be valid for (a
     /// DNS name, or an IP address); default: the address's IP.
@@ -368,8 +370,9 @@ struct UpstreamSpec {
     name: Option<String>,
     #[serde(default)]
     priority: i32,
-    #[serde(default)]
-    case_randomization: bool,
+    /// Unset: on for plain upstreams, off for encrypted ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    case_randomization: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tls_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -466,12 +469,16 @@ impl TryFrom<UpstreamSpec> for UpstreamConfig {
                 Some(text) => humantime::parse_duration(text)
                     .map_err(|e| format!("idle_timeout: invalid duration {text:?}: {e}"))?,
             };
+        // Unset: on only where it means something (an encrypted query cannot be
+        // forged on the way); explicitly on for an encrypted one is refused by
+        // `validate`.
+        let case_randomization = spec.case_randomization.unwrap_or(!transport.is_encrypted());
         Ok(Self {
             address,
             transport,
             name: spec.name,
             priority: spec.priority,
-            case_randomization: spec.case_randomization,
+            case_randomization,
             tls_name: spec.tls_name,
             ca_file: spec.ca_file,
             idle_timeout,
@@ -486,7 +493,9 @@ impl From<UpstreamConfig> for UpstreamSpec {
             address: u.address_text(),
             name: u.name,
             priority: u.priority,
-            case_randomization: u.case_randomization,
+            // Shown for plain upstreams; for encrypted ones only if (wrongly) set.
+            case_randomization: (!encrypted || u.case_randomization)
+                .then_some(u.case_randomization),
             tls_name: u.tls_name,
             ca_file: u.ca_file,
             idle_timeout: encrypted.then(|| humantime::format_duration(u.idle_timeout).to_string()),
@@ -502,7 +511,7 @@ impl UpstreamConfig {
             transport: UpstreamTransport::Plain,
             name: None,
             priority: 0,
-            case_randomization: false,
+            case_randomization: true,
             tls_name: None,
             ca_file: None,
             idle_timeout: UPSTREAM_IDLE_TIMEOUT,
@@ -1232,6 +1241,32 @@ mod tests {
             e.contains("upstream[1].address") && e.contains("twice"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn case_randomization_is_on_by_default_only_where_it_means_something() {
+        let up = |text: &str| -> UpstreamConfig { toml::from_str(text).unwrap() };
+        assert!(up("address = \"127.0.0.1:53\"").case_randomization);
+        assert!(!up("address = \"127.0.0.1:53\"\ncase_randomization = false").case_randomization);
+        assert!(!up("address = \"tls://127.0.0.1\"").case_randomization);
+        assert!(!up("address = \"https://127.0.0.1\"").case_randomization);
+        assert!(UpstreamConfig::plain("127.0.0.1:53".parse().unwrap()).case_randomization);
+        // The default on a plain upstream is valid; an encrypted one without the key
+        // stays valid too (explicitly on is refused: see above).
+        let c = Config::parse(ONE, "t").unwrap();
+        assert!(c.upstreams[0].case_randomization);
+        // Printed for plain upstreams (so --print-config shows the default), not
+        // for encrypted ones, and read back the same.
+        let mut tls = up("address = \"tls://127.0.0.1\"");
+        let plain = toml::to_string(&c.upstreams[0]).unwrap();
+        assert!(plain.contains("case_randomization = true"), "{plain}");
+        let enc = toml::to_string(&tls).unwrap();
+        assert!(!enc.contains("case_randomization"), "{enc}");
+        assert!(!up(&enc).case_randomization);
+        tls.case_randomization = true;
+        assert!(toml::to_string(&tls)
+            .unwrap()
+            .contains("case_randomization = true"));
     }
 
     #[test]

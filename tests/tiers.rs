@@ -208,3 +208,50 @@ fn a_name_asked_again_earns_its_completion() {
     });
     server.shutdown();
 }
+
+#[test]
+fn merge_min_agree_merges_only_addresses_two_upstreams_gave() {
+    let ip = |c: u8, d: u8| Ipv4Addr::new(10, 0, c, d);
+    let ups: Vec<SimUpstream> = [
+        (0, vec![ip(0, 1)]),
+        (20, vec![ip(1, 1), ip(9, 9)]),
+        (20, vec![ip(2, 1), ip(9, 9)]),
+        (40, vec![ip(3, 1)]),
+    ]
+    .into_iter()
+    .map(|(ms, addrs)| {
+        SimUpstream::start(Behavior {
+            delay: Duration::from_millis(ms),
+            addrs,
+            ..Behavior::default()
+        })
+    })
+    .collect();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let server = start(config(&addrs, "epoll", "[tiers]\nmerge_min_agree = 2\n"));
+    let addr = server.local_addrs[0];
+    let ask = |id| {
+        a_records(&udp_query(
+            addr,
+            &query(id, "agree.example.", RecordType::A, None),
+        ))
+    };
+    assert_eq!(ask(1), [ip(0, 1)], "the first answer at once");
+    // The merge is written once every upstream answered: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut id = 1;
+    let merged = loop {
+        id += 1;
+        let got = ask(id);
+        if got != [ip(0, 1)] {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "no merge written");
+        std::thread::yield_now();
+    };
+    // 10.0.9.9 came from two upstreams; 10.0.1.1, 10.0.2.1 and 10.0.3.1 from one
+    // each: left out. The first answer's own address stays.
+    assert_eq!(merged, [ip(0, 1), ip(9, 9)]);
+    assert!(ups.iter().all(|u| u.queries() == 1), "every upstream asked");
+    server.shutdown();
+}

@@ -44,6 +44,10 @@ pub fn describe() {
         "tierdns_upstream_tls_failures_total",
         "Failed TLS connections to encrypted upstreams (DoT, DoH), by reason: name_mismatch, unknown_issuer, expired, invalid_certificate (the certificate does not verify: nothing is sent), handshake, alpn"
     );
+    describe_counter!(
+        "tierdns_upstream_case_fallback_total",
+        "Times a shard stopped using DNS 0x20 for an upstream seen not to repeat the query's letter case (after three folded replies in a row, or a failed re-probe); it probes again after 5 minutes"
+    );
     describe_histogram!(
         "tierdns_upstream_rtt_seconds",
         Unit::Seconds,

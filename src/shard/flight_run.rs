@@ -31,8 +31,8 @@ use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
 use crate::tiers::{
-    merge, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, Spend, StaggerReason,
-    StrategyKind,
+    merge_agreed, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, Spend,
+    StaggerReason, StrategyKind,
 };
 use crate::upstream::{Exchange, Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::answer::AnswerLayout;
@@ -145,7 +145,12 @@ pub(super) struct FlightState {
     first: Option<Arc<Answer>>,
     /// When the first good answer arrived: the merge is aged from then.
     first_at: Instant,
+    /// The good answers after the first, for the merge. They passed the same
+    /// checks as the first (the link's ID, question and 0x20 case, [`classify`]):
+    /// every reply takes the one path through [`Self::on_report`].
     others: Vec<Vec<u8>>,
+    /// `merge_min_agree` of the flight's route.
+    min_agree: usize,
     /// The most telling failure so far (see [`telling`]).
     worst: Option<FailKind>,
     /// Upstreams (bits by index, the first 16) that gave a good answer.
@@ -167,13 +172,14 @@ pub(super) enum Next {
 }
 
 impl FlightState {
-    pub(super) fn new(plan: Plan, qtype: u16, now: Instant) -> Self {
+    pub(super) fn new(plan: Plan, qtype: u16, min_agree: usize, now: Instant) -> Self {
         Self {
             plan,
             qtype,
             first: None,
             first_at: now,
             others: Vec::new(),
+            min_agree,
             worst: None,
             answered: 0,
             base: None,
@@ -292,7 +298,7 @@ impl FlightState {
             };
             all.push(&first.wire);
             all.extend(self.others.iter().map(Vec::as_slice));
-            merge(&all).map(|m| (m, at))
+            merge_agreed(&all, self.min_agree).map(|m| (m, at))
         });
         Finished { stats, merged }
     }
@@ -390,6 +396,7 @@ impl<B: Backend> FlightRun<B> {
         let set = Rc::clone(&shard.upstreams.borrow());
         let route = set.zones.route(q.qname_lower());
         let mut order: SmallVec<[UpstreamIdx; 8]> = SmallVec::new();
+        let min_agree = route.tiers.merge_min_agree;
         let plan = {
             let mut health = shard.health.borrow_mut();
             let elsewhere = |up: UpstreamIdx| {
@@ -411,7 +418,7 @@ impl<B: Backend> FlightRun<B> {
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let len = write_upstream_query(&mut buf, 0, q);
         Self {
-            state: FlightState::new(plan, q.qtype, now),
+            state: FlightState::new(plan, q.qtype, min_agree, now),
             query: buf[..len].into(),
             question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,

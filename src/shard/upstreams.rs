@@ -57,6 +57,7 @@ impl<B: Backend> UpstreamSet<B> {
             let link = match reuse {
                 Some((j, link)) => {
                     kept.push((j, i));
+                    link.relabel(u.label());
                     link
                 }
                 None => UpstreamLink::open(u, limits, Rc::clone(stats))

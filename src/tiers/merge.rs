@@ -17,6 +17,12 @@
 //! - from a merged answer only the records of the question's type and class at the
 //!   final owner are taken, deduplicated by address, up to
 //!   [`MAX_MERGED_ADDRESSES`] addresses in all;
+//! - with `min_agree` above 1 (`[tiers] merge_min_agree`), an address the first
+//!   answer does not hold is taken only if at least that many of the other answers
+//!   hold it: one upstream (or one forged reply that got through) cannot add an
+//!   address alone. The first answer's own addresses always stay. The answers are
+//!   one per upstream (a flight asks each upstream once), so this counts upstreams;
+//!   at most [`MAX_CANDIDATES`] distinct addresses are counted;
 //! - the answer section keeps only records whose owner is the question name or a name
 //!   in the chain, the first answer's first; every kept record gets the minimum TTL.
 //!   Another answer's address with a TTL below [`MERGE_TTL_FLOOR`] (or below the
@@ -36,12 +42,16 @@ use crate::wire::answer::OPT_RR_LEN;
 use crate::wire::{EDNS_UDP_SIZE, PLAIN_UDP_MAX};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 /// Most CNAME links followed from the question name.
 pub const MAX_CHAIN: usize = 16;
 /// Most address records in a merged answer.
 pub const MAX_MERGED_ADDRESSES: usize = 256;
+/// Most distinct addresses of the other answers counted for `min_agree` (those past
+/// it are not taken).
+pub const MAX_CANDIDATES: usize = 4 * MAX_MERGED_ADDRESSES;
 /// Largest DNS message (TCP length prefix).
 const MAX_MESSAGE: usize = 65_535;
 /// Lowest TTL (seconds) of another answer's address that is merged, unless the first
@@ -64,6 +74,12 @@ pub struct Merged {
 /// address, a first answer that is not a mergeable A/AAAA NOERROR, or unreadable),
 /// so the caller can skip the cache rewrite. Never panics.
 pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
+    merge_agreed(answers, 1)
+}
+
+/// [`merge`], taking an address the first answer lacks only when at least
+/// `min_agree` of the other answers give it (0 counts as 1).
+pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
     let (first_bytes, others) = answers.split_first()?;
     if others.is_empty() {
         return None;
@@ -113,11 +129,12 @@ pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
         .min()
         .unwrap_or(0)
         .min(MERGE_TTL_FLOOR);
-    let mut extra = 0usize;
+    // The other answers' addresses the first lacks, in the order first seen, with
+    // how many answers gave each.
+    let mut candidates: Vec<(Record, usize)> = Vec::new();
+    let mut index: HashMap<IpAddr, usize> = HashMap::new();
+    let mut in_this: HashSet<IpAddr> = HashSet::new();
     for bytes in others {
-        if addresses.len() >= MAX_MERGED_ADDRESSES {
-            break;
-        }
         let Ok(other) = Message::from_vec(bytes) else {
             continue;
         };
@@ -133,21 +150,32 @@ pub fn merge(answers: &[&[u8]]) -> Option<Merged> {
             Some(c) if c == chain => {}
             _ => continue,
         }
+        in_this.clear();
         for r in &other.answers {
             let Some(ip) = address_of(r, &question, &final_name) else {
                 continue;
             };
-            if r.ttl < ttl_floor {
+            if r.ttl < ttl_floor || addresses.contains(&ip) || !in_this.insert(ip) {
                 continue;
             }
-            if addresses.len() >= MAX_MERGED_ADDRESSES {
-                break;
+            match index.get(&ip) {
+                Some(&i) => candidates[i].1 += 1,
+                None if candidates.len() < MAX_CANDIDATES => {
+                    index.insert(ip, candidates.len());
+                    candidates.push((r.clone(), 1));
+                }
+                None => {}
             }
-            if !addresses.contains(&ip) {
-                addresses.push(ip);
-                kept.push(r.clone());
-                extra += 1;
-            }
+        }
+    }
+    let mut extra = 0usize;
+    for (r, agree) in candidates {
+        if addresses.len() + extra >= MAX_MERGED_ADDRESSES {
+            break;
+        }
+        if agree >= min_agree {
+            kept.push(r);
+            extra += 1;
         }
     }
     if extra == 0 {
@@ -277,9 +305,13 @@ mod tests {
     }
 
     fn merge_msgs(msgs: &[Message]) -> Option<(Message, usize)> {
+        merge_msgs_agreed(msgs, 1)
+    }
+
+    fn merge_msgs_agreed(msgs: &[Message], min_agree: usize) -> Option<(Message, usize)> {
         let wires: Vec<Vec<u8>> = msgs.iter().map(wire).collect();
         let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
-        let merged = merge(&refs)?;
+        let merged = merge_agreed(&refs, min_agree)?;
         Some((
             Message::from_vec(&merged.wire).unwrap(),
             merged.extra_addresses,
@@ -332,6 +364,52 @@ mod tests {
         );
         // The first answer's records come first, in their order.
         assert_eq!(m.answers[0], a(q, 300, "192.0.2.1"));
+    }
+
+    #[test]
+    fn with_min_agree_an_address_is_taken_only_from_that_many_upstreams() {
+        let q = "www.example.com.";
+        let msg = |last: &[u8]| {
+            let records = last
+                .iter()
+                .map(|n| a(q, 300, &format!("192.0.2.{n}")))
+                .collect();
+            answer(q, RecordType::A, records)
+        };
+        let ours = |last: &[u8]| {
+            let list: Vec<String> = last.iter().map(|n| format!("192.0.2.{n}")).collect();
+            ips(&list.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        // 3 from three upstreams, 4 from two (twice in one answer: counted once),
+        // 5 from one.
+        let all = [msg(&[1, 2]), msg(&[2, 3, 4, 4]), msg(&[3, 5]), msg(&[3, 4])];
+        let (m, extra) = merge_msgs_agreed(&all, 1).unwrap();
+        assert_eq!((addresses(&m), extra), (ours(&[1, 2, 3, 4, 5]), 3));
+        assert_eq!(merge_msgs_agreed(&all, 0), merge_msgs_agreed(&all, 1));
+        let (m, extra) = merge_msgs_agreed(&all, 2).unwrap();
+        assert_eq!((addresses(&m), extra), (ours(&[1, 2, 3, 4]), 2));
+        // The first answer's own addresses stay, whoever else gave them.
+        let (m, extra) = merge_msgs_agreed(&all, 3).unwrap();
+        assert_eq!((addresses(&m), extra), (ours(&[1, 2, 3]), 1));
+        assert_eq!(
+            merge_msgs_agreed(&all, 4),
+            None,
+            "nothing has four upstreams"
+        );
+        // One upstream repeating an address does not agree with itself.
+        assert_eq!(merge_msgs_agreed(&[msg(&[1]), msg(&[7, 7, 7])], 2), None);
+        // Answers that are skipped (another question, truncated) do not count.
+        let mut truncated = msg(&[9]);
+        truncated.metadata.truncation = true;
+        let other = answer(
+            "x.example.",
+            RecordType::A,
+            vec![a("x.example.", 300, "192.0.2.9")],
+        );
+        assert_eq!(
+            merge_msgs_agreed(&[msg(&[1]), msg(&[9]), truncated, other], 2),
+            None
+        );
     }
 
     #[test]

@@ -98,8 +98,10 @@ mod strategy;
 
 use crate::health::{FailKind, UpstreamIdx};
 pub use budget::{Budget, BudgetParams, BudgetParamsError, Purpose, Spend};
-pub use merge::{merge, Merged, MAX_CHAIN, MAX_MERGED_ADDRESSES, MERGE_TTL_FLOOR};
-pub use params::{FallbackTimeout, TierParams, TierParamsError};
+pub use merge::{
+    merge, merge_agreed, Merged, MAX_CANDIDATES, MAX_CHAIN, MAX_MERGED_ADDRESSES, MERGE_TTL_FLOOR,
+};
+pub use params::{FallbackTimeout, TierParams, TierParamsError, MAX_MERGE_MIN_AGREE};
 pub use plan::{Action, Plan, PlanStats, SendList, StaggerReason};
 pub use strategy::StrategyKind;
 

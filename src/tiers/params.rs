@@ -10,6 +10,10 @@ use crate::health::HealthTracker;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;
 
+/// Largest `merge_min_agree`: a flight asks few upstreams (five in the usual
+/// setup), so a higher count would merge nothing.
+pub const MAX_MERGE_MIN_AGREE: usize = 5;
+
 /// Hedge delay used by `fallback_timeout = "auto"` before any RTT sample exists.
 const AUTO_WITHOUT_SAMPLES: Duration = Duration::from_millis(300);
 
@@ -78,6 +82,9 @@ pub struct TierParams {
     /// samples, and the upper clamp of the adaptive one. Default 1s.
     #[serde(with = "crate::duration")]
     pub attempt_timeout: Duration,
+    /// The merge takes an address the first answer lacks only when at least this
+    /// many other upstreams gave it (1 to [`MAX_MERGE_MIN_AGREE`]). Default 1.
+    pub merge_min_agree: usize,
 }
 
 /// A [`TierParams`] value out of range: the key, as `section.key`, and the rule.
@@ -105,6 +112,7 @@ impl Default for TierParams {
             auto_min: Duration::from_millis(20),
             auto_max: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(1),
+            merge_min_agree: 1,
         }
     }
 }
@@ -143,6 +151,15 @@ impl TierParams {
         }
         if self.auto_min > self.auto_max {
             return Err(bad("auto_min", format!("must be <= {section}.auto_max")));
+        }
+        if !(1..=MAX_MERGE_MIN_AGREE).contains(&self.merge_min_agree) {
+            return Err(bad(
+                "merge_min_agree",
+                format!(
+                    "must be in 1..={MAX_MERGE_MIN_AGREE}, got {}",
+                    self.merge_min_agree
+                ),
+            ));
         }
         if self.auto_min > self.attempt_timeout {
             return Err(bad(
@@ -195,7 +212,30 @@ mod tests {
         assert_eq!(p.stagger_delay, Duration::from_millis(50));
         assert_eq!(p.total_collect_timeout, Duration::from_secs(3));
         assert!(p.complete);
+        assert_eq!(p.merge_min_agree, 1);
         assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn merge_min_agree_is_bounded_and_named() {
+        for ok in [1, 2, MAX_MERGE_MIN_AGREE] {
+            let p = TierParams {
+                merge_min_agree: ok,
+                ..TierParams::default()
+            };
+            assert_eq!(p.validate(), Ok(()), "{ok}");
+        }
+        for bad in [0, MAX_MERGE_MIN_AGREE + 1, 100] {
+            let p = TierParams {
+                merge_min_agree: bad,
+                ..TierParams::default()
+            };
+            let e = p.validate_in("zone[1].tiers").unwrap_err().to_string();
+            assert!(
+                e.starts_with("zone[1].tiers.merge_min_agree must be in 1..=5"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -16,13 +16,16 @@
 //! Acceptance rules (anti-spoofing): a reply counts only if it arrives on the
 //! connected socket (the kernel filters the peer address), carries the ID of a
 //! pending query (IDs drawn from a CSPRNG, unique per socket) and repeats that
-//! query's question. Anything else is dropped and counted.
+//! query's question, in the letter case sent with DNS 0x20 (on by default, with
+//! an automatic per-link fallback for upstreams that fold the case: [`case`]).
+//! Anything else is dropped and counted.
 //!
 //! Bounds: at most `max_upstream_pending` queries wait per link (spread over its
 //! sockets); a query past the bound fails at once (the tiers move on). A pending
 //! entry is removed when its reply comes or when the flight stops waiting
 //! ([`Sent`] is dropped: a timeout, or the flight ended).
 
+mod case;
 pub(crate) mod encrypted;
 mod mailbox;
 mod pending;
@@ -31,6 +34,8 @@ pub(crate) use mailbox::{Mailbox, Report};
 #[cfg(fuzzing)]
 pub(crate) use pending::fuzz_dispatch;
 pub(crate) use pending::{CaseMask, Question, Waiter};
+
+use case::{CaseGuard, CaseSeen, CaseUse};
 
 use crate::config::{Limits, UpstreamConfig};
 use crate::health::FailKind;
@@ -42,7 +47,7 @@ use crate::metrics::{DropReason, ShardStats};
 use crate::wire::build::MAX_UPSTREAM_QUERY_LEN;
 use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
-use pending::{Dispatch, PendingTable};
+use pending::{CaseRule, Dispatch, PendingTable};
 use rand::Rng;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -76,6 +81,8 @@ pub(crate) struct UpstreamLink<B: Backend> {
     pub(crate) addr: SocketAddr,
     /// DNS 0x20 on its UDP queries (`case_randomization`).
     pub(crate) randomize_case: bool,
+    /// With `randomize_case`: whether the next query gets it (the fallback).
+    case: Option<Rc<CaseWatch>>,
     /// The pool of connected UDP sockets, each with its pending table; a query
     /// goes out on one chosen at random (spoofing entropy: the source port).
     sockets: RefCell<Vec<Rc<UdpSlot>>>,
@@ -102,6 +109,8 @@ pub(crate) struct UpstreamLink<B: Backend> {
 struct UdpSlot {
     sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
+    /// The link's 0x20 guard, told what the replies say about letter case.
+    case: Option<Rc<CaseWatch>>,
     receiver: JoinHandle<()>,
     /// When to replace it.
     renew_at: Instant,
@@ -115,17 +124,21 @@ impl UdpSlot {
         max_pending: usize,
         renew_at: Instant,
         stats: &Rc<ShardStats>,
+        case: Option<&Rc<CaseWatch>>,
     ) -> io::Result<Rc<Self>> {
         let sock = Rc::new(tokio::net::UdpSocket::from_std(connected_udp(addr)?)?);
         let pending = Rc::new(RefCell::new(PendingTable::new(max_pending)));
+        let case = case.map(Rc::clone);
         let receiver = tokio::task::spawn_local(receive_loop(
             Rc::clone(&sock),
             Rc::clone(&pending),
             Rc::clone(stats),
+            case.clone(),
         ));
         Ok(Rc::new(Self {
             sock,
             pending,
+            case,
             receiver,
             renew_at,
         }))
@@ -158,7 +171,12 @@ enum SentOn {
 impl Drop for Sent {
     fn drop(&mut self) {
         match &self.0 {
-            SentOn::Udp { slot, id, serial } => slot.pending.borrow_mut().abandon(*id, *serial),
+            SentOn::Udp { slot, id, serial } => {
+                let seen = slot.pending.borrow_mut().abandon(*id, *serial);
+                if let (Some(seen), Some(case)) = (seen, &slot.case) {
+                    case.saw(seen, Instant::now());
+                }
+            }
             SentOn::Encrypted(task) => task.abort(),
         }
     }
@@ -209,15 +227,23 @@ impl<B: Backend> UpstreamLink<B> {
         let lifetime = limits.upstream_socket_lifetime;
         let now = Instant::now();
         let mut rng = rand::rng();
+        let case = (upstream.case_randomization && n > 0).then(|| {
+            Rc::new(CaseWatch {
+                guard: RefCell::new(CaseGuard::new(limits.upstream_timeout)),
+                addr,
+                label: RefCell::new(upstream.label()),
+            })
+        });
         let sockets = (0..n)
             .map(|_| {
                 let spread = lifetime.mul_f64(rng.random_range(0.5..=1.0));
-                UdpSlot::open(addr, max_pending, now + spread, &stats)
+                UdpSlot::open(addr, max_pending, now + spread, &stats, case.as_ref())
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Rc::new(Self {
             addr,
             randomize_case: upstream.case_randomization,
+            case,
             sockets: RefCell::new(sockets),
             max_pending,
             lifetime,
@@ -257,6 +283,7 @@ impl<B: Backend> UpstreamLink<B> {
                 self.max_pending,
                 now + self.lifetime,
                 &self.stats,
+                self.case.as_ref(),
             ) {
                 // The old one lives on while its queries wait, then is released.
                 Ok(fresh) => sockets[i] = fresh,
@@ -266,6 +293,20 @@ impl<B: Backend> UpstreamLink<B> {
             }
         }
         Some(Rc::clone(&sockets[i]))
+    }
+
+    /// A reload kept this link for an upstream now labelled `label` (logs and
+    /// the 0x20 fallback counter).
+    pub(crate) fn relabel(&self, label: String) {
+        if let Some(case) = &self.case {
+            *case.label.borrow_mut() = label;
+        }
+    }
+
+    /// Whether queries leave with DNS 0x20 now (configured, and not in fallback).
+    #[cfg(test)]
+    pub(crate) fn case_on(&self) -> bool {
+        self.case.as_ref().is_some_and(|c| c.guard.borrow().is_on())
     }
 
     /// The local ports of the pool's sockets (for tests and logs).
@@ -309,10 +350,12 @@ impl<B: Backend> UpstreamLink<B> {
         if msg.len() < HEADER_LEN {
             return Err(FailKind::Malformed);
         }
-        let case = if self.randomize_case {
-            CaseMask::randomize(msg)
-        } else {
-            None
+        let case = match self.case.as_ref().map(|c| c.next_query(waiter.sent_at)) {
+            None | Some(CaseUse::Plain) => CaseRule::Any,
+            Some(CaseUse::Strict) => {
+                CaseMask::randomize(msg).map_or(CaseRule::Any, CaseRule::Exact)
+            }
+            Some(CaseUse::Probe) => CaseMask::randomize(msg).map_or(CaseRule::Any, CaseRule::Probe),
         };
         // A random socket; a second one if the first has no room.
         let mut slot = self.pick(waiter.sent_at).ok_or(FailKind::Network)?;
@@ -446,6 +489,27 @@ async fn tcp_round<S: TcpIo>(
     Ok(reply)
 }
 
+/// The 0x20 guard of one link ([`case`]), shared by its sockets, with what its
+/// changes are reported under.
+struct CaseWatch {
+    guard: RefCell<CaseGuard>,
+    addr: SocketAddr,
+    label: RefCell<String>,
+}
+
+impl CaseWatch {
+    fn next_query(&self, now: Instant) -> CaseUse {
+        self.guard.borrow_mut().next_query(now)
+    }
+
+    fn saw(&self, seen: CaseSeen, now: Instant) {
+        let change = self.guard.borrow_mut().saw(seen, now);
+        if let Some(change) = change {
+            case::report(change, self.addr, &self.label.borrow());
+        }
+    }
+}
+
 /// Counts one use while alive.
 struct Busy<'a>(&'a Cell<usize>);
 
@@ -468,6 +532,7 @@ async fn receive_loop(
     sock: Rc<tokio::net::UdpSocket>,
     pending: Rc<RefCell<PendingTable>>,
     stats: Rc<ShardStats>,
+    case: Option<Rc<CaseWatch>>,
 ) {
     let fd = sock.as_raw_fd();
     let mut full_batches = 0;
@@ -496,13 +561,19 @@ async fn receive_loop(
                     Ok(reply) => table.dispatch(reply, now),
                     Err(_) => Err(Dispatch::Malformed),
                 };
-                if let Err(why) = verdict {
-                    stats.dropped(match why {
+                match verdict {
+                    Ok(Some(seen)) => {
+                        if let Some(case) = &case {
+                            case.saw(seen, now);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(why) => stats.dropped(match why {
                         Dispatch::Mismatch => DropReason::UpstreamMismatch,
                         Dispatch::Late => DropReason::UpstreamLate,
                         Dispatch::CaseMismatch => DropReason::UpstreamCaseMismatch,
                         Dispatch::Malformed => DropReason::UpstreamMalformed,
-                    });
+                    }),
                 }
             }
             Ok(n)
@@ -552,14 +623,15 @@ mod tests {
         let q = Question::new(b"\x01a\x00", 1, 1);
         let (id, serial) = t
             .borrow_mut()
-            .register(q.clone(), false, None, waiter().0)
+            .register(q.clone(), false, CaseRule::Any, waiter().0)
             .unwrap();
         // The reply came and took the entry; a new query drew the same ID.
         t.borrow_mut().map.remove(&id);
         t.borrow_mut().map.insert(
             id,
             Pending {
-                case: None,
+                case: CaseRule::Any,
+                folded: false,
                 serial: serial + 1,
                 question: q,
                 waiter: waiter().0,
@@ -595,7 +667,10 @@ mod tests {
         let t = table();
         let q = Question::new(b"\x07example\x03com\x00", 1, 1);
         let (w, mailbox) = waiter();
-        let (id, _) = t.borrow_mut().register(q, false, Some(case), w).unwrap();
+        let (id, _) = t
+            .borrow_mut()
+            .register(q, false, CaseRule::Exact(case), w)
+            .unwrap();
         let reply = |name: &[u8]| {
             let mut r = name.to_vec();
             r[..2].copy_from_slice(&id.to_be_bytes());
@@ -617,13 +692,103 @@ mod tests {
         assert_eq!(CaseMask::of_question(&[0u8; 12]), None);
     }
 
+    /// `example.com.` A IN in wire form under a 12-byte header, with the name's
+    /// letters in this case (`b"Example"`, `b"COM"`).
+    fn example(label1: &[u8], label2: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; 12];
+        m.push(7);
+        m.extend_from_slice(label1);
+        m.push(3);
+        m.extend_from_slice(label2);
+        m.extend_from_slice(b"\x00\x00\x01\x00\x01");
+        m
+    }
+
+    #[test]
+    fn replies_tell_whether_the_upstream_keeps_the_case() {
+        let q = Question::new(b"\x07example\x03com\x00", 1, 1);
+        let sent = example(b"ExAmple", b"cOm");
+        let mask = CaseMask::of_question(&sent).unwrap();
+        let as_reply = |mut m: Vec<u8>, id: u16| {
+            m[..2].copy_from_slice(&id.to_be_bytes());
+            m[2] = 0x80;
+            m[5] = 1;
+            m
+        };
+        let folded = || example(b"example", b"com");
+        let now = Instant::now();
+        let t = table();
+        // In the case sent: accepted, and the upstream keeps case.
+        let (id, _) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Exact(mask), waiter().0)
+            .unwrap();
+        let verdict = t.borrow_mut().dispatch(&as_reply(sent.clone(), id), now);
+        assert_eq!(verdict, Ok(Some(CaseSeen::Kept)));
+        // Folded, then the query gives up: a fold.
+        let (id, serial) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Exact(mask), waiter().0)
+            .unwrap();
+        let verdict = t.borrow_mut().dispatch(&as_reply(folded(), id), now);
+        assert_eq!(verdict, Err(Dispatch::CaseMismatch));
+        assert_eq!(t.borrow_mut().abandon(id, serial), Some(CaseSeen::Folded));
+        // Folded (a forger that guessed the ID), then the upstream's own reply in
+        // the right case: kept, and its end says nothing more.
+        let (id, serial) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Exact(mask), waiter().0)
+            .unwrap();
+        let forged = t.borrow_mut().dispatch(&as_reply(folded(), id), now);
+        assert_eq!(forged, Err(Dispatch::CaseMismatch));
+        let real = t.borrow_mut().dispatch(&as_reply(sent.clone(), id), now);
+        assert_eq!(real, Ok(Some(CaseSeen::Kept)));
+        assert_eq!(t.borrow_mut().abandon(id, serial), None);
+        // A query that got no reply at all says nothing.
+        let (id, serial) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Exact(mask), waiter().0)
+            .unwrap();
+        assert_eq!(t.borrow_mut().abandon(id, serial), None);
+        // A probe takes a reply in any case, and says which.
+        let (w, mailbox) = waiter();
+        let (id, _) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Probe(mask), w)
+            .unwrap();
+        let verdict = t.borrow_mut().dispatch(&as_reply(folded(), id), now);
+        assert_eq!(verdict, Ok(Some(CaseSeen::Folded)));
+        assert!(mailbox.pop().is_some(), "the probe's client has its answer");
+        let (id, _) = t
+            .borrow_mut()
+            .register(q.clone(), false, CaseRule::Probe(mask), waiter().0)
+            .unwrap();
+        let verdict = t.borrow_mut().dispatch(&as_reply(sent.clone(), id), now);
+        assert_eq!(verdict, Ok(Some(CaseSeen::Kept)));
+        // A name drawn all lower case proves nothing; without 0x20 nothing either.
+        let lower = CaseMask::of_question(&folded()).unwrap();
+        assert!(lower.is_lower() && !mask.is_lower());
+        for rule in [
+            CaseRule::Exact(lower),
+            CaseRule::Probe(lower),
+            CaseRule::Any,
+        ] {
+            let (id, _) = t
+                .borrow_mut()
+                .register(q.clone(), false, rule, waiter().0)
+                .unwrap();
+            let verdict = t.borrow_mut().dispatch(&as_reply(folded(), id), now);
+            assert_eq!(verdict, Ok(None), "{rule:?}");
+        }
+    }
+
     #[test]
     fn background_queries_leave_the_last_quarter_to_clients() {
         let t = table();
         let q = Question::new(b"\x01a\x00", 1, 1);
         let register = |background| {
             t.borrow_mut()
-                .register(q.clone(), background, None, waiter().0)
+                .register(q.clone(), background, CaseRule::Any, waiter().0)
                 .is_some()
         };
         for _ in 0..3 {
@@ -643,20 +808,20 @@ mod tests {
         let (w, mailbox) = waiter();
         let mut ids = vec![
             t.borrow_mut()
-                .register(q.clone(), false, None, w)
+                .register(q.clone(), false, CaseRule::Any, w)
                 .unwrap()
                 .0,
         ];
         for _ in 1..4 {
             let (id, _) = t
                 .borrow_mut()
-                .register(q.clone(), false, None, waiter().0)
+                .register(q.clone(), false, CaseRule::Any, waiter().0)
                 .unwrap();
             ids.push(id);
         }
         assert!(
             t.borrow_mut()
-                .register(q.clone(), false, None, waiter().0)
+                .register(q.clone(), false, CaseRule::Any, waiter().0)
                 .is_none(),
             "full at its bound"
         );
@@ -694,7 +859,7 @@ mod tests {
         let q = Question::new(b"\x01a\x00", 1, 1);
         let (id, serial) = t
             .borrow_mut()
-            .register(q.clone(), false, None, waiter().0)
+            .register(q.clone(), false, CaseRule::Any, waiter().0)
             .unwrap();
         t.borrow_mut().abandon(id, serial);
         assert!(t.borrow().map.is_empty(), "the entry went with its waiter");
@@ -712,7 +877,7 @@ mod tests {
         for _ in 0..RECENTLY_ABANDONED {
             let (other, serial) = t
                 .borrow_mut()
-                .register(q.clone(), false, None, waiter().0)
+                .register(q.clone(), false, CaseRule::Any, waiter().0)
                 .unwrap();
             t.borrow_mut().abandon(other, serial);
         }
@@ -745,6 +910,77 @@ mod tests {
             }
         });
         (addr, ports)
+    }
+
+    /// A UDP responder on loopback that answers every query with its question in
+    /// lower case (QR set), as some upstreams do; counts the queries that came
+    /// with a capital letter.
+    fn folding_responder() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let capitals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&capitals);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if buf[12..n].iter().any(u8::is_ascii_uppercase) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                buf[2] |= 0x80;
+                buf[12..n].make_ascii_lowercase();
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        (addr, capitals)
+    }
+
+    #[test]
+    fn a_link_to_an_upstream_that_folds_the_case_falls_back_and_is_answered_from() {
+        use std::sync::atomic::Ordering;
+        let (addr, capitals) = folding_responder();
+        crate::test_support::local(async {
+            let limits = Limits {
+                upstream_timeout: Duration::from_millis(100),
+                upstream_sockets: 2,
+                ..Limits::default()
+            };
+            let stats = Rc::new(ShardStats::new(1));
+            let upstream = UpstreamConfig::plain(addr);
+            let link =
+                UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, Rc::clone(&stats))
+                    .unwrap();
+            assert!(link.case_on(), "on by default");
+            let query = example(b"example", b"com");
+            let q = Question::new(b"\x07example\x03com\x00", 1, 1);
+            // Each query with a capital drawn gets its reply dropped and times out
+            // (a draw in all lower case, 1 in 1024, is answered and proves nothing).
+            let mut timed_out = 0;
+            for _ in 0..20 {
+                if !link.case_on() {
+                    break;
+                }
+                if link.exchange(&query, &q, false).await.unwrap_err() == FailKind::Timeout {
+                    timed_out += 1;
+                }
+            }
+            assert!(!link.case_on(), "fell back");
+            assert_eq!(
+                timed_out,
+                case::FOLDS_TO_FALL_BACK,
+                "after three folds in a row"
+            );
+            // The only drops here: the replies in another case (upstream_case_mismatch).
+            let drops: u64 = stats.drops.iter().map(Cell::get).sum();
+            assert!(drops >= 3, "the folded replies counted: {drops}");
+            // Now asked without 0x20, and answered.
+            let before = capitals.load(Ordering::SeqCst);
+            for _ in 0..5 {
+                let ex = link.exchange(&query, &q, false).await.expect("answered");
+                assert!(ex.reply[12..].eq_ignore_ascii_case(&query[12..]));
+            }
+            assert_eq!(capitals.load(Ordering::SeqCst), before, "no capital sent");
+        });
     }
 
     /// A UDP responder on loopback that waits for `n` queries, then answers them
@@ -814,7 +1050,8 @@ mod tests {
                 let (up, res) = tokio::time::timeout(Duration::from_secs(5), mailbox.recv())
                     .await
                     .expect("every reply arrives");
-                assert_eq!(&res.unwrap().reply[12..], &query[12..]);
+                // The question as sent (0x20: in some letter case).
+                assert!(res.unwrap().reply[12..].eq_ignore_ascii_case(&query[12..]));
                 heard[up] += 1;
             }
             assert!(heard.iter().all(|&h| h == 1), "each waiter once: {heard:?}");
@@ -842,7 +1079,7 @@ mod tests {
             let q = Question::new(b"\x01a\x00", 1, 1);
             for _ in 0..64 {
                 let ex = link.exchange(&query, &q, false).await.unwrap();
-                assert_eq!(&ex.reply[12..], &query[12..]);
+                assert!(ex.reply[12..].eq_ignore_ascii_case(&query[12..]));
             }
             let used: std::collections::HashSet<u16> =
                 ports.lock().unwrap().iter().copied().collect();
@@ -853,6 +1090,10 @@ mod tests {
             for _ in 0..64 {
                 link.exchange(&query, &q, false).await.unwrap();
             }
+            assert!(
+                link.case_on(),
+                "an upstream that repeats the case keeps 0x20"
+            );
             let renewed = link.local_ports();
             assert!(
                 renewed.iter().filter(|p| !first.contains(p)).count() >= 8,

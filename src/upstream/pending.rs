@@ -1,12 +1,16 @@
 //! The pending queries of one upstream socket, and the rules a reply must meet to
 //! be handed to one: a response (QR=1), the ID of a pending query, and that
-//! query's question, compared byte for byte. Anything else is refused with the
-//! reason (mismatch, late, malformed), which the receive loop counts.
+//! query's question, compared byte for byte, in the letter case sent when the
+//! query went out with DNS 0x20. Anything else is refused with the reason
+//! (mismatch, late, case mismatch, malformed), which the receive loop counts. What
+//! the replies tell about the upstream's handling of case ([`CaseSeen`]) goes to the
+//! link's 0x20 guard (see [`super::case`]).
 //!
 //! Bounds: `max` entries, of which background work may fill three quarters; the
 //! last [`RECENTLY_ABANDONED`] queries that stopped waiting are remembered to tell a
 //! late reply from a forged one.
 
+use super::case::CaseSeen;
 use super::mailbox::Mailbox;
 use super::Exchange;
 use crate::health::UpstreamIdx;
@@ -82,6 +86,23 @@ impl CaseMask {
         }
         Self::of_question(msg)
     }
+
+    /// Whether no letter is upper case (a reply in lower case repeats it).
+    pub(crate) fn is_lower(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+/// The letter-case check of one pending query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CaseRule {
+    /// Sent without 0x20: any case is accepted.
+    Any,
+    /// Sent with 0x20: the reply must repeat this case, else it is dropped.
+    Exact(CaseMask),
+    /// A probe of an upstream in 0x20 fallback: sent in this case, the reply is
+    /// accepted in any case, and whether it repeats the case is the verdict.
+    Probe(CaseMask),
 }
 
 /// The question section of a message, read once onto the stack: its lowercased
@@ -132,7 +153,10 @@ impl Question {
 
 pub(super) struct Pending {
     /// With DNS 0x20: the letter case the reply's question must repeat.
-    pub(super) case: Option<CaseMask>,
+    pub(super) case: CaseRule,
+    /// A reply with its ID and question came in another case than sent (dropped):
+    /// if no reply in the right case follows, the query says [`CaseSeen::Folded`].
+    pub(super) folded: bool,
     /// Distinguishes this registration from a later one that reuses the ID.
     pub(super) serial: u64,
     pub(super) question: Question,
@@ -181,7 +205,7 @@ impl PendingTable {
         &mut self,
         question: Question,
         background: bool,
-        case: Option<CaseMask>,
+        case: CaseRule,
         waiter: Waiter,
     ) -> Option<(u16, u64)> {
         if self.map.len() >= self.bound(background) {
@@ -200,6 +224,7 @@ impl PendingTable {
             id,
             Pending {
                 case,
+                folded: false,
                 serial,
                 question,
                 waiter,
@@ -236,28 +261,46 @@ impl PendingTable {
 
     /// Removes the registration `serial` of `id`, if it is still there (the reply
     /// may have removed it, and a later query may have taken the ID since), and
-    /// remembers it as abandoned.
-    pub(super) fn abandon(&mut self, id: u16, serial: u64) {
-        if self.map.get(&id).is_some_and(|p| p.serial == serial) {
-            if let Some(p) = self.map.remove(&id) {
-                self.abandoned[self.abandoned_next] = Some((id, p.question));
-                self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
-            }
+    /// remembers it as abandoned. Returns [`CaseSeen::Folded`] for a query that
+    /// only ever got replies in another case than sent.
+    pub(super) fn abandon(&mut self, id: u16, serial: u64) -> Option<CaseSeen> {
+        if self.map.get(&id).is_none_or(|p| p.serial != serial) {
+            return None;
         }
+        let p = self.map.remove(&id)?;
+        self.abandoned[self.abandoned_next] = Some((id, p.question));
+        self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
+        p.folded.then_some(CaseSeen::Folded)
     }
 
     /// Posts a copy of a reply, received at `now`, to its waiter's mailbox, or says
-    /// why it was refused.
-    pub(super) fn dispatch(&mut self, reply: &[u8], now: Instant) -> Result<(), Dispatch> {
+    /// why it was refused. An accepted reply to a query sent with 0x20 also says
+    /// whether the upstream repeated the case (none for a name drawn all lower
+    /// case, which any upstream repeats).
+    pub(super) fn dispatch(
+        &mut self,
+        reply: &[u8],
+        now: Instant,
+    ) -> Result<Option<CaseSeen>, Dispatch> {
         let verdict = match Header::parse(reply) {
             Ok(h) if h.qr() => match WireQuestion::read(reply) {
                 None => Err(Dispatch::Malformed),
-                Some(q) => match self.map.get(&h.id) {
+                Some(q) => match self.map.get_mut(&h.id) {
                     Some(p) if q.is(&p.question) => match p.case {
-                        Some(sent) if CaseMask::of_question(reply) != Some(sent) => {
+                        CaseRule::Exact(sent) if CaseMask::of_question(reply) != Some(sent) => {
+                            p.folded = true;
                             Err(Dispatch::CaseMismatch)
                         }
-                        _ => Ok(h.id),
+                        CaseRule::Exact(sent) => {
+                            Ok((h.id, (!sent.is_lower()).then_some(CaseSeen::Kept)))
+                        }
+                        CaseRule::Probe(sent) if CaseMask::of_question(reply) != Some(sent) => {
+                            Ok((h.id, Some(CaseSeen::Folded)))
+                        }
+                        CaseRule::Probe(sent) => {
+                            Ok((h.id, (!sent.is_lower()).then_some(CaseSeen::Kept)))
+                        }
+                        CaseRule::Any => Ok((h.id, None)),
                     },
                     _ if self
                         .abandoned
@@ -272,7 +315,7 @@ impl PendingTable {
             },
             _ => Err(Dispatch::Malformed),
         };
-        let id = verdict?;
+        let (id, seen) = verdict?;
         if let Some(p) = self.map.remove(&id) {
             let Waiter {
                 mailbox,
@@ -288,7 +331,7 @@ impl PendingTable {
                 }),
             ));
         }
-        Ok(())
+        Ok(seen)
     }
 }
 
@@ -311,7 +354,8 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
         table.map.insert(
             id.wrapping_add(i as u16),
             Pending {
-                case: None,
+                case: CaseRule::Any,
+                folded: false,
                 serial: i as u64,
                 question,
                 waiter: Waiter {

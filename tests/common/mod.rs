@@ -31,6 +31,9 @@ pub struct Behavior {
     pub truncate_udp: bool,
     /// Never answer.
     pub silent: bool,
+    /// Repeat the question in lower case, whatever case it was asked in (as some
+    /// upstreams do, which breaks DNS 0x20).
+    pub fold_case: bool,
 }
 
 impl Default for Behavior {
@@ -42,6 +45,7 @@ impl Default for Behavior {
             ttl: 300,
             truncate_udp: false,
             silent: false,
+            fold_case: false,
         }
     }
 }
@@ -64,6 +68,25 @@ impl Drop for SimUpstream {
 }
 
 fn answer(query: &[u8], b: &Behavior, over_udp: bool) -> Option<Vec<u8>> {
+    let mut reply = answer_as_asked(query, b, over_udp)?;
+    if b.fold_case {
+        // The question name, uncompressed after the header (the answers' owner
+        // names point at it).
+        let mut pos = 12;
+        while let Some(&len) = reply.get(pos) {
+            if len == 0 || len > 63 {
+                break;
+            }
+            let end = (pos + 1 + usize::from(len)).min(reply.len());
+            reply[pos + 1..end].make_ascii_lowercase();
+            pos = end;
+        }
+    }
+    Some(reply)
+}
+
+/// The answer, with the question in the case it was asked in.
+fn answer_as_asked(query: &[u8], b: &Behavior, over_udp: bool) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let question = q.queries.first()?.clone();
     let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);

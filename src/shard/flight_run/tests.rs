@@ -21,6 +21,8 @@ enum Reply {
     Rcode(ResponseCode),
     /// The transport's failure (timeout, network) after the latency.
     Fail(FailKind),
+    /// These bytes, as the upstream link handed them over.
+    Wire(Vec<u8>),
     /// Nothing ever comes back.
     Never,
 }
@@ -82,6 +84,7 @@ fn exchange(reply: &Reply, rtt: Duration) -> Result<Exchange, FailKind> {
             response("www.example.", RecordType::A, *rcode, vec![], vec![], None)
         }
         Reply::Fail(kind) => return Err(*kind),
+        Reply::Wire(wire) => wire.clone(),
         Reply::Never => unreachable!("never delivered"),
     };
     Ok(Exchange {
@@ -94,7 +97,12 @@ fn exchange(reply: &Reply, rtt: Duration) -> Result<Exchange, FailKind> {
 fn state(kind: StrategyKind, params: &TierParams, n: usize, t0: Instant) -> FlightState {
     let order: Vec<UpstreamIdx> = (0..n).collect();
     let health = HealthTracker::new(HealthParams::default(), &vec![0; n]);
-    FlightState::new(Plan::new(kind, params, &order, &health, t0, 7), 1, t0)
+    FlightState::new(
+        Plan::new(kind, params, &order, &health, t0, 7),
+        1,
+        params.merge_min_agree,
+        t0,
+    )
 }
 
 /// Runs the flight to its end against `ups` (upstream i is `ups[i]`).
@@ -188,6 +196,68 @@ fn first_answer_at_the_fastest_then_the_stagger_and_a_merge_of_every_address() {
     );
     assert_eq!(addresses(&merged.wire), (1..=10).collect());
     assert_eq!(merged.extra_addresses, 8);
+}
+
+/// A NOERROR answer with 192.0.2.N for each N that fails a check the first answer
+/// passed: an extended rcode (BADVERS) in its OPT record.
+fn badvers(last: &[u8]) -> Reply {
+    let mut wire = response(
+        "www.example.",
+        RecordType::A,
+        ResponseCode::NoError,
+        last.iter().map(|&n| a("www.example.", 300, n)).collect(),
+        vec![],
+        Some((false, vec![])),
+    );
+    let ttl = wire.len() - 6; // the OPT record is last and has no options
+    wire[ttl] = 1;
+    Reply::Wire(wire)
+}
+
+#[test]
+fn only_replies_that_pass_every_check_are_merged() {
+    let t0 = Instant::now();
+    let ups = vec![
+        up(10, addrs(&[1])),
+        up(20, badvers(&[66])),
+        up(30, addrs(&[2])),
+        up(40, Reply::Fail(FailKind::Malformed)),
+        up(50, addrs(&[3])),
+    ];
+    let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 5, t0);
+    let trace = simulate(&mut flight, &ups, t0);
+    assert_eq!(trace.first, Some((10, BTreeSet::from([1]))));
+    assert_eq!(trace.failed, [FailKind::OtherRcode, FailKind::Malformed]);
+    let (merged, _) = flight.finish().merged.expect("three good answers");
+    assert_eq!(
+        addresses(&merged.wire),
+        BTreeSet::from([1, 2, 3]),
+        "never 66"
+    );
+}
+
+#[test]
+fn merge_min_agree_takes_an_address_only_from_that_many_upstreams() {
+    let run = |min_agree: usize| {
+        let t0 = Instant::now();
+        let params = TierParams {
+            merge_min_agree: min_agree,
+            ..TierParams::default()
+        };
+        let ups = vec![
+            up(10, addrs(&[1, 2])),
+            up(20, addrs(&[3, 4])),
+            up(30, addrs(&[4, 5])),
+            up(40, addrs(&[2, 6])),
+        ];
+        let mut flight = state(StrategyKind::Staggered, &params, 4, t0);
+        simulate(&mut flight, &ups, t0);
+        flight.finish().merged.map(|(m, _)| addresses(&m.wire))
+    };
+    assert_eq!(run(1), Some(BTreeSet::from([1, 2, 3, 4, 5, 6])));
+    // 4 came from two upstreams; the first answer's 1 and 2 always stay.
+    assert_eq!(run(2), Some(BTreeSet::from([1, 2, 4])));
+    assert_eq!(run(3), None, "nothing to add");
 }
 
 #[test]
