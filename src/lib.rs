@@ -99,19 +99,25 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
         return;
     };
     match Config::load(path) {
-        Ok(config) => {
-            for warning in handle.reload(config) {
-                tracing::warn!("reload: {warning}");
+        Ok(config) => match handle.reload(config) {
+            Ok(warnings) => {
+                for warning in warnings {
+                    tracing::warn!("reload: {warning}");
+                }
+                tracing::info!(config = %path.display(), "reloaded on every shard: upstreams, zones, strategy, tiers, budget, health, access, ratelimit, certificates");
             }
-            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, budget, health, access, ratelimit, certificates");
-        }
+            Err(e) => {
+                tracing::error!(config = %path.display(), "reload refused, every shard keeps the running config: {e}")
+            }
+        },
         Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
     }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully. With a
 /// config file, SIGHUP rereads it: a valid file is applied (see
-/// [`shard::ServerHandle::reload`]), an invalid one is logged and ignored.
+/// [`shard::ServerHandle::reload`]) on every shard or on none; an invalid one, or
+/// one that cannot be built, is logged as refused and the running config stays.
 pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunError> {
     if config.metrics.enabled {
         let addr = config.metrics.listen;
