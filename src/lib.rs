@@ -28,7 +28,8 @@
 //! The first good answer goes to every waiter and into the cache; background
 //! completion merges the rest and rewrites the entry under a version guard.
 //! Shard-local counters are flushed to Prometheus by [`metrics`]; [`config`] holds
-//! every key with its default.
+//! every key with its default, and [`warnings`] says what a valid one may still get
+//! wrong (private keys others may read, an open resolver without a rate limit).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,6 +47,7 @@ pub mod shard;
 mod test_support;
 pub mod tiers;
 pub mod upstream;
+pub mod warnings;
 pub mod wire;
 pub mod zones;
 
@@ -141,6 +143,9 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>, override
     match Config::load(path) {
         Ok(mut config) => match handle.reload({
             overrides.apply(&mut config);
+            for warning in warnings::check(&config) {
+                tracing::warn!("{warning}");
+            }
             config
         }) {
             Ok(warnings) => {

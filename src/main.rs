@@ -64,8 +64,15 @@ fn main() -> ExitCode {
             eprintln!("tierdns: {e}");
             return ExitCode::from(1);
         }
+        // Valid but risky: said, not refused.
+        for warning in tierdns::warnings::check(&config) {
+            eprintln!("tierdns: warning: {warning}");
+        }
         println!("config ok");
         return ExitCode::SUCCESS;
+    }
+    for warning in tierdns::warnings::check(&config) {
+        tracing::warn!("{warning}");
     }
     match tierdns::run(config, cli.config.as_deref(), &overrides) {
         Ok(()) => ExitCode::SUCCESS,

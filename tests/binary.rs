@@ -584,3 +584,90 @@ fn the_daemonset_binds_metrics_to_the_pod_s_address_not_the_host_s_every_address
     );
     assert!(!yaml.contains("0.0.0.0:9153"), "{yaml}");
 }
+
+/// `tierdns --check -c FILE`: whether it passed, and its stderr.
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_warns_about_an_open_resolver_without_a_rate_limit() {
+    let base = "[[upstream]]\naddress = \"127.0.0.1:53\"\n";
+    let open = write_config(
+        "open",
+        &format!("{base}[access]\nallow = [\"0.0.0.0/0\", \"::1/128\"]\n"),
+    );
+    let (ok, err) = check(&open);
+    assert!(ok, "a warning, not an error: {err}");
+    assert!(
+        err.contains(
+            "tierdns: warning: access.allow has 0.0.0.0/0 (every address) and ratelimit.qps = 0"
+        ),
+        "{err}"
+    );
+    let limited = write_config(
+        "open-limited",
+        &format!("{base}[access]\nallow = [\"0.0.0.0/0\"]\n[ratelimit]\nqps = 50\n"),
+    );
+    let (ok, err) = check(&limited);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let closed = write_config("closed", base);
+    let (ok, err) = check(&closed);
+    assert!(ok && err.is_empty(), "{err}");
+}
+
+#[test]
+fn a_private_key_others_may_read_is_warned_about_by_check_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tierdns-test-{}-keymode", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dns.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let up = SimUpstream::start(Behavior::default());
+    let text = format!(
+        "{}[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        loopback_config(up.addr, "epoll"),
+        cert_file.display(),
+        key_file.display()
+    );
+    let path = write_config("keymode", &text);
+    let (ok, err) = check(&path);
+    assert!(ok, "a warning, not an error: {err}");
+    let expected = format!(
+        "tls.key_file {} is not private to its owner (mode 0640: group may read)",
+        key_file.display()
+    );
+    assert!(
+        err.contains(&format!("tierdns: warning: {expected}")),
+        "{err}"
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("is not private to its owner");
+    assert!(line.contains("WARN") && line.contains(&expected), "{line}");
+    run.wait_for("running");
+    assert!(run.terminate().success());
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = check(&path);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
