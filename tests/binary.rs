@@ -342,8 +342,8 @@ fn sighup_reloads_a_valid_file_and_refuses_a_broken_one() {
 
     std::fs::write(&path, loopback_config(b.addr, "auto")).unwrap();
     hup(&run);
-    run.wait_for("reloaded");
-    std::thread::sleep(Duration::from_millis(50));
+    // A reload returns once every shard runs the new file.
+    run.wait_for("reloaded on every shard");
     let r = udp_query(addr, &query(2, "two.example.", RecordType::A, None));
     assert_eq!(a_records(&r), vec![Ipv4Addr::new(198, 51, 100, 2)]);
     assert!(run.terminate().success());
