@@ -589,6 +589,9 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Exporter address.
     pub listen: SocketAddr,
+    /// Networks (CIDR, or a bare address) allowed to scrape; anyone else gets
+    /// HTTP 403. An IPv4 network also covers its IPv4-mapped IPv6 form.
+    pub allow: Vec<String>,
     /// How often shards flush their local counters into the registry.
     #[serde(with = "crate::duration")]
     pub flush_interval: Duration,
@@ -599,8 +602,38 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9153)),
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             flush_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// `allow` as the exporter's networks (`addr/len`), each IPv4 one also in
+    /// its IPv4-mapped IPv6 form (a dual-stack listener sees IPv4 peers so);
+    /// the error names the entry at fault.
+    pub fn allowed_networks(&self) -> Result<Vec<String>, ConfigError> {
+        use crate::policy::access::Network;
+        if self.allow.is_empty() {
+            return Err(invalid(
+                "metrics.allow",
+                "must not be empty (every address: [\"0.0.0.0/0\", \"::/0\"])",
+            ));
+        }
+        let mut nets = Vec::with_capacity(self.allow.len() * 2);
+        for (i, text) in self.allow.iter().enumerate() {
+            let net = Network::parse(text).map_err(|e| {
+                invalid(
+                    format!("metrics.allow[{i}]"),
+                    format!("{text:?} is not a network: {e}"),
+                )
+            })?;
+            nets.push(format!("{}/{}", net.addr, net.prefix));
+            if let std::net::IpAddr::V4(v4) = net.addr {
+                nets.push(format!("{}/{}", v4.to_ipv6_mapped(), 96 + net.prefix));
+            }
+        }
+        Ok(nets)
     }
 }
 
@@ -872,6 +905,7 @@ impl Config {
         if self.metrics.flush_interval.is_zero() {
             return Err(invalid("metrics.flush_interval", "must be positive"));
         }
+        self.metrics.allowed_networks()?;
         for (i, z) in self.zones.iter().enumerate() {
             if let Err(why) = z.suffix_wire() {
                 return Err(invalid(
@@ -1054,6 +1088,38 @@ mod tests {
         assert!(e.contains("upstream"), "{e}");
         let e = err(&format!("{ONE}[server]\nlisten = []\n"));
         assert!(e.contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn metrics_allow_defaults_to_loopback_and_names_a_bad_network() {
+        let c = Config::parse(ONE, "t").unwrap();
+        assert_eq!(c.metrics.allow, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(
+            c.metrics.allowed_networks().unwrap(),
+            ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"]
+        );
+        let e = err(&format!(
+            "{ONE}[metrics]\nallow = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n"
+        ));
+        assert!(
+            e.contains("metrics.allow[1]: \"10.0.0.1/8\" is not a network"),
+            "{e}"
+        );
+        let e = err(&format!("{ONE}[metrics]\nallow = [\"prometheus\"]\n"));
+        assert!(e.contains("metrics.allow[0]"), "{e}");
+        let e = err(&format!("{ONE}[metrics]\nallow = []\n"));
+        assert!(e.contains("metrics.allow: must not be empty"), "{e}");
+        let c = Config::parse(
+            &format!("{ONE}[metrics]\nallow = [\"10.1.2.3\", \"fd00::/8\"]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.allowed_networks().unwrap(),
+            ["10.1.2.3/32", "::ffff:10.1.2.3/128", "fd00::/8"]
+        );
+        let printed = Config::parse(&c.to_toml(), "printed").unwrap();
+        assert_eq!(printed.metrics.allow, c.metrics.allow, "in --print-config");
     }
 
     #[test]

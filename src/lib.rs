@@ -28,7 +28,8 @@
 //! The first good answer goes to every waiter and into the cache; background
 //! completion merges the rest and rewrites the entry under a version guard.
 //! Shard-local counters are flushed to Prometheus by [`metrics`]; [`config`] holds
-//! every key with its default.
+//! every key with its default, and [`warnings`] says what a valid one may still get
+//! wrong (private keys others may read, an open resolver without a rate limit).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,6 +47,7 @@ pub mod shard;
 mod test_support;
 pub mod tiers;
 pub mod upstream;
+pub mod warnings;
 pub mod wire;
 pub mod zones;
 
@@ -93,34 +95,104 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>) {
+/// Settings given on the command line that take the place of the config file's,
+/// at start and at every reload (so a reload does not see them as changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--metrics-listen`: the exporter's address, or only its IP (the file's port
+    /// kept), e.g. a Kubernetes pod's `$(POD_IP)`.
+    pub metrics_listen: Option<MetricsListen>,
+}
+
+/// The value of `--metrics-listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// An address and port.
+    Addr(std::net::SocketAddr),
+    /// An IP; the port is `[metrics] listen`'s.
+    Ip(std::net::IpAddr),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map(Self::Addr)
+            .or_else(|_| text.parse().map(Self::Ip))
+            .map_err(|_| format!("{text:?} is neither IP:PORT, [IPv6]:PORT nor an IP address"))
+    }
+}
+
+impl Overrides {
+    /// Puts these settings into `config`.
+    pub fn apply(&self, config: &mut Config) {
+        match self.metrics_listen {
+            Some(MetricsListen::Addr(addr)) => config.metrics.listen = addr,
+            Some(MetricsListen::Ip(ip)) => config.metrics.listen.set_ip(ip),
+            None => {}
+        }
+    }
+}
+
+fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>, overrides: &Overrides) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: running on the built-in config, nothing to reload");
         return;
     };
     match Config::load(path) {
-        Ok(config) => {
-            for warning in handle.reload(config) {
-                tracing::warn!("reload: {warning}");
+        Ok(mut config) => match handle.reload({
+            overrides.apply(&mut config);
+            for warning in warnings::check(&config) {
+                tracing::warn!("{warning}");
             }
-            tracing::info!(config = %path.display(), "reloaded: upstreams, zones, strategy, tiers, budget, health, access, ratelimit, certificates");
-        }
+            config
+        }) {
+            Ok(warnings) => {
+                for warning in warnings {
+                    tracing::warn!("reload: {warning}");
+                }
+                tracing::info!(config = %path.display(), "reloaded on every shard: upstreams, zones, strategy, tiers, budget, health, access, ratelimit, certificates");
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), "reload refused, every shard keeps the running config: {e}")
+            }
+        },
         Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
     }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully. With a
 /// config file, SIGHUP rereads it: a valid file is applied (see
-/// [`shard::ServerHandle::reload`]), an invalid one is logged and ignored.
-pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunError> {
+/// [`shard::ServerHandle::reload`]) on every shard or on none; an invalid one, or
+/// one that cannot be built, is logged as refused and the running config stays.
+/// `overrides` (already applied to `config`) are applied to every reloaded file.
+pub fn run(
+    config: Config,
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<(), RunError> {
     if config.metrics.enabled {
         let addr = config.metrics.listen;
         let bad = |e: metrics_exporter_prometheus::BuildError| RunError::Metrics {
             addr,
             reason: e.to_string(),
         };
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
+        let mut exporter =
+            metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr);
+        // Only `[metrics] allow` may scrape (validated with the config); anyone
+        // else gets 403.
+        let allowed = config
+            .metrics
+            .allowed_networks()
+            .map_err(|e| RunError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
+        for net in allowed {
+            exporter = exporter.add_allowed_address(net).map_err(bad)?;
+        }
+        exporter
             // Histograms with buckets (not summaries), so they aggregate across
             // shards and nodes in PromQL.
             .set_buckets(metrics::LATENCY_BUCKETS)
@@ -181,7 +253,7 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), RunErro
             tokio::select! {
                 _ = term.recv() => return "SIGTERM",
                 _ = int.recv() => return "SIGINT",
-                _ = hup.recv() => reload(&handle, path),
+                _ = hup.recv() => reload(&handle, path, overrides),
             }
         }
     });

@@ -23,6 +23,11 @@ struct Cli {
     /// Print the effective config (defaults included) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Serve /metrics here instead of [metrics] listen, at start and after every
+    /// reload: IP:PORT, [IPv6]:PORT, or an IP (the config's port kept), such as a
+    /// Kubernetes pod's address: --metrics-listen '$(POD_IP)'.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<tierdns::MetricsListen>,
 }
 
 fn main() -> ExitCode {
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -45,6 +50,10 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    let overrides = tierdns::Overrides {
+        metrics_listen: cli.metrics_listen,
+    };
+    overrides.apply(&mut config);
     if cli.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
@@ -55,10 +64,17 @@ fn main() -> ExitCode {
             eprintln!("tierdns: {e}");
             return ExitCode::from(1);
         }
+        // Valid but risky: said, not refused.
+        for warning in tierdns::warnings::check(&config) {
+            eprintln!("tierdns: warning: {warning}");
+        }
         println!("config ok");
         return ExitCode::SUCCESS;
     }
-    match tierdns::run(config, cli.config.as_deref()) {
+    for warning in tierdns::warnings::check(&config) {
+        tracing::warn!("{warning}");
+    }
+    match tierdns::run(config, cli.config.as_deref(), &overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tierdns: {e}");

@@ -342,8 +342,8 @@ fn sighup_reloads_a_valid_file_and_refuses_a_broken_one() {
 
     std::fs::write(&path, loopback_config(b.addr, "auto")).unwrap();
     hup(&run);
-    run.wait_for("reloaded");
-    std::thread::sleep(Duration::from_millis(50));
+    // A reload returns once every shard runs the new file.
+    run.wait_for("reloaded on every shard");
     let r = udp_query(addr, &query(2, "two.example.", RecordType::A, None));
     assert_eq!(a_records(&r), vec![Ipv4Addr::new(198, 51, 100, 2)]);
     assert!(run.terminate().success());
@@ -432,4 +432,242 @@ fn sighup_applies_a_new_access_list_at_once() {
     }
     assert_eq!(up.queries(), 1);
     assert!(run.terminate().success());
+}
+
+/// `GET /metrics` from `source`: the HTTP status and the body.
+fn scrape(source: Ipv4Addr, exporter: SocketAddr) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from((source, 0)).into())?;
+    sock.connect_timeout(&exporter.into(), Duration::from_secs(2))?;
+    let mut stream = std::net::TcpStream::from(sock);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tierdns\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+#[test]
+fn only_metrics_allow_may_scrape() {
+    let up = SimUpstream::start(Behavior::default());
+    // A free port for the exporter (it cannot be told port 0 and report it).
+    let exporter = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = loopback_config(up.addr, "epoll").replace(
+        "[metrics]\nenabled = false\n",
+        &format!("[metrics]\nlisten = \"{exporter}\"\nallow = [\"127.0.0.2/32\"]\n"),
+    );
+    let path = write_config("metrics-allow", &text);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("running");
+    let allowed = Ipv4Addr::new(127, 0, 0, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        match scrape(allowed, exporter) {
+            Ok(got) => break got,
+            Err(e) => assert!(Instant::now() < deadline, "no exporter: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tierdns_info"), "{body}");
+    let (status, body) = scrape(Ipv4Addr::LOCALHOST, exporter).unwrap();
+    assert_eq!(status, 403, "127.0.0.1 is not in metrics.allow: {body}");
+    assert!(!body.contains("tierdns_"), "{body}");
+    assert!(run.terminate().success());
+}
+
+#[test]
+fn metrics_listen_takes_the_place_of_the_file_s_address_across_reloads() {
+    let out = Command::new(BIN)
+        .args(["--print-config", "--metrics-listen", "10.1.2.3"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("listen = \"10.1.2.3:9153\""), "{printed}");
+    let out = Command::new(BIN)
+        .args(["--print-config", "--metrics-listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let up = SimUpstream::start(Behavior::default());
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (in_file, given) = (free(), free());
+    let text = loopback_config(up.addr, "epoll").replace(
+        "[metrics]\nenabled = false\n",
+        &format!("[metrics]\nlisten = \"{in_file}\"\n"),
+    );
+    let path = write_config("metrics-listen", &text);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("--metrics-listen")
+        .arg(given.to_string());
+    let mut run = Running::spawn(cmd);
+    run.wait_for("running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(Ipv4Addr::LOCALHOST, given).is_err() {
+        assert!(Instant::now() < deadline, "no exporter on {given}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        scrape(Ipv4Addr::LOCALHOST, in_file).is_err(),
+        "not the file's"
+    );
+    // A reload of the same file sees no change to [metrics].
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
+    run.wait_for("reloaded");
+    assert!(
+        !run.seen.iter().any(|l| l.contains("[metrics] changed")),
+        "{:?}",
+        run.seen
+    );
+    assert!(run.terminate().success());
+}
+
+#[test]
+fn the_daemonset_binds_metrics_to_the_pod_s_address_not_the_host_s_every_address() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    let start = yaml
+        .find("tierdns.toml: |\n")
+        .expect("the ConfigMap's file")
+        + "tierdns.toml: |\n".len();
+    let text: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let config = tierdns::config::Config::parse(&text, "deploy/daemonset.yaml").unwrap();
+    assert!(
+        config.metrics.listen.ip().is_loopback(),
+        "the file's address is loopback: {}",
+        config.metrics.listen
+    );
+    assert!(
+        !config
+            .metrics
+            .allow
+            .iter()
+            .any(|n| n == "0.0.0.0/0" || n == "::/0"),
+        "{:?}",
+        config.metrics.allow
+    );
+    // The pod's address, from the downward API, takes its place.
+    assert!(
+        yaml.contains(r#""--metrics-listen", "$(POD_IP)"]"#),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("fieldRef: {fieldPath: status.podIP}"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("0.0.0.0:9153"), "{yaml}");
+}
+
+/// `tierdns --check -c FILE`: whether it passed, and its stderr.
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_warns_about_an_open_resolver_without_a_rate_limit() {
+    let base = "[[upstream]]\naddress = \"127.0.0.1:53\"\n";
+    let open = write_config(
+        "open",
+        &format!("{base}[access]\nallow = [\"0.0.0.0/0\", \"::1/128\"]\n"),
+    );
+    let (ok, err) = check(&open);
+    assert!(ok, "a warning, not an error: {err}");
+    assert!(
+        err.contains(
+            "tierdns: warning: access.allow has 0.0.0.0/0 (every address) and ratelimit.qps = 0"
+        ),
+        "{err}"
+    );
+    let limited = write_config(
+        "open-limited",
+        &format!("{base}[access]\nallow = [\"0.0.0.0/0\"]\n[ratelimit]\nqps = 50\n"),
+    );
+    let (ok, err) = check(&limited);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let closed = write_config("closed", base);
+    let (ok, err) = check(&closed);
+    assert!(ok && err.is_empty(), "{err}");
+}
+
+#[test]
+fn a_private_key_others_may_read_is_warned_about_by_check_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tierdns-test-{}-keymode", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dns.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let up = SimUpstream::start(Behavior::default());
+    let text = format!(
+        "{}[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        loopback_config(up.addr, "epoll"),
+        cert_file.display(),
+        key_file.display()
+    );
+    let path = write_config("keymode", &text);
+    let (ok, err) = check(&path);
+    assert!(ok, "a warning, not an error: {err}");
+    let expected = format!(
+        "tls.key_file {} is not private to its owner (mode 0640: group may read)",
+        key_file.display()
+    );
+    assert!(
+        err.contains(&format!("tierdns: warning: {expected}")),
+        "{err}"
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("is not private to its owner");
+    assert!(line.contains("WARN") && line.contains(&expected), "{line}");
+    run.wait_for("running");
+    assert!(run.terminate().success());
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = check(&path);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

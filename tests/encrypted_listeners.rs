@@ -261,7 +261,7 @@ fn access_control_refuses_and_drops_clients_on_the_encrypted_listeners() {
             pki.sections("")
         ),
     );
-    let _ = server.reload(drop_config);
+    server.reload(drop_config).expect("reload");
     std::thread::sleep(Duration::from_millis(100));
     runtime().block_on(async {
         for addr in [dot, doh] {
@@ -383,7 +383,9 @@ fn a_reload_serves_the_new_certificate_and_a_bad_file_keeps_the_old() {
     for f in ["server-cert.pem", "server-key.pem"] {
         std::fs::copy(next.dir.join(f), pki.dir.join(f)).unwrap();
     }
-    let warnings = server.reload(config(&[up.addr], "epoll", &extra));
+    let warnings = server
+        .reload(config(&[up.addr], "epoll", &extra))
+        .expect("reload");
     assert!(warnings.is_empty(), "{warnings:?}");
     runtime().block_on(async {
         for addr in [dot, doh] {
@@ -402,7 +404,9 @@ fn a_reload_serves_the_new_certificate_and_a_bad_file_keeps_the_old() {
     });
     // A bad file: named in the warnings, and the running certificate stays.
     std::fs::write(pki.dir.join("server-cert.pem"), "not a certificate\n").unwrap();
-    let warnings = server.reload(config(&[up.addr], "epoll", &extra));
+    let warnings = server
+        .reload(config(&[up.addr], "epoll", &extra))
+        .expect("reload");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
         warnings.iter().all(|w| w.contains("tls.cert_file")),

@@ -726,11 +726,13 @@ fn a_reload_that_changes_tls_name_rebuilds_the_link() {
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(dot.handshakes.load(Ordering::SeqCst), 0);
     // Same address, the right name: a new link (no backoff carried over), answers.
-    let warnings = tierdns.reload(config_with(
-        &dot_upstream("renamed", &dot, &pki, "dns.test"),
-        "epoll",
-        "",
-    ));
+    let warnings = tierdns
+        .reload(config_with(
+            &dot_upstream("renamed", &dot, &pki, "dns.test"),
+            "epoll",
+            "",
+        ))
+        .expect("reload");
     assert!(warnings.is_empty(), "{warnings:?}");
     let deadline = Instant::now() + Duration::from_secs(3);
     let answered = loop {

@@ -288,11 +288,13 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         let _ = write_frame(&mut s, &q.bytes());
         assert!(read_frame(&mut s).is_none(), "{io}: closed at accept");
 
-        let warnings = server.reload(server_config(
-            up.addr,
-            io,
-            "[access]\nallow = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n",
-        ));
+        let warnings = server
+            .reload(server_config(
+                up.addr,
+                io,
+                "[access]\nallow = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n",
+            ))
+            .expect("reload");
         assert!(
             warnings.is_empty(),
             "{io}: [access] needs no restart: {warnings:?}"
@@ -311,7 +313,9 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
             "{io}: a new connection"
         );
         // An open connection whose client a reload denies is refused per query.
-        server.reload(server_config(up.addr, io, ONLY_INSIDE));
+        server
+            .reload(server_config(up.addr, io, ONLY_INSIDE))
+            .expect("reload");
         assert!(
             eventually(|| rcode(OUTSIDE) == Some(ResponseCode::Refused)),
             "{io}: denied again"
@@ -327,7 +331,9 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         drop(s);
 
         // And back: a reload to `drop` closes the client out again.
-        server.reload(server_config(up.addr, io, ONLY_INSIDE_DROP));
+        server
+            .reload(server_config(up.addr, io, ONLY_INSIDE_DROP))
+            .expect("reload");
         assert!(
             eventually(
                 || (0..8).all(|_| rcode_within(OUTSIDE, Duration::from_millis(200)).is_none())
@@ -487,11 +493,13 @@ fn ratelimit_drop_and_off_apply_by_reload() {
     assert_eq!(served, 20);
 
     let before = counter(metrics, "tierdns_ratelimited_total", &["\"drop\""]);
-    let warnings = server.reload(server_config(
-        up.addr,
-        uring(),
-        "[ratelimit]\nqps = 1\nburst = 3\naction = \"drop\"\n",
-    ));
+    let warnings = server
+        .reload(server_config(
+            up.addr,
+            uring(),
+            "[ratelimit]\nqps = 1\nburst = 3\naction = \"drop\"\n",
+        ))
+        .expect("reload");
     assert!(
         warnings.is_empty(),
         "[ratelimit] needs no restart: {warnings:?}"
@@ -507,7 +515,9 @@ fn ratelimit_drop_and_off_apply_by_reload() {
     assert_eq!(served + lost, 20);
 
     // And off again.
-    server.reload(server_config(up.addr, uring(), ""));
+    server
+        .reload(server_config(up.addr, uring(), ""))
+        .expect("reload");
     std::thread::sleep(Duration::from_millis(300));
     let ((served, _, _), _) = udp_burst(addr, &q, 20, wait);
     assert_eq!(served, 20, "limiting off after the second reload");

@@ -44,6 +44,7 @@ use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
 use crate::policy::{Policy, RateLimiter, TcpClients};
 use crate::tiers::Budget;
+pub use reload::ReloadRefused;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, bind_encrypted, ShardSockets};
 use std::cell::{Cell, RefCell};
@@ -52,7 +53,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use upstreams::UpstreamSet;
+use upstreams::{CheckedUpstreams, UpstreamSet};
 
 /// How the tiers count an upstream reply (for the fuzzer): true if good. A good
 /// answer has NOERROR or NXDOMAIN as its full (extended) rcode and a layout the
@@ -127,8 +128,9 @@ pub(crate) fn socketless_shard(config: Config) -> Rc<Shard<Epoll>> {
     let shared = Arc::new(Shared::new(config, 1, encrypted::Encrypted::default()));
     let sockets = ShardSockets::empty();
     let (_, shutdown) = watch::channel(false);
+    let checked = CheckedUpstreams::check(Arc::new(shared.config.clone())).expect("no upstreams");
     let ((shard, _, _, _), _) =
-        build_shard::<Epoll>(0, shared, sockets, shutdown).expect("a socketless shard");
+        build_shard::<Epoll>(0, shared, sockets, &checked, shutdown).expect("a socketless shard");
     shard
 }
 
@@ -222,13 +224,17 @@ pub enum StartError {
     /// names the config key).
     #[error("{0}")]
     Tls(String),
+    /// An encrypted upstream's roots or TLS setup failed (the message names it).
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// A running server.
 pub struct ServerHandle {
     threads: Vec<std::thread::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
-    reload: watch::Sender<Arc<Config>>,
+    /// The config in force and the shards' reload queues; one reload at a time.
+    reloader: std::sync::Mutex<reload::Reloader>,
     /// The addresses served, with port 0 resolved (UDP and TCP share the port).
     pub local_addrs: Vec<SocketAddr>,
     /// The DNS over TLS addresses (`tls.listen`), port 0 resolved.
@@ -260,11 +266,14 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (uring, backend_reason) = choose_backend(&config)?;
     let backend = if uring { Uring::NAME } else { Epoll::NAME };
     let encrypted = encrypted::Encrypted::load(&config)?;
+    // Roots and TLS setups read once, for every shard.
+    let checked =
+        Arc::new(CheckedUpstreams::check(Arc::new(config.clone())).map_err(StartError::Upstream)?);
     let (mut sockets, local_addrs) = bind_all(&config, shards)?;
     let (tls_addrs, https_addrs) = bind_encrypted(&config, &mut sockets)?;
     let shared = Arc::new(Shared::new(config, shards, encrypted));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (reload_tx, reload_rx) = watch::channel(Arc::new(shared.config.clone()));
+    let (reloader, reload_rxs) = reload::Reloader::new(Arc::clone(&checked.config), shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
     let cores = if shared.config.server.pin_cpus {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -272,10 +281,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Vec::new()
     };
     let mut threads = Vec::with_capacity(shards);
-    for (index, sockets) in sockets.into_iter().enumerate() {
+    for ((index, sockets), reloads) in sockets.into_iter().enumerate().zip(reload_rxs) {
         let shared = Arc::clone(&shared);
+        let checked = Arc::clone(&checked);
         let shutdown = shutdown_rx.clone();
-        let reloads = reload_rx.clone();
         let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let thread = std::thread::Builder::new()
@@ -284,7 +293,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_shard(index, uring, shared, sockets, (shutdown, reloads), ready);
+                let signals = (checked, shutdown, reloads);
+                run_shard(index, uring, shared, sockets, signals, ready);
             })
             .map_err(|e| StartError::Shard {
                 shard: index,
@@ -314,7 +324,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         threads,
         shutdown: shutdown_tx,
-        reload: reload_tx,
+        reloader: std::sync::Mutex::new(reloader),
         local_addrs,
         tls_addrs,
         https_addrs,
@@ -326,8 +336,13 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
 
 type Ready = std::sync::mpsc::Sender<Result<usize, (usize, String)>>;
 
-/// What a shard listens to: shutdown, and new configs to reload.
-type Signals = (watch::Receiver<bool>, watch::Receiver<Arc<Config>>);
+/// What a shard starts from and listens to: its upstreams (checked once for all
+/// shards), shutdown, and the steps of reloads.
+type Signals = (
+    Arc<CheckedUpstreams>,
+    watch::Receiver<bool>,
+    tokio::sync::mpsc::Receiver<reload::Step>,
+);
 
 /// Everything one shard owns.
 pub(crate) struct Shard<B: Backend> {
@@ -417,13 +432,14 @@ async fn shard_main<B: Backend>(
     index: usize,
     shared: Arc<Shared>,
     sockets: ShardSockets,
-    (shutdown, reloads): Signals,
+    (checked, shutdown, reloads): Signals,
     ready: Ready,
 ) {
-    match build_shard::<B>(index, shared, sockets, shutdown) {
+    match build_shard::<B>(index, shared, sockets, &checked, shutdown) {
         Ok((built, closers)) => {
             let _ = ready.send(Ok(index));
             drop(ready);
+            drop(checked);
             let reloader =
                 tokio::task::spawn_local(reload::reload_loop(Rc::clone(&built.0), reloads));
             serve(built, closers).await;
@@ -450,12 +466,13 @@ fn build_shard<B: Backend>(
     index: usize,
     shared: Arc<Shared>,
     sockets: ShardSockets,
+    checked: &CheckedUpstreams,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Built<B>, Vec<socket2::Socket>), String> {
     let config = &shared.config;
     let pool = Rc::new(BufferPool::new(config.limits.buffer_pool, 64));
     let stats = Rc::new(ShardStats::new(config.upstreams.len()));
-    let (set, _) = UpstreamSet::build(Arc::new(config.clone()), None, &stats, &shared.board)?;
+    let (set, _) = UpstreamSet::build(checked, None, &stats, &shared.board)?;
     let priorities: Vec<i32> = config.upstreams.iter().map(|u| u.priority).collect();
     let health = HealthTracker::new(config.health.clone(), &priorities);
     let policy = Policy::new(&config.access, &config.ratelimit).map_err(|e| e.to_string())?;

@@ -6,20 +6,50 @@
 //! upstream index under a flight; results of a flight from an older generation are
 //! not recorded into the health or counters of the new one.
 //!
-//! Reload (SIGHUP, or [`super::ServerHandle::reload`]): each shard builds the new set,
-//! reusing the link (socket, idle TCP connections) of every upstream whose address
-//! stays, carries their health over (EWMA, circuit state), flushes the old set's
-//! counters under its labels, and swaps. Links of removed upstreams close once the
-//! last flight using them ends.
+//! What can fail to build a set (reading `ca_file` or the system's roots, the TLS
+//! client configs) is built once, on the starting or reloading thread
+//! ([`CheckedUpstreams`]), and handed to every shard: all shards trust the same
+//! roots, and a file that cannot be read fails the whole start or reload, never
+//! one shard's.
+//!
+//! Reload (SIGHUP, or [`super::ServerHandle::reload`]): each shard builds the new set
+//! from the checked part, reusing the link (socket, idle TCP connections) of every
+//! upstream whose address stays; once every shard has built its set, each carries
+//! the health of those upstreams over (EWMA, circuit state), flushes the old set's
+//! counters under its labels, and swaps ([`super::reload`]). Links of removed
+//! upstreams close once the last flight using them ends.
 
 use crate::config::Config;
 use crate::health::{BoardSlot, CircuitBoard};
 use crate::io::Backend;
 use crate::metrics::ShardStats;
+use crate::upstream::encrypted::{prepare, TlsTarget};
 use crate::upstream::UpstreamLink;
 use crate::zones::ZoneTable;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// A config's upstreams with the part of their links that can fail to build
+/// (roots and TLS client configs) built and checked, for every shard to share.
+pub(crate) struct CheckedUpstreams {
+    /// The config the set is for.
+    pub(crate) config: Arc<Config>,
+    /// Per upstream, in config order: the TLS target of an encrypted one.
+    tls: Vec<Option<TlsTarget>>,
+}
+
+impl CheckedUpstreams {
+    /// Reads every encrypted upstream's roots and builds its TLS client config;
+    /// the error names the upstream.
+    pub(crate) fn check(config: Arc<Config>) -> Result<Self, String> {
+        let tls = config
+            .upstreams
+            .iter()
+            .map(prepare)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { config, tls })
+    }
+}
 
 /// One generation of upstream links and routes.
 pub(crate) struct UpstreamSet<B: Backend> {
@@ -38,14 +68,16 @@ pub(crate) struct UpstreamSet<B: Backend> {
 }
 
 impl<B: Backend> UpstreamSet<B> {
-    /// Builds a set for `config`, reusing links of `old` whose address stays.
+    /// Builds a set for `checked`, reusing links of `old` whose address stays.
     /// Returns it with the (old index, new index) pairs of upstreams that stayed.
+    /// Reads no file: what fails here is the shard's own (a socket).
     pub(crate) fn build(
-        config: Arc<Config>,
+        checked: &CheckedUpstreams,
         old: Option<&Self>,
         stats: &Rc<ShardStats>,
         board: &CircuitBoard,
     ) -> Result<(Self, Vec<(usize, usize)>), String> {
+        let config = Arc::clone(&checked.config);
         let limits = &config.limits;
         let mut kept = Vec::new();
         let mut links = Vec::with_capacity(config.upstreams.len());
@@ -60,7 +92,7 @@ impl<B: Backend> UpstreamSet<B> {
                     link.relabel(u.label());
                     link
                 }
-                None => UpstreamLink::open(u, limits, Rc::clone(stats))
+                None => UpstreamLink::open(u, checked.tls[i].as_ref(), limits, Rc::clone(stats))
                     .map_err(|e| format!("upstream {} socket: {e}", u.label()))?,
             };
             links.push(link);

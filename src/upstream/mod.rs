@@ -209,14 +209,30 @@ fn connected_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 impl<B: Backend> UpstreamLink<B> {
     /// Opens the pool of UDP sockets (`limits.upstream_sockets`), each with its
     /// receive loop on the current shard runtime. Their renewal times are spread
-    /// over one lifetime, so the pool turns over a socket at a time.
+    /// over one lifetime, so the pool turns over a socket at a time. An encrypted
+    /// upstream gets its link over `tls` ([`encrypted::prepare`]) instead.
     pub(crate) fn open(
         upstream: &UpstreamConfig,
+        tls: Option<&encrypted::TlsTarget>,
         limits: &Limits,
         stats: Rc<ShardStats>,
     ) -> io::Result<Rc<Self>> {
         let addr = upstream.address;
-        let encrypted = encrypted::EncryptedLink::open(upstream, limits, &stats)?.map(Rc::new);
+        let encrypted = match (tls, upstream.transport.is_encrypted()) {
+            (Some(target), true) => Some(Rc::new(encrypted::EncryptedLink::with_target(
+                upstream,
+                target.clone(),
+                limits,
+                &stats,
+            )?)),
+            (None, false) => None,
+            _ => {
+                return Err(io::Error::other(format!(
+                    "upstream {}: TLS setup does not match its transport",
+                    upstream.label()
+                )))
+            }
+        };
         // An encrypted upstream gets no UDP socket: nothing can leave in the clear.
         let n = if encrypted.is_some() {
             0
@@ -948,7 +964,7 @@ mod tests {
             let stats = Rc::new(ShardStats::new(1));
             let upstream = UpstreamConfig::plain(addr);
             let link =
-                UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, Rc::clone(&stats))
+                UpstreamLink::<crate::io::Epoll>::open(&upstream, None, &limits, Rc::clone(&stats))
                     .unwrap();
             assert!(link.case_on(), "on by default");
             let query = example(b"example", b"com");
@@ -1029,7 +1045,8 @@ mod tests {
             };
             let stats = Rc::new(ShardStats::new(1));
             let upstream = UpstreamConfig::plain(addr);
-            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
+            let link =
+                UpstreamLink::<crate::io::Epoll>::open(&upstream, None, &limits, stats).unwrap();
             let mut query = vec![0u8; 12];
             query[5] = 1;
             query.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
@@ -1070,7 +1087,8 @@ mod tests {
             };
             let stats = Rc::new(ShardStats::new(1));
             let upstream = UpstreamConfig::plain(addr);
-            let link = UpstreamLink::<crate::io::Epoll>::open(&upstream, &limits, stats).unwrap();
+            let link =
+                UpstreamLink::<crate::io::Epoll>::open(&upstream, None, &limits, stats).unwrap();
             let first = link.local_ports();
             assert_eq!(first.len(), 16);
             let mut query = vec![0u8; 12];

@@ -34,7 +34,7 @@ mod dot;
 mod pad;
 mod tls;
 
-pub(crate) use tls::{read_roots, system_roots};
+pub(crate) use tls::{read_roots, system_roots, TlsTarget};
 
 use super::{Exchange, Question};
 use crate::config::{Limits, UpstreamConfig, UpstreamTransport};
@@ -46,7 +46,7 @@ use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tls::{ConnectError, TlsTarget};
+use tls::ConnectError;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -191,6 +191,26 @@ impl Shared {
     }
 }
 
+/// What an encrypted upstream's links need that can fail to build: its roots
+/// (`ca_file` read, or the system's), the TLS client config and the name the
+/// certificate must carry. None for a plain upstream. Built once per start or
+/// reload and handed to every shard, so all shards trust the same roots.
+pub(crate) fn prepare(upstream: &UpstreamConfig) -> Result<Option<TlsTarget>, String> {
+    let alpn: &[u8] = match &upstream.transport {
+        UpstreamTransport::Plain => return Ok(None),
+        UpstreamTransport::Tls => b"dot",
+        UpstreamTransport::Https { .. } => b"h2",
+    };
+    TlsTarget::new(
+        upstream.address,
+        upstream.tls_name.as_deref(),
+        upstream.ca_file.as_deref(),
+        alpn,
+    )
+    .map(Some)
+    .map_err(|why| format!("upstream {}: {why}", upstream.label()))
+}
+
 /// The transport-specific half of a link.
 enum Transport {
     Dot(dot::DotLink),
@@ -208,23 +228,30 @@ pub(crate) struct EncryptedLink {
 impl EncryptedLink {
     /// The link for an encrypted upstream, None for a plain one. Reads `ca_file`
     /// (or the system's roots); opens no connection yet.
+    #[cfg(test)]
     pub(crate) fn open(
         upstream: &UpstreamConfig,
         limits: &Limits,
         stats: &Rc<ShardStats>,
     ) -> io::Result<Option<Self>> {
-        let (alpn, require_alpn, connections): (&[u8], _, usize) = match &upstream.transport {
-            UpstreamTransport::Plain => return Ok(None),
-            UpstreamTransport::Tls => (b"dot", None, DOT_CONNECTIONS),
-            UpstreamTransport::Https { .. } => (b"h2", Some(&b"h2"[..]), 1),
+        match prepare(upstream).map_err(io::Error::other)? {
+            Some(target) => Self::with_target(upstream, target, limits, stats).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The link for an encrypted upstream over `target` (from [`prepare`]); opens
+    /// no connection yet and reads no file.
+    pub(crate) fn with_target(
+        upstream: &UpstreamConfig,
+        target: TlsTarget,
+        limits: &Limits,
+        stats: &Rc<ShardStats>,
+    ) -> io::Result<Self> {
+        let (require_alpn, connections) = match &upstream.transport {
+            UpstreamTransport::Https { .. } => (Some(&b"h2"[..]), 1),
+            _ => (None, DOT_CONNECTIONS),
         };
-        let target = TlsTarget::new(
-            upstream.address,
-            upstream.tls_name.as_deref(),
-            upstream.ca_file.as_deref(),
-            alpn,
-        )
-        .map_err(|why| io::Error::other(format!("upstream {}: {why}", upstream.label())))?;
         let shared = Rc::new(Shared {
             target,
             require_alpn,
@@ -243,11 +270,11 @@ impl EncryptedLink {
             }
             _ => Transport::Dot(dot::DotLink::new(Rc::clone(&shared))),
         };
-        Ok(Some(Self {
+        Ok(Self {
             transport,
             shared,
             keys: Self::keys_of(upstream),
-        }))
+        })
     }
 
     fn keys_of(
