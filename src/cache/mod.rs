@@ -27,12 +27,14 @@
 //!   bit, dead entries first as the hand meets them; see [`partition`]) until it
 //!   fits, so [`PacketCache::bytes`] never exceeds `max_bytes`.
 
+mod completion;
 mod config;
 mod entry;
 mod key;
 mod partition;
 mod ttl;
 
+pub use completion::CompletionBase;
 pub use config::{CacheConfig, CacheConfigError};
 pub use entry::ENTRY_OVERHEAD;
 pub use key::{Key, KeyRef};
@@ -130,21 +132,6 @@ impl InsertOutcome {
     pub fn stored(&self) -> bool {
         matches!(self, Self::Inserted | Self::Replaced)
     }
-}
-
-/// An incomplete entry as its completion starts from it
-/// ([`PacketCache::completion_base`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompletionBase {
-    /// The stored answer (question name lowercased, TTLs as stored).
-    pub wire: Vec<u8>,
-    /// When it was stored: a merged answer is stored as of then, so its TTLs
-    /// keep ageing from the first answer.
-    pub inserted: Instant,
-    /// The flight version that wrote it: the merge overwrites only that.
-    pub version: u64,
-    /// Upstreams (bits by index) whose addresses it holds.
-    pub answered: u16,
 }
 
 /// Plain counters, summed over partitions by [`PacketCache::stats`].
@@ -349,45 +336,6 @@ impl PacketCache {
             prefetch,
             complete,
         }
-    }
-
-    /// Marks the entry of `key` written by flight `version` as lacking addresses
-    /// that upstreams other than those in `answered` (bits by upstream index)
-    /// could add: a later hit may then ask for its completion. Nothing if the
-    /// entry is gone or was written by another flight.
-    pub fn mark_incomplete(&self, key: &KeyRef<'_>, version: u64, answered: u16) {
-        let hash = key.hash();
-        let mut guard = self.partition(hash);
-        let part = &mut *guard;
-        let Some(slot) = part.find(hash, key) else {
-            return;
-        };
-        if let Some(entry) = part.entry_mut(slot).filter(|e| e.version == version) {
-            entry.flags |= INCOMPLETE;
-            entry.answered = answered;
-        }
-    }
-
-    /// What a completion of `key`'s entry starts from: a copy of the stored
-    /// answer, when it was stored, its version, and the upstreams already in it.
-    /// None if the entry is gone, expired, or complete. Allocates the copy.
-    pub fn completion_base(&self, key: &KeyRef<'_>, now: Instant) -> Option<CompletionBase> {
-        let hash = key.hash();
-        let now_nanos = self.clock.nanos(now);
-        let mut guard = self.partition(hash);
-        let part = &mut *guard;
-        let slot = part.find(hash, key)?;
-        let entry = part.entry_mut(slot)?;
-        if entry.flags & INCOMPLETE == 0 || entry.age(now_nanos) >= entry.ttl_nanos() {
-            return None;
-        }
-        let age = entry.age(now_nanos);
-        Some(CompletionBase {
-            wire: entry.wire.to_vec(),
-            inserted: now.checked_sub(std::time::Duration::from_nanos(age))?,
-            version: entry.version,
-            answered: entry.answered,
-        })
     }
 
     /// Serve-stale path, for when every upstream failed: an entry expired less than

@@ -20,6 +20,7 @@
 //!   refused because a name is popular, and no flight grows without bound.
 
 mod result;
+pub mod state;
 
 pub use result::{Answer, FlightResult};
 

@@ -1,308 +1,35 @@
-//! The driver of one flight: runs a [`Plan`] on the shard's upstream links.
-//!
-//! In two layers, as the tier engine wants (logic over events and time, I/O at the
-//! edge):
-//!
-//! - [`FlightState`]: what the flight knows and decides, without sockets or a clock.
-//!   Every call takes `now`. It hands out what to send and when to wake up
-//!   ([`FlightState::next`]), takes each upstream result ([`FlightState::on_report`]:
-//!   classify, feed the plan, keep the first good answer and the rest for the merge),
-//!   and at the end merges ([`FlightState::finish`]). Its tests drive it with a
-//!   stepped clock against simulated upstreams.
-//! - [`FlightRun`]: the shard's I/O around it. It sends over the upstream links
-//!   from its own task (one `send` per query), keeps each query's deadline, sleeps
-//!   until the state's wake-up, a deadline or a result in its [`Mailbox`], reads the
-//!   clock and passes it in, records health and counters, and splits the flight in
-//!   two phases:
-//!   1. [`FlightRun::until_first`]: until the first good answer (returned at once, for
-//!      the clients and the cache) or the plan gives up.
-//!   2. [`FlightRun::complete`]: spawned, nobody waits for it. Keeps collecting until
-//!      the plan is done (never past `total_collect_timeout`), merges the good answers
-//!      and rewrites the cache entry only if no newer flight wrote it meanwhile. A
-//!      flight with nothing left to do after its first answer (one upstream asked,
-//!      `complete = false`, an answer no merge can grow) is concluded at once
-//!      instead ([`FlightRun::settled`]): no task.
+//! The driver of one flight: runs its [`FlightState`] (the pure machine in
+//! `flight/state.rs`: plan, results, merge; no sockets, no clock) on the shard's
+//! upstream links. It sends from its own task (one `send` per query), keeps each
+//! query's deadline, sleeps until the state's wake-up, a deadline or a result in
+//! its [`Mailbox`], reads the clock and passes it in, records health and counters,
+//! and splits the flight in two phases:
+//! 1. [`FlightRun::until_first`]: until the first good answer (returned at once, for
+//!    the clients and the cache) or the plan gives up.
+//! 2. [`FlightRun::complete`]: spawned, nobody waits for it. Collects until the
+//!    plan is done (never past `total_collect_timeout`), merges, and rewrites the
+//!    cache entry only if no newer flight wrote it meanwhile; a completion the
+//!    budget defers leaves the entry marked incomplete, for a hit to complete
+//!    ([`FlightRun::start_completion`]). A flight with nothing left to do after its
+//!    first answer is concluded at once instead ([`FlightRun::settled`]): no task.
 
 use super::upstreams::UpstreamSet;
 use super::{BackgroundSlot, Shard};
 use crate::cache::{CompletionBase, Key};
+use crate::flight::state::{heard, Finished, FlightState, Heard, Next};
 use crate::flight::{Answer, FlightResult};
 use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{
-    merge_agreed, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList, Spend,
-    StaggerReason, StrategyKind,
-};
-use crate::upstream::{Exchange, Mailbox, Question, Report, Sent, Waiter};
-use crate::wire::answer::AnswerLayout;
-use crate::wire::build::{write_upstream_query, Ede, MAX_UPSTREAM_QUERY_LEN};
-use crate::wire::rcode;
-use crate::wire::reader::{Header, QueryView};
+use crate::tiers::{Merged, Plan, Purpose, SendList, Spend, StaggerReason, StrategyKind};
+use crate::upstream::{Mailbox, Question, Report, Sent, Waiter};
+use crate::wire::build::{write_upstream_query, MAX_UPSTREAM_QUERY_LEN};
+use crate::wire::reader::QueryView;
 use smallvec::SmallVec;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::task::JoinHandle;
-
-/// The Extended DNS Error that says why a flight failed.
-fn failure_ede(worst: Option<FailKind>) -> Ede {
-    match worst {
-        Some(FailKind::ServFail) => Ede::UPSTREAM_SERVFAIL,
-        Some(FailKind::Refused) => Ede::UPSTREAM_REFUSED,
-        // A certificate that did not verify: nothing was sent, as a network error.
-        Some(FailKind::Network | FailKind::TlsCertificate) => Ede::NETWORK_ERROR,
-        Some(FailKind::Timeout) | None => Ede::NO_REACHABLE_AUTHORITY,
-        Some(FailKind::Overload) => Ede::LOCAL_OVERLOAD,
-        Some(_) => Ede::UPSTREAM_ERROR,
-    }
-}
-
-/// How telling a failure is, for the EDE: an upstream's own error beats a network
-/// error, which beats a timeout, which beats our own overload.
-fn telling(kind: FailKind) -> u8 {
-    match kind {
-        FailKind::Overload => 0,
-        FailKind::Timeout => 1,
-        FailKind::Network => 2,
-        _ => 3,
-    }
-}
-
-/// How an upstream reply counts for the tiers: NOERROR and NXDOMAIN are good (if
-/// they can be patched and cached, and no extended rcode says otherwise), every
-/// other rcode is a failure of its kind.
-pub(super) fn classify(reply: &[u8]) -> Result<AnswerLayout, FailKind> {
-    let header = Header::parse(reply).map_err(|_| FailKind::Malformed)?;
-    match u16::from(header.rcode()) {
-        rcode::NOERROR | rcode::NXDOMAIN => {
-            let layout = AnswerLayout::parse(reply).map_err(|_| FailKind::Malformed)?;
-            // The OPT record's extended rcode (RFC 6891 6.1.3) makes it an error,
-            // whatever the header's low four bits say (BADVERS reads as NOERROR).
-            match layout.rcode() {
-                rcode::NOERROR | rcode::NXDOMAIN => Ok(layout),
-                _ => Err(FailKind::OtherRcode),
-            }
-        }
-        rcode::FORMERR => Err(FailKind::FormErr),
-        rcode::SERVFAIL => Err(FailKind::ServFail),
-        rcode::NOTIMP => Err(FailKind::NotImp),
-        rcode::REFUSED => Err(FailKind::Refused),
-        _ => Err(FailKind::OtherRcode),
-    }
-}
-
-/// What one upstream result meant, for the driver to record (health, counters).
-#[derive(Debug, Clone)]
-pub(super) enum Heard {
-    /// A good answer after this round trip; the flight's first good one if
-    /// `first` is set (then it is what the clients get).
-    Good {
-        rtt: Duration,
-        first: Option<Arc<Answer>>,
-    },
-    /// A failure that says something about the upstream.
-    Failed(FailKind),
-    /// Our own bound refused the query: nothing about the upstream.
-    Overload,
-}
-
-/// What a finished flight leaves behind.
-#[derive(Debug)]
-pub(super) struct Finished {
-    /// The plan's own account (stagger reason, first good, peak in flight).
-    pub(super) stats: PlanStats,
-    /// The merged answer, if more than one good answer came and they merge, with
-    /// the time the first arrived (the merge ages from then).
-    pub(super) merged: Option<(Merged, Instant)>,
-}
-
-/// Whether upstream `up` is among `answered` (bits by index; an index past 16 is
-/// never recorded as heard).
-fn heard(answered: u16, up: UpstreamIdx) -> bool {
-    1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX))
-        .is_some_and(|bit| answered & bit != 0)
-}
-
-/// Whether merging more answers into this first one could add anything: only a
-/// NOERROR answer with records of an A or AAAA question, unsigned and whole, can
-/// grow (see [`merge`]). For any other, background completion stops at once.
-fn merge_can_grow(layout: &AnswerLayout, qtype: u16) -> bool {
-    const A: u16 = 1;
-    const AAAA: u16 = 28;
-    matches!(qtype, A | AAAA)
-        && layout.rcode() == rcode::NOERROR
-        && layout.has_qtype_answer()
-        && !layout.signed()
-        && !layout.truncated()
-}
-
-/// One flight's state: the plan and what came back. No I/O, no clock.
-pub(super) struct FlightState {
-    plan: Plan,
-    /// The question's type: whether a merge can add to the first answer.
-    qtype: u16,
-    first: Option<Arc<Answer>>,
-    /// When the first good answer arrived: the merge is aged from then.
-    first_at: Instant,
-    /// The good answers after the first, for the merge. They passed the same
-    /// checks as the first (the link's ID, question and 0x20 case, [`classify`]):
-    /// every reply takes the one path through [`Self::on_report`].
-    others: Vec<Vec<u8>>,
-    /// `merge_min_agree` of the flight's route.
-    min_agree: usize,
-    /// The most telling failure so far (see [`telling`]).
-    worst: Option<FailKind>,
-    /// Upstreams (bits by index, the first 16) that gave a good answer.
-    answered: u16,
-    /// For a completion by demand: the cached answer it completes (merged
-    /// first, its chain the one kept) and when that was stored.
-    base: Option<(Vec<u8>, Instant)>,
-}
-
-/// What the driver does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Next {
-    /// Send one query to each, then ask again.
-    Send(SendList),
-    /// Wait for a result, but not past this instant; then ask again.
-    Wait(Instant),
-    /// The flight is over: [`FlightState::finish`].
-    Done,
-}
-
-impl FlightState {
-    pub(super) fn new(plan: Plan, qtype: u16, min_agree: usize, now: Instant) -> Self {
-        Self {
-            plan,
-            qtype,
-            first: None,
-            first_at: now,
-            others: Vec::new(),
-            min_agree,
-            worst: None,
-            answered: 0,
-            base: None,
-        }
-    }
-
-    /// Makes this the completion of a cached answer: `base` (stored at `at`,
-    /// holding the answers of the upstreams in `answered`) is merged first.
-    pub(super) fn complete_base(&mut self, base: Vec<u8>, at: Instant, answered: u16) {
-        self.base = Some((base, at));
-        self.answered = answered;
-    }
-
-    /// Upstreams (bits by index) whose good answers the flight holds.
-    pub(super) fn answered(&self) -> u16 {
-        self.answered
-    }
-
-    /// Whether the flight's first good answer is one a merge could grow.
-    pub(super) fn can_grow(&self) -> bool {
-        self.first
-            .as_ref()
-            .is_some_and(|a| merge_can_grow(&a.layout, self.qtype))
-    }
-
-    /// What to do at `now`; every query beyond the first is asked of `allow` (the
-    /// amplification budget) with its purpose.
-    pub(super) fn next(
-        &mut self,
-        now: Instant,
-        allow: impl FnMut(UpstreamIdx, Purpose) -> bool,
-    ) -> Next {
-        match self.plan.next_within(now, allow) {
-            Action::Send(list) => Next::Send(list),
-            Action::Wait(at) => Next::Wait(at),
-            Action::Done => Next::Done,
-        }
-    }
-
-    /// Takes one upstream's result at `now`.
-    pub(super) fn on_report(
-        &mut self,
-        up: UpstreamIdx,
-        res: Result<Exchange, FailKind>,
-        now: Instant,
-    ) -> Heard {
-        match res.and_then(|ex| classify(&ex.reply).map(|layout| (ex, layout))) {
-            Ok((ex, layout)) => {
-                if self.first.is_none() && !merge_can_grow(&layout, self.qtype) {
-                    self.plan.stop_collecting();
-                }
-                self.plan.on_result(up, Outcome::Good, now);
-                if let Some(bit) = 1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX)) {
-                    self.answered |= bit;
-                }
-                if self.first.is_some() {
-                    self.others.push(ex.reply);
-                    return Heard::Good {
-                        rtt: ex.rtt,
-                        first: None,
-                    };
-                }
-                let answer = Arc::new(Answer {
-                    wire: ex.reply,
-                    layout,
-                });
-                self.first = Some(Arc::clone(&answer));
-                self.first_at = now;
-                Heard::Good {
-                    rtt: ex.rtt,
-                    first: Some(answer),
-                }
-            }
-            Err(kind) => {
-                self.plan.on_result(up, Outcome::Failed(kind), now);
-                if self.worst.is_none_or(|w| telling(kind) >= telling(w)) {
-                    self.worst = Some(kind);
-                }
-                if kind == FailKind::Overload {
-                    Heard::Overload
-                } else {
-                    Heard::Failed(kind)
-                }
-            }
-        }
-    }
-
-    /// No more queries: a good answer ends the flight (see [`Plan::stop_collecting`]).
-    pub(super) fn stop_collecting(&mut self) {
-        self.plan.stop_collecting();
-    }
-
-    /// The upstreams asked and not heard from.
-    pub(super) fn unanswered(&self) -> impl Iterator<Item = UpstreamIdx> + '_ {
-        self.plan.in_flight_upstreams()
-    }
-
-    /// Why the flight has no answer, for the SERVFAIL's Extended DNS Error.
-    pub(super) fn failure(&self) -> Ede {
-        failure_ede(self.worst)
-    }
-
-    /// Ends the flight: its plan's stats, and the merge of its good answers.
-    pub(super) fn finish(self) -> Finished {
-        let stats = *self.plan.stats();
-        let merged = self.first.as_ref().and_then(|first| {
-            let mut all: SmallVec<[&[u8]; 8]> = SmallVec::new();
-            // A completion merges into the cached answer, and ages from it.
-            let at = match &self.base {
-                Some((base, at)) => {
-                    all.push(base);
-                    *at
-                }
-                None if self.others.is_empty() => return None,
-                None => self.first_at,
-            };
-            all.push(&first.wire);
-            all.extend(self.others.iter().map(Vec::as_slice));
-            merge_agreed(&all, self.min_agree).map(|m| (m, at))
-        });
-        Finished { stats, merged }
-    }
-}
 
 /// One flight in progress on a shard: the state, and the I/O around it.
 pub(super) struct FlightRun<B: Backend> {

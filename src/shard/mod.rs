@@ -60,7 +60,7 @@ use upstreams::{CheckedUpstreams, UpstreamSet};
 /// cache can patch.
 #[cfg(fuzzing)]
 pub(crate) fn fuzz_classify(reply: &[u8]) -> bool {
-    match flight_run::classify(reply) {
+    match crate::flight::state::classify(reply) {
         Ok(layout) => {
             assert!(
                 matches!(
