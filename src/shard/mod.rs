@@ -42,7 +42,7 @@ use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::policy::{Policy, RateLimiter, TcpClients};
+use crate::policy::{Policy, RateLimiter, StreamLimiters, TcpClients};
 use crate::tiers::Budget;
 use runtime::{choose_backend, run_shard};
 use sockets::{bind_all, bind_encrypted, ShardSockets};
@@ -85,6 +85,9 @@ pub struct Shared {
     pub flights: Arc<FlightTable<FlightResult>>,
     /// Client prefixes and their rate-limit buckets (one table for all shards).
     pub ratelimiter: RateLimiter,
+    /// The stream rates' tables (connections, TLS sessions, queries), for all
+    /// shards.
+    pub stream_limiters: StreamLimiters,
     /// Upstream circuits opened by any shard.
     pub board: CircuitBoard,
     /// Open TCP connections per client address (one table for all shards).
@@ -104,6 +107,7 @@ impl Shared {
                 config.limits.flight_max_waiters,
             )),
             ratelimiter: RateLimiter::new(),
+            stream_limiters: StreamLimiters::default(),
             board: CircuitBoard::new(),
             // Every connection a shard holds, those closed for a newer one and
             // still draining included (see tcp.rs), has at most one address.

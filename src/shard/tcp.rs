@@ -16,6 +16,10 @@
 //!   answers in flight; connections still draining count against a hard bound of
 //!   twice `tcp_connections`, past which new ones are refused
 //!   (`reason="tcp_connection_limit"`).
+//! - `ratelimit.stream_qps` per client prefix: a query over it waits for its
+//!   token before the next is read ([`Shard::stream_pace`]); a prefix owing more
+//!   than the longest wait has that query answered and the connection closed
+//!   (`reason="query_rate"`).
 //! - `tcp_max_queries` read, or open `tcp_max_lifetime`: the connection stops
 //!   reading, answers every query it read, and closes (`reason="max_queries"`,
 //!   `"max_lifetime"`) gracefully: FIN, then what the client still sends is
@@ -29,7 +33,7 @@ use super::Shard;
 use crate::io::frame::{framed, read_frame_body, read_frame_len};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose, Transport};
-use crate::policy::ClientSlot;
+use crate::policy::{ClientSlot, Reservation};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -302,10 +306,21 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
         if gate == Gate::Drop {
             break;
         }
+        // Over its prefix's `stream_qps`, the query waits for its token and the
+        // connection reads nothing meanwhile: the client's pipeline backs up.
+        let over = match shard.stream_pace(client, transport, Instant::now()) {
+            Reservation::Now => false,
+            Reservation::After(wait) => {
+                tokio::time::sleep(wait).await;
+                false
+            }
+            Reservation::Over => true,
+        };
         let busy = Busy::new(&shard, id);
-        let shard = Rc::clone(&shard);
+        let task_shard = Rc::clone(&shard);
         let tx = tx.clone();
         tokio::task::spawn_local(async move {
+            let shard = task_shard;
             let _busy = busy;
             let reply = answer(&shard, &query, transport, gate, Instant::now()).await;
             if let Some(reply) = reply {
@@ -319,6 +334,13 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             }
             drop(permit);
         });
+        if over {
+            // The prefix owes more than the longest wait: this query is
+            // answered, then the connection closes.
+            shard.stats.tcp_closed(TcpClose::QueryRate);
+            linger = true;
+            break;
+        }
     }
     // Let queries already read finish and be written, then close.
     drop(tx);
