@@ -170,15 +170,19 @@ pub enum TcpClose {
     Resets = 3,
     /// Its client prefix owed more than the longest wait of `ratelimit.stream_qps`.
     QueryRate = 4,
+    /// It held the most queued reply bytes of its shard while the process was
+    /// past `limits.stream_reply_bytes`.
+    ReplyBytes = 5,
 }
 
 impl TcpClose {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Evicted,
         Self::MaxQueries,
         Self::MaxLifetime,
         Self::Resets,
         Self::QueryRate,
+        Self::ReplyBytes,
     ];
 
     /// Metric label.
@@ -189,6 +193,7 @@ impl TcpClose {
             Self::MaxLifetime => "max_lifetime",
             Self::Resets => "resets",
             Self::QueryRate => "query_rate",
+            Self::ReplyBytes => "reply_bytes",
         }
     }
 }

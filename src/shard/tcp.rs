@@ -20,6 +20,8 @@
 //!   token before the next is read ([`Shard::stream_pace`]); a prefix owing more
 //!   than the longest wait has that query answered and the connection closed
 //!   (`reason="query_rate"`).
+//! - `stream_reply_bytes` of replies queued and unwritten, all connections of the
+//!   process: past it the heaviest holders are closed ([`super::reply_bytes`]).
 //! - `tcp_max_queries` read, or open `tcp_max_lifetime`: the connection stops
 //!   reading, answers every query it read, and closes (`reason="max_queries"`,
 //!   `"max_lifetime"`) gracefully: FIN, then what the client still sends is
@@ -27,6 +29,7 @@
 //!   would reset the connection and could drop the answers).
 
 use super::gate::Gate;
+use super::reply_bytes::ReplyTicket;
 use super::serve::First;
 use super::tcp_registry::{Close, ConnId};
 use super::Shard;
@@ -211,19 +214,26 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let max_queries = limits.tcp_max_queries;
     let lifetime = limits.tcp_max_lifetime;
     let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
+    // Each frame travels with the ticket that counts its bytes until it is
+    // written or dropped (`limits.stream_reply_bytes`).
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, ReplyTicket<B>)>(limits.tcp_pipeline);
     let writer_stream = Rc::clone(&stream);
     let writer = tokio::task::spawn_local(async move {
-        while let Some(mut frame) = rx.recv().await {
+        while let Some((mut frame, mut ticket)) = rx.recv().await {
             // Answers ready together leave in one write: one syscall (one TLS
             // record over DoT) for a burst of pipelined answers.
             while frame.len() < COALESCE {
                 match rx.try_recv() {
-                    Ok(more) => frame.extend_from_slice(&more),
+                    Ok((more, more_ticket)) => {
+                        frame.extend_from_slice(&more);
+                        ticket.absorb(more_ticket);
+                    }
                     Err(_) => break,
                 }
             }
-            match tokio::time::timeout(idle, writer_stream.write_all(frame)).await {
+            let written = tokio::time::timeout(idle, writer_stream.write_all(frame)).await;
+            drop(ticket);
+            match written {
                 Ok((Ok(()), _)) => {}
                 _ => {
                     // Stuck or broken: wake the reader too, the connection is done.
@@ -329,7 +339,8 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 let frame = framed(&reply);
                 shard.pool.put(reply);
                 if let Some(frame) = frame {
-                    let _ = tx.send(frame).await;
+                    let ticket = ReplyTicket::new(&shard, id, frame.len());
+                    let _ = tx.send((frame, ticket)).await;
                 }
             }
             drop(permit);
