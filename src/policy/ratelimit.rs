@@ -33,7 +33,7 @@
 //! client to TCP, which a spoofed source cannot complete. The section's stream keys
 //! (`stream_qps`, `new_connections_per_second`, `new_tls_sessions_per_second`) are
 //! limits of their own on the same prefixes, each with its own table
-//! ([`super::stream_rates`]).
+//! (`stream_rates`).
 //!
 //! Memory: a tracked prefix costs about 64 bytes (slot and index), so the default
 //! bound of 65536 prefixes is about 4 MiB. Slots and index grow with the number of
@@ -89,7 +89,7 @@ pub struct RateLimitConfig {
     pub max_tracked: usize,
     /// Queries per second per client prefix over TCP, DoT and DoH together,
     /// sustained; a stream over it is slowed down, not failed
-    /// ([`super::stream_rates`]). 0 turns it off (the default).
+    /// (`stream_rates`). 0 turns it off (the default).
     pub stream_qps: u32,
     /// Stream queries a prefix may send at once after being quiet; 0 means the
     /// same as `stream_qps`.

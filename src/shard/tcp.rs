@@ -37,6 +37,7 @@ use crate::io::frame::{framed, read_frame_body, read_frame_len};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose, Transport};
 use crate::policy::{ClientSlot, Reservation};
+use crate::wire::keepalive;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -256,6 +257,10 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let mut read = 0u64;
     // Whether the reader stopped while the client may still be sending.
     let mut linger = false;
+    // Set once the connection takes no more queries: the answers still to come
+    // tell clients that asked for edns-tcp-keepalive TIMEOUT 0 (RFC 7828).
+    let closing = Rc::new(std::cell::Cell::new(false));
+    let idle_units = keepalive::timeout_units(idle);
     loop {
         if max_queries > 0 && read >= max_queries {
             shard.stats.tcp_closed(TcpClose::MaxQueries);
@@ -312,6 +317,10 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             Err(_idle) => break,
         };
         read += 1;
+        if max_queries > 0 && read >= max_queries {
+            closing.set(true);
+        }
+        let keepalive = keepalive::asks_keepalive(&query);
         let gate = shard.gate(client, transport, Instant::now());
         if gate == Gate::Drop {
             break;
@@ -324,16 +333,24 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 tokio::time::sleep(wait).await;
                 false
             }
-            Reservation::Over => true,
+            Reservation::Over => {
+                closing.set(true);
+                true
+            }
         };
         let busy = Busy::new(&shard, id);
         let task_shard = Rc::clone(&shard);
         let tx = tx.clone();
+        let closing = Rc::clone(&closing);
         tokio::task::spawn_local(async move {
             let shard = task_shard;
             let _busy = busy;
             let reply = answer(&shard, &query, transport, gate, Instant::now()).await;
-            if let Some(reply) = reply {
+            if let Some(mut reply) = reply {
+                if keepalive {
+                    let timeout = if closing.get() { 0 } else { idle_units };
+                    keepalive::append_keepalive(&mut reply, timeout);
+                }
                 // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
                 // have nothing to frame it with, and goes unsent.
                 let frame = framed(&reply);
@@ -354,6 +371,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
         }
     }
     // Let queries already read finish and be written, then close.
+    closing.set(true);
     drop(tx);
     let _ = writer.await;
     if linger {
