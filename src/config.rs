@@ -158,6 +158,11 @@ pub struct Limits {
     /// default): no cap.
     #[serde(with = "crate::duration")]
     pub tcp_max_lifetime: Duration,
+    /// Bytes of framed replies queued and not yet written on all TCP and DoT
+    /// connections of the process (unbound's `stream-wait-size`); past it each
+    /// shard closes its connections holding the most
+    /// (`tierdns_tcp_closed_total{reason="reply_bytes"}`). 0: no budget.
+    pub stream_reply_bytes: usize,
     /// Idle upstream TCP connections kept per upstream per shard for reuse.
     pub upstream_tcp_idle: usize,
     /// Upstream TCP connections in use at once per upstream per shard (for
@@ -191,6 +196,7 @@ impl Default for Limits {
             tcp_connections_per_client: 256,
             tcp_max_queries: 0,
             tcp_max_lifetime: Duration::ZERO,
+            stream_reply_bytes: 64 << 20,
             upstream_tcp_idle: 2,
             upstream_tcp_max: 16,
             flight_max_waiters: 1024,

@@ -11,7 +11,7 @@ mod describe;
 
 pub use describe::describe;
 
-use crate::policy::{AccessAction, RateLimitAction};
+use crate::policy::{AccessAction, RateLimitAction, StreamLimit};
 use crate::tiers::Purpose;
 use crate::wire::rcode;
 use std::cell::{Cell, RefCell};
@@ -168,14 +168,21 @@ pub enum TcpClose {
     /// A DoH connection whose client reset too many of the requests it had sent
     /// (streams reset after they were accepted; HTTP/2 GOAWAY, then closed).
     Resets = 3,
+    /// Its client prefix owed more than the longest wait of `ratelimit.stream_qps`.
+    QueryRate = 4,
+    /// It held the most queued reply bytes of its shard while the process was
+    /// past `limits.stream_reply_bytes`.
+    ReplyBytes = 5,
 }
 
 impl TcpClose {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 6] = [
         Self::Evicted,
         Self::MaxQueries,
         Self::MaxLifetime,
         Self::Resets,
+        Self::QueryRate,
+        Self::ReplyBytes,
     ];
 
     /// Metric label.
@@ -185,6 +192,8 @@ impl TcpClose {
             Self::MaxQueries => "max_queries",
             Self::MaxLifetime => "max_lifetime",
             Self::Resets => "resets",
+            Self::QueryRate => "query_rate",
+            Self::ReplyBytes => "reply_bytes",
         }
     }
 }
@@ -307,6 +316,8 @@ pub(crate) struct ShardStats {
     access_denied: [[Cell<u64>; 2]; Transport::ALL.len()],
     /// UDP queries over the rate limit, by action (truncate, drop).
     ratelimited: [Cell<u64>; 2],
+    /// Stream clients over a stream rate, by [`StreamLimit`] and transport.
+    stream_limited: [[Cell<u64>; Transport::ALL.len()]; StreamLimit::ALL.len()],
 }
 
 fn bump(c: &Cell<u64>) {
@@ -327,7 +338,13 @@ impl ShardStats {
             tcp_closed: Default::default(),
             access_denied: Default::default(),
             ratelimited: Default::default(),
+            stream_limited: Default::default(),
         }
+    }
+
+    /// Counts a stream connection or query over its prefix's stream rate.
+    pub(crate) fn stream_limited(&self, limit: StreamLimit, transport: Transport) {
+        bump(&self.stream_limited[limit as usize][transport as usize]);
     }
 
     /// Counts a TCP client connection tierdns closed.
@@ -558,6 +575,15 @@ impl ShardStats {
             let n = self.ratelimited[action as usize].take();
             if n > 0 {
                 counter!("tierdns_ratelimited_total", "action" => action.as_str()).increment(n);
+            }
+        }
+        for limit in StreamLimit::ALL {
+            for transport in Transport::ALL {
+                let n = self.stream_limited[limit as usize][transport as usize].take();
+                if n > 0 {
+                    counter!("tierdns_stream_limited_total", "limit" => limit.as_str(), "transport" => transport.as_str())
+                        .increment(n);
+                }
             }
         }
     }

@@ -108,7 +108,7 @@ pub fn describe() {
     );
     describe_counter!(
         "tierdns_tcp_closed_total",
-        "Stream client connections (TCP, DoT, DoH) tierdns closed, by reason: evicted (the idlest of a full shard, for a new one), max_queries, max_lifetime"
+        "Stream client connections (TCP, DoT, DoH) tierdns closed, by reason: evicted (the idlest of a full shard, for a new one), max_queries, max_lifetime, resets (DoH), query_rate (its prefix owed more than 2 s of ratelimit.stream_qps), reply_bytes (the heaviest holder of queued replies while the process was past limits.stream_reply_bytes)"
     );
     describe_counter!(
         "tierdns_access_denied_total",
@@ -119,8 +119,16 @@ pub fn describe() {
         "UDP queries over their client prefix's rate limit, by action: truncate (empty TC=1 reply) or drop"
     );
     describe_counter!(
+        "tierdns_stream_limited_total",
+        "Stream clients over their prefix's ratelimit stream rates, by limit and transport: connections and tls_sessions (closed at accept), queries (delayed for their token)"
+    );
+    describe_counter!(
         "tierdns_ratelimit_evictions_total",
         "Client prefixes evicted from the rate limiter's table at ratelimit.max_tracked"
+    );
+    describe_gauge!(
+        "tierdns_stream_reply_bytes",
+        "Bytes of replies queued and not yet written on TCP and DoT client connections, all shards (limits.stream_reply_bytes)"
     );
     describe_gauge!(
         "tierdns_ratelimit_tracked",

@@ -1,5 +1,5 @@
 //! Client policy: which clients are served at all ([`access`]) and how fast
-//! ([`ratelimit`], UDP only).
+//! ([`ratelimit`] over UDP, [`stream_rates`] on the stream listeners).
 //!
 //! Pure logic, no sockets and no DNS: the shard asks with the client's address (and
 //! `now` where time matters) before it reads the query, and builds whatever reply
@@ -10,12 +10,15 @@
 
 pub mod access;
 pub mod ratelimit;
+pub mod stream_rates;
 pub mod tcp_clients;
 
 pub use access::{AccessAction, AccessConfig, AccessConfigError, AccessList, AccessVerdict};
 pub use ratelimit::{
     RateLimit, RateLimitAction, RateLimitConfig, RateLimitConfigError, RateLimiter, RateVerdict,
+    Reservation,
 };
+pub use stream_rates::{StreamLimit, StreamLimiters, StreamRates};
 pub use tcp_clients::{ClientSlot, TcpClients};
 
 /// The policy in force on one shard, built from the config sections and replaced
@@ -30,6 +33,8 @@ pub struct Policy {
     pub access: AccessList,
     /// `[ratelimit]`; None when off.
     pub ratelimit: Option<RateLimit>,
+    /// `[ratelimit]`'s stream keys.
+    pub streams: StreamRates,
 }
 
 /// A policy section that cannot be used; the message names the key.
@@ -53,6 +58,7 @@ impl Policy {
         Ok(Self {
             access: AccessList::new(access)?,
             ratelimit: RateLimit::new(ratelimit),
+            streams: StreamRates::new(ratelimit),
         })
     }
 }

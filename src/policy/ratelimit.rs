@@ -24,8 +24,16 @@
 //! - **Reload.** The parameters ([`RateLimit`]) are passed to every check, so a
 //!   reload applies at once; a smaller bound shrinks a partition at its next insert.
 //!
-//! Only UDP is limited (the shard decides): a truncated reply sends a real client to
-//! TCP, which a spoofed source cannot complete.
+//! - **Reservation.** A stream query is not refused: [`RateLimiter::reserve`] takes
+//!   its token ahead of the refill (the bucket goes below zero) and says how long
+//!   to wait for it, up to a bound; the debt makes the next reservation wait longer,
+//!   so a prefix gets its `qps` however many connections it opens.
+//!
+//! `qps` and `burst` limit UDP (the shard decides): a truncated reply sends a real
+//! client to TCP, which a spoofed source cannot complete. The section's stream keys
+//! (`stream_qps`, `new_connections_per_second`, `new_tls_sessions_per_second`) are
+//! limits of their own on the same prefixes, each with its own table
+//! (`stream_rates`).
 //!
 //! Memory: a tracked prefix costs about 64 bytes (slot and index), so the default
 //! bound of 65536 prefixes is about 4 MiB. Slots and index grow with the number of
@@ -79,6 +87,21 @@ pub struct RateLimitConfig {
     /// Bound on the prefixes tracked at once (the least recently seen is evicted
     /// past it). Default 65536.
     pub max_tracked: usize,
+    /// Queries per second per client prefix over TCP, DoT and DoH together,
+    /// sustained; a stream over it is slowed down, not failed
+    /// (`stream_rates`). 0 turns it off (the default).
+    pub stream_qps: u32,
+    /// Stream queries a prefix may send at once after being quiet; 0 means the
+    /// same as `stream_qps`.
+    pub stream_burst: u32,
+    /// New stream connections (TCP, DoT, DoH) per second per client prefix; past
+    /// it a connection is closed at accept. The bucket holds one second's worth.
+    /// 0 turns it off (the default).
+    pub new_connections_per_second: u32,
+    /// New TLS sessions (DoT, DoH: a handshake started) per second per client
+    /// prefix; past it a connection is closed at accept, before the handshake.
+    /// The bucket holds one second's worth. 0 turns it off (the default).
+    pub new_tls_sessions_per_second: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -90,6 +113,10 @@ impl Default for RateLimitConfig {
             ipv6_prefix: 56,
             action: RateLimitAction::Truncate,
             max_tracked: 65_536,
+            stream_qps: 0,
+            stream_burst: 0,
+            new_connections_per_second: 0,
+            new_tls_sessions_per_second: 0,
         }
     }
 }
@@ -116,7 +143,20 @@ pub enum RateLimitConfigError {
 impl RateLimitConfig {
     /// Checks the values a loader should refuse.
     pub fn validate(&self) -> Result<(), RateLimitConfigError> {
-        for (key, v) in [("qps", self.qps), ("burst", self.burst)] {
+        for (key, v) in [
+            ("qps", self.qps),
+            ("burst", self.burst),
+            ("stream_qps", self.stream_qps),
+            ("stream_burst", self.stream_burst),
+            (
+                "new_connections_per_second",
+                self.new_connections_per_second,
+            ),
+            (
+                "new_tls_sessions_per_second",
+                self.new_tls_sessions_per_second,
+            ),
+        ] {
             if v > MAX_RATE {
                 return Err(RateLimitConfigError::Rate(key, v));
             }
@@ -163,16 +203,18 @@ pub struct RateLimit {
 impl RateLimit {
     /// The limit a section asks for; None when limiting is off (`qps = 0`).
     pub fn new(config: &RateLimitConfig) -> Option<Self> {
-        if config.qps == 0 {
+        Self::with_rate(config, config.qps, config.burst)
+    }
+
+    /// A limit of `rate` per second and a bucket of `burst` (0: `rate`) on the
+    /// section's prefixes and bound; None when `rate` is 0.
+    pub fn with_rate(config: &RateLimitConfig, rate: u32, burst: u32) -> Option<Self> {
+        if rate == 0 {
             return None;
         }
-        let burst = if config.burst == 0 {
-            config.qps
-        } else {
-            config.burst
-        };
+        let burst = if burst == 0 { rate } else { burst };
         Some(Self {
-            qps: f64::from(config.qps),
+            qps: f64::from(rate),
             burst: f64::from(burst.max(1)),
             ipv4_prefix: config.ipv4_prefix.min(32),
             ipv6_prefix: config.ipv6_prefix.min(128),
@@ -220,6 +262,17 @@ pub enum RateVerdict {
     Limit(RateLimitAction),
 }
 
+/// What the table says about one stream query ([`RateLimiter::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reservation {
+    /// A token was there: go on.
+    Now,
+    /// The token is taken ahead of its refill: go on after this long.
+    After(std::time::Duration),
+    /// The prefix owes more than the longest wait allowed: nothing taken.
+    Over,
+}
+
 /// Partitions of the shared table (a power of two). Enough that 2 to 64 shards
 /// rarely meet on one lock; each is a few cache lines when empty.
 pub const PARTITIONS: usize = 64;
@@ -263,15 +316,18 @@ impl Default for Partition {
 }
 
 impl Partition {
-    /// Takes a token for `prefix`, tracking it if new (evicting at `cap`).
+    /// Takes a token for `prefix`, tracking it if new (evicting at `cap`): now
+    /// (`Some(0.0)`), or, when the bucket is empty, ahead of its refill if that
+    /// comes within `wait_up_to` seconds (`Some(wait)`: the bucket goes below
+    /// zero); else None, nothing taken.
     fn take(
         &mut self,
         prefix: ClientPrefix,
         hash: u64,
-        limit: &RateLimit,
-        cap: usize,
+        (limit, cap): (&RateLimit, usize),
         now: Instant,
-    ) -> bool {
+        wait_up_to: f64,
+    ) -> Option<f64> {
         let slots = &self.slots;
         let found = self
             .index
@@ -283,23 +339,29 @@ impl Partition {
             self.unlink(i);
             self.push_newest(i);
             let Some(slot) = self.slots.get_mut(i as usize) else {
-                return true;
+                return Some(0.0);
             };
             let elapsed = now.saturating_duration_since(slot.seen).as_secs_f64();
             slot.tokens = (slot.tokens + elapsed * limit.qps).min(limit.burst);
             slot.seen = slot.seen.max(now);
             if slot.tokens >= 1.0 {
                 slot.tokens -= 1.0;
-                return true;
+                return Some(0.0);
             }
-            return false;
+            // Until the bucket is back at zero once this token is taken.
+            let wait = (1.0 - slot.tokens) / limit.qps;
+            if wait <= wait_up_to {
+                slot.tokens -= 1.0;
+                return Some(wait);
+            }
+            return None;
         }
         while self.slots.len() >= cap.max(1) && self.oldest != NIL {
             self.remove(self.oldest);
             self.evictions += 1;
         }
         let Ok(i) = u32::try_from(self.slots.len()) else {
-            return true;
+            return Some(0.0);
         };
         self.slots.push(Slot {
             prefix,
@@ -314,7 +376,7 @@ impl Partition {
         self.index
             .insert_unique(hash, i, |&j| slots.get(j as usize).map_or(0, |s| s.hash));
         self.push_newest(i);
-        true
+        Some(0.0)
     }
 
     /// Takes slot `i` out of the recency list.
@@ -424,18 +486,42 @@ impl RateLimiter {
 
     /// One query from `client` at `now`: within the rate, or the action for it.
     pub fn check(&self, limit: &RateLimit, client: IpAddr, now: Instant) -> RateVerdict {
+        match self.take(limit, client, now, 0.0) {
+            Some(_) => RateVerdict::Pass,
+            None => RateVerdict::Limit(limit.action),
+        }
+    }
+
+    /// One stream query from `client` at `now`: a token now, or one taken ahead
+    /// of its refill and the wait until it is there (at most `max_wait`), or
+    /// [`Reservation::Over`] when the prefix owes more than that. Reservations are
+    /// served in the order they are made: a prefix's waits grow with its debt,
+    /// and its rate stays `qps` however many connections it spreads over.
+    pub fn reserve(
+        &self,
+        limit: &RateLimit,
+        client: IpAddr,
+        now: Instant,
+        max_wait: std::time::Duration,
+    ) -> Reservation {
+        match self.take(limit, client, now, max_wait.as_secs_f64()) {
+            Some(wait) if wait > 0.0 => {
+                Reservation::After(std::time::Duration::from_secs_f64(wait))
+            }
+            Some(_) => Reservation::Now,
+            None => Reservation::Over,
+        }
+    }
+
+    fn take(&self, limit: &RateLimit, client: IpAddr, now: Instant, wait: f64) -> Option<f64> {
         let prefix = ClientPrefix::of(client, limit);
         let hash = self.hasher.hash_one(prefix);
         let n = self.partitions.len();
         let cap = (limit.max_tracked / n).max(1);
         let Some(partition) = self.partitions.get((hash as usize) & (n - 1)) else {
-            return RateVerdict::Pass;
+            return Some(0.0);
         };
-        if lock(partition).take(prefix, hash, limit, cap, now) {
-            RateVerdict::Pass
-        } else {
-            RateVerdict::Limit(limit.action)
-        }
+        lock(partition).take(prefix, hash, (limit, cap), now, wait)
     }
 
     /// Prefixes tracked now (all partitions).
@@ -656,8 +742,13 @@ mod tests {
         assert!(e.contains("ratelimit.max_tracked"), "{e}");
         let e = bad(RateLimitConfig {
             burst: MAX_RATE + 1,
-            ..d
+            ..d.clone()
         });
         assert!(e.contains("ratelimit.burst"), "{e}");
+        let e = bad(RateLimitConfig {
+            new_tls_sessions_per_second: MAX_RATE + 1,
+            ..d
+        });
+        assert!(e.contains("ratelimit.new_tls_sessions_per_second"), "{e}");
     }
 }

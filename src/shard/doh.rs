@@ -22,7 +22,8 @@
 //! [`MAX_HEADERS`] bytes (431 past it); HTTP/2 flow-control windows of one message
 //! per stream and [`H2_CONNECTION_WINDOW`] per connection, so unread request bodies
 //! stay small; a body read within `tcp_idle_timeout`; a
-//! connection with no request in flight for `tcp_idle_timeout` is closed, as is one
+//! request over its prefix's `ratelimit.stream_qps` answered when its token is
+//! there; a connection with no request in flight for `tcp_idle_timeout` is closed, as is one
 //! past `tcp_max_queries` requests or `tcp_max_lifetime` (gracefully: HTTP/2
 //! GOAWAY, the requests in flight answered, for at most [`DRAIN`]), or past
 //! [`MAX_STREAM_RESETS`] requests the client reset after they were accepted.
@@ -37,6 +38,7 @@ use super::tcp_registry::{Close, CloseSignal};
 use super::Shard;
 use crate::io::Backend;
 use crate::metrics::Transport;
+use crate::policy::Reservation;
 use crate::wire::answer::AnswerLayout;
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
@@ -356,6 +358,17 @@ async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<
     if gate == Gate::Drop {
         conn.signal.close();
         return status(StatusCode::FORBIDDEN);
+    }
+    // Over the prefix's `stream_qps` the request waits for its token (at most
+    // `tcp_pipeline` of a connection wait at once); past the longest wait it is
+    // answered and the connection gets GOAWAY.
+    match shard.stream_pace(conn.client, Transport::Doh, start) {
+        Reservation::Now => {}
+        Reservation::After(wait) => tokio::time::sleep(wait).await,
+        Reservation::Over => {
+            shard.stats.tcp_closed(crate::metrics::TcpClose::QueryRate);
+            conn.signal.close();
+        }
     }
     let Some(reply) = answer(shard, &query, Transport::Doh, gate, start).await else {
         return status(StatusCode::BAD_REQUEST);

@@ -14,7 +14,10 @@
 //! where a spoofed source cannot complete a handshake.
 //!
 //! Streams (TCP, DoT, DoH): a denied client is closed at accept, whatever the
-//! action, before any TLS handshake ([`Shard::stream_accepts`]); on an open
+//! action, before any TLS handshake ([`Shard::stream_accepts`]), and so is one over
+//! its prefix's rate of new connections or, for DoT and DoH, of new TLS sessions
+//! ([`crate::policy::stream_rates`]); its queries are paced to `stream_qps`
+//! ([`Shard::stream_pace`]). On an open
 //! connection every query goes through the gate again, so a reload that denies a
 //! client takes effect on its open connections too (REFUSED, or the connection
 //! closed for `drop`).
@@ -22,7 +25,7 @@
 use super::Shard;
 use crate::io::Backend;
 use crate::metrics::Transport;
-use crate::policy::{AccessAction, AccessVerdict, RateLimitAction, RateVerdict};
+use crate::policy::{AccessAction, AccessVerdict, RateLimitAction, RateVerdict, Reservation};
 use crate::wire::build::{error_reply, truncated_reply, Ede, ErrorRcode};
 use crate::wire::rcode;
 use crate::wire::reader::QueryView;
@@ -92,13 +95,47 @@ impl<B: Backend> Shard<B> {
     /// handshake, so it can neither take a connection slot nor evict an allowed
     /// client's connection, whatever the action (`refuse` is for UDP; a stream
     /// client learns as much from the close).
+    ///
+    /// Then the prefix's rates (`new_connections_per_second`, and for DoT and DoH
+    /// `new_tls_sessions_per_second`): over either, closed at accept too, counted
+    /// in `tierdns_stream_limited_total`.
     pub(super) fn stream_accepts(&self, client: IpAddr, transport: Transport) -> bool {
-        let verdict = self.policy.borrow().access.check(client);
-        if let AccessVerdict::Deny(action) = verdict {
+        let policy = self.policy.borrow();
+        if let AccessVerdict::Deny(action) = policy.access.check(client) {
+            drop(policy);
             self.stats.access_denied(transport, action);
             return false;
         }
-        true
+        let rates = policy.streams;
+        drop(policy);
+        let tls = matches!(transport, Transport::Dot | Transport::Doh);
+        let limiters = &self.shared.stream_limiters;
+        match limiters.accept(&rates, client, tls, Instant::now()) {
+            Ok(()) => true,
+            Err(limit) => {
+                self.stats.stream_limited(limit, transport);
+                false
+            }
+        }
+    }
+
+    /// The token of one stream query from `client` at `now` (`stream_qps`): now,
+    /// after a wait (counted), or [`Reservation::Over`] when the prefix owes more
+    /// than the longest wait (the caller answers the query, then closes the
+    /// connection). No lock while the rate is off.
+    pub(super) fn stream_pace(
+        &self,
+        client: IpAddr,
+        transport: Transport,
+        now: Instant,
+    ) -> Reservation {
+        let rates = self.policy.borrow().streams;
+        let r = self.shared.stream_limiters.query(&rates, client, now);
+        if r != Reservation::Now {
+            self.stats
+                .stream_limited(crate::policy::StreamLimit::Queries, transport);
+        }
+        r
     }
 
     /// The reply a query the gate stopped gets, if any; counted as answered.

@@ -18,6 +18,7 @@
 //! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
+//! - [`reply_bytes`]: the process-wide budget of queued stream replies;
 //! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
 mod doh;
@@ -26,6 +27,7 @@ mod encrypted;
 mod flight_run;
 mod gate;
 mod reload;
+mod reply_bytes;
 mod runtime;
 mod serve;
 mod sockets;
@@ -42,7 +44,7 @@ use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::policy::{Policy, RateLimiter, TcpClients};
+use crate::policy::{Policy, RateLimiter, StreamLimiters, TcpClients};
 use crate::tiers::Budget;
 pub use reload::ReloadRefused;
 use runtime::{choose_backend, run_shard};
@@ -86,8 +88,14 @@ pub struct Shared {
     pub flights: Arc<FlightTable<FlightResult>>,
     /// Client prefixes and their rate-limit buckets (one table for all shards).
     pub ratelimiter: RateLimiter,
+    /// The stream rates' tables (connections, TLS sessions, queries), for all
+    /// shards.
+    pub stream_limiters: StreamLimiters,
     /// Upstream circuits opened by any shard.
     pub board: CircuitBoard,
+    /// Bytes of framed replies queued and not yet written on every TCP and DoT
+    /// connection ([`reply_bytes`]).
+    pub stream_reply_bytes: std::sync::atomic::AtomicUsize,
     /// Open TCP connections per client address (one table for all shards).
     pub tcp_clients: Arc<TcpClients>,
     /// The TLS state of the DoT and DoH listeners.
@@ -105,6 +113,8 @@ impl Shared {
                 config.limits.flight_max_waiters,
             )),
             ratelimiter: RateLimiter::new(),
+            stream_limiters: StreamLimiters::default(),
+            stream_reply_bytes: std::sync::atomic::AtomicUsize::new(0),
             board: CircuitBoard::new(),
             // Every connection a shard holds, those closed for a newer one and
             // still draining included (see tcp.rs), has at most one address.

@@ -25,6 +25,11 @@ pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
             let limiter = &shard.shared.ratelimiter;
             metrics::gauge!("tierdns_ratelimit_tracked").set(limiter.tracked() as f64);
             metrics::counter!("tierdns_ratelimit_evictions_total").absolute(limiter.evictions());
+            let queued = shard
+                .shared
+                .stream_reply_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!("tierdns_stream_reply_bytes").set(queued as f64);
         }
     }
 }

@@ -16,6 +16,12 @@
 //!   answers in flight; connections still draining count against a hard bound of
 //!   twice `tcp_connections`, past which new ones are refused
 //!   (`reason="tcp_connection_limit"`).
+//! - `ratelimit.stream_qps` per client prefix: a query over it waits for its
+//!   token before the next is read ([`Shard::stream_pace`]); a prefix owing more
+//!   than the longest wait has that query answered and the connection closed
+//!   (`reason="query_rate"`).
+//! - `stream_reply_bytes` of replies queued and unwritten, all connections of the
+//!   process: past it the heaviest holders are closed ([`super::reply_bytes`]).
 //! - `tcp_max_queries` read, or open `tcp_max_lifetime`: the connection stops
 //!   reading, answers every query it read, and closes (`reason="max_queries"`,
 //!   `"max_lifetime"`) gracefully: FIN, then what the client still sends is
@@ -23,13 +29,15 @@
 //!   would reset the connection and could drop the answers).
 
 use super::gate::Gate;
+use super::reply_bytes::ReplyTicket;
 use super::serve::First;
 use super::tcp_registry::{Close, ConnId};
 use super::Shard;
 use crate::io::frame::{framed, read_frame_body, read_frame_len};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose, Transport};
-use crate::policy::ClientSlot;
+use crate::policy::{ClientSlot, Reservation};
+use crate::wire::keepalive;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -207,19 +215,26 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let max_queries = limits.tcp_max_queries;
     let lifetime = limits.tcp_max_lifetime;
     let permits = Arc::new(Semaphore::new(limits.tcp_pipeline));
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.tcp_pipeline);
+    // Each frame travels with the ticket that counts its bytes until it is
+    // written or dropped (`limits.stream_reply_bytes`).
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, ReplyTicket<B>)>(limits.tcp_pipeline);
     let writer_stream = Rc::clone(&stream);
     let writer = tokio::task::spawn_local(async move {
-        while let Some(mut frame) = rx.recv().await {
+        while let Some((mut frame, mut ticket)) = rx.recv().await {
             // Answers ready together leave in one write: one syscall (one TLS
             // record over DoT) for a burst of pipelined answers.
             while frame.len() < COALESCE {
                 match rx.try_recv() {
-                    Ok(more) => frame.extend_from_slice(&more),
+                    Ok((more, more_ticket)) => {
+                        frame.extend_from_slice(&more);
+                        ticket.absorb(more_ticket);
+                    }
                     Err(_) => break,
                 }
             }
-            match tokio::time::timeout(idle, writer_stream.write_all(frame)).await {
+            let written = tokio::time::timeout(idle, writer_stream.write_all(frame)).await;
+            drop(ticket);
+            match written {
                 Ok((Ok(()), _)) => {}
                 _ => {
                     // Stuck or broken: wake the reader too, the connection is done.
@@ -242,6 +257,10 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let mut read = 0u64;
     // Whether the reader stopped while the client may still be sending.
     let mut linger = false;
+    // Set once the connection takes no more queries: the answers still to come
+    // tell clients that asked for edns-tcp-keepalive TIMEOUT 0 (RFC 7828).
+    let closing = Rc::new(std::cell::Cell::new(false));
+    let idle_units = keepalive::timeout_units(idle);
     loop {
         if max_queries > 0 && read >= max_queries {
             shard.stats.tcp_closed(TcpClose::MaxQueries);
@@ -298,29 +317,61 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             Err(_idle) => break,
         };
         read += 1;
+        if max_queries > 0 && read >= max_queries {
+            closing.set(true);
+        }
+        let keepalive = keepalive::asks_keepalive(&query);
         let gate = shard.gate(client, transport, Instant::now());
         if gate == Gate::Drop {
             break;
         }
+        // Over its prefix's `stream_qps`, the query waits for its token and the
+        // connection reads nothing meanwhile: the client's pipeline backs up.
+        let over = match shard.stream_pace(client, transport, Instant::now()) {
+            Reservation::Now => false,
+            Reservation::After(wait) => {
+                tokio::time::sleep(wait).await;
+                false
+            }
+            Reservation::Over => {
+                closing.set(true);
+                true
+            }
+        };
         let busy = Busy::new(&shard, id);
-        let shard = Rc::clone(&shard);
+        let task_shard = Rc::clone(&shard);
         let tx = tx.clone();
+        let closing = Rc::clone(&closing);
         tokio::task::spawn_local(async move {
+            let shard = task_shard;
             let _busy = busy;
             let reply = answer(&shard, &query, transport, gate, Instant::now()).await;
-            if let Some(reply) = reply {
+            if let Some(mut reply) = reply {
+                if keepalive {
+                    let timeout = if closing.get() { 0 } else { idle_units };
+                    keepalive::append_keepalive(&mut reply, timeout);
+                }
                 // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
                 // have nothing to frame it with, and goes unsent.
                 let frame = framed(&reply);
                 shard.pool.put(reply);
                 if let Some(frame) = frame {
-                    let _ = tx.send(frame).await;
+                    let ticket = ReplyTicket::new(&shard, id, frame.len());
+                    let _ = tx.send((frame, ticket)).await;
                 }
             }
             drop(permit);
         });
+        if over {
+            // The prefix owes more than the longest wait: this query is
+            // answered, then the connection closes.
+            shard.stats.tcp_closed(TcpClose::QueryRate);
+            linger = true;
+            break;
+        }
     }
     // Let queries already read finish and be written, then close.
+    closing.set(true);
     drop(tx);
     let _ = writer.await;
     if linger {

@@ -11,6 +11,10 @@
 //! reading its answers looks like that). The victim leaves the registry at once,
 //! so the shard's bound counts it free while its task drains.
 //!
+//! Each connection also counts the bytes of its replies queued and not yet
+//! written ([`Registry::queue`]), so a process past `limits.stream_reply_bytes`
+//! can close the connections holding the most ([`Registry::take_heaviest`]).
+//!
 //! A slab indexed by [`ConnId`]: O(1) per query, a scan of at most
 //! `tcp_connections` entries per eviction (only at the bound). A generation in the
 //! id makes a stale id (a connection already evicted) a no-op. Time is passed in.
@@ -69,6 +73,8 @@ struct Entry<H> {
     busy: u32,
     /// A query was read on it: a connection that has sent none is evicted first.
     queried: bool,
+    /// Bytes of its replies queued and not yet written.
+    queued: usize,
     handle: H,
 }
 
@@ -101,6 +107,7 @@ impl<H> Registry<H> {
             last: now,
             busy: 0,
             queried: false,
+            queued: 0,
             handle,
         };
         let index = match self.free.pop() {
@@ -151,6 +158,36 @@ impl<H> Registry<H> {
             e.busy = e.busy.saturating_sub(1);
             e.last = now;
         }
+    }
+
+    /// `bytes` of a reply of `id` queued for writing.
+    pub(crate) fn queue(&mut self, id: ConnId, bytes: usize) {
+        if let Some(e) = self.entry(id) {
+            e.queued = e.queued.saturating_add(bytes);
+        }
+    }
+
+    /// `bytes` queued on `id` written (or dropped).
+    pub(crate) fn unqueue(&mut self, id: ConnId, bytes: usize) {
+        if let Some(e) = self.entry(id) {
+            e.queued = e.queued.saturating_sub(bytes);
+        }
+    }
+
+    /// Removes and returns the connection holding the most queued reply bytes,
+    /// with that count, if it holds more than `floor`.
+    pub(crate) fn take_heaviest(&mut self, floor: usize) -> Option<(H, usize)> {
+        let (index, queued) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e.queued)))
+            .max_by_key(|(_, queued)| *queued)?;
+        if queued <= floor {
+            return None;
+        }
+        let gen = self.slots[index].as_ref()?.gen;
+        Some((self.remove(ConnId { index, gen })?, queued))
     }
 
     /// Connections registered.
@@ -238,6 +275,32 @@ mod tests {
         let other = r.insert(at(t0, 80), "other");
         r.begin(other, at(t0, 80));
         assert_eq!(r.evict_idlest(), Some("newer"));
+    }
+
+    #[test]
+    fn the_heaviest_holder_of_queued_replies_goes_while_above_the_floor() {
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        let a = r.insert(t0, "a");
+        let b = r.insert(t0, "b");
+        let c = r.insert(t0, "c");
+        r.queue(a, 3000);
+        r.queue(b, 9000);
+        r.queue(c, 500);
+        r.unqueue(b, 1000);
+        assert_eq!(r.take_heaviest(1000), Some(("b", 8000)));
+        assert_eq!(r.take_heaviest(1000), Some(("a", 3000)));
+        assert_eq!(
+            r.take_heaviest(1000),
+            None,
+            "c holds no more than the floor"
+        );
+        assert_eq!(r.len(), 1);
+        // A removed connection's bytes are no one's: stale ids change nothing.
+        r.queue(b, 1 << 20);
+        r.unqueue(a, 1);
+        assert_eq!(r.take_heaviest(0), Some(("c", 500)));
+        assert_eq!(r.take_heaviest(0), None);
     }
 
     #[test]

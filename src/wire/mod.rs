@@ -12,6 +12,7 @@
 
 pub mod answer;
 pub mod build;
+pub mod keepalive;
 pub mod name;
 pub mod rcode;
 pub mod reader;
