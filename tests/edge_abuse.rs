@@ -5,6 +5,7 @@
 //!   the answer, and the answer is cached.
 //! - A reset request keeps its place in `max_client_in_flight` until its flight is
 //!   over: resets cannot bypass the bound.
+//! - A TCP client that closes its connection mid-flight cancels nothing either.
 //! - A DoH connection whose client resets more than 100 accepted requests gets
 //!   GOAWAY and is closed; up to the bound it is served.
 
@@ -204,4 +205,34 @@ fn a_doh_connection_that_resets_too_many_requests_is_closed() {
         assert!(ended.is_ok(), "the connection is closed past the bound");
     });
     server.shutdown();
+}
+
+/// The same from a TCP client that closes its connection while the upstream
+/// query is out: the flight is not its to cancel.
+#[test]
+fn a_closed_tcp_connection_does_not_fail_the_clients_coalesced_on_its_name() {
+    for io in ["epoll", uring()] {
+        let up = slow_upstream(Duration::from_millis(1000));
+        let mut cfg = config(&[up.addr], io, "");
+        cfg.server.shards = 1;
+        let server = start(cfg);
+        let plain = server.local_addrs[0];
+        let mut tcp = std::net::TcpStream::connect(plain).unwrap();
+        write_frame(
+            &mut tcp,
+            &query(1, "gone.example.", RecordType::A, None).bytes(),
+        )
+        .unwrap();
+        eventually(Duration::from_secs(5), "the upstream is asked", || {
+            (up.queries() >= 1).then_some(()).ok_or(up.queries())
+        });
+        drop(tcp);
+        let m = udp_query(plain, &query(2, "gone.example.", RecordType::A, None));
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io}");
+        assert_eq!(a_records(&m), [ADDR], "{io}");
+        let m = udp_query(plain, &query(3, "gone.example.", RecordType::A, None));
+        assert_eq!(a_records(&m), [ADDR], "{io}");
+        assert_eq!(up.queries(), 1, "{io}: one flight, its answer cached");
+        server.shutdown();
+    }
 }

@@ -158,11 +158,12 @@ impl<B: Backend> Shard<B> {
     /// Resolves a miss: join or lead the flight, answer from its result. None means
     /// send nothing (dropped and counted).
     ///
-    /// A flight belongs to no client: a query that leads one starts it in a task of
-    /// its own (holding a clone of `admitted`) and then waits for it like any
-    /// waiter. If this future is dropped (a reset DoH stream, a closed connection,
-    /// shutdown of the listener) the flight still runs to its end: its waiters on
-    /// every shard get the answer, and it is cached.
+    /// A flight belongs to no client: whatever happens to the client, the flight
+    /// runs to its end, its waiters on every shard get the answer, and it is
+    /// cached. UDP, TCP and DoT queries run in tasks nothing cancels, so their
+    /// flights run inline; a DoH request, whose future a reset stream drops,
+    /// starts its flight in a task of its own (holding a clone of `admitted`)
+    /// and waits for it like any waiter.
     pub(super) async fn resolve(
         self: &Rc<Self>,
         packet: &[u8],
@@ -196,22 +197,25 @@ impl<B: Backend> Shard<B> {
         let key = KeyRef::from_query(q);
         // Every client miss refills the amplification budget a little.
         self.budget.borrow_mut().on_miss();
-        let rx = match self.shared.flights.join(&key, ABANDONED) {
+        let result = match self.shared.flights.join(&key, ABANDONED) {
             Join::Waiter(rx) => {
                 ShardStats::bump(&self.stats.tiers.coalesced);
-                rx
+                self.wait_flight(rx).await
             }
-            Join::Leader(leader) => self.lead_detached(packet, start, leader, admitted.clone()),
+            // UDP, TCP and DoT queries are resolved in tasks of their own that
+            // nothing cancels (a closed connection only loses the reply): the
+            // flight can run in this one, a spawn per miss saved. A DoH request
+            // runs inside hyper's service future, which a reset stream drops.
+            Join::Leader(leader) if transport != Transport::Doh => {
+                self.lead(q, start, Some(leader), true).await
+            }
+            Join::Leader(leader) => {
+                let rx = self.lead_detached(packet, start, leader, admitted.clone());
+                self.wait_flight(rx).await
+            }
             Join::Full => return self.flight_full(q, &target, transport),
         };
-        let result = match wait(rx, self.flight_wait_bound()).await {
-            Waited::Done(result) => result,
-            Waited::Abandoned => ABANDONED,
-            Waited::TimedOut => {
-                self.stats.dropped(DropReason::FlightWait);
-                ABANDONED
-            }
-        };
+
         match result {
             FlightResult::Answer(answer) => {
                 let mut out = sized(self.pool.get(), out_len(transport, answer.wire.len()));
@@ -231,6 +235,18 @@ impl<B: Backend> Shard<B> {
                 Some((reply, CacheResult::Miss))
             }
             FlightResult::Failed(ede) => Some(self.failure_reply(q, &target, ede)),
+        }
+    }
+
+    /// Waits for a flight's result, at most [`Self::flight_wait_bound`].
+    async fn wait_flight(&self, rx: oneshot::Receiver<FlightResult>) -> FlightResult {
+        match wait(rx, self.flight_wait_bound()).await {
+            Waited::Done(result) => result,
+            Waited::Abandoned => ABANDONED,
+            Waited::TimedOut => {
+                self.stats.dropped(DropReason::FlightWait);
+                ABANDONED
+            }
         }
     }
 
