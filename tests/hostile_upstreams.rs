@@ -68,17 +68,28 @@ impl Drop for Hostile {
 }
 
 fn hostile(how: Misbehaviour) -> Hostile {
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let addr = udp.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     let tcp_modes = [
         Misbehaviour::TruncatedPartialFrame,
         Misbehaviour::TruncatedReset,
     ];
-    if tcp_modes.contains(&how) {
-        let listener = TcpListener::bind(addr).unwrap();
+    // UDP picks the port; TCP, where needed, must get the same one, which another
+    // process may hold: try again with a new port then.
+    let (udp, addr, tcp) = (0..50)
+        .find_map(|_| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            let tcp = if tcp_modes.contains(&how) {
+                Some(TcpListener::bind(addr).ok()?)
+            } else {
+                None
+            };
+            Some((udp, addr, tcp))
+        })
+        .expect("a loopback port free for UDP and TCP");
+    udp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(listener) = tcp {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
