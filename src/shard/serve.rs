@@ -215,7 +215,6 @@ impl<B: Backend> Shard<B> {
             }
             Join::Full => return self.flight_full(q, &target, transport),
         };
-
         match result {
             FlightResult::Answer(answer) => {
                 let mut out = sized(self.pool.get(), out_len(transport, answer.wire.len()));
