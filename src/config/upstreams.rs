@@ -246,7 +246,7 @@ impl UpstreamConfig {
     }
 
     /// Checks the keys that belong to the transport; `i` is the upstream's index,
-    /// for the key in the error. Reads `ca_file`.
+    /// for the key in the error. Reads no file: [`Self::check_roots`] does.
     pub(super) fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("upstream[{i}].{k}");
         if !self.transport.is_encrypted() {
@@ -277,19 +277,23 @@ impl UpstreamConfig {
                 ));
             }
         }
-        if let Some(path) = &self.ca_file {
-            crate::upstream::encrypted::read_roots(path)
-                .map_err(|why| invalid(key("ca_file"), why))?;
-        }
         if self.idle_timeout.is_zero() {
             return Err(invalid(key("idle_timeout"), "must be positive"));
         }
-        if self.ca_file.is_none() {
-            // The system's roots, then: there must be some.
-            crate::upstream::encrypted::system_roots()
-                .map_err(|why| invalid(key("ca_file"), why))?;
-        }
         Ok(())
+    }
+
+    /// An encrypted upstream's trusted roots can be read: its `ca_file`, else the
+    /// system's store (there must be some); `i` names it in the error.
+    pub(super) fn check_roots(&self, i: usize) -> Result<(), ConfigError> {
+        if !self.transport.is_encrypted() {
+            return Ok(());
+        }
+        let read = match &self.ca_file {
+            Some(path) => crate::trust::read_roots(path).map(drop),
+            None => crate::trust::system_roots().map(drop),
+        };
+        read.map_err(|why| invalid(format!("upstream[{i}].ca_file"), why))
     }
 }
 
