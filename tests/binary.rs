@@ -430,12 +430,14 @@ fn sighup_applies_a_new_access_list_at_once() {
     unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
     let line = run.wait_for("reloaded");
     assert!(line.contains("access"), "{line}");
-    eventually(Duration::from_secs(2), "the reload let 127.0.0.2 in", || {
-        match from_127_0_0_2() {
+    eventually(
+        Duration::from_secs(2),
+        "the reload let 127.0.0.2 in",
+        || match from_127_0_0_2() {
             ResponseCode::NoError => Ok(()),
             other => Err(other),
-        }
-    });
+        },
+    );
     assert_eq!(up.queries(), 1);
     assert!(run.terminate().success());
 }
@@ -522,9 +524,11 @@ fn metrics_listen_takes_the_place_of_the_file_s_address_across_reloads() {
         .arg(given.to_string());
     let mut run = Running::spawn(cmd);
     run.wait_for("running");
-    eventually(Duration::from_secs(10), "the exporter on --metrics-listen", || {
-        scrape(Ipv4Addr::LOCALHOST, given)
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the exporter on --metrics-listen",
+        || scrape(Ipv4Addr::LOCALHOST, given),
+    );
     assert!(
         scrape(Ipv4Addr::LOCALHOST, in_file).is_err(),
         "not the file's"
