@@ -413,7 +413,14 @@ fn pipelined_dot_queries_are_answered_out_of_order_on_one_connection() {
     let first = std::thread::spawn(move || {
         udp_query(addr, &query(1, "first.example.", RecordType::A, None))
     });
-    std::thread::sleep(Duration::from_millis(100));
+    eventually(
+        Duration::from_secs(5),
+        "the first query held upstream",
+        || {
+            let read = dot.queries.lock().unwrap().len();
+            (read == 1).then_some(()).ok_or(read)
+        },
+    );
     let second = udp_query(addr, &query(2, "second.example.", RecordType::A, None));
     let first = first.join().unwrap();
     assert_eq!(first.queries[0].name().to_ascii(), "first.example.");
@@ -734,14 +741,13 @@ fn a_reload_that_changes_tls_name_rebuilds_the_link() {
         ))
         .expect("reload");
     assert!(warnings.is_empty(), "{warnings:?}");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let answered = loop {
+    let answered = eventually(Duration::from_secs(3), "answered after the reload", || {
         let r = udp_query(addr, &query(2, "after.example.", RecordType::A, None));
-        if r.metadata.response_code == ResponseCode::NoError || Instant::now() > deadline {
-            break r;
+        match r.metadata.response_code {
+            ResponseCode::NoError => Ok(r),
+            other => Err(other),
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     assert_eq!(a_records(&answered).len(), 1, "{answered:?}");
     assert_eq!(dot.handshakes.load(Ordering::SeqCst), 1);
     tierdns.shutdown();
