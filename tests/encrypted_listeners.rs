@@ -505,18 +505,28 @@ fn doh_connections_end_when_idle_and_after_their_query_cap() {
             // Idle past tcp_idle_timeout: closed by the server.
             let mut http = Http::connect(&pki, doh, h2).await;
             assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
-            tokio::time::sleep(Duration::from_millis(900)).await;
-            let closed = match &mut http {
-                Http::H2(s) => s.ready().await.is_err() || s.is_closed(),
-                Http::H1(s) => s.ready().await.is_err() || s.is_closed(),
-            };
-            assert!(closed, "idle connection closed (h2 {h2})");
+            eventually_async(Duration::from_secs(5), "the idle connection closed", || {
+                let closed = match &http {
+                    Http::H2(s) => s.is_closed(),
+                    Http::H1(s) => s.is_closed(),
+                };
+                closed.then_some(()).ok_or(h2)
+            })
+            .await;
             // Three requests answered, then the connection takes no more.
             let mut http = Http::connect(&pki, doh, h2).await;
             for _ in 0..3 {
                 assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The server ends the connection after the third (GOAWAY over HTTP/2).
+            eventually_async(Duration::from_secs(5), "the connection ended", || {
+                let closed = match &http {
+                    Http::H2(s) => s.is_closed(),
+                    Http::H1(s) => s.is_closed(),
+                };
+                closed.then_some(()).ok_or(h2)
+            })
+            .await;
             let fourth = match &mut http {
                 Http::H2(s) => s.send_request(get(doh, &path)).await,
                 Http::H1(s) => match s.ready().await {

@@ -64,6 +64,9 @@ struct Hostile {
 impl Drop for Hostile {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes a TCP accept waiting in its thread (refused at once where the
+        // upstream has no TCP listener).
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
 }
 
@@ -90,15 +93,13 @@ fn hostile(how: Misbehaviour) -> Hostile {
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     if let Some(listener) = tcp {
-        listener.set_nonblocking(true).unwrap();
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
+            // A blocking accept: the Hostile's drop connects once to wake it.
+            while let Ok((mut s, _)) = listener.accept() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 s.set_read_timeout(Some(Duration::from_millis(500)))
                     .unwrap();
                 let mut len = [0u8; 2];
