@@ -958,7 +958,7 @@ mod tests {
                 if !link.case_on() {
                     break;
                 }
-                if link.exchange(&query, &q, false).await.unwrap_err() == FailKind::Timeout {
+                if let Err(FailKind::Timeout) = link.exchange(&query, &q, false).await {
                     timed_out += 1;
                 }
             }
