@@ -46,6 +46,7 @@ pub mod shard;
 #[cfg(test)]
 mod test_support;
 pub mod tiers;
+mod trust;
 pub mod upstream;
 pub mod warnings;
 pub mod wire;

@@ -153,14 +153,9 @@ impl Running {
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(Duration::from_secs(10), "exit after SIGTERM", || {
+            self.child.try_wait().unwrap().ok_or("running")
+        })
     }
 }
 
@@ -223,17 +218,27 @@ fn auto_uses_io_uring_when_available_and_sigterm_lets_in_flight_queries_finish()
     let client = std::thread::spawn(move || {
         udp_query(addr, &query(5, "slow.example.", RecordType::A, None))
     });
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(5),
+        "the slow query reaches the upstream",
+        || (up.queries() == 1).then_some(()).ok_or(up.queries()),
+    );
     run.sigterm();
     run.wait_for("shutting down");
     // While the slow query finishes, the listening sockets no longer take new
-    // clients: the TCP port is free and UDP queries are refused.
-    std::thread::sleep(Duration::from_millis(100));
+    // clients: the TCP port is free and UDP queries are refused. (The slow query
+    // holds the process 700 ms; its answer below shows it was served to the end.)
     assert!(
         run.child.try_wait().unwrap().is_none(),
         "still finishing in-flight work"
     );
-    std::net::TcpListener::bind(addr).expect("TCP listener closed at SIGTERM");
+    // (The shards close them as they see the signal, just after the log line;
+    // well before the slow query's answer.)
+    eventually(
+        Duration::from_millis(300),
+        "TCP listener closed at SIGTERM",
+        || std::net::TcpListener::bind(addr),
+    );
     // New UDP queries are refused (port unreachable), not silently swallowed.
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     probe.connect(addr).unwrap();
@@ -425,11 +430,14 @@ fn sighup_applies_a_new_access_list_at_once() {
     unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
     let line = run.wait_for("reloaded");
     assert!(line.contains("access"), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while from_127_0_0_2() != ResponseCode::NoError {
-        assert!(Instant::now() < deadline, "the reload let 127.0.0.2 in");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the reload let 127.0.0.2 in",
+        || match from_127_0_0_2() {
+            ResponseCode::NoError => Ok(()),
+            other => Err(other),
+        },
+    );
     assert_eq!(up.queries(), 1);
     assert!(run.terminate().success());
 }
@@ -471,14 +479,9 @@ fn only_metrics_allow_may_scrape() {
     let mut run = Running::spawn(cmd);
     run.wait_for("running");
     let allowed = Ipv4Addr::new(127, 0, 0, 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
-        match scrape(allowed, exporter) {
-            Ok(got) => break got,
-            Err(e) => assert!(Instant::now() < deadline, "no exporter: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, body) = eventually(Duration::from_secs(10), "the exporter answers", || {
+        scrape(allowed, exporter)
+    });
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("tierdns_info"), "{body}");
     let (status, body) = scrape(Ipv4Addr::LOCALHOST, exporter).unwrap();
@@ -521,11 +524,11 @@ fn metrics_listen_takes_the_place_of_the_file_s_address_across_reloads() {
         .arg(given.to_string());
     let mut run = Running::spawn(cmd);
     run.wait_for("running");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scrape(Ipv4Addr::LOCALHOST, given).is_err() {
-        assert!(Instant::now() < deadline, "no exporter on {given}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the exporter on --metrics-listen",
+        || scrape(Ipv4Addr::LOCALHOST, given),
+    );
     assert!(
         scrape(Ipv4Addr::LOCALHOST, in_file).is_err(),
         "not the file's"

@@ -36,11 +36,7 @@ fn counter(name: &str, labels: &[&str]) -> u64 {
 
 /// Polls `f` until it holds, failing with `what` after `within`.
 fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::eventually(within, what, || f().then_some(()).ok_or(()));
 }
 
 /// Whether the question of this raw query has a capital letter (0x20 at work).

@@ -262,11 +262,24 @@ fn access_control_refuses_and_drops_clients_on_the_encrypted_listeners() {
         ),
     );
     server.reload(drop_config).expect("reload");
-    std::thread::sleep(Duration::from_millis(100));
+    // Until the reload applies on every shard: eight fresh connections in a row
+    // (spread over the shards) get no session.
     runtime().block_on(async {
         for addr in [dot, doh] {
-            let r = tls_from(LOCAL, addr, pki.client(&[]), HOST).await;
-            assert!(r.is_err(), "denied with drop: no session on {addr}");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            'poll: loop {
+                for _ in 0..8 {
+                    let r = tls_from(LOCAL, addr, pki.client(&[]), HOST).await;
+                    if r.is_ok() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "denied with drop: no session on {addr}"
+                        );
+                        continue 'poll;
+                    }
+                }
+                break;
+            }
         }
     });
     server.shutdown();
@@ -310,10 +323,11 @@ fn the_per_client_cap_holds_on_the_encrypted_listeners() {
         assert_eq!(read_answer(&mut c).await.expect("served").metadata.id, 2);
         // A connection that ends gives its slot back.
         drop(a);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while server.shared.tcp_clients.open(LOCAL.into()) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually_async(Duration::from_secs(2), "the slot given back", || {
+            let open = server.shared.tcp_clients.open(LOCAL.into());
+            (open <= 1).then_some(()).ok_or(open)
+        })
+        .await;
         let mut d = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
         write_query(&mut d, 3, "cap.example.").await;
         assert!(read_answer(&mut d).await.is_some(), "slot freed");
@@ -348,11 +362,11 @@ fn a_handshake_that_does_not_complete_in_time_is_closed() {
                 "{addr}: closed after {waited:?}"
             );
             // Its slot is free again: the address is not left at its cap.
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while server.shared.tcp_clients.open(LOCAL.into()) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert_eq!(server.shared.tcp_clients.open(LOCAL.into()), 0);
+            eventually_async(Duration::from_secs(1), "the slot is free again", || {
+                let open = server.shared.tcp_clients.open(LOCAL.into());
+                (open == 0).then_some(()).ok_or(open)
+            })
+            .await;
         }
         // A real client in time is served, and not closed at the handshake timeout.
         let addr = server.tls_addrs[0];
@@ -442,15 +456,15 @@ fn a_full_shard_closes_its_idlest_connection_of_any_transport() {
     runtime().block_on(async {
         let mut idlest = tls_from(LOCAL, dot, pki.client(&[]), HOST).await.unwrap();
         write_query(&mut idlest, 1, "evict.example.").await;
+        // Each step starts after the server stamped the previous one's activity
+        // (Instant::now(), when the answer is queued): idleness follows the steps.
         assert!(read_answer(&mut idlest).await.is_some());
-        tokio::time::sleep(Duration::from_millis(20)).await;
         let mut http = Http::connect(&pki, doh, true).await;
         let q = query(2, "evict.example.", RecordType::A, None).bytes();
         let r = http
             .send(get(doh, &format!("/dns-query?dns={}", b64(&q))))
             .await;
         assert_eq!(r.dns().metadata.id, 2);
-        tokio::time::sleep(Duration::from_millis(20)).await;
         // A third connection (plain TCP) at the bound of 2: the DoT one, idle the
         // longest, is closed for it.
         let mut tcp = TcpStream::connect(plain).await.unwrap();
@@ -491,18 +505,28 @@ fn doh_connections_end_when_idle_and_after_their_query_cap() {
             // Idle past tcp_idle_timeout: closed by the server.
             let mut http = Http::connect(&pki, doh, h2).await;
             assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
-            tokio::time::sleep(Duration::from_millis(900)).await;
-            let closed = match &mut http {
-                Http::H2(s) => s.ready().await.is_err() || s.is_closed(),
-                Http::H1(s) => s.ready().await.is_err() || s.is_closed(),
-            };
-            assert!(closed, "idle connection closed (h2 {h2})");
+            eventually_async(Duration::from_secs(5), "the idle connection closed", || {
+                let closed = match &http {
+                    Http::H2(s) => s.is_closed(),
+                    Http::H1(s) => s.is_closed(),
+                };
+                closed.then_some(()).ok_or(h2)
+            })
+            .await;
             // Three requests answered, then the connection takes no more.
             let mut http = Http::connect(&pki, doh, h2).await;
             for _ in 0..3 {
                 assert_eq!(http.send(get(doh, &path)).await.status, StatusCode::OK);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The server ends the connection after the third (GOAWAY over HTTP/2).
+            eventually_async(Duration::from_secs(5), "the connection ended", || {
+                let closed = match &http {
+                    Http::H2(s) => s.is_closed(),
+                    Http::H1(s) => s.is_closed(),
+                };
+                closed.then_some(()).ok_or(h2)
+            })
+            .await;
             let fourth = match &mut http {
                 Http::H2(s) => s.send_request(get(doh, &path)).await,
                 Http::H1(s) => match s.ready().await {

@@ -83,6 +83,8 @@ struct FakeServer {
     accepted: Arc<AtomicUsize>,
     /// TLS handshakes completed.
     handshakes: Arc<AtomicUsize>,
+    /// Connections whose serving ended (closed by either side).
+    ended: Arc<AtomicUsize>,
     /// DNS queries read (after TLS), raw.
     queries: Arc<Mutex<Vec<Vec<u8>>>>,
     /// DoH: (method, path, content-type) of each request.
@@ -145,6 +147,7 @@ impl FakeServer {
             addr: listener.local_addr().unwrap(),
             accepted: Arc::default(),
             handshakes: Arc::default(),
+            ended: Arc::default(),
             queries: Arc::default(),
             requests: Arc::default(),
         };
@@ -154,6 +157,7 @@ impl FakeServer {
             Arc::clone(&server.queries),
             Arc::clone(&server.requests),
         );
+        let ended = Arc::clone(&server.ended);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -165,21 +169,22 @@ impl FakeServer {
                 while let Ok((tcp, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let acceptor = acceptor.clone();
-                    let (handshakes, queries, requests) = (
+                    let (handshakes, queries, requests, ended) = (
                         Arc::clone(&handshakes),
                         Arc::clone(&queries),
                         Arc::clone(&requests),
+                        Arc::clone(&ended),
                     );
                     tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        handshakes.fetch_add(1, Ordering::SeqCst);
-                        if doh {
-                            serve_doh(tls, queries, requests).await;
-                        } else {
-                            serve_dot(tls, mode, queries).await;
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            handshakes.fetch_add(1, Ordering::SeqCst);
+                            if doh {
+                                serve_doh(tls, queries, requests).await;
+                            } else {
+                                serve_dot(tls, mode, queries).await;
+                            }
                         }
+                        ended.fetch_add(1, Ordering::SeqCst);
                     });
                 }
             });
@@ -413,7 +418,14 @@ fn pipelined_dot_queries_are_answered_out_of_order_on_one_connection() {
     let first = std::thread::spawn(move || {
         udp_query(addr, &query(1, "first.example.", RecordType::A, None))
     });
-    std::thread::sleep(Duration::from_millis(100));
+    eventually(
+        Duration::from_secs(5),
+        "the first query held upstream",
+        || {
+            let read = dot.queries.lock().unwrap().len();
+            (read == 1).then_some(()).ok_or(read)
+        },
+    );
     let second = udp_query(addr, &query(2, "second.example.", RecordType::A, None));
     let first = first.join().unwrap();
     assert_eq!(first.queries[0].name().to_ascii(), "first.example.");
@@ -590,7 +602,14 @@ fn an_idle_connection_is_closed_then_reopened() {
     udp_query(addr, &query(1, "one.example.", RecordType::A, None));
     udp_query(addr, &query(2, "two.example.", RecordType::A, None));
     assert_eq!(dot.accepted.load(Ordering::SeqCst), 1);
-    std::thread::sleep(Duration::from_millis(700));
+    eventually(
+        Duration::from_secs(5),
+        "the idle connection is closed",
+        || {
+            let ended = dot.ended.load(Ordering::SeqCst);
+            (ended == 1).then_some(()).ok_or(ended)
+        },
+    );
     let r = udp_query(addr, &query(3, "three.example.", RecordType::A, None));
     assert_eq!(a_records(&r).len(), 1);
     assert_eq!(
@@ -734,14 +753,13 @@ fn a_reload_that_changes_tls_name_rebuilds_the_link() {
         ))
         .expect("reload");
     assert!(warnings.is_empty(), "{warnings:?}");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let answered = loop {
+    let answered = eventually(Duration::from_secs(3), "answered after the reload", || {
         let r = udp_query(addr, &query(2, "after.example.", RecordType::A, None));
-        if r.metadata.response_code == ResponseCode::NoError || Instant::now() > deadline {
-            break r;
+        match r.metadata.response_code {
+            ResponseCode::NoError => Ok(r),
+            other => Err(other),
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     assert_eq!(a_records(&answered).len(), 1, "{answered:?}");
     assert_eq!(dot.handshakes.load(Ordering::SeqCst), 1);
     tierdns.shutdown();

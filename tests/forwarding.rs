@@ -359,9 +359,15 @@ fn serves_stale_when_upstreams_fail_and_holds_servfail_briefly() {
     let fresh = udp_query(addr, &query(1, "stale.example.", RecordType::A, None));
     assert_eq!(fresh.answers[0].ttl, 1);
     up.set(|b| b.rcode = ResponseCode::ServFail);
-    std::thread::sleep(Duration::from_millis(2100));
-    // Expired, upstream failing: the stale answer with TTL 30 (RFC 8767).
-    let stale = udp_query(addr, &query(2, "stale.example.", RecordType::A, None));
+    // Expired, upstream failing: the stale answer with TTL 30 (RFC 8767). Until
+    // the entry expires the hits give its own TTL (1 or 0).
+    let stale = eventually(Duration::from_secs(5), "the stale answer", || {
+        let r = udp_query(addr, &query(2, "stale.example.", RecordType::A, None));
+        match r.answers.first().map(|a| a.ttl) {
+            Some(30) => Ok(r),
+            other => Err((r.metadata.response_code, other)),
+        }
+    });
     assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
     assert_eq!(a_records(&stale), vec![Ipv4Addr::new(192, 0, 2, 1)]);
     assert_eq!(stale.answers[0].ttl, 30);
@@ -391,7 +397,23 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     // how many answer (each one past a shard's bound closes that shard's idlest:
     // see tests/tcp_clients.rs).
     let mut conns: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Wait until the server accepted them: whatever the split between the two
+    // shards, at least 8 are closed for newer ones (EOF on a peek).
+    let closed = |conns: &[TcpStream]| {
+        conns
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let eof = matches!(s.peek(&mut [0u8; 1]), Ok(0));
+                s.set_nonblocking(false).unwrap();
+                eof
+            })
+            .count()
+    };
+    eventually(Duration::from_secs(3), "the server accepted all 12", || {
+        let n = closed(&conns);
+        (n >= 8).then_some(()).ok_or(n)
+    });
     let mut answered = 0;
     for (i, s) in conns.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -406,8 +428,11 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
         "answered {answered} of 12 with a bound of 2 per shard"
     );
     drop(conns);
+    eventually(Duration::from_secs(3), "the closed ones forgotten", || {
+        let tracked = server.shared.tcp_clients.tracked();
+        (tracked == 0).then_some(()).ok_or(tracked)
+    });
     // An idle connection is closed by the server after tcp_idle_timeout.
-    std::thread::sleep(Duration::from_millis(100));
     let mut idle = TcpStream::connect(addr).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let t = std::time::Instant::now();
@@ -485,7 +510,14 @@ fn a_tcp_client_that_stops_reading_loses_its_connection_and_its_slot() {
         }
     }
     // The one connection slot of the shard is free again: a new client is served.
-    std::thread::sleep(Duration::from_millis(800));
+    eventually(
+        Duration::from_secs(3),
+        "the stuck connection closed",
+        || {
+            let tracked = server.shared.tcp_clients.tracked();
+            (tracked == 0).then_some(()).ok_or(tracked)
+        },
+    );
     let r = tcp_query(addr, &query(3, "other.example.", RecordType::A, None));
     assert_eq!(r.metadata.id, 3);
     server.shutdown();
@@ -556,7 +588,11 @@ fn a_flood_of_hits_starves_neither_misses_nor_shutdown() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        let hits = server.shared.cache.stats().hits;
+        eventually(Duration::from_secs(5), "the flood is served", || {
+            let now = server.shared.cache.stats().hits;
+            (now >= hits + 1000).then_some(()).ok_or(now)
+        });
         // A miss over TCP needs the shard's other tasks (the connection, the upstream
         // reply): it is answered while the flood goes on. (Over UDP it would share the
         // flooded socket, where the kernel drops what does not fit.)

@@ -39,8 +39,15 @@ fn a_first_answer_no_merge_can_grow_asks_no_more_upstreams() {
             &query(7, "nothing-to-merge.example.", qtype, None),
         );
         assert_eq!(r.metadata.response_code, rcode);
-        std::thread::sleep(Duration::from_millis(400));
-        let asked: Vec<usize> = ups.iter().map(|u| u.queries()).collect();
+        let asked = || ups.iter().map(|u| u.queries()).collect::<Vec<usize>>();
+        eventually(Duration::from_secs(5), "the active tier asked", || {
+            let a = asked();
+            (a[..2] == [1, 1]).then_some(()).ok_or(a)
+        });
+        // A bounded negative: nothing is sent after the first answer. A next batch
+        // would leave stagger_delay (50 ms) after it; 300 ms is six of those.
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = asked();
         assert_eq!(
             asked,
             [1, 1, 0, 0, 0],
@@ -56,19 +63,31 @@ fn past_the_waiters_of_a_flight_a_query_starts_no_flight_of_its_own() {
         delay: Duration::from_millis(400),
         ..Behavior::default()
     });
-    let server = start(config(
+    let mut cfg = config(
         &[up.addr],
         "epoll",
         "[limits]\nflight_max_waiters = 1\n[tiers]\nactive_tier_size = 1\n",
-    ));
+    );
+    // One shard: a query whose cache miss is counted joins its flight before
+    // the shard reads the next query.
+    cfg.server.shards = 1;
+    let server = start(cfg);
     let addr = server.local_addrs[0];
+    let misses = |n: u64| {
+        eventually(Duration::from_secs(5), "the query missed the cache", || {
+            let seen = server.shared.cache.stats().misses;
+            (seen >= n).then_some(()).ok_or(seen)
+        })
+    };
     let q = |id| query(id, "herd.example.", RecordType::A, None);
     // Leader, then one waiter, then two more past the bound: one over UDP (no
     // answer: its retry will find the cache) and one over TCP (SERVFAIL).
     let leader = std::thread::spawn(move || udp_query(addr, &q(1)));
-    std::thread::sleep(Duration::from_millis(50));
+    eventually(Duration::from_secs(5), "the leader asks upstream", || {
+        (up.queries() == 1).then_some(()).ok_or(up.queries())
+    });
     let waiter = std::thread::spawn(move || udp_query(addr, &q(2)));
-    std::thread::sleep(Duration::from_millis(50));
+    misses(2);
     let past_udp =
         std::thread::spawn(move || udp_raw(addr, &q(3).bytes(), Duration::from_millis(700)));
     let past_tcp = tcp_query(addr, &q(4));
@@ -109,8 +128,14 @@ fn new_names_beyond_the_budget_cost_one_upstream_query_each() {
         );
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     }
+    let total = || ups.iter().map(|u| u.queries()).sum::<usize>();
+    eventually(Duration::from_secs(5), "every name asked", || {
+        (total() >= names as usize).then_some(()).ok_or(total())
+    });
+    // A bounded negative: the completions the budget refuses never go out. Those
+    // it allows leave within two stagger delays (100 ms) of their first answer.
     std::thread::sleep(Duration::from_millis(300));
-    let total: usize = ups.iter().map(|u| u.queries()).sum();
+    let total = total();
     // Two shards, ten tokens each at most; without the budget: 5 per name.
     assert!(total >= names as usize, "every name asked: {total}");
     assert!(
@@ -129,9 +154,11 @@ fn new_names_beyond_the_budget_cost_one_upstream_query_each() {
             &query(i, &format!("m{i}.flood.example."), RecordType::A, None),
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let total: usize = ups.iter().map(|u| u.queries()).sum();
-    assert_eq!(total, 25);
+    let total = || ups.iter().map(|u| u.queries()).sum::<usize>();
+    eventually(Duration::from_secs(5), "every upstream asked", || {
+        (total() >= 25).then_some(()).ok_or(total())
+    });
+    assert_eq!(total(), 25);
     server.shutdown();
 }
 
@@ -148,14 +175,29 @@ fn past_max_background_a_flight_keeps_its_first_answer_and_stops_collecting() {
     let b = udp_query(addr, &query(2, "second.bg.example.", RecordType::A, None));
     assert_eq!(a_records(&a).len(), 1, "a first answer");
     assert_eq!(a_records(&b).len(), 1, "a first answer");
-    std::thread::sleep(Duration::from_millis(400));
-    let total: usize = ups.iter().map(|u| u.queries()).sum();
-    // The first flight asked all five; the second only its active tier.
-    assert_eq!(total, 7);
-    // The slot came back: a third flight completes again.
+    let total = || ups.iter().map(|u| u.queries()).sum::<usize>();
+    // The first flight asked all five and merged (its slot is free once the
+    // merge is stored); the second only its active tier.
+    let merged = |id, name: &str| {
+        eventually(
+            Duration::from_secs(5),
+            "the merged answer in the cache",
+            || {
+                let r = a_records(&udp_query(addr, &query(id, name, RecordType::A, None)));
+                (r.len() == 5).then_some(()).ok_or(r)
+            },
+        )
+    };
+    merged(4, "first.bg.example.");
+    eventually(Duration::from_secs(5), "the second's active tier", || {
+        (total() >= 7).then_some(()).ok_or(total())
+    });
+    assert_eq!(total(), 7);
+    // The slot came back: a third flight completes again. Its completion takes
+    // longer than the second's would have (it started later): had the second
+    // kept collecting, its queries would show by then.
     udp_query(addr, &query(3, "third.bg.example.", RecordType::A, None));
-    std::thread::sleep(Duration::from_millis(400));
-    let total: usize = ups.iter().map(|u| u.queries()).sum();
-    assert_eq!(total, 12);
+    merged(5, "third.bg.example.");
+    assert_eq!(total(), 12);
     server.shutdown();
 }

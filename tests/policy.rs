@@ -255,16 +255,9 @@ fn drop_gives_no_answer_and_closes_tcp_at_accept() {
     }
 }
 
-/// Polls `f` until it returns true or two seconds pass.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+/// Polls `f` until it returns true, failing with `what` after two seconds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    common::eventually(Duration::from_secs(2), what, || f().then_some(()).ok_or(()));
 }
 
 #[test]
@@ -300,9 +293,9 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
             "{io}: [access] needs no restart: {warnings:?}"
         );
         // Both shards: several queries, from fresh source ports, all served.
-        assert!(
-            eventually(|| (0..8).all(|_| rcode(OUTSIDE) == Some(ResponseCode::NoError))),
-            "{io}: the reloaded allow list applies on every shard"
+        eventually(
+            &format!("{io}: the reloaded allow list applies on every shard"),
+            || (0..8).all(|_| rcode(OUTSIDE) == Some(ResponseCode::NoError)),
         );
         let mut s = tcp_from(OUTSIDE, addr);
         write_frame(&mut s, &q.bytes()).unwrap();
@@ -316,17 +309,16 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         server
             .reload(server_config(up.addr, io, ONLY_INSIDE))
             .expect("reload");
-        assert!(
-            eventually(|| rcode(OUTSIDE) == Some(ResponseCode::Refused)),
-            "{io}: denied again"
-        );
-        assert!(
-            eventually(|| {
+        eventually(&format!("{io}: denied again"), || {
+            rcode(OUTSIDE) == Some(ResponseCode::Refused)
+        });
+        eventually(
+            &format!("{io}: the open connection is refused per query"),
+            || {
                 write_frame(&mut s, &q.bytes()).unwrap();
                 let m = Message::from_vec(&read_frame(&mut s).unwrap()).unwrap();
                 m.metadata.response_code == ResponseCode::Refused
-            }),
-            "{io}: the open connection is refused per query"
+            },
         );
         drop(s);
 
@@ -334,12 +326,9 @@ fn a_reload_that_adds_the_network_lets_the_client_in_without_restart() {
         server
             .reload(server_config(up.addr, io, ONLY_INSIDE_DROP))
             .expect("reload");
-        assert!(
-            eventually(
-                || (0..8).all(|_| rcode_within(OUTSIDE, Duration::from_millis(200)).is_none())
-            ),
-            "{io}: dropped after the second reload"
-        );
+        eventually(&format!("{io}: dropped after the second reload"), || {
+            (0..8).all(|_| rcode_within(OUTSIDE, Duration::from_millis(200)).is_none())
+        });
         assert_eq!(rcode(INSIDE), Some(ResponseCode::NoError));
         server.shutdown();
     }

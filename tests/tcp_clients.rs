@@ -103,22 +103,17 @@ fn connections_past_the_per_client_cap_are_closed_across_shards_on(io: &str) {
     assert!(ask(&mut held[0], 41, "cap.example.").is_some());
     // A connection that ends gives its slot back.
     held.pop();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server.shared.tcp_clients.open(local) > 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(2), "the slot given back", || {
+        let open = server.shared.tcp_clients.open(local);
+        (open <= 2).then_some(()).ok_or(open)
+    });
     let mut again = connect_from("127.0.0.1", addr);
     assert!(ask(&mut again, 42, "cap.example.").is_some(), "slot freed");
     drop((held, other, again));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server.shared.tcp_clients.tracked() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(
-        server.shared.tcp_clients.tracked(),
-        0,
-        "entries removed at zero"
-    );
+    eventually(Duration::from_secs(2), "entries removed at zero", || {
+        let tracked = server.shared.tcp_clients.tracked();
+        (tracked == 0).then_some(()).ok_or(tracked)
+    });
     server.shutdown();
 }
 
@@ -141,11 +136,12 @@ fn a_full_shard_closes_its_idlest_connection_for_a_new_one_on(io: &str) {
     let addr = server.local_addrs[0];
     udp_query(addr, &query(1, "hit.example.", RecordType::A, None));
     let mut a = connect_from("127.0.0.1", addr);
+    // Each step starts after the server stamped the previous one's activity
+    // (Instant::now(), when the answer is queued): the order of idleness is the
+    // order of these steps.
     assert!(ask(&mut a, 2, "hit.example.").is_some());
-    std::thread::sleep(Duration::from_millis(50));
     let mut b = connect_from("127.0.0.1", addr);
     assert!(ask(&mut b, 3, "hit.example.").is_some());
-    std::thread::sleep(Duration::from_millis(50));
     // The shard is full: a new connection is served, and `a`, idle the longest,
     // is closed.
     let mut c = connect_from("127.0.0.1", addr);
@@ -160,15 +156,19 @@ fn a_full_shard_closes_its_idlest_connection_for_a_new_one_on(io: &str) {
     // `b` has a query in flight (a slow miss) and the oldest activity; `c` is idle
     // but more recent. A new connection closes `c`, and `b` gets its answer.
     up.set(|sim| sim.delay = Duration::from_millis(800));
-    std::thread::sleep(Duration::from_millis(50));
+    let asked = up.queries();
     write_frame(
         &mut b,
         &query(6, "slow.example.", RecordType::A, None).bytes(),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The slow query was read (it reached the upstream): `b` is busy.
+    eventually(
+        Duration::from_secs(2),
+        "the slow query reaches the upstream",
+        || (up.queries() > asked).then_some(()).ok_or(up.queries()),
+    );
     assert!(ask(&mut c, 7, "hit.example.").is_some());
-    std::thread::sleep(Duration::from_millis(50));
     let mut d = connect_from("127.0.0.1", addr);
     assert!(ask(&mut d, 8, "hit.example.").is_some(), "served");
     assert!(
@@ -230,7 +230,16 @@ fn a_connection_closes_after_max_queries_answering_every_query_it_read_on(io: &s
         frames.extend_from_slice(&q);
     }
     std::io::Write::write_all(&mut s, &frames).unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Read late: only once the server has answered the three and closed.
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    eventually(
+        Duration::from_secs(3),
+        "the server closes after 3 queries",
+        || {
+            let open = server.shared.tcp_clients.open(local);
+            (open == 0).then_some(()).ok_or(open)
+        },
+    );
     let mut ids: Vec<u16> = (0..3)
         .map(|_| {
             let reply = read_frame(&mut s).expect("every query read is answered");

@@ -2,6 +2,8 @@
 //!
 //! - [`generator`] sends DNS queries in batches (`sendmmsg`/`recvmmsg` over many
 //!   source ports, or pipelined TCP), open or closed loop, and measures: [`report`].
+//!   Its config, stop handle and counters, which both transports share, live in
+//!   `load`.
 //! - [`names`] says what it asks: a dnsperf data file, a Zipf mix, never-seen names.
 //! - [`fleet`] runs simulated upstreams with latencies, errors and their own
 //!   addresses, and records every query they see.
@@ -17,6 +19,7 @@
 pub mod dns;
 pub mod fleet;
 pub mod generator;
+mod load;
 pub mod mmsg;
 pub mod names;
 pub mod plot;

@@ -5,7 +5,7 @@
 //! closes is reopened; its queries in flight are lost.
 
 use crate::dns;
-use crate::generator::{LoadConfig, Progress, StopHandle, Tally};
+use crate::load::{LoadConfig, Progress, StopHandle, Tally};
 use crate::mmsg;
 use crate::names::NameSource;
 use crate::report::LoadReport;

@@ -30,7 +30,7 @@ pub(crate) mod encrypted;
 mod mailbox;
 mod pending;
 
-pub(crate) use mailbox::{Mailbox, Report};
+pub(crate) use mailbox::{Exchange, Mailbox, Report};
 #[cfg(fuzzing)]
 pub(crate) use pending::fuzz_dispatch;
 pub(crate) use pending::{CaseMask, Question, Waiter};
@@ -57,24 +57,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
-
-/// A successful exchange.
-#[derive(Debug)]
-pub(crate) struct Exchange {
-    /// The reply, as received (our ID, the upstream's case).
-    pub(crate) reply: Vec<u8>,
-    /// Round-trip time of the attempt that produced it.
-    pub(crate) rtt: Duration,
-    /// It came over TCP after a truncated UDP answer.
-    pub(crate) over_tcp: bool,
-}
-
-impl Exchange {
-    /// A UDP answer with TC=1: to be asked again over TCP.
-    pub(crate) fn truncated(&self) -> bool {
-        !self.over_tcp && Header::parse(&self.reply).is_ok_and(|h| h.tc())
-    }
-}
 
 /// One shard's link to one upstream.
 pub(crate) struct UpstreamLink<B: Backend> {
@@ -976,7 +958,7 @@ mod tests {
                 if !link.case_on() {
                     break;
                 }
-                if link.exchange(&query, &q, false).await.unwrap_err() == FailKind::Timeout {
+                if let Err(FailKind::Timeout) = link.exchange(&query, &q, false).await {
                     timed_out += 1;
                 }
             }

@@ -11,8 +11,7 @@
 //! late reply from a forged one.
 
 use super::case::CaseSeen;
-use super::mailbox::Mailbox;
-use super::Exchange;
+use super::mailbox::{Exchange, Mailbox};
 use crate::health::UpstreamIdx;
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;

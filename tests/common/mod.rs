@@ -64,6 +64,8 @@ pub struct SimUpstream {
 impl Drop for SimUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the TCP accept loop so that it sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
 }
 
@@ -146,7 +148,6 @@ impl SimUpstream {
             .expect("a loopback port free for UDP and TCP");
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        tcp.set_nonblocking(true).unwrap();
         let sim = Self {
             addr,
             udp_queries: Arc::default(),
@@ -194,14 +195,14 @@ impl SimUpstream {
             sim.behavior.clone(),
         );
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = tcp.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
+            // Blocks in accept; the drop connects once to wake it.
+            for s in tcp.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut s) = s else { continue };
                 let (count, beh, stop) = (count.clone(), beh.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                     while !stop.load(Ordering::Relaxed) {
                         let Some(q) = read_frame(&mut s) else { return };

@@ -14,7 +14,7 @@
 use super::{AttemptError, Setup, Shared};
 use crate::config::{UpstreamConfig, DOH_PORT};
 use crate::health::FailKind;
-use crate::upstream::Question;
+use crate::upstream::pending::Question;
 use crate::wire::reader::Header;
 use bytes::Bytes;
 use h2::client::SendRequest;

@@ -15,7 +15,7 @@
 use super::{AttemptError, Setup, Shared};
 use crate::health::FailKind;
 use crate::metrics::DropReason;
-use crate::upstream::Question;
+use crate::upstream::pending::Question;
 use crate::wire::reader::Header;
 use hashbrown::HashMap;
 use rand::Rng;

@@ -34,9 +34,10 @@ mod dot;
 mod pad;
 mod tls;
 
-pub(crate) use tls::{read_roots, system_roots, TlsTarget};
+pub(crate) use tls::TlsTarget;
 
-use super::{Exchange, Question};
+use super::mailbox::Exchange;
+use super::pending::Question;
 use crate::config::{Limits, UpstreamConfig, UpstreamTransport};
 use crate::health::FailKind;
 use crate::metrics::ShardStats;
