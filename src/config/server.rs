@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight queries may still finish.
     #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
+    /// Where upstream health (each upstream's smoothed RTT and whether its circuit
+    /// is open) is kept across restarts: written atomically every few seconds and
+    /// at shutdown, read at start. Empty (the default): off.
+    pub state_file: String,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             udp_multishot: true,
             max_udp_size: 1232,
             shutdown_grace: Duration::from_secs(3),
+            state_file: String::new(),
         }
     }
 }

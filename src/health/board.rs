@@ -79,6 +79,24 @@ impl CircuitBoard {
         }
     }
 
+    /// Each upstream's published smoothed RTT (microseconds, if any) and whether
+    /// its circuit is open at `now`, for the state file.
+    pub fn snapshot(&self, now: Instant) -> Vec<(SocketAddr, Option<f64>, bool)> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = slots
+            .iter()
+            .map(|(addr, mark)| {
+                let slot = BoardSlot {
+                    epoch: self.epoch,
+                    mark: Arc::clone(mark),
+                };
+                (*addr, slot.srtt_micros(), slot.is_open(now))
+            })
+            .collect();
+        all.sort_by_key(|(addr, _, _)| *addr);
+        all
+    }
+
     /// Addresses on the board (for tests).
     pub fn len(&self) -> usize {
         self.slots.lock().map_or(0, |s| s.len())

@@ -31,6 +31,7 @@ mod board;
 mod circuit;
 mod fail;
 mod rtt;
+pub mod state_file;
 
 pub use board::{BoardSlot, CircuitBoard};
 pub use fail::FailKind;

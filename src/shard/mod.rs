@@ -21,6 +21,10 @@
 //! - [`reply_bytes`]: the process-wide budget of queued stream replies;
 //! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
+#[cfg(fuzzing)]
+mod fuzz;
+#[cfg(fuzzing)]
+pub(crate) use fuzz::{fuzz_classify, fuzz_first_pass};
 mod doh;
 mod dot;
 mod encrypted;
@@ -31,6 +35,7 @@ mod reply_bytes;
 mod runtime;
 mod serve;
 mod sockets;
+mod state;
 mod stats;
 mod tcp;
 mod tcp_registry;
@@ -56,26 +61,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use upstreams::{CheckedUpstreams, UpstreamSet};
-
-/// How the tiers count an upstream reply (for the fuzzer): true if good. A good
-/// answer has NOERROR or NXDOMAIN as its full (extended) rcode and a layout the
-/// cache can patch.
-#[cfg(fuzzing)]
-pub(crate) fn fuzz_classify(reply: &[u8]) -> bool {
-    match crate::flight::state::classify(reply) {
-        Ok(layout) => {
-            assert!(
-                matches!(
-                    layout.rcode(),
-                    crate::wire::rcode::NOERROR | crate::wire::rcode::NXDOMAIN
-                ),
-                "only NOERROR and NXDOMAIN are good"
-            );
-            true
-        }
-        Err(_) => false,
-    }
-}
 
 /// State shared by every shard: the only cross-thread data on the query path.
 #[derive(Debug)]
@@ -144,68 +129,6 @@ pub(crate) fn socketless_shard(config: Config) -> Rc<Shard<Epoll>> {
     shard
 }
 
-/// The client request path for the fuzzer: one shard (epoll types, no sockets, no
-/// upstreams, no prefetch) whose cache holds, for every query that parses, an
-/// answer to its own question when `cached` says so; `packet` then goes through the
-/// access gate and the first pass over UDP. Returns the reply, if any. Checks its
-/// own rules: a reply echoes the query's ID, is a response, and fits the client's
-/// UDP limit whenever the query could be read far enough to know it.
-#[cfg(fuzzing)]
-pub(crate) fn fuzz_first_pass(packet: &[u8], cached: bool) -> Option<Vec<u8>> {
-    use crate::wire::reader::QueryView;
-    thread_local! {
-        static SHARD: Rc<Shard<Epoll>> = {
-            let mut config = Config::default();
-            config.upstreams.clear();
-            config.cache.prefetch = false;
-            config.cache.max_bytes = 1 << 20;
-            socketless_shard(config)
-        };
-    }
-    SHARD.with(|shard| {
-        let now = Instant::now();
-        if cached {
-            if let Ok(q) = QueryView::parse(packet) {
-                if let Some(answer) = crate::wire::build::fuzz_answer(&q) {
-                    let key = crate::cache::KeyRef::from_query(&q);
-                    let version = shard.shared.cache.next_version();
-                    shard.shared.cache.insert(&key, &answer, now, version);
-                }
-            }
-        }
-        let client = std::net::IpAddr::from([127, 0, 0, 1]);
-        let reply = match shard.gate(client, crate::metrics::Transport::Udp, now) {
-            gate::Gate::Pass => {
-                match shard.first_pass(
-                    packet,
-                    crate::metrics::Transport::Udp,
-                    shard.pool.get(),
-                    now,
-                ) {
-                    serve::First::Reply(reply) => Some(reply),
-                    serve::First::Drop(out) | serve::First::Miss(out) => {
-                        shard.pool.put(out);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        }?;
-        assert!(reply.len() >= 12, "a reply has a header");
-        assert_eq!(reply[..2], packet[..2], "the client's ID is echoed");
-        assert!(reply[2] & 0x80 != 0, "a reply is a response");
-        if let Ok(q) = QueryView::parse(packet) {
-            let limit = q.reply_target(false).max_size.max(512);
-            assert!(
-                reply.len() <= limit,
-                "{} bytes for a limit of {limit}",
-                reply.len()
-            );
-        }
-        Some(reply)
-    })
-}
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -257,15 +180,20 @@ pub struct ServerHandle {
     pub backend_reason: String,
     /// Shared state (cache, flights), for tests and metrics.
     pub shared: Arc<Shared>,
+    /// Writes `[server] state_file`, if set.
+    state: Option<state::Writer>,
 }
 
 impl ServerHandle {
-    /// Stops accepting, lets in-flight queries finish up to `shutdown_grace`, and
-    /// joins the shard threads.
+    /// Stops accepting, lets in-flight queries finish up to `shutdown_grace`, joins
+    /// the shard threads, and writes the state file a last time.
     pub fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(state) = self.state {
+            state.finish();
         }
     }
 }
@@ -282,6 +210,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (mut sockets, local_addrs) = bind_all(&config, shards)?;
     let (tls_addrs, https_addrs) = bind_encrypted(&config, &mut sockets)?;
     let shared = Arc::new(Shared::new(config, shards, encrypted));
+    state::seed(&shared);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reloader, reload_rxs) = reload::Reloader::new(Arc::clone(&checked.config), shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
@@ -340,6 +269,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         https_addrs,
         backend,
         backend_reason,
+        state: state::Writer::start(&shared),
         shared,
     })
 }
