@@ -217,43 +217,8 @@ still_serving() {
 }
 
 # ---------------------------------------------------------------- NSD
-read -r NSD_PORT <<<"$("${HELPER[@]}" freeports 1)"
-cp "$DATA/interop.test.zone" "$WORK/"
-cat >"$WORK/nsd.conf" <<EOF
-server:
-    ip-address: $HOST@$NSD_PORT
-    port: $NSD_PORT
-    do-ip6: no
-    server-count: 1
-    username: ""
-    chroot: ""
-    zonesdir: "$WORK"
-    database: ""
-    zonelistfile: "$WORK/zone.list"
-    xfrdfile: "$WORK/xfrd.state"
-    xfrdir: "$WORK"
-    pidfile: "$WORK/nsd.pid"
-    logfile: "$WORK/nsd.log"
-    verbosity: 1
-    hide-version: yes
-    rrl-ratelimit: 0
-    rrl-whitelist-ratelimit: 0
-remote-control:
-    control-enable: no
-zone:
-    name: "interop.test."
-    zonefile: "$WORK/interop.test.zone"
-EOF
-timeout 10 nsd-checkconf "$WORK/nsd.conf"
-log "starting NSD on $HOST:$NSD_PORT"
-nsd -d -c "$WORK/nsd.conf" >>"$WORK/nsd.log" 2>&1 &
-NSD_PID=$!
-if wait_for 15 "NSD to answer" answers "$NSD_PORT"; then
-    pass "NSD serves interop.test. on $HOST:$NSD_PORT"
-else
-    fail "NSD did not start"
-    exit 1
-fi
+start_nsd
+pass "NSD serves interop.test. on $HOST:$NSD_PORT"
 
 # ---------------------------------------------------------------- tierdns
 write_config() { # FILE IO

@@ -115,3 +115,45 @@ wait_for() {
     echo "timed out after ${secs}s waiting for $what"
     return 1
 }
+
+# start_nsd: NSD on a free loopback port serving interop.test. from $DATA, rate
+# limiting off (it is a benchmark and interop upstream); sets NSD_PORT and NSD_PID.
+# Needs DATA, HELPER, WORK and the caller's `answers PORT` check; exits if NSD does
+# not answer within 15 s.
+start_nsd() {
+    read -r NSD_PORT <<<"$("${HELPER[@]}" freeports 1)"
+    cp "$DATA/interop.test.zone" "$WORK/"
+    cat >"$WORK/nsd.conf" <<NSDCONF
+server:
+    ip-address: $HOST@$NSD_PORT
+    port: $NSD_PORT
+    do-ip6: no
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$WORK"
+    database: ""
+    zonelistfile: "$WORK/zone.list"
+    xfrdfile: "$WORK/xfrd.state"
+    xfrdir: "$WORK"
+    pidfile: "$WORK/nsd.pid"
+    logfile: "$WORK/nsd.log"
+    verbosity: 1
+    hide-version: yes
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: "interop.test."
+    zonefile: "$WORK/interop.test.zone"
+NSDCONF
+    timeout 10 nsd-checkconf "$WORK/nsd.conf"
+    log "starting NSD on $HOST:$NSD_PORT"
+    nsd -d -c "$WORK/nsd.conf" >>"$WORK/nsd.log" 2>&1 &
+    NSD_PID=$!
+    if ! wait_for 15 "NSD to answer" answers "$NSD_PORT"; then
+        fail "NSD did not start"
+        exit 1
+    fi
+}

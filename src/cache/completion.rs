@@ -87,6 +87,27 @@ mod tests {
         }
     }
 
+    /// An answer for the key, TTL 60.
+    fn answer() -> Vec<u8> {
+        response(
+            "www.example.",
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![a("www.example.", 60, 1)],
+            vec![],
+            None,
+        )
+    }
+
+    fn cache(complete_min_hits: u32) -> PacketCache {
+        PacketCache::new(CacheConfig {
+            max_bytes: 1 << 20,
+            partitions: 4,
+            complete_min_hits,
+            ..CacheConfig::default()
+        })
+    }
+
     /// Whether a hit at `now` asks for the entry's completion.
     fn hit_completes(c: &PacketCache, now: Instant) -> Option<bool> {
         let target = ReplyTarget {
@@ -109,20 +130,9 @@ mod tests {
     /// gives nothing; a replacing insert starts a complete entry.
     #[test]
     fn an_incomplete_entry_asks_once_and_only_for_its_own_version() {
-        let c = PacketCache::new(CacheConfig {
-            max_bytes: 1 << 20,
-            partitions: 4,
-            ..CacheConfig::default()
-        });
+        let c = cache(1);
         let t0 = Instant::now();
-        let answer = response(
-            "www.example.",
-            RecordType::A,
-            ResponseCode::NoError,
-            vec![a("www.example.", 60, 1)],
-            vec![],
-            None,
-        );
+        let answer = answer();
         c.insert(&key(), &answer, t0, 5);
         c.mark_incomplete(&key(), 4, 0b1);
         assert_eq!(hit_completes(&c, t0), Some(false), "another flight's mark");
@@ -147,21 +157,9 @@ mod tests {
     /// With `complete_min_hits = 2` the second hit asks, not the first.
     #[test]
     fn complete_min_hits_counts_the_hits() {
-        let c = PacketCache::new(CacheConfig {
-            max_bytes: 1 << 20,
-            partitions: 4,
-            complete_min_hits: 2,
-            ..CacheConfig::default()
-        });
+        let c = cache(2);
         let t0 = Instant::now();
-        let answer = response(
-            "www.example.",
-            RecordType::A,
-            ResponseCode::NoError,
-            vec![a("www.example.", 60, 1)],
-            vec![],
-            None,
-        );
+        let answer = answer();
         c.insert(&key(), &answer, t0, 1);
         c.mark_incomplete(&key(), 1, 0b1);
         assert_eq!(hit_completes(&c, t0), Some(false));
