@@ -3,7 +3,7 @@
 //! This module owns, per upstream: a smoothed RTT with its variance and a ring of
 //! recent samples (module `rtt`), a recent-failure rate, and a circuit breaker
 //! (module `circuit`). From these [`HealthTracker::order`] ranks the candidates of a
-//! flight, as DESIGN.md "The staggered tiers" step 1 asks:
+//! flight, as the tier algorithm's step 1 asks (`docs/ARCHITECTURE.md`, "The tier engine"):
 //!
 //! 1. circuit state: closed and degraded first, then half-open; open circuits are
 //!    skipped, except that one probe per backoff interval is granted (the circuit

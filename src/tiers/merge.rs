@@ -5,7 +5,7 @@
 //! never panics on any of them: anything it cannot read or would have to guess about
 //! yields `None`, and the caller keeps the first answer as it is.
 //!
-//! Rules (DESIGN.md "The staggered tiers" step 5):
+//! Rules (the tier algorithm's step 5, `tiers` module doc):
 //! - only a NOERROR first answer to one A or AAAA question is merged;
 //! - the CNAME chain is the first answer's: from the question name, each CNAME at the
 //!   current name leads to the next (at most [`MAX_CHAIN`] links, loops rejected); the

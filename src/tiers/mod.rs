@@ -81,7 +81,7 @@
 //!   percentile of expected latency.
 //! - RFC 6298: retransmission timeout from smoothed RTT and its variance.
 //! - What counts as good (NOERROR or NXDOMAIN with the matching question) and as a
-//!   failure (SERVFAIL, REFUSED, FORMERR, NOTIMP, malformed, timeout) follows DESIGN.md;
+//!   failure (SERVFAIL, REFUSED, FORMERR, NOTIMP, malformed, timeout) is `flight::classify`'s;
 //!   the SERVFAIL answer when nothing is good carries an Extended DNS Error (RFC 8914)
 //!   built from [`FailKind`], and serve-stale (RFC 8767) is the caller's business.
 //!

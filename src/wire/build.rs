@@ -19,10 +19,7 @@ use hickory_proto::rr::{RData, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::reader::{Header, QueryView, Reject};
-use super::{rcode, EDNS_UDP_SIZE, HEADER_LEN};
-
-/// EDNS option code of an Extended DNS Error (RFC 8914 section 2).
-pub const EDE_OPTION_CODE: u16 = 15;
+use super::{rcode, rtype, EDNS_UDP_SIZE, HEADER_LEN};
 
 /// Longest upstream query [`write_upstream_query`] writes: header, the longest name,
 /// QTYPE/QCLASS and an empty OPT record.
@@ -202,7 +199,7 @@ impl Ede {
             return 0;
         };
         let mut w = Writer { out, pos: 0 };
-        w.put(&EDE_OPTION_CODE.to_be_bytes());
+        w.put(&rtype::OPTION_EDE.to_be_bytes());
         w.put(&opt_len.to_be_bytes());
         w.put(&self.code.to_be_bytes());
         w.put(self.text.as_bytes());
@@ -245,7 +242,7 @@ pub fn error_reply(q: &QueryView<'_>, rcode: ErrorRcode, ede: Option<Ede>) -> Ve
             .set_dnssec_ok(dnssec_ok);
         if let (Some(ede), Some(_)) = (ede, client_edns) {
             edns.options_mut()
-                .insert(EdnsOption::Unknown(EDE_OPTION_CODE, ede.payload()));
+                .insert(EdnsOption::Unknown(rtype::OPTION_EDE, ede.payload()));
         }
         msg.set_edns(edns);
     }
@@ -413,8 +410,7 @@ fn encode(msg: &Message, header: &Header, rcode: u16) -> Vec<u8> {
 /// answers need TC=1 for a plain-UDP client). Raw bytes, the question lowercased.
 #[cfg(fuzzing)]
 pub fn fuzz_answer(q: &QueryView<'_>) -> Option<Vec<u8>> {
-    const A: u16 = 1;
-    let count: u16 = if q.qtype == A {
+    let count: u16 = if q.qtype == rtype::A {
         u16::from(q.header.id.to_be_bytes()[1] % 40)
     } else {
         0
@@ -448,8 +444,8 @@ mod tests {
 
     fn ede_of(msg: &Message) -> Option<Vec<u8>> {
         let edns = msg.edns.as_ref()?;
-        match edns.option(EdnsCode::Unknown(EDE_OPTION_CODE))? {
-            EdnsOption::Unknown(EDE_OPTION_CODE, data) => Some(data.clone()),
+        match edns.option(EdnsCode::Unknown(rtype::OPTION_EDE))? {
+            EdnsOption::Unknown(rtype::OPTION_EDE, data) => Some(data.clone()),
             _ => None,
         }
     }

@@ -16,11 +16,7 @@
 //! nothing a compression pointer could point to.
 
 use super::name::skip_name;
-use super::HEADER_LEN;
-
-/// The option code of edns-tcp-keepalive (RFC 7828 6).
-pub const OPTION_CODE: u16 = 11;
-const TYPE_OPT: u16 = 41;
+use super::{rtype, HEADER_LEN};
 
 /// Where a message's OPT record and records are.
 struct Records {
@@ -57,7 +53,7 @@ fn find_opt(msg: &[u8]) -> Option<Records> {
         if end > msg.len() {
             return None;
         }
-        opt_last = rtype == TYPE_OPT && index >= non_additional;
+        opt_last = rtype == rtype::OPT && index >= non_additional;
         if opt_last {
             if name_end != pos + 1 {
                 // An OPT's owner is the root: one byte.
@@ -91,7 +87,7 @@ pub fn asks_keepalive(query: &[u8]) -> bool {
     let rdata_end = rdata + usize::from(u16::from_be_bytes([len[0], len[1]]));
     let mut options = query.get(rdata..rdata_end.min(end)).unwrap_or_default();
     while let Some(&[c0, c1, l0, l1]) = options.get(..4) {
-        if u16::from_be_bytes([c0, c1]) == OPTION_CODE {
+        if u16::from_be_bytes([c0, c1]) == rtype::OPTION_KEEPALIVE {
             return true;
         }
         let next = 4 + usize::from(u16::from_be_bytes([l0, l1]));
@@ -125,7 +121,7 @@ pub fn append_keepalive(reply: &mut Vec<u8>, timeout: u16) -> bool {
     };
     let rdlen = u16::from_be_bytes([rdlen[0], rdlen[1]]) + 6;
     reply[opt + 9..opt + 11].copy_from_slice(&rdlen.to_be_bytes());
-    reply.extend_from_slice(&OPTION_CODE.to_be_bytes());
+    reply.extend_from_slice(&rtype::OPTION_KEEPALIVE.to_be_bytes());
     reply.extend_from_slice(&2u16.to_be_bytes());
     reply.extend_from_slice(&timeout.to_be_bytes());
     true

@@ -16,6 +16,7 @@ pub mod keepalive;
 pub mod name;
 pub mod rcode;
 pub mod reader;
+pub mod rtype;
 
 /// Size of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;

@@ -25,10 +25,9 @@
 //! bounded by the message size, not by the counts.
 
 use super::name::{skip_name, MAX_NAME_LEN};
-use super::{Edns, ReplyTarget, WireError, HEADER_LEN, PLAIN_UDP_MAX};
+use super::{rtype, Edns, ReplyTarget, WireError, HEADER_LEN, PLAIN_UDP_MAX};
 
 /// Record type of the EDNS OPT pseudo-record (RFC 6891).
-const TYPE_OPT: u16 = 41;
 /// Smallest resource record: root owner (1), type, class, TTL, rdlength (10).
 const MIN_RR_LEN: usize = 11;
 
@@ -321,7 +320,7 @@ fn read_records(msg: &[u8], mut pos: usize, header: &Header) -> Result<Option<Ed
         let rdata = msg
             .get(rdata_start..rdata_end)
             .ok_or(WireError::Truncated)?;
-        if rtype == TYPE_OPT {
+        if rtype == rtype::OPT {
             let in_additional = index >= non_additional;
             let root_owner = name_end == owner + 1;
             if !in_additional || !root_owner || edns.is_some() {

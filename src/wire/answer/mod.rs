@@ -34,13 +34,8 @@ mod patch;
 pub use patch::write_reply;
 
 use super::name::{read_name_lower, skip_name, MAX_NAME_LEN, MAX_POINTER_HOPS};
-use super::{WireError, HEADER_LEN};
+use super::{rtype, WireError, HEADER_LEN};
 
-const TYPE_SOA: u16 = 6;
-const TYPE_RRSIG: u16 = 46;
-const TYPE_OPT: u16 = 41;
-const TYPE_ANY: u16 = 255;
-const OPT_CODE_EDE: u16 = 15;
 /// TC bit in the third header byte.
 const TC_BIT: u8 = 0x02;
 
@@ -207,7 +202,7 @@ impl AnswerLayout {
             if end > msg.len() {
                 return Err(WireError::Truncated);
             }
-            if rtype == TYPE_OPT {
+            if rtype == rtype::OPT {
                 if section != Section::Additional || opt_start.is_some() || fixed != rr_start + 1 {
                     return Err(WireError::BadOpt);
                 }
@@ -226,14 +221,14 @@ impl AnswerLayout {
                 match section {
                     Section::Answer => {
                         min_answer_ttl = Some(min_answer_ttl.map_or(ttl, |m| m.min(ttl)));
-                        if rtype == qtype || qtype == TYPE_ANY {
+                        if rtype == qtype || qtype == rtype::ANY {
                             flags |= FLAG_QTYPE_ANSWER;
                         }
-                        if rtype == TYPE_RRSIG {
+                        if rtype == rtype::RRSIG {
                             flags |= FLAG_SIGNED;
                         }
                     }
-                    Section::Authority if rtype == TYPE_SOA => {
+                    Section::Authority if rtype == rtype::SOA => {
                         // MNAME, RNAME, then five 32-bit fields; MINIMUM is the last.
                         let after_names = skip_name(msg, skip_name(msg, rdata)?)?;
                         if after_names + 20 != end {
@@ -389,7 +384,7 @@ fn rdata_names(
         // SRV: priority, weight, port, target
         33 if rdata + 6 < end => names.push(rdata + 6),
         // SOA: MNAME, RNAME
-        TYPE_SOA => {
+        rtype::SOA => {
             names.push(rdata);
             names.push(skip_name(msg, rdata)?);
         }

@@ -3,7 +3,8 @@
 //! [`super`]): the ID, the question's letter case, the TTLs, the flags, an OPT
 //! record rebuilt for the client, or a truncated reply when it does not fit.
 
-use super::{be16, norm_ttl, AnswerLayout, TtlPatch, OPT_CODE_EDE, OPT_RR_LEN, TC_BIT, TYPE_OPT};
+use super::{be16, norm_ttl, AnswerLayout, TtlPatch, OPT_RR_LEN, TC_BIT};
+use crate::wire::rtype;
 use crate::wire::{ReplyTarget, EDNS_UDP_SIZE, HEADER_LEN};
 
 /// Iterates over the options of an OPT RDATA that survive into a client's reply
@@ -31,7 +32,7 @@ impl<'a> Iterator for KeptOptions<'a> {
                 return None;
             };
             self.rdata = &self.rdata[4 + len..];
-            if code == OPT_CODE_EDE {
+            if code == rtype::OPTION_EDE {
                 return Some(option);
             }
         }
@@ -57,7 +58,7 @@ fn write_opt<'a>(
     let rdlen: usize = options.clone().map(<[u8]>::len).sum();
     let head = out.get_mut(..OPT_RR_LEN)?;
     head[0] = 0;
-    head[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
+    head[1..3].copy_from_slice(&rtype::OPT.to_be_bytes());
     head[3..5].copy_from_slice(&EDNS_UDP_SIZE.to_be_bytes());
     head[5..9].copy_from_slice(&ttl);
     head[9..11].copy_from_slice(&u16::try_from(rdlen).ok()?.to_be_bytes());
