@@ -5,17 +5,16 @@
 //! which the Prometheus exporter serves (default `127.0.0.1:9153/metrics`). Latency
 //! samples are buffered locally (bounded) and recorded into histograms at flush.
 //!
-//! Names are prefixed `tierdns_`; [`describe`] documents each for Prometheus.
+//! Names are prefixed `tierdns_`; [`describe`](mod@describe) documents each for Prometheus.
 
 mod describe;
 mod labels;
 
 pub use describe::describe;
-use labels::CACHE_LABELS;
-pub use labels::{rcode_index, CacheResult, DropReason, TcpClose, Transport, RCODE_LABELS};
+pub use labels::{CacheResult, DropReason, RcodeLabel, TcpClose, Transport};
 
 use crate::policy::{AccessAction, RateLimitAction, StreamLimit};
-use crate::tiers::Purpose;
+use crate::tiers::{Purpose, StaggerReason};
 use std::cell::{Cell, RefCell};
 
 /// Bound on buffered latency samples per histogram between flushes (512 KiB): at
@@ -81,8 +80,8 @@ pub(crate) struct TierStats {
     /// First good answer came from the active tier / from the stagger.
     pub(crate) answered_active: Cell<u64>,
     pub(crate) answered_stagger: Cell<u64>,
-    /// Stagger launches by reason: answered, timeout, active failed.
-    pub(crate) stagger: [Cell<u64>; 3],
+    /// Stagger launches, by [`StaggerReason`].
+    pub(crate) stagger: [Cell<u64>; StaggerReason::ALL.len()],
     pub(crate) coalesced: Cell<u64>,
     pub(crate) uncoalesced: Cell<u64>,
     pub(crate) merges: Cell<u64>,
@@ -107,8 +106,8 @@ pub(crate) struct TierStats {
 /// Everything one shard counts between flushes.
 #[derive(Debug)]
 pub(crate) struct ShardStats {
-    pub(crate) queries: [[Cell<u64>; 8]; Transport::ALL.len()],
-    pub(crate) cache: [Cell<u64>; 4],
+    pub(crate) queries: [[Cell<u64>; RcodeLabel::ALL.len()]; Transport::ALL.len()],
+    pub(crate) cache: [Cell<u64>; CacheResult::ALL.len()],
     pub(crate) drops: [Cell<u64>; DropReason::ALL.len()],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
@@ -164,11 +163,11 @@ impl ShardStats {
 
     /// Counts a query (or, for `drop` over TCP, a connection) denied by `[access]`.
     pub(crate) fn access_denied(&self, transport: Transport, action: AccessAction) {
-        bump(&self.access_denied[transport as usize][action_index(action)]);
+        bump(&self.access_denied[transport as usize][action as usize]);
     }
 
     pub(crate) fn answered(&self, transport: Transport, rcode: u16) {
-        bump(&self.queries[transport as usize][rcode_index(rcode)]);
+        bump(&self.queries[transport as usize][RcodeLabel::of(rcode) as usize]);
     }
 
     pub(crate) fn cache(&self, result: CacheResult) {
@@ -214,18 +213,18 @@ impl ShardStats {
     pub(crate) fn flush(&self, upstream_labels: &[String]) {
         use metrics::{counter, histogram};
         for (t, transport) in Transport::ALL.into_iter().enumerate() {
-            for (r, label) in RCODE_LABELS.iter().enumerate() {
-                let n = self.queries[t][r].take();
+            for rcode in RcodeLabel::ALL {
+                let n = self.queries[t][rcode as usize].take();
                 if n > 0 {
-                    counter!("tierdns_queries_total", "transport" => transport.as_str(), "rcode" => *label)
+                    counter!("tierdns_queries_total", "transport" => transport.as_str(), "rcode" => rcode.as_str())
                         .increment(n);
                 }
             }
         }
-        for (i, label) in CACHE_LABELS.iter().enumerate() {
-            let n = self.cache[i].take();
+        for result in CacheResult::ALL {
+            let n = self.cache[result as usize].take();
             if n > 0 {
-                counter!("tierdns_cache_total", "result" => *label).increment(n);
+                counter!("tierdns_cache_total", "result" => result.as_str()).increment(n);
             }
         }
         for (i, reason) in DropReason::ALL.iter().enumerate() {
@@ -270,24 +269,6 @@ impl ShardStats {
                 &t.answered_stagger,
             ),
             (
-                "tierdns_stagger_launches_total",
-                "reason",
-                "answered",
-                &t.stagger[0],
-            ),
-            (
-                "tierdns_stagger_launches_total",
-                "reason",
-                "timeout",
-                &t.stagger[1],
-            ),
-            (
-                "tierdns_stagger_launches_total",
-                "reason",
-                "active_failed",
-                &t.stagger[2],
-            ),
-            (
                 "tierdns_flight_waiters_total",
                 "kind",
                 "coalesced",
@@ -326,6 +307,13 @@ impl ShardStats {
             ),
             ("tierdns_background_shed_total", "", "", &t.background_shed),
         ];
+        for reason in StaggerReason::ALL {
+            let n = t.stagger[reason as usize].take();
+            if n > 0 {
+                counter!("tierdns_stagger_launches_total", "reason" => reason.as_str())
+                    .increment(n);
+            }
+        }
         for (i, purpose) in Purpose::CHARGED.iter().enumerate() {
             let sent = t.extra_queries[i].take();
             if sent > 0 {
@@ -368,8 +356,8 @@ impl ShardStats {
             }
         }
         for transport in Transport::ALL {
-            for action in [AccessAction::Refuse, AccessAction::Drop] {
-                let n = self.access_denied[transport as usize][action_index(action)].take();
+            for action in AccessAction::ALL {
+                let n = self.access_denied[transport as usize][action as usize].take();
                 if n > 0 {
                     counter!("tierdns_access_denied_total", "action" => action.as_str(), "transport" => transport.as_str())
                         .increment(n);
@@ -391,13 +379,6 @@ impl ShardStats {
                 }
             }
         }
-    }
-}
-
-fn action_index(action: AccessAction) -> usize {
-    match action {
-        AccessAction::Refuse => 0,
-        AccessAction::Drop => 1,
     }
 }
 
@@ -425,9 +406,21 @@ mod tests {
 
     #[test]
     fn rcodes_map_to_labels() {
-        assert_eq!(RCODE_LABELS[rcode_index(0)], "noerror");
-        assert_eq!(RCODE_LABELS[rcode_index(3)], "nxdomain");
-        assert_eq!(RCODE_LABELS[rcode_index(16)], "badvers");
-        assert_eq!(RCODE_LABELS[rcode_index(9)], "other");
+        assert_eq!(RcodeLabel::of(0).as_str(), "noerror");
+        assert_eq!(RcodeLabel::of(3).as_str(), "nxdomain");
+        assert_eq!(RcodeLabel::of(16).as_str(), "badvers");
+        assert_eq!(RcodeLabel::of(9).as_str(), "other");
+        for (i, label) in RcodeLabel::ALL.into_iter().enumerate() {
+            assert_eq!(label as usize, i, "ALL is in array order");
+        }
+        for (i, result) in CacheResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, i, "ALL is in array order");
+        }
+        for (i, reason) in StaggerReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "ALL is in array order");
+        }
+        for (i, action) in AccessAction::ALL.into_iter().enumerate() {
+            assert_eq!(action as usize, i, "ALL is in array order");
+        }
     }
 }

@@ -296,18 +296,17 @@ impl PacketCache {
             return Lookup::Miss;
         }
         let age_secs = u32::try_from(age / NANOS_PER_SEC).unwrap_or(u32::MAX);
-        let len = write_reply(
+        let Some(len) = write_reply(
             dst.room(entry.wire.len(), target.max_size),
             &entry.wire,
             &entry.layout,
             target,
             TtlPatch::Age(age_secs),
-        );
-        if len == 0 {
+        ) else {
             part.stats.write_errors += 1;
             part.stats.misses += 1;
             return Lookup::Miss;
-        }
+        };
         entry.hits = entry.hits.saturating_add(1);
         entry.flags |= REFERENCED;
         let window = (ttl as f64 * f64::from(self.cfg.prefetch_window)) as u64;
@@ -397,17 +396,16 @@ impl PacketCache {
         } else {
             return None;
         };
-        let len = write_reply(
+        let Some(len) = write_reply(
             dst.room(entry.wire.len(), target.max_size),
             &entry.wire,
             &entry.layout,
             target,
             patch,
-        );
-        if len == 0 {
+        ) else {
             part.stats.write_errors += 1;
             return None;
-        }
+        };
         entry.flags |= REFERENCED;
         if fresh {
             part.stats.hits += 1;

@@ -16,8 +16,8 @@ use crate::tiers::{merge_agreed, Action, Merged, Outcome, Plan, PlanStats, Purpo
 use crate::upstream::Exchange;
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::Ede;
-use crate::wire::rcode;
 use crate::wire::reader::Header;
+use crate::wire::{rcode, rtype};
 use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,11 +103,9 @@ pub(crate) fn heard(answered: u16, up: UpstreamIdx) -> bool {
 
 /// Whether merging more answers into this first one could add anything: only a
 /// NOERROR answer with records of an A or AAAA question, unsigned and whole, can
-/// grow (see [`merge`]). For any other, background completion stops at once.
+/// grow (see the `tiers` merge). For any other, background completion stops at once.
 pub(crate) fn merge_can_grow(layout: &AnswerLayout, qtype: u16) -> bool {
-    const A: u16 = 1;
-    const AAAA: u16 = 28;
-    matches!(qtype, A | AAAA)
+    matches!(qtype, rtype::A | rtype::AAAA)
         && layout.rcode() == rcode::NOERROR
         && layout.has_qtype_answer()
         && !layout.signed()

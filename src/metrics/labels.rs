@@ -37,17 +37,67 @@ impl Transport {
     }
 }
 
-/// Response codes counted per transport (label `rcode`).
-pub const RCODE_LABELS: [&str; 8] = [
-    "noerror", "formerr", "servfail", "nxdomain", "notimp", "refused", "badvers", "other",
-];
+/// Response codes counted per transport (label `rcode`): the ones a forwarder
+/// sends, and the rest as `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcodeLabel {
+    /// NOERROR.
+    NoError = 0,
+    /// FORMERR.
+    FormErr = 1,
+    /// SERVFAIL.
+    ServFail = 2,
+    /// NXDOMAIN.
+    NxDomain = 3,
+    /// NOTIMP.
+    NotImp = 4,
+    /// REFUSED.
+    Refused = 5,
+    /// BADVERS (an extended rcode).
+    BadVers = 6,
+    /// Any other.
+    Other = 7,
+}
 
-/// Index into [`RCODE_LABELS`] for a (possibly extended) rcode.
-pub fn rcode_index(rcode: u16) -> usize {
-    match rcode {
-        rcode::NOERROR..=rcode::REFUSED => rcode as usize,
-        rcode::BADVERS => 6,
-        _ => 7,
+impl RcodeLabel {
+    /// Every label, in the order of the shard counters' arrays.
+    pub const ALL: [Self; 8] = [
+        Self::NoError,
+        Self::FormErr,
+        Self::ServFail,
+        Self::NxDomain,
+        Self::NotImp,
+        Self::Refused,
+        Self::BadVers,
+        Self::Other,
+    ];
+
+    /// The label of a (possibly extended) rcode.
+    pub fn of(code: u16) -> Self {
+        match code {
+            rcode::NOERROR => Self::NoError,
+            rcode::FORMERR => Self::FormErr,
+            rcode::SERVFAIL => Self::ServFail,
+            rcode::NXDOMAIN => Self::NxDomain,
+            rcode::NOTIMP => Self::NotImp,
+            rcode::REFUSED => Self::Refused,
+            rcode::BADVERS => Self::BadVers,
+            _ => Self::Other,
+        }
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoError => "noerror",
+            Self::FormErr => "formerr",
+            Self::ServFail => "servfail",
+            Self::NxDomain => "nxdomain",
+            Self::NotImp => "notimp",
+            Self::Refused => "refused",
+            Self::BadVers => "badvers",
+            Self::Other => "other",
+        }
     }
 }
 
@@ -198,4 +248,17 @@ pub enum CacheResult {
     Prefetch = 3,
 }
 
-pub(super) const CACHE_LABELS: [&str; 4] = ["hit", "miss", "stale", "prefetch"];
+impl CacheResult {
+    /// Every result, in the order of the shard counters' array.
+    pub const ALL: [Self; 4] = [Self::Hit, Self::Miss, Self::Stale, Self::Prefetch];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Stale => "stale",
+            Self::Prefetch => "prefetch",
+        }
+    }
+}

@@ -32,6 +32,9 @@ pub enum AccessAction {
 }
 
 impl AccessAction {
+    /// Every action, in the order of the metric arrays.
+    pub const ALL: [Self; 2] = [Self::Refuse, Self::Drop];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -21,7 +21,7 @@ use crate::flight::{Answer, FlightResult};
 use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{Merged, Plan, Purpose, SendList, Spend, StaggerReason, StrategyKind};
+use crate::tiers::{Merged, Plan, Purpose, SendList, Spend, StrategyKind};
 use crate::upstream::{Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::build::{write_upstream_query, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::reader::QueryView;
@@ -523,12 +523,7 @@ impl<B: Backend> FlightRun<B> {
             return;
         }
         if let Some(reason) = stats.stagger_reason {
-            let i = match reason {
-                StaggerReason::Answered => 0,
-                StaggerReason::Timeout => 1,
-                StaggerReason::ActiveFailed => 2,
-            };
-            ShardStats::bump(&tiers.stagger[i]);
+            ShardStats::bump(&tiers.stagger[reason as usize]);
         }
         match stats.first_good {
             Some((_, true)) => ShardStats::bump(&tiers.answered_active),

@@ -15,7 +15,7 @@
 //!   HTTPS, hyper);
 //! - [`gate`]: the client policy every listener applies first (access list, rate
 //!   limit);
-//! - [`serve`]: one client query, hit or miss (the first pass, joining or leading
+//! - [`serve`](mod@serve): one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
 //! - [`reply_bytes`]: the process-wide budget of queued stream replies;

@@ -18,7 +18,7 @@ use crate::metrics::{CacheResult, DropReason, ShardStats, Transport};
 use crate::wire::answer::{write_reply, TtlPatch, REPLY_HEADROOM};
 use crate::wire::build::{any_reply, error_reply, reject_reply, Ede, ErrorRcode};
 use crate::wire::reader::{Discard, QueryView, Reject};
-use crate::wire::{rcode, ReplyTarget, PLAIN_UDP_MAX};
+use crate::wire::{rcode, rtype, ReplyTarget, PLAIN_UDP_MAX};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -28,15 +28,12 @@ use tokio::sync::oneshot;
 /// meta types that cannot stand in a question (FORMERR, RFC 6891 6.1.1, RFC 8945).
 fn refusal(q: &QueryView<'_>) -> Option<(ErrorRcode, Option<Ede>)> {
     match q.qtype {
-        251 | 252 => Some((ErrorRcode::Refused, Some(Ede::NOT_SUPPORTED))),
-        253 | 254 => Some((ErrorRcode::NotImp, None)),
-        41 | 249 | 250 => Some((ErrorRcode::FormErr, None)),
+        rtype::IXFR | rtype::AXFR => Some((ErrorRcode::Refused, Some(Ede::NOT_SUPPORTED))),
+        rtype::MAILB | rtype::MAILA => Some((ErrorRcode::NotImp, None)),
+        rtype::OPT | rtype::TKEY | rtype::TSIG => Some((ErrorRcode::FormErr, None)),
         _ => None,
     }
 }
-
-/// QTYPE ANY: answered with the minimal synthesized HINFO of RFC 8482.
-const QTYPE_ANY: u16 = 255;
 
 /// What waiters get when their leader goes away without a result.
 const ABANDONED: FlightResult = FlightResult::Failed(Ede::NO_REACHABLE_AUTHORITY);
@@ -101,7 +98,7 @@ impl<B: Backend> Shard<B> {
             return First::Reply(reply);
         }
         let target = target_of(&q, transport, self.max_udp());
-        if q.qtype == QTYPE_ANY {
+        if q.qtype == rtype::ANY {
             // RFC 8482: a minimal local answer, never forwarded nor cached.
             let reply = any_reply(&q, target.max_size);
             self.stats.answered(transport, rcode::NOERROR);
@@ -218,14 +215,13 @@ impl<B: Backend> Shard<B> {
         match result {
             FlightResult::Answer(answer) => {
                 let mut out = sized(self.pool.get(), out_len(transport, answer.wire.len()));
-                let len = write_reply(
+                if let Some(len) = write_reply(
                     &mut out,
                     &answer.wire,
                     &answer.layout,
                     &target,
                     TtlPatch::Age(0),
-                );
-                if len > 0 {
+                ) {
                     out.truncate(len);
                     return Some((out, CacheResult::Miss));
                 }

@@ -87,7 +87,7 @@
 //!
 //! # Merge
 //!
-//! [`merge`] builds the background-completion answer: the union of A/AAAA records of
+//! [`merge`](mod@merge) builds the background-completion answer: the union of A/AAAA records of
 //! the first answer's final owner name; see its docs for the exact rules.
 
 mod budget;

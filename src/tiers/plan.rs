@@ -33,7 +33,7 @@ pub enum Action {
     /// Nothing to send: sleep until this instant, or until a result arrives (feed it
     /// with [`Plan::on_result`]), then call [`Plan::next`] again.
     Wait(Instant),
-    /// The flight is over: stop, and hand the good answers to [`super::merge`].
+    /// The flight is over: stop, and hand the good answers to [`super::merge`](mod@super::merge).
     Done,
 }
 
@@ -41,14 +41,17 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StaggerReason {
     /// A good answer arrived and `complete` asked for background completion.
-    Answered,
+    Answered = 0,
     /// The fallback (hedge) timeout passed with the active tier still out.
-    Timeout,
+    Timeout = 1,
     /// Every active-tier query failed.
-    ActiveFailed,
+    ActiveFailed = 2,
 }
 
 impl StaggerReason {
+    /// Every reason, in the order of the metric array.
+    pub const ALL: [Self; 3] = [Self::Answered, Self::Timeout, Self::ActiveFailed];
+
     /// Label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -6,7 +6,7 @@
 //! The exchange is cheap by construction: [`UpstreamLink::send`] registers the
 //! query and sends it with one `send` from the flight's own task, and the socket's
 //! receive loop takes every queued reply with one `recvmmsg` (up to
-//! [`BATCH`](crate::io::mmsg::BATCH)), checks each against the pending table, and
+//! [`crate::io::mmsg::BATCH`]), checks each against the pending table, and
 //! posts it to the [`Mailbox`] of the flight that asked. No task, channel or timer
 //! per upstream query: the flight keeps the deadline of each query it sent and
 //! times them out itself. Both backends do this through tokio's reactor (which the

@@ -9,13 +9,10 @@
 
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
 use crate::wire::reader::Header;
-use crate::wire::{EDNS_UDP_SIZE, HEADER_LEN};
+use crate::wire::{rtype, EDNS_UDP_SIZE, HEADER_LEN};
 
 /// Padding block length for queries (RFC 8467 section 4.1).
 pub(crate) const QUERY_BLOCK: usize = 128;
-/// EDNS option code of Padding (RFC 7830).
-pub(crate) const PADDING_OPTION: u16 = 12;
-const OPT: u16 = 41;
 
 /// Why a query could not be padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +56,7 @@ pub(crate) fn pad_query(query: &[u8]) -> Result<Vec<u8>, Unpaddable> {
         if end > query.len() {
             return Err(Unpaddable);
         }
-        if rtype == OPT {
+        if rtype == rtype::OPT {
             if i + 1 != records {
                 return Err(Unpaddable);
             }
@@ -83,7 +80,7 @@ pub(crate) fn pad_query(query: &[u8]) -> Result<Vec<u8>, Unpaddable> {
                 if next > end {
                     return Err(Unpaddable);
                 }
-                if code != PADDING_OPTION {
+                if code != rtype::OPTION_PADDING {
                     out.extend_from_slice(&query[p..next]);
                 }
                 p = next;
@@ -101,7 +98,7 @@ pub(crate) fn pad_query(query: &[u8]) -> Result<Vec<u8>, Unpaddable> {
         }
     };
     let padding = (QUERY_BLOCK - (out.len() + 4) % QUERY_BLOCK) % QUERY_BLOCK;
-    out.extend_from_slice(&PADDING_OPTION.to_be_bytes());
+    out.extend_from_slice(&rtype::OPTION_PADDING.to_be_bytes());
     out.extend_from_slice(&(padding as u16).to_be_bytes());
     out.resize(out.len() + padding, 0);
     let rdlen = out.len() - (rdlen_at + 2);

@@ -21,7 +21,7 @@
 //!   the last record (the common case) nothing but the OPT is lost; when it is not,
 //!   the additional records after it are dropped too (additional data is optional,
 //!   and a TSIG/SIG(0) from the upstream is meaningless to our client anyway).
-//! - The OPT written to an EDNS client advertises [`EDNS_UDP_SIZE`], keeps the
+//! - The OPT written to an EDNS client advertises [`EDNS_UDP_SIZE`](crate::wire::EDNS_UDP_SIZE), keeps the
 //!   upstream's extended rcode, version and flags (DO), and keeps only Extended DNS
 //!   Error options (RFC 8914): cookies, padding, NSID and the like are hop-by-hop
 //!   and belong to the upstream, not to our client.

@@ -82,21 +82,11 @@ fn write_opt<'a>(
 /// client. That reply is written even if it still exceeds `max_size` (nothing
 /// smaller is possible).
 ///
-/// Returns the reply length, or 0 when `dst` is too small, `src` is not the message
+/// Returns the reply length, or `None` when `dst` is too small, `src` is not the message
 /// `layout` was parsed from, or `target.qname` is not the question name.
 /// A `dst` of `src.len() + REPLY_HEADROOM` bytes always suffices. Never allocates,
 /// never panics.
 pub fn write_reply(
-    dst: &mut [u8],
-    src: &[u8],
-    layout: &AnswerLayout,
-    target: &ReplyTarget<'_>,
-    ttl: TtlPatch,
-) -> usize {
-    write_reply_inner(dst, src, layout, target, ttl).unwrap_or(0)
-}
-
-fn write_reply_inner(
     dst: &mut [u8],
     src: &[u8],
     layout: &AnswerLayout,
