@@ -1,5 +1,7 @@
-//! Singleflight: at most one upstream flight per cache key across all shards, and
-//! what a flight delivers ([`FlightResult`]).
+//! Singleflight: at most one upstream flight per cache key across all shards, what
+//! a flight delivers ([`FlightResult`]), and the flight itself as a state machine
+//! ([`FlightMachine`]: events in, actions out, no clock, no I/O; its answers and
+//! merge in [`state`]).
 //!
 //! The first query that misses the cache for a key becomes the flight's leader and
 //! runs the tiers on its own shard; queries for the same key that arrive meanwhile,
@@ -19,9 +21,11 @@
 //!   [`Join::Full`]: the caller resolves it on its own, without coalescing. Nobody is
 //!   refused because a name is popular, and no flight grows without bound.
 
+mod machine;
 mod result;
 pub mod state;
 
+pub(crate) use machine::{Account, Action, Concluded, FlightMachine, Spender};
 pub use result::{Answer, FlightResult};
 
 use crate::cache::{Key, KeyRef};

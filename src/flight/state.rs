@@ -1,8 +1,8 @@
-//! One flight's state: the tier plan and what came back, without sockets or a
-//! clock (every call takes `now`), in the shape of quinn-proto's connection: results
-//! in ([`FlightState::on_report`]), what to do out ([`FlightState::next`]: send,
-//! wait until, done), and at the end the merge ([`FlightState::finish`]). The
-//! shard's driver (`shard/flight_run.rs`) sends, sleeps and records around it.
+//! One flight's answers: the tier plan and what came back, without sockets or a
+//! clock (every call takes `now`): results in ([`FlightState::on_report`]), what
+//! the plan sends next ([`FlightState::next`]), and at the end the merge
+//! ([`FlightState::finish`]). The flight machine ([`super::FlightMachine`]) wraps
+//! it with the queries' deadlines, the TCP retry and the budget's decisions.
 //!
 //! A good answer is NOERROR or NXDOMAIN that can be patched and cached
 //! ([`classify`]); the first one goes to the clients, the rest are kept for the

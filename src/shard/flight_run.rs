@@ -1,9 +1,10 @@
-//! The driver of one flight: runs its [`FlightState`] (the pure machine in
-//! `flight/state.rs`: plan, results, merge; no sockets, no clock) on the shard's
-//! upstream links. It sends from its own task (one `send` per query), keeps each
-//! query's deadline, sleeps until the state's wake-up, a deadline or a result in
-//! its [`Mailbox`], reads the clock and passes it in, records health and counters,
-//! and splits the flight in two phases:
+//! The driver of one flight: runs its [`FlightMachine`] (the pure machine in
+//! `flight/machine.rs`: plan, deadlines, the TCP retry decision, the budget's
+//! decisions, the merge; no sockets, no clock) on the shard's upstream links. It
+//! does what the machine asks (one `send` per query from the flight's own task, a
+//! TCP retry in a task of its own), sleeps until the machine's wake-up or a result
+//! in its [`Mailbox`], reads the clock and passes it in, and records health and
+//! counters. The flight runs in two phases:
 //! 1. [`FlightRun::until_first`]: until the first good answer (returned at once, for
 //!    the clients and the cache) or the plan gives up.
 //! 2. [`FlightRun::complete`]: spawned, nobody waits for it. Collects until the
@@ -12,59 +13,95 @@
 //!    budget defers leaves the entry marked incomplete, for a hit to complete
 //!    ([`FlightRun::start_completion`]). A flight with nothing left to do after its
 //!    first answer is concluded at once instead ([`FlightRun::settled`]): no task.
+//!
+//! At debug level each finished flight logs one line ([`log_flight`]): the name,
+//! who was asked when, who answered first, what the merge added, what the budget
+//! refused.
 
 use super::upstreams::UpstreamSet;
 use super::{BackgroundSlot, Shard};
 use crate::cache::{CompletionBase, Key};
-use crate::flight::state::{heard, Finished, FlightState, Heard, Next};
-use crate::flight::{Answer, FlightResult};
-use crate::health::{after, CircuitState, FailKind, HealthTracker, UpstreamIdx};
+use crate::flight::state::{heard, FlightState, Heard};
+use crate::flight::{Action, Answer, Concluded, FlightMachine, FlightResult, Spender};
+use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{Merged, Plan, Purpose, SendList, Spend, StrategyKind};
+use crate::tiers::{Merged, Plan, Purpose, Spend, StrategyKind};
 use crate::upstream::{Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::build::{write_upstream_query, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::reader::QueryView;
 use smallvec::SmallVec;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
-/// One flight in progress on a shard: the state, and the I/O around it.
+mod log;
+use log::log_flight;
+
+/// One flight in progress on a shard: the machine, and the I/O around it.
 pub(super) struct FlightRun<B: Backend> {
     shard: Rc<Shard<B>>,
     /// The upstream set current when the flight started, kept to its end.
     set: Rc<UpstreamSet<B>>,
-    state: FlightState,
+    flight: FlightMachine,
     query: Rc<[u8]>,
     question: Question,
     key: Key,
     version: u64,
-    started: Instant,
     /// Where the upstream links post this flight's results.
     mailbox: Rc<Mailbox>,
-    /// The queries sent and not heard from yet.
-    out: SmallVec<[Outstanding; 4]>,
-    /// When each upstream was asked.
-    sent_at: SmallVec<[(UpstreamIdx, Instant); 8]>,
-    /// The name is known to be asked again (waiters, a prefetch, a hit on its
-    /// entry while fresh): it earns its completion (see [`crate::tiers::Budget`]).
-    asked_again: bool,
-    /// A completion query was deferred or refused: the entry is stored
-    /// incomplete, for a later hit to complete.
-    short: bool,
-    /// A completion by demand of a cached answer, not a client's flight: every
-    /// query is a completion query, and its tier counters are not a flight's.
-    on_demand: bool,
-    /// No client waits for any of its queries (a prefetch): they leave the last
-    /// slots of the upstream pending tables to queries that have one.
-    background: bool,
-    /// Upstreams of the send being launched that are background work (completion).
-    completing: SmallVec<[UpstreamIdx; 4]>,
-    /// Queries the plan said were due when [`Self::settled`] looked, to be sent
-    /// first thing in [`Self::complete`].
-    due: Option<SendList>,
+    /// What keeps each query still out waiting: its pending entry, or its TCP
+    /// retry's task (removed, or stopped, when dropped).
+    holds: SmallVec<[(UpstreamIdx, Hold); 4]>,
+}
+
+/// The shard's amplification budget as the machine asks it: the buckets, the
+/// headroom health shows, and the counters of each decision.
+struct ShardSpender<'a, B: Backend> {
+    shard: &'a Shard<B>,
+    /// The flight's upstream indices are the shard's (no reload since it began).
+    current: bool,
+}
+
+impl<B: Backend> Spender for ShardSpender<'_, B> {
+    fn spend_latency(&mut self, purpose: Purpose, now: Instant) -> bool {
+        let ok = self.shard.budget.borrow_mut().try_spend(purpose, now);
+        if let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) {
+            let tiers = &self.shard.stats.tiers;
+            ShardStats::bump(if ok {
+                &tiers.extra_queries[i]
+            } else {
+                &tiers.budget_refused[i]
+            });
+        }
+        ok
+    }
+
+    fn spend_completion(&mut self, up: UpstreamIdx, asked_again: bool, now: Instant) -> Spend {
+        let mut budget = self.shard.budget.borrow_mut();
+        // Headroom: no completion load on an upstream that is failing.
+        let strained = budget.params().enabled && self.current && {
+            let h = self.shard.health.borrow();
+            h.state(up) != CircuitState::Closed || h.consecutive_failures(up) > 0
+        };
+        let spend = if strained {
+            Spend::Refused
+        } else {
+            budget.try_complete(up, asked_again, now)
+        };
+        let tiers = &self.shard.stats.tiers;
+        let i = Purpose::CHARGED
+            .iter()
+            .position(|p| *p == Purpose::Completion)
+            .unwrap_or(0);
+        match spend {
+            Spend::Allowed => ShardStats::bump(&tiers.extra_queries[i]),
+            Spend::Refused => ShardStats::bump(&tiers.budget_refused[i]),
+            Spend::Deferred => ShardStats::bump(&tiers.completion_deferred),
+        }
+        spend
+    }
 }
 
 impl<B: Backend> FlightRun<B> {
@@ -101,10 +138,8 @@ impl<B: Backend> FlightRun<B> {
             return None;
         }
         let mut run = Self::planned(shard, q, key, now, true, version, Some(base.answered));
-        run.state
+        run.flight
             .complete_base(base.wire, base.inserted, base.answered);
-        run.asked_again = true;
-        run.on_demand = true;
         Some(run)
     }
 
@@ -144,22 +179,15 @@ impl<B: Backend> FlightRun<B> {
         };
         let mut buf = [0u8; MAX_UPSTREAM_QUERY_LEN];
         let len = write_upstream_query(&mut buf, 0, q);
+        let state = FlightState::new(plan, q.qtype, min_agree, now);
         Self {
-            state: FlightState::new(plan, q.qtype, min_agree, now),
+            flight: FlightMachine::new(state, background, now),
             query: buf[..len].into(),
             question: Question::new(q.qname_lower(), q.qtype, q.qclass),
             key,
             version,
-            started: now,
             mailbox: Mailbox::new(),
-            out: SmallVec::new(),
-            sent_at: SmallVec::new(),
-            asked_again: false,
-            short: false,
-            on_demand: false,
-            background,
-            completing: SmallVec::new(),
-            due: None,
+            holds: SmallVec::new(),
             set,
             shard,
         }
@@ -172,60 +200,76 @@ impl<B: Backend> FlightRun<B> {
 
     /// Marks the name as one that will be asked again (see [`crate::tiers::Budget`]).
     pub(super) fn set_asked_again(&mut self, asked_again: bool) {
-        self.asked_again = asked_again;
+        self.flight.set_asked_again(asked_again);
     }
 
-    fn launch(&mut self, up: UpstreamIdx) {
+    /// What the machine asks at `now`, the shard's budget deciding.
+    fn poll(&mut self, now: Instant) -> Action {
+        let current = self.is_current();
+        let mut spender = ShardSpender {
+            shard: &self.shard,
+            current,
+        };
+        self.flight.poll_action(now, &mut spender)
+    }
+
+    fn launch(&mut self, up: UpstreamIdx, background: bool) {
         // The round trip is timed from here, not from the start of the step.
         let now = Instant::now();
-        let Some(link) = self.set.links.get(up) else {
+        let Some(link) = self.set.links.get(up).cloned() else {
             // Not a configured upstream: the plan hears it failed.
-            self.state.on_report(up, Err(FailKind::Network), now);
+            self.flight.handle_sent(up, Duration::ZERO, now);
+            self.flight.handle_failure(up, FailKind::Network, now);
             return;
         };
         self.record(up, UpstreamEvent::Query);
-        self.sent_at.push((up, now));
-        let background = self.background || self.completing.contains(&up);
         let waiter = Waiter {
             mailbox: Rc::clone(&self.mailbox),
             up,
             sent_at: now,
         };
         match link.send(&self.query, &self.question, background, waiter) {
-            Ok(sent) => self.out.push(Outstanding {
-                up,
-                deadline: after(now, link.timeout),
-                hold: Hold::Sent { _entry: sent },
-            }),
+            Ok(sent) => {
+                self.flight.handle_sent(up, link.timeout, now);
+                self.holds.push((up, Hold::Sent { _entry: sent }));
+            }
             // Failed at once (no room, or the socket refused it): no answer comes.
             Err(kind) => {
-                self.out.push(Outstanding {
-                    up,
-                    deadline: now,
-                    hold: Hold::Nothing,
-                });
-                self.on_report((up, Err(kind)), now);
+                self.flight.handle_sent(up, link.timeout, now);
+                let heard = self.flight.handle_failure(up, kind, now);
+                self.heard(up, heard, now);
             }
         }
     }
 
-    /// Feeds one result to the state, then records what it meant. Returns the
-    /// answer when it is the flight's first good one. A truncated UDP answer is not
-    /// a result yet: the query is asked again over TCP, within its deadline.
+    /// Feeds one result to the machine, then records what it meant. Returns the
+    /// answer when it is the flight's first good one.
     fn on_report(&mut self, (up, res): Report, now: Instant) -> Option<Arc<Answer>> {
-        // Only queries still out are heard (a result is posted once per query).
-        let i = self.out.iter().position(|o| o.up == up)?;
-        if let Ok(ex) = &res {
-            if ex.truncated() {
-                self.retry_over_tcp(i);
-                return None;
+        let heard = match res {
+            Ok(ex) => {
+                let over_tcp = ex.over_tcp;
+                let heard = self.flight.handle_reply(up, ex, now)?;
+                if over_tcp {
+                    self.record(up, UpstreamEvent::TcpRetry);
+                }
+                heard
             }
-        }
-        self.out.swap_remove(i);
-        if res.as_ref().is_ok_and(|ex| ex.over_tcp) {
-            self.record(up, UpstreamEvent::TcpRetry);
-        }
-        match self.state.on_report(up, res, now) {
+            Err(kind) => self.flight.handle_failure(up, kind, now)?,
+        };
+        self.heard(up, Some(heard), now)
+    }
+
+    /// Records what one query's end meant (health, counters) and lets go of what
+    /// kept it waiting. Returns the flight's first good answer if this is it.
+    fn heard(
+        &mut self,
+        up: UpstreamIdx,
+        heard: Option<Heard>,
+        now: Instant,
+    ) -> Option<Arc<Answer>> {
+        let heard = heard?;
+        self.holds.retain(|(u, _)| *u != up);
+        match heard {
             Heard::Good { rtt, first } => {
                 if self.is_current() {
                     self.update_health(up, |h| h.record_success(up, rtt, now), "answered");
@@ -255,7 +299,6 @@ impl<B: Backend> FlightRun<B> {
             }
         }
     }
-
     /// Whether this flight's upstream indices still mean what the shard's health
     /// and counters mean by them (no reload since the flight started).
     fn is_current(&self) -> bool {
@@ -319,27 +362,20 @@ impl<B: Backend> FlightRun<B> {
         }
     }
 
-    /// Asks query `i` of [`Self::out`] again over TCP, by its deadline; the result
-    /// comes through the mailbox like any other.
-    fn retry_over_tcp(&mut self, i: usize) {
-        let o = &mut self.out[i];
-        let Some(link) = self.set.links.get(o.up).cloned() else {
+    /// Asks `up` again over TCP, by `deadline`; the result comes through the
+    /// mailbox like any other.
+    fn retry_over_tcp(&mut self, up: UpstreamIdx, deadline: Instant) {
+        let Some(link) = self.set.links.get(up).cloned() else {
             return;
         };
         let (query, question) = (Rc::clone(&self.query), self.question.clone());
-        let (mailbox, up, deadline) = (Rc::clone(&self.mailbox), o.up, o.deadline);
-        o.hold = Hold::Task(tokio::task::spawn_local(async move {
+        let mailbox = Rc::clone(&self.mailbox);
+        let task = tokio::task::spawn_local(async move {
             let res = link.tcp_retry(&query, &question, deadline).await;
             mailbox.push((up, res));
-        }));
-    }
-
-    /// Times out the queries past their deadline at `now`.
-    fn expire(&mut self, now: Instant) {
-        while let Some(o) = self.out.iter().find(|o| o.deadline <= now) {
-            let up = o.up;
-            self.on_report((up, Err(FailKind::Timeout)), now);
-        }
+        });
+        self.holds.retain(|(u, _)| *u != up);
+        self.holds.push((up, Hold::Task(task)));
     }
 
     /// Takes the results that came, and the timeouts that fell due, by `now`.
@@ -349,114 +385,52 @@ impl<B: Backend> FlightRun<B> {
         while let Some(report) = self.mailbox.pop() {
             first = first.or(self.on_report(report, now));
         }
-        self.expire(now);
+        while let Some((up, heard)) = self.flight.handle_timeout(now) {
+            first = first.or(self.heard(up, Some(heard), now));
+        }
         first
     }
 
-    /// What the plan does at `now`, every query beyond a flight's first paid from
-    /// the shard's amplification budget: latency queries from the bucket misses
-    /// refill, completion queries by demand and from their upstream's share of
-    /// `upstream_completion_qps`, and only to an upstream with headroom.
-    fn next(&mut self, now: Instant) -> Next {
-        let (budget, tiers) = (&self.shard.budget, &self.shard.stats.tiers);
-        let health = &self.shard.health;
-        let (asked_again, on_demand) = (self.asked_again, self.on_demand);
-        let current = self.is_current();
-        let completing = &mut self.completing;
-        let short = &mut self.short;
-        completing.clear();
-        let allow = |up: UpstreamIdx, purpose: Purpose| {
-            let purpose = if on_demand {
-                Purpose::Completion
-            } else {
-                purpose
-            };
-            let Some(i) = Purpose::CHARGED.iter().position(|p| *p == purpose) else {
-                return true;
-            };
-            if purpose != Purpose::Completion {
-                let ok = budget.borrow_mut().try_spend(purpose, now);
-                ShardStats::bump(if ok {
-                    &tiers.extra_queries[i]
-                } else {
-                    &tiers.budget_refused[i]
-                });
-                return ok;
-            }
-            completing.push(up);
-            let mut budget = budget.borrow_mut();
-            // Headroom: no completion load on an upstream that is failing.
-            let strained = budget.params().enabled && current && {
-                let h = health.borrow();
-                h.state(up) != CircuitState::Closed || h.consecutive_failures(up) > 0
-            };
-            let spend = if strained {
-                Spend::Refused
-            } else {
-                budget.try_complete(up, asked_again, now)
-            };
-            match spend {
-                Spend::Allowed => ShardStats::bump(&tiers.extra_queries[i]),
-                Spend::Refused => ShardStats::bump(&tiers.budget_refused[i]),
-                Spend::Deferred => ShardStats::bump(&tiers.completion_deferred),
-            }
-            *short |= spend != Spend::Allowed;
-            spend == Spend::Allowed
-        };
-        self.state.next(now, allow)
-    }
-
-    /// Drives the flight one step. Returns false once it is done. The clock is
-    /// read here, at the edge, and passed in.
+    /// Drives the flight one step: does what the machine asks until it waits or
+    /// is done. Returns false once it is done. The clock is read here, at the
+    /// edge, and passed in.
     async fn step(&mut self) -> (bool, Option<Arc<Answer>>) {
-        if let Some(list) = self.due.take() {
-            for up in list {
-                self.launch(up);
-            }
-            return (true, None);
-        }
         let now = Instant::now();
         if let Some(answer) = self.take_news(now) {
             return (true, Some(answer));
         }
-        match self.next(now) {
-            Next::Send(list) => {
-                for up in list {
-                    self.launch(up);
+        loop {
+            match self.poll(now) {
+                Action::Send { up, background } => self.launch(up, background),
+                Action::RetryOverTcp { up, deadline } => self.retry_over_tcp(up, deadline),
+                Action::Wait(at) => {
+                    let report = tokio::select! {
+                        r = self.mailbox.recv() => Some(r),
+                        _ = tokio::time::sleep_until(at.into()) => None,
+                    };
+                    let now = Instant::now();
+                    let answer = report.and_then(|r| self.on_report(r, now));
+                    return (true, answer.or_else(|| self.take_news(now)));
                 }
-                (true, None)
+                Action::Done => return (false, None),
             }
-            Next::Wait(at) => {
-                // The plan's own wake-up, or the first query deadline.
-                let at = self.out.iter().map(|o| o.deadline).fold(at, Instant::min);
-                let report = tokio::select! {
-                    r = self.mailbox.recv() => Some(r),
-                    _ = tokio::time::sleep_until(at.into()) => None,
-                };
-                let now = Instant::now();
-                let answer = report.and_then(|r| self.on_report(r, now));
-                (true, answer.or_else(|| self.take_news(now)))
-            }
-            Next::Done => (false, None),
         }
     }
 
     /// Whether the flight has nothing left to do now (after its first answer or
     /// its failure). A settled flight is [`conclude`](Self::conclude)d at once,
     /// with no task of its own. Queries the plan says are due are not sent here
-    /// but kept for [`complete`](Self::complete), so the client's reply leaves
-    /// first.
+    /// but kept by the machine for [`complete`](Self::complete), so the client's
+    /// reply leaves first.
     pub(super) fn settled(&mut self) -> bool {
         let now = Instant::now();
         self.take_news(now);
-        match self.next(now) {
-            Next::Send(list) => {
-                self.due = Some(list);
-                false
-            }
-            Next::Wait(_) => false,
-            Next::Done => true,
-        }
+        let current = self.is_current();
+        let mut spender = ShardSpender {
+            shard: &self.shard,
+            current,
+        };
+        self.flight.is_done(now, &mut spender)
     }
 
     /// Runs until the first good answer, or until the plan gives up.
@@ -465,7 +439,7 @@ impl<B: Backend> FlightRun<B> {
             match self.step().await {
                 (_, Some(answer)) => return FlightResult::Answer(answer),
                 (true, None) => {}
-                (false, None) => return FlightResult::Failed(self.state.failure()),
+                (false, None) => return FlightResult::Failed(self.flight.failure()),
             }
         }
     }
@@ -483,8 +457,7 @@ impl<B: Backend> FlightRun<B> {
     /// No more queries: a good answer ends the flight (stored incomplete, for a
     /// later hit to complete).
     pub(super) fn stop_collecting(&mut self) {
-        self.short = true;
-        self.state.stop_collecting();
+        self.flight.stop_collecting();
     }
 
     /// No more collecting: counts what the flight did, and writes the merge; an
@@ -499,27 +472,42 @@ impl<B: Backend> FlightRun<B> {
         }
         if self.is_current() {
             let mut health = self.shard.health.borrow_mut();
-            for up in self.state.unanswered() {
-                if let Some(&(_, at)) = self.sent_at.iter().find(|(u, _)| *u == up) {
-                    health.record_abandoned(up, now.saturating_duration_since(at));
-                }
+            for (up, waited) in self.flight.abandoned(now) {
+                health.record_abandoned(up, waited);
             }
         }
         // Their pending entries go (a late reply is counted as late), and any TCP
         // retry stops.
-        self.out.clear();
-        let incomplete = self.short && self.state.can_grow() && !self.on_demand;
-        let answered = self.state.answered();
-        let Finished { stats, merged } = self.state.finish();
+        self.holds.clear();
+        let on_demand = self.flight.on_demand();
+        let started = self.flight.started();
+        let account =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| self.flight.account().clone());
+        let Concluded {
+            finished,
+            incomplete,
+            answered,
+        } = self.flight.finish();
         let tiers = &self.shard.stats.tiers;
-        store(&self.shard, &self.key, self.version, merged);
+        if let Some(account) = account {
+            log_flight(
+                &self.question,
+                &self.set.labels,
+                started,
+                now,
+                &account,
+                &finished,
+            );
+        }
+        let stats = finished.stats;
+        store(&self.shard, &self.key, self.version, finished.merged);
         if incomplete {
             self.shard
                 .shared
                 .cache
                 .mark_incomplete(&self.key.key_ref(), self.version, answered);
         }
-        if self.on_demand {
+        if on_demand {
             return;
         }
         if let Some(reason) = stats.stagger_reason {
@@ -533,7 +521,7 @@ impl<B: Backend> FlightRun<B> {
         tiers.peak_in_flight.record(stats.peak_in_flight as f64);
         tiers
             .background
-            .record(self.started.elapsed().as_secs_f64());
+            .record(now.saturating_duration_since(started).as_secs_f64());
     }
 }
 
@@ -558,14 +546,7 @@ fn store<B: Backend>(shard: &Shard<B>, key: &Key, version: u64, merged: Option<(
     }
 }
 
-/// A query of the flight not heard from yet: its upstream, when it times out, and
-/// what keeps it waiting.
-struct Outstanding {
-    up: UpstreamIdx,
-    deadline: Instant,
-    hold: Hold,
-}
-
+/// What keeps one query waiting.
 enum Hold {
     /// Its pending entry on a UDP socket, or the task of its encrypted exchange
     /// (removed, or stopped, when this is dropped).
@@ -573,8 +554,6 @@ enum Hold {
     /// The task asking it over TCP after a truncated answer (stopped when this is
     /// dropped).
     Task(JoinHandle<()>),
-    /// Failed at once; its result is being reported.
-    Nothing,
 }
 
 impl Drop for Hold {

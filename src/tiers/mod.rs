@@ -9,8 +9,8 @@
 //! ```text
 //! let mut plan = Plan::new(kind, &params, &order, &health, now, seed);
 //! loop {
-//!     match plan.next(now) {
-//!         Action::Send(ups) => send one query to each of `ups`, then call next() again,
+//!     match plan.next_within(now, |up, purpose| budget allows it) {
+//!         Action::Send(ups) => send one query to each of `ups`, then ask again,
 //!         Action::Wait(at)  => sleep until `at` or until a result arrives;
 //!                              on a result: plan.on_result(up, outcome, now),
 //!         Action::Done      => stop; hand the good answers to merge(),
@@ -18,7 +18,8 @@
 //! }
 //! ```
 //!
-//! The driver enforces a hard per-query timeout of its own and reports it as
+//! The flight machine (`flight::FlightMachine`) is that driver, without I/O; it
+//! enforces a hard per-query timeout of its own and reports it as
 //! [`Outcome::Failed`]`(`[`FailKind::Timeout`]`)`; it delivers the first good answer
 //! to the waiting clients at once, independently of the plan.
 //!

@@ -144,6 +144,16 @@ impl Question {
         }
     }
 
+    /// The lowercased wire name.
+    pub(crate) fn qname_lower(&self) -> &[u8] {
+        &self.qname_lower
+    }
+
+    /// The question's type.
+    pub(crate) fn qtype(&self) -> u16 {
+        self.qtype
+    }
+
     /// Whether `msg` asks this question; None when it has no readable question.
     pub(crate) fn matches(&self, msg: &[u8]) -> Option<bool> {
         WireQuestion::read(msg).map(|q| q.is(self))
