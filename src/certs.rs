@@ -13,7 +13,7 @@
 //! default): TLS 1.3 and 1.2 with rustls' safe defaults, no client certificates.
 //! Each file is read whole, at most [`MAX_FILE`] bytes.
 
-use crate::config::CertFiles;
+use crate::config::{CertFiles, Config};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -21,6 +21,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::io::Read;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Largest certificate or key file read (a chain of a few certificates is a few KiB).
 pub const MAX_FILE: u64 = 1 << 20;
@@ -106,7 +107,7 @@ pub fn load(files: CertFiles<'_>, provider: &CryptoProvider) -> Result<Certified
 
 /// The certificate files the configured listeners need (`[tls]` with `tls.listen`,
 /// `[https]`'s own or `[tls]`'s with `https.listen`), each with its key.
-pub fn needed(config: &crate::config::Config) -> Vec<CertFiles<'_>> {
+pub fn needed(config: &Config) -> Vec<CertFiles<'_>> {
     let (tls, https) = (&config.tls, &config.https);
     let mut files = Vec::new();
     if !tls.listen.is_empty() {
@@ -123,7 +124,7 @@ pub fn needed(config: &crate::config::Config) -> Vec<CertFiles<'_>> {
 
 /// Loads every certificate the configured listeners need, as a start would
 /// (`tierdns --check`); the error names the key of the file at fault.
-pub fn check(config: &crate::config::Config) -> Result<(), CertError> {
+pub fn check(config: &Config) -> Result<(), CertError> {
     let provider = provider();
     for files in needed(config) {
         load(files, &provider)?;
@@ -184,6 +185,86 @@ impl ServerCert {
 impl ResolvesServerCert for ServerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// ALPN of DNS over TLS (RFC 7858's registration in the ALPN registry).
+const ALPN_DOT: &[u8] = b"dot";
+
+/// One kind of encrypted listener's TLS: its certificate and server config.
+#[derive(Debug)]
+pub(crate) struct TlsSetup {
+    cert: Arc<ServerCert>,
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// The encrypted listeners' TLS state (DoT, DoH), shared by every shard; a kind
+/// without listen addresses has none.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerTls {
+    pub(crate) dot: Option<TlsSetup>,
+    pub(crate) doh: Option<TlsSetup>,
+}
+
+impl ListenerTls {
+    /// Loads the certificates the configured listeners need; the error names the
+    /// key of the file at fault. `[https]` without files of its own loads `[tls]`'s
+    /// files into a certificate of its own, so each section reloads on its own.
+    pub(crate) fn load(config: &Config) -> Result<Self, String> {
+        let listener = |files, alpn: &[&[u8]], handshake_timeout| {
+            let cert = Arc::new(ServerCert::load(files).map_err(|e| e.to_string())?);
+            let config = cert.server_config(alpn).map_err(|e| e.to_string())?;
+            Ok::<_, String>(TlsSetup {
+                cert,
+                config,
+                handshake_timeout,
+            })
+        };
+        let tls = &config.tls;
+        let https = &config.https;
+        Ok(Self {
+            dot: if tls.listen.is_empty() {
+                None
+            } else {
+                let files = CertFiles {
+                    cert: (&tls.cert_file, "tls.cert_file"),
+                    key: (&tls.key_file, "tls.key_file"),
+                };
+                Some(listener(files, &[ALPN_DOT], tls.handshake_timeout)?)
+            },
+            doh: if https.listen.is_empty() {
+                None
+            } else {
+                Some(listener(
+                    https.cert_files(tls),
+                    &[b"h2", b"http/1.1"],
+                    https.handshake_timeout,
+                )?)
+            },
+        })
+    }
+
+    /// Rereads the certificate files `config` names; a file that fails keeps the
+    /// running certificate. Returns one message per failure (naming the key).
+    pub(crate) fn reload(&self, config: &Config) -> Vec<String> {
+        let tls = &config.tls;
+        let mut failed = Vec::new();
+        if let Some(dot) = &self.dot {
+            let files = CertFiles {
+                cert: (&tls.cert_file, "tls.cert_file"),
+                key: (&tls.key_file, "tls.key_file"),
+            };
+            if let Err(e) = dot.cert.reload(files) {
+                failed.push(format!("keeping the running DoT certificate: {e}"));
+            }
+        }
+        if let Some(doh) = &self.doh {
+            if let Err(e) = doh.cert.reload(config.https.cert_files(tls)) {
+                failed.push(format!("keeping the running DoH certificate: {e}"));
+            }
+        }
+        failed
     }
 }
 

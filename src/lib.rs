@@ -44,6 +44,7 @@ pub mod duration;
 pub mod flight;
 pub mod health;
 pub mod io;
+mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod shard;
@@ -167,6 +168,12 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>, override
     }
 }
 
+/// Starts the server on `config`: the shards and their listeners. Returns once
+/// every shard serves; [`shard::ServerHandle::shutdown`] stops it.
+pub fn start(config: Config) -> Result<shard::ServerHandle, shard::StartError> {
+    shard::start::<listen::Listeners>(config)
+}
+
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully. With a
 /// config file, SIGHUP rereads it: a valid file is applied (see
 /// [`shard::ServerHandle::reload`]) on every shard or on none; an invalid one, or
@@ -240,7 +247,7 @@ pub fn run(
         .iter()
         .map(|u| format!("{}={}", u.label(), u.address_text()))
         .collect();
-    let handle = shard::start(config)?;
+    let handle = start(config)?;
     tracing::info!(
         listen = ?handle.local_addrs,
         tls = ?handle.tls_addrs,

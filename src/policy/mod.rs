@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod ratelimit;
+pub(crate) mod stream_conns;
 pub mod stream_rates;
 pub mod tcp_clients;
 

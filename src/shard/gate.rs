@@ -34,7 +34,7 @@ use std::time::Instant;
 
 /// What the gate says about one query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Gate {
+pub(crate) enum Gate {
     /// Serve it.
     Pass,
     /// REFUSED with EDE 18 (Prohibited).
@@ -49,7 +49,7 @@ impl<B: Backend> Shard<B> {
     /// The gate for one query from `client` at `now`: the access list, then, over
     /// UDP, the rate limit; counted when it stops the query. No allocation; one
     /// short partition lock when the rate limit is on.
-    pub(super) fn gate(&self, client: IpAddr, transport: Transport, now: Instant) -> Gate {
+    pub(crate) fn gate(&self, client: IpAddr, transport: Transport, now: Instant) -> Gate {
         let policy = self.policy.borrow();
         let limit = policy.ratelimit.filter(|_| transport == Transport::Udp);
         if let AccessVerdict::Deny(action) = policy.access.check(client) {
@@ -99,7 +99,7 @@ impl<B: Backend> Shard<B> {
     /// Then the prefix's rates (`new_connections_per_second`, and for DoT and DoH
     /// `new_tls_sessions_per_second`): over either, closed at accept too, counted
     /// in `tierdns_stream_limited_total`.
-    pub(super) fn stream_accepts(&self, client: IpAddr, transport: Transport) -> bool {
+    pub(crate) fn stream_accepts(&self, client: IpAddr, transport: Transport) -> bool {
         let policy = self.policy.borrow();
         if let AccessVerdict::Deny(action) = policy.access.check(client) {
             drop(policy);
@@ -123,7 +123,7 @@ impl<B: Backend> Shard<B> {
     /// after a wait (counted), or [`Reservation::Over`] when the prefix owes more
     /// than the longest wait (the caller answers the query, then closes the
     /// connection). No lock while the rate is off.
-    pub(super) fn stream_pace(
+    pub(crate) fn stream_pace(
         &self,
         client: IpAddr,
         transport: Transport,
@@ -139,7 +139,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// The reply a query the gate stopped gets, if any; counted as answered.
-    pub(super) fn gated_reply(
+    pub(crate) fn gated_reply(
         &self,
         gate: Gate,
         packet: &[u8],

@@ -4,55 +4,51 @@
 //! Startup binds every socket on the calling thread first ([`sockets`]), chooses the
 //! io backend ([`runtime`]), then starts one thread per shard. A shard owns, per
 //! listen address, a SO_REUSEPORT UDP socket (the kernel spreads clients over shards)
-//! and a SO_REUSEPORT TCP listener; per upstream, one connected UDP socket and a few
-//! idle TCP connections ([`upstreams`]). Only the cache, the flight table, the
-//! circuit board and the rate limiter's table are shared between shards.
+//! and a SO_REUSEPORT TCP listener (and the DoT/DoH listeners); per upstream, a pool
+//! of connected UDP sockets with random source ports, rotated, and reused TCP
+//! connections for truncated answers, or its DoT/DoH link ([`upstreams`]). Only the
+//! cache, the flight table, the circuit board, the rate limiters' tables and the
+//! stream budgets are shared between shards.
 //!
-//! What a shard drives, one file each:
-//! - [`udp`] and [`tcp`]: client sockets, on the loops of [`crate::io`];
-//! - [`encrypted`]: the TLS listeners' accept loop and handshake, then [`dot`]
-//!   (DNS over TLS, served by the TCP connection code) or [`doh`] (DNS over
-//!   HTTPS, hyper);
+//! The transports live above the shard, in the `listen` folder; the shard starts them
+//! on its client sockets through [`StartListeners`] and imports nothing of them.
+//! What a shard itself drives, one file each:
 //! - [`gate`]: the client policy every listener applies first (access list, rate
 //!   limit);
 //! - [`serve`](mod@serve): one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
-//! - [`reply_bytes`]: the process-wide budget of queued stream replies;
 //! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
 
 #[cfg(fuzzing)]
 mod fuzz;
 #[cfg(fuzzing)]
 pub(crate) use fuzz::{fuzz_classify, fuzz_first_pass};
-mod doh;
-mod dot;
-mod encrypted;
 mod flight_run;
 mod gate;
 mod reload;
-mod reply_bytes;
 mod runtime;
 mod serve;
 mod sockets;
 mod state;
 mod stats;
-mod tcp;
-mod tcp_registry;
-mod udp;
 mod upstreams;
 
 use crate::cache::PacketCache;
+use crate::certs::ListenerTls;
 use crate::config::Config;
 use crate::flight::{FlightResult, FlightTable};
 use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
+use crate::policy::stream_conns::{Close, Registry};
 use crate::policy::{Policy, RateLimiter, StreamLimiters, TcpClients};
 use crate::tiers::Budget;
+pub(crate) use gate::Gate;
 pub use reload::ReloadRefused;
 use runtime::{choose_backend, run_shard};
+pub(crate) use serve::First;
 use sockets::{bind_all, bind_encrypted, ShardSockets};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -60,6 +56,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use upstreams::{CheckedUpstreams, UpstreamSet};
 
 /// State shared by every shard: the only cross-thread data on the query path.
@@ -79,19 +76,19 @@ pub struct Shared {
     /// Upstream circuits opened by any shard.
     pub board: CircuitBoard,
     /// Bytes of framed replies queued and not yet written on every TCP and DoT
-    /// connection ([`reply_bytes`]).
+    /// connection (the listeners' reply budget).
     pub stream_reply_bytes: std::sync::atomic::AtomicUsize,
     /// Open TCP connections per client address (one table for all shards).
     pub tcp_clients: Arc<TcpClients>,
     /// The TLS state of the DoT and DoH listeners.
-    pub(crate) encrypted: encrypted::Encrypted,
+    pub(crate) listener_tls: ListenerTls,
 }
 
 impl Shared {
     /// The state `shards` shards share, for `config`.
-    fn new(config: Config, shards: usize, encrypted: encrypted::Encrypted) -> Self {
+    fn new(config: Config, shards: usize, listener_tls: ListenerTls) -> Self {
         Self {
-            encrypted,
+            listener_tls,
             cache: PacketCache::new(config.cache.clone()),
             flights: Arc::new(FlightTable::new(
                 (shards * 64).next_power_of_two(),
@@ -120,13 +117,13 @@ impl Shared {
 /// may send upstream: give it a config without upstreams.
 #[cfg(any(test, fuzzing))]
 pub(crate) fn socketless_shard(config: Config) -> Rc<Shard<Epoll>> {
-    let shared = Arc::new(Shared::new(config, 1, encrypted::Encrypted::default()));
+    let shared = Arc::new(Shared::new(config, 1, ListenerTls::default()));
     let sockets = ShardSockets::empty();
     let (_, shutdown) = watch::channel(false);
     let checked = CheckedUpstreams::check(Arc::new(shared.config.clone())).expect("no upstreams");
-    let ((shard, _, _, _), _) =
+    let (built, _) =
         build_shard::<Epoll>(0, shared, sockets, &checked, shutdown).expect("a socketless shard");
-    shard
+    built.shard
 }
 
 /// Why the server could not start.
@@ -198,18 +195,38 @@ impl ServerHandle {
     }
 }
 
-/// Starts the shards. Returns once every shard has its sockets running.
-pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+/// What starts a shard's listeners on its client sockets: the layer above the
+/// shard (the `listen` folder), passed in so that the shard imports nothing of it.
+pub(crate) trait StartListeners: 'static {
+    /// Starts the tasks that serve `sockets` for `shard`; they end at its shutdown.
+    fn spawn<B: Backend>(shard: &Rc<Shard<B>>, sockets: ClientSockets<B>) -> Vec<JoinHandle<()>>;
+}
+
+/// A shard's client sockets, adopted by its backend, for its listeners.
+pub(crate) struct ClientSockets<B: Backend> {
+    /// A UDP socket per listen address.
+    pub(crate) udp: Vec<B::Udp>,
+    /// A TCP listener per listen address.
+    pub(crate) tcp: Vec<B::Listener>,
+    /// DNS over TLS listeners (tokio's: TLS runs on its reactor).
+    pub(crate) dot: Vec<tokio::net::TcpListener>,
+    /// DNS over HTTPS listeners.
+    pub(crate) doh: Vec<tokio::net::TcpListener>,
+}
+
+/// Starts the shards, each with the listeners `L` starts. Returns once every
+/// shard has its sockets running.
+pub(crate) fn start<L: StartListeners>(config: Config) -> Result<ServerHandle, StartError> {
     let shards = config.shard_count();
     let (uring, backend_reason) = choose_backend(&config)?;
     let backend = if uring { Uring::NAME } else { Epoll::NAME };
-    let encrypted = encrypted::Encrypted::load(&config)?;
+    let listener_tls = ListenerTls::load(&config).map_err(StartError::Tls)?;
     // Roots and TLS setups read once, for every shard.
     let checked =
         Arc::new(CheckedUpstreams::check(Arc::new(config.clone())).map_err(StartError::Upstream)?);
     let (mut sockets, local_addrs) = bind_all(&config, shards)?;
     let (tls_addrs, https_addrs) = bind_encrypted(&config, &mut sockets)?;
-    let shared = Arc::new(Shared::new(config, shards, encrypted));
+    let shared = Arc::new(Shared::new(config, shards, listener_tls));
     state::seed(&shared);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reloader, reload_rxs) = reload::Reloader::new(Arc::clone(&checked.config), shards);
@@ -232,8 +249,12 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                let signals = (checked, shutdown, reloads);
-                run_shard(index, uring, shared, sockets, signals, ready);
+                let signals = Signals {
+                    checked,
+                    shutdown,
+                    reloads,
+                };
+                run_shard::<L>(index, uring, shared, sockets, signals, ready);
             })
             .map_err(|e| StartError::Shard {
                 shard: index,
@@ -276,13 +297,15 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
 
 type Ready = std::sync::mpsc::Sender<Result<usize, (usize, String)>>;
 
-/// What a shard starts from and listens to: its upstreams (checked once for all
-/// shards), shutdown, and the steps of reloads.
-type Signals = (
-    Arc<CheckedUpstreams>,
-    watch::Receiver<bool>,
-    tokio::sync::mpsc::Receiver<reload::Step>,
-);
+/// What a shard starts from and listens to.
+struct Signals {
+    /// Its upstreams, checked once for all shards.
+    checked: Arc<CheckedUpstreams>,
+    /// Set at shutdown.
+    shutdown: watch::Receiver<bool>,
+    /// The steps of reloads.
+    reloads: tokio::sync::mpsc::Receiver<reload::Step>,
+}
 
 /// Everything one shard owns.
 pub(crate) struct Shard<B: Backend> {
@@ -307,7 +330,7 @@ pub(crate) struct Shard<B: Backend> {
     pub(crate) tcp_open: Cell<usize>,
     /// The open stream client connections (TCP, DoT, DoH) and what they are
     /// doing, to close the idlest at the bound.
-    pub(crate) tcp_registry: RefCell<tcp_registry::Registry<Rc<dyn tcp_registry::Close>>>,
+    pub(crate) tcp_registry: RefCell<Registry<Rc<dyn Close>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -366,23 +389,38 @@ impl<B: Backend> Shard<B> {
         self.in_flight.set(self.in_flight.get() + 1);
         Some(Admitted(Rc::new(AdmittedQuery(Rc::clone(self)))))
     }
+
+    /// Client UDP receive loops per socket: `server.udp_receivers` where the
+    /// backend runs them in parallel, else one.
+    pub(crate) fn udp_receivers(&self) -> usize {
+        if B::PARALLEL_RECEIVES {
+            self.shared.config.server.udp_receivers
+        } else {
+            1
+        }
+    }
 }
 
-async fn shard_main<B: Backend>(
+async fn shard_main<B: Backend, L: StartListeners>(
     index: usize,
     shared: Arc<Shared>,
     sockets: ShardSockets,
-    (checked, shutdown, reloads): Signals,
+    signals: Signals,
     ready: Ready,
 ) {
+    let Signals {
+        checked,
+        shutdown,
+        reloads,
+    } = signals;
     match build_shard::<B>(index, shared, sockets, &checked, shutdown) {
         Ok((built, closers)) => {
             let _ = ready.send(Ok(index));
             drop(ready);
             drop(checked);
             let reloader =
-                tokio::task::spawn_local(reload::reload_loop(Rc::clone(&built.0), reloads));
-            serve(built, closers).await;
+                tokio::task::spawn_local(reload::reload_loop(Rc::clone(&built.shard), reloads));
+            serve::<B, L>(built, closers).await;
             reloader.abort();
         }
         Err(reason) => {
@@ -392,15 +430,10 @@ async fn shard_main<B: Backend>(
 }
 
 /// A shard with its client sockets, ready to serve.
-type Built<B> = (
-    Rc<Shard<B>>,
-    Vec<<B as Backend>::Udp>,
-    Vec<<B as Backend>::Listener>,
-    Encrypted,
-);
-
-/// A shard's DNS over TLS and HTTPS listeners.
-type Encrypted = (Vec<tokio::net::TcpListener>, Vec<tokio::net::TcpListener>);
+struct Built<B: Backend> {
+    shard: Rc<Shard<B>>,
+    sockets: ClientSockets<B>,
+}
 
 fn build_shard<B: Backend>(
     index: usize,
@@ -455,43 +488,15 @@ fn build_shard<B: Backend>(
         tcp_registry: RefCell::default(),
         shutdown,
     });
-    Ok(((shard, udp, tcp, (dot, doh)), sockets.closers))
+    let closers = sockets.closers;
+    let sockets = ClientSockets { udp, tcp, dot, doh };
+    Ok((Built { shard, sockets }, closers))
 }
 
-async fn serve<B: Backend>((shard, udp, tcp, (dot, doh)): Built<B>, closers: Vec<socket2::Socket>) {
-    let config = &shard.shared.config;
-    let receivers = if B::PARALLEL_RECEIVES {
-        config.server.udp_receivers
-    } else {
-        1
-    };
-    let mut tasks = Vec::new();
-    for sock in udp {
-        let sock = Rc::new(sock);
-        tasks.push(tokio::task::spawn_local(udp::serve_udp(
-            Rc::clone(&shard),
-            sock,
-            receivers,
-        )));
-    }
-    for listener in tcp {
-        tasks.push(tokio::task::spawn_local(tcp::accept_loop(
-            Rc::clone(&shard),
-            listener,
-        )));
-    }
-    for (listeners, transport) in [
-        (dot, crate::metrics::Transport::Dot),
-        (doh, crate::metrics::Transport::Doh),
-    ] {
-        for listener in listeners {
-            tasks.push(tokio::task::spawn_local(encrypted::accept_loop(
-                Rc::clone(&shard),
-                listener,
-                transport,
-            )));
-        }
-    }
+async fn serve<B: Backend, L: StartListeners>(built: Built<B>, closers: Vec<socket2::Socket>) {
+    let Built { shard, sockets } = built;
+    let receivers = shard.udp_receivers();
+    let tasks = L::spawn(&shard, sockets);
     let flusher = tokio::task::spawn_local(stats::flush_loop(Rc::clone(&shard)));
     let mut shutdown = shard.shutdown.clone();
     while !*shutdown.borrow_and_update() {

@@ -199,7 +199,7 @@ impl ServerHandle {
         let checked = Checked::new(Arc::clone(&applied)).map_err(ReloadRefused)?;
         reloader.apply(Arc::new(checked))?;
         reloader.running = Arc::clone(&applied);
-        for failure in self.shared.encrypted.reload(&applied) {
+        for failure in self.shared.listener_tls.reload(&applied) {
             tracing::error!("reload: {failure}");
             warnings.push(failure);
         }

@@ -6,7 +6,7 @@
 //! `tierdns_info`.
 
 use super::sockets::ShardSockets;
-use super::{shard_main, Ready, Shared, Signals, StartError};
+use super::{shard_main, Ready, Shared, Signals, StartError, StartListeners};
 use crate::config::{Config, IoBackend};
 use crate::io::{Epoll, Uring};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub(super) fn choose_backend(config: &Config) -> Result<(bool, String), StartErr
     }
 }
 
-pub(super) fn run_shard(
+pub(super) fn run_shard<L: StartListeners>(
     index: usize,
     uring: bool,
     shared: Arc<Shared>,
@@ -58,7 +58,9 @@ pub(super) fn run_shard(
             tokio_uring::Runtime::new(&builder)
         });
         match rt {
-            Ok(rt) => rt.block_on(shard_main::<Uring>(index, shared, sockets, signals, ready)),
+            Ok(rt) => rt.block_on(shard_main::<Uring, L>(
+                index, shared, sockets, signals, ready,
+            )),
             Err(e) => {
                 let _ = ready.send(Err((index, format!("io_uring runtime: {e}"))));
             }
@@ -72,7 +74,7 @@ pub(super) fn run_shard(
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &rt,
-                    shard_main::<Epoll>(index, shared, sockets, signals, ready),
+                    shard_main::<Epoll, L>(index, shared, sockets, signals, ready),
                 );
             }
             Err(e) => {

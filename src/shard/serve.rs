@@ -40,7 +40,7 @@ const ABANDONED: FlightResult = FlightResult::Failed(Ede::NO_REACHABLE_AUTHORITY
 
 /// The result of the synchronous first pass. Every variant hands the output buffer
 /// back.
-pub(super) enum First {
+pub(crate) enum First {
     /// Send this reply.
     Reply(Vec<u8>),
     /// Send nothing.
@@ -80,7 +80,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Reads the query and answers everything that needs no upstream.
-    pub(super) fn first_pass(
+    pub(crate) fn first_pass(
         self: &Rc<Self>,
         packet: &[u8],
         transport: Transport,
@@ -161,7 +161,7 @@ impl<B: Backend> Shard<B> {
     /// flights run inline; a DoH request, whose future a reset stream drops,
     /// starts its flight in a task of its own (holding a clone of `admitted`)
     /// and waits for it like any waiter.
-    pub(super) async fn resolve(
+    pub(crate) async fn resolve(
         self: &Rc<Self>,
         packet: &[u8],
         transport: Transport,
@@ -349,7 +349,7 @@ impl<B: Backend> Shard<B> {
 
     /// SERVFAIL (EDE "resolver overloaded") for a TCP miss past
     /// `max_client_in_flight`: a TCP client would otherwise wait out its timeout.
-    pub(super) fn overload_reply(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub(crate) fn overload_reply(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let q = QueryView::parse(packet).ok()?;
         self.stats.answered(transport, ErrorRcode::ServFail.code());
         Some(error_reply(

@@ -281,7 +281,7 @@ pub fn uring() -> &'static str {
 }
 
 pub fn start(config: Config) -> ServerHandle {
-    tierdns::shard::start(config).expect("server starts")
+    tierdns::start(config).expect("server starts")
 }
 
 /// A query message with an ID, a name and a type; EDNS with this UDP size if given.

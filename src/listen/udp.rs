@@ -8,14 +8,12 @@
 //! ([`crate::io::ring`]) unless `server.udp_multishot = false` or the kernel lacks
 //! it, then `udp_receivers` loops of one receive operation per datagram.
 
-use super::gate::Gate;
-use super::serve::First;
-use super::{Admitted, Shard};
 use crate::io::buffers::BufferPool;
 use crate::io::mmsg::Outbox;
 use crate::io::udp::{self, DatagramService, UdpDrop};
 use crate::io::{mmsg, ring, Backend};
 use crate::metrics::{DropReason, Transport};
+use crate::shard::{Admitted, First, Gate, Shard};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;

@@ -11,9 +11,10 @@
 //! connection's [`CloseSignal`]: reads and writes waiting on it end at once.
 
 use super::tcp::{connection, Open};
-use super::tcp_registry::{Close, CloseSignal};
+use super::tls::CloseSignal;
 use crate::io::{Backend, BufResult, Closing, TcpIo};
 use crate::metrics::Transport;
+use crate::policy::stream_conns::Close;
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;

@@ -1,4 +1,4 @@
-//! The open TCP client connections of one shard, with what each is doing, so a
+//! The open stream client connections (TCP, DoT, DoH) of one shard, with what each is doing, so a
 //! full shard can close the idlest one for a new client (RFC 7766 section 6.2.3)
 //! instead of refusing every newcomer.
 //!
@@ -19,7 +19,6 @@
 //! `tcp_connections` entries per eviction (only at the bound). A generation in the
 //! id makes a stale id (a connection already evicted) a no-op. Time is passed in.
 
-use std::cell::Cell;
 use std::time::Instant;
 
 /// What the registry holds for each connection: a way to close it.
@@ -27,36 +26,6 @@ pub(crate) trait Close {
     /// Closes the connection: what it is waiting on (a read, a write, a
     /// handshake) ends at once.
     fn close(&self);
-}
-
-/// A close request for a connection whose task watches for it (DoT and DoH: their
-/// TLS session is not a socket the shard can shut down from outside).
-#[derive(Debug, Default)]
-pub(crate) struct CloseSignal {
-    closed: Cell<bool>,
-    notify: tokio::sync::Notify,
-}
-
-impl CloseSignal {
-    /// Whether [`Close::close`] was called.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.get()
-    }
-
-    /// Resolves once the connection is to close (at once if it was already).
-    pub(crate) async fn closed(&self) {
-        if self.closed.get() {
-            return;
-        }
-        self.notify.notified().await;
-    }
-}
-
-impl Close for CloseSignal {
-    fn close(&self) {
-        self.closed.set(true);
-        self.notify.notify_waiters();
-    }
 }
 
 /// A registered connection.

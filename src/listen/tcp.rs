@@ -2,7 +2,7 @@
 //! (pipelined, possibly out of order), an idle timeout, and a bound on queries
 //! answered at once per connection. DNS over TLS sessions are served by the same
 //! [`connection`] ([`super::dot`]); DoT and DoH connections meet the same bounds at
-//! accept ([`admit_connection`]) and count in the same registry, and every DoH
+//! accept ([`accept::admit_connection`]) and count in the same registry, and every DoH
 //! request's message is answered by the same [`answer`].
 //!
 //! What one client and one connection may hold:
@@ -10,7 +10,7 @@
 //!   ([`TcpClients`](crate::policy::TcpClients)); past it a new one is closed at
 //!   accept (`reason="tcp_client_limit"`).
 //! - `tcp_connections` per shard: at the bound the idlest connection is closed for
-//!   the new one (RFC 7766 6.2.3; [`Registry`](super::tcp_registry::Registry) picks
+//!   the new one (RFC 7766 6.2.3; [`Registry`](crate::policy::stream_conns::Registry) picks
 //!   it, one with a query in flight only if none is idle), counted
 //!   (`tierdns_tcp_closed_total{reason="evicted"}`). A closed connection drains its
 //!   answers in flight; connections still draining count against a hard bound of
@@ -28,90 +28,28 @@
 //!   discarded until it closes or [`LINGER`] passes (a close with unread bytes
 //!   would reset the connection and could drop the answers).
 
-use super::gate::Gate;
+use super::accept;
 use super::reply_bytes::ReplyTicket;
-use super::serve::First;
-use super::tcp_registry::{Close, ConnId};
-use super::Shard;
 use crate::io::frame::{framed, read_frame_body, read_frame_len};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose, Transport};
+use crate::policy::stream_conns::{Close, ConnId};
 use crate::policy::{ClientSlot, Reservation};
+use crate::shard::{First, Gate, Shard};
 use crate::wire::keepalive;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 
-/// Accepts connections until shutdown.
+/// Accepts TCP connections until shutdown (the shared [`accept_loop`]).
 pub(super) async fn accept_loop<B: Backend>(shard: Rc<Shard<B>>, listener: B::Listener) {
-    let mut shutdown = shard.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            r = B::accept(&listener) => r,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                accept_failed(&e).await;
-                continue;
-            }
-        };
-        let Some(client) = admit_connection(&shard, peer.ip(), Transport::Tcp) else {
-            drop(stream);
-            continue;
-        };
+    let start = |shard: &Rc<Shard<B>>, stream, peer: std::net::SocketAddr, client| {
         let stream = Rc::new(Closing(stream));
-        let open = Open::new(&shard, Rc::clone(&stream) as Rc<dyn Close>, client);
+        let open = Open::new(shard, Rc::clone(&stream) as Rc<dyn Close>, client);
         tokio::task::spawn_local(connection(open, stream, peer.ip(), Transport::Tcp));
-    }
-}
-
-/// After a failed accept: EMFILE and friends; back off instead of spinning.
-pub(super) async fn accept_failed(e: &std::io::Error) {
-    tracing::debug!(error = %e, "accept failed");
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-}
-
-/// The bounds every stream connection (TCP, DoT, DoH) meets at accept, in order:
-/// the access list (`drop` closes it), `tcp_connections_per_client` across all
-/// shards, the shard's hard bound of twice `tcp_connections`, and at
-/// `tcp_connections` the idlest connection of the shard (of any transport) closed
-/// for this one. Returns the client's slot, or None (counted): close it.
-pub(super) fn admit_connection<B: Backend>(
-    shard: &Rc<Shard<B>>,
-    client: std::net::IpAddr,
-    transport: Transport,
-) -> Option<ClientSlot> {
-    if !shard.stream_accepts(client, transport) {
-        return None;
-    }
-    let limits = &shard.shared.config.limits;
-    let Some(slot) = shard
-        .shared
-        .tcp_clients
-        .acquire(client, limits.tcp_connections_per_client)
-    else {
-        shard.stats.dropped(DropReason::TcpClientLimit);
-        return None;
     };
-    // Connections closed for a newer one may still be draining their answers:
-    // they hold sockets, so they count against a hard bound too.
-    if shard.tcp_open.get() >= limits.tcp_connections.saturating_mul(2) {
-        shard.stats.dropped(DropReason::TcpConnectionLimit);
-        return None;
-    }
-    if shard.tcp_registry.borrow().len() >= limits.tcp_connections {
-        let victim = shard.tcp_registry.borrow_mut().evict_idlest();
-        if let Some(victim) = victim {
-            victim.close();
-            shard.stats.tcp_closed(TcpClose::Evicted);
-        }
-    }
-    crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
-    Some(slot)
+    accept::accept_loop(shard, accept::Plain::<B>(listener), Transport::Tcp, start).await;
 }
 
 impl<S: TcpIo> Close for Closing<S> {

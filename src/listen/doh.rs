@@ -32,13 +32,13 @@
 //! to its end for the clients coalesced on the name, and for the cache
 //! ([`Shard::resolve`]).
 
-use super::gate::Gate;
 use super::tcp::{answer, Busy, Open, MAX_STREAM_QUERY};
-use super::tcp_registry::{Close, CloseSignal};
-use super::Shard;
+use super::tls::CloseSignal;
 use crate::io::Backend;
 use crate::metrics::Transport;
+use crate::policy::stream_conns::Close;
 use crate::policy::Reservation;
+use crate::shard::{Gate, Shard};
 use crate::wire::answer::AnswerLayout;
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};

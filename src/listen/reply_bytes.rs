@@ -23,10 +23,10 @@
 //! stream (`max_send_buf_size`, one message) and per connection
 //! (`max_concurrent_streams` = `tcp_pipeline`).
 
-use super::tcp_registry::ConnId;
-use super::Shard;
 use crate::io::Backend;
 use crate::metrics::TcpClose;
+use crate::policy::stream_conns::ConnId;
+use crate::shard::Shard;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
