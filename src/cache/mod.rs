@@ -84,7 +84,7 @@ impl Lookup {
 
 /// Why an answer was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
+pub enum Unstorable {
     /// The answer could not be walked.
     Malformed(WireError),
     /// Its question is not the key's (name, type or class), or the key's name is not
@@ -110,7 +110,7 @@ pub enum InsertOutcome {
     /// stale (RFC 8767 wins over RFC 9520 failure caching).
     KeptStale,
     /// Not stored.
-    Rejected(Reject),
+    Rejected(Unstorable),
 }
 
 impl InsertOutcome {
@@ -121,10 +121,10 @@ impl InsertOutcome {
             Self::Replaced => "replaced",
             Self::Superseded => "superseded",
             Self::KeptStale => "kept_stale",
-            Self::Rejected(Reject::Malformed(_)) => "malformed",
-            Self::Rejected(Reject::Mismatch) => "mismatch",
-            Self::Rejected(Reject::NotCacheable) => "not_cacheable",
-            Self::Rejected(Reject::TooLarge) => "too_large",
+            Self::Rejected(Unstorable::Malformed(_)) => "malformed",
+            Self::Rejected(Unstorable::Mismatch) => "mismatch",
+            Self::Rejected(Unstorable::NotCacheable) => "not_cacheable",
+            Self::Rejected(Unstorable::TooLarge) => "too_large",
         }
     }
 
@@ -479,25 +479,25 @@ impl PacketCache {
 
     /// Checks and copies an answer into an entry (outside the lock; `inserted` and
     /// `version` are filled in by the caller).
-    fn prepare(&self, key: &KeyRef<'_>, answer: &[u8]) -> Result<Entry, Reject> {
-        let layout = AnswerLayout::parse(answer).map_err(Reject::Malformed)?;
+    fn prepare(&self, key: &KeyRef<'_>, answer: &[u8]) -> Result<Entry, Unstorable> {
+        let layout = AnswerLayout::parse(answer).map_err(Unstorable::Malformed)?;
         // QR=1 and OPCODE=QUERY.
         if !layout.is_response() || answer.get(2).is_none_or(|b| b & 0x78 != 0) {
-            return Err(Reject::NotCacheable);
+            return Err(Unstorable::NotCacheable);
         }
-        let policy = ttl::policy(&layout, &self.cfg).ok_or(Reject::NotCacheable)?;
+        let policy = ttl::policy(&layout, &self.cfg).ok_or(Unstorable::NotCacheable)?;
         if policy.ttl == 0 && !self.cfg.serve_stale {
-            return Err(Reject::NotCacheable);
+            return Err(Unstorable::NotCacheable);
         }
         let cost = entry::entry_cost(answer.len(), &layout);
         if cost > self.share {
-            return Err(Reject::TooLarge);
+            return Err(Unstorable::TooLarge);
         }
         let mut wire: Box<[u8]> = answer.into();
         let qend = layout.question_end();
         let name = wire
             .get_mut(HEADER_LEN..qend.saturating_sub(4))
-            .ok_or(Reject::Mismatch)?;
+            .ok_or(Unstorable::Mismatch)?;
         name.make_ascii_lowercase();
         layout.clamp_ttls(&mut wire, policy.lo, policy.ttl);
         let mut flags = key.flags();
@@ -515,7 +515,7 @@ impl PacketCache {
             answered: 0,
         };
         if !entry.matches(key) {
-            return Err(Reject::Mismatch);
+            return Err(Unstorable::Mismatch);
         }
         Ok(entry)
     }
@@ -747,7 +747,7 @@ mod tests {
         );
         assert_eq!(
             put(&c, "nx2.example.com", &bare, t0, 1),
-            InsertOutcome::Rejected(Reject::NotCacheable)
+            InsertOutcome::Rejected(Unstorable::NotCacheable)
         );
     }
 
@@ -929,7 +929,7 @@ mod tests {
             if other.qclass != 1 || other.qtype != 1 {
                 assert_eq!(
                     c.insert(&other, &a_answer("k.example.", 60), t0, 1),
-                    InsertOutcome::Rejected(Reject::Mismatch)
+                    InsertOutcome::Rejected(Unstorable::Mismatch)
                 );
             }
         }
@@ -950,11 +950,11 @@ mod tests {
         let upper = wire_name("K.example");
         assert_eq!(
             c.insert(&key(&upper), &a_answer("k.example.", 60), t0, 1),
-            InsertOutcome::Rejected(Reject::Mismatch)
+            InsertOutcome::Rejected(Unstorable::Mismatch)
         );
         assert_eq!(
             put(&c, "other.example", &a_answer("k.example.", 60), t0, 1),
-            InsertOutcome::Rejected(Reject::Mismatch)
+            InsertOutcome::Rejected(Unstorable::Mismatch)
         );
     }
 
@@ -993,7 +993,7 @@ mod tests {
         query[2] &= 0x7F; // QR=0
         assert_eq!(
             put(&c, "q.example", &query, t0, 1),
-            InsertOutcome::Rejected(Reject::NotCacheable)
+            InsertOutcome::Rejected(Unstorable::NotCacheable)
         );
         let refused = response(
             "q.example.",
@@ -1009,7 +1009,7 @@ mod tests {
         );
         assert_eq!(
             put(&c, "q.example", b"\x00\x01", t0, 1),
-            InsertOutcome::Rejected(Reject::Malformed(WireError::Truncated))
+            InsertOutcome::Rejected(Unstorable::Malformed(WireError::Truncated))
         );
         let big: Vec<_> = (0..100).map(|i| a("q.example.", 60, i)).collect();
         let big = response(
@@ -1022,7 +1022,7 @@ mod tests {
         );
         assert_eq!(
             put(&c, "q.example", &big, t0, 1),
-            InsertOutcome::Rejected(Reject::TooLarge)
+            InsertOutcome::Rejected(Unstorable::TooLarge)
         );
         assert_eq!(c.stats().rejected, 4);
         assert!(c.is_empty());

@@ -143,9 +143,9 @@ impl<B: Backend> Drop for Served<'_, B> {
 }
 
 /// A request counted in flight for as long as it lives.
-struct InFlight<'a, B: Backend>(&'a Conn<B>);
+struct RequestSlot<'a, B: Backend>(&'a Conn<B>);
 
-impl<B: Backend> Drop for InFlight<'_, B> {
+impl<B: Backend> Drop for RequestSlot<'_, B> {
     fn drop(&mut self) {
         let c = self.0;
         c.in_flight.set(c.in_flight.get().saturating_sub(1));
@@ -344,7 +344,7 @@ async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<
     }
     conn.in_flight.set(conn.in_flight.get() + 1);
     conn.last.set(Instant::now());
-    let _in_flight = InFlight(conn);
+    let _in_flight = RequestSlot(conn);
     let _busy = Busy::new(shard, conn.open.id());
     let query = match read_query(shard, req).await {
         Ok(q) => q,

@@ -447,7 +447,7 @@ impl<B: Backend> UpstreamLink<B> {
             return Err(FailKind::Overload);
         }
         self.tcp_busy.set(self.tcp_busy.get() + 1);
-        let _busy = Busy(&self.tcp_busy);
+        let _busy = TcpInUse(&self.tcp_busy);
         if let Some(stream) = reused {
             if let Ok(reply) = tcp_round(&**stream, frame.clone(), id, question).await {
                 self.keep_idle(stream);
@@ -509,9 +509,9 @@ impl CaseWatch {
 }
 
 /// Counts one use while alive.
-struct Busy<'a>(&'a Cell<usize>);
+struct TcpInUse<'a>(&'a Cell<usize>);
 
-impl Drop for Busy<'_> {
+impl Drop for TcpInUse<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
     }

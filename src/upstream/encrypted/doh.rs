@@ -11,7 +11,7 @@
 //! stream, or when the server ends it (GOAWAY, reset): then the next query opens a
 //! new one.
 
-use super::{AttemptError, Setup, Shared};
+use super::{AttemptError, LinkShared, Setup};
 use crate::config::{UpstreamConfig, DOH_PORT};
 use crate::health::FailKind;
 use crate::upstream::pending::Question;
@@ -43,9 +43,9 @@ struct DohConn {
 }
 
 /// Counts a stream while alive.
-struct InFlight<'a>(&'a DohConn);
+struct StreamSlot<'a>(&'a DohConn);
 
-impl Drop for InFlight<'_> {
+impl Drop for StreamSlot<'_> {
     fn drop(&mut self) {
         let n = &self.0.in_flight;
         n.set(n.get().saturating_sub(1));
@@ -55,7 +55,7 @@ impl Drop for InFlight<'_> {
 
 /// One shard's DoH connection to one upstream.
 pub(super) struct DohLink {
-    shared: Rc<Shared>,
+    shared: Rc<LinkShared>,
     uri: http::Uri,
     conn: RefCell<Option<Rc<DohConn>>>,
 }
@@ -64,7 +64,7 @@ impl DohLink {
     pub(super) fn new(
         upstream: &UpstreamConfig,
         path: &str,
-        shared: Rc<Shared>,
+        shared: Rc<LinkShared>,
     ) -> io::Result<Self> {
         // The authority the server is asked for: the name its certificate is
         // checked against, else the address.
@@ -130,7 +130,7 @@ impl DohLink {
         let reused = conn.established.get();
         conn.in_flight.set(conn.in_flight.get() + 1);
         conn.last_active.set(Instant::now());
-        let _in_flight = InFlight(&conn);
+        let _in_flight = StreamSlot(&conn);
         let send = conn
             .setup
             .get(|| connect(Rc::clone(&self.shared), Rc::clone(&conn)))
@@ -191,7 +191,10 @@ impl DohLink {
 /// Opens the TLS connection (ALPN h2 required), does the HTTP/2 handshake and
 /// starts the task driving the connection until it ends or is idle; a connection
 /// that cannot be opened is dead.
-async fn connect(shared: Rc<Shared>, conn: Rc<DohConn>) -> Result<SendRequest<Bytes>, FailKind> {
+async fn connect(
+    shared: Rc<LinkShared>,
+    conn: Rc<DohConn>,
+) -> Result<SendRequest<Bytes>, FailKind> {
     let opened = open_h2(&shared, &conn).await;
     if opened.is_err() {
         conn.dead.set(true);
@@ -199,7 +202,7 @@ async fn connect(shared: Rc<Shared>, conn: Rc<DohConn>) -> Result<SendRequest<By
     opened
 }
 
-async fn open_h2(shared: &Shared, conn: &DohConn) -> Result<SendRequest<Bytes>, FailKind> {
+async fn open_h2(shared: &LinkShared, conn: &DohConn) -> Result<SendRequest<Bytes>, FailKind> {
     let stream = shared.open().await?;
     let handshake = h2::client::Builder::new()
         .max_header_list_size(MAX_HEADERS)

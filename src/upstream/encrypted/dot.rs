@@ -12,7 +12,7 @@
 //! When either task ends, the connection is dead: every query still pending on it
 //! sees it lost.
 
-use super::{AttemptError, Setup, Shared};
+use super::{AttemptError, LinkShared, Setup};
 use crate::health::FailKind;
 use crate::metrics::DropReason;
 use crate::upstream::pending::Question;
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 /// What a pending query is sent: its reply, or why it failed.
 type Outcome = Result<Vec<u8>, FailKind>;
 
-struct Waiter {
+struct DotWaiter {
     serial: u64,
     question: Question,
     tx: oneshot::Sender<Outcome>,
@@ -38,7 +38,7 @@ struct Waiter {
 pub(super) struct DotConn {
     /// The writer's queue once the handshake is done, or why it failed.
     setup: Rc<Setup<mpsc::Sender<Vec<u8>>>>,
-    pending: RefCell<HashMap<u16, Waiter>>,
+    pending: RefCell<HashMap<u16, DotWaiter>>,
     max: usize,
     serial: Cell<u64>,
     /// Its handshake failed or its tasks ended: no new query goes on it.
@@ -88,7 +88,7 @@ impl DotConn {
         let (tx, rx) = oneshot::channel();
         pending.insert(
             id,
-            Waiter {
+            DotWaiter {
                 serial,
                 question: question.clone(),
                 tx,
@@ -126,12 +126,12 @@ impl Drop for PendingGuard<'_> {
 
 /// One shard's DoT connections to one upstream.
 pub(super) struct DotLink {
-    shared: Rc<Shared>,
+    shared: Rc<LinkShared>,
     conns: RefCell<Vec<Rc<DotConn>>>,
 }
 
 impl DotLink {
-    pub(super) fn new(shared: Rc<Shared>) -> Self {
+    pub(super) fn new(shared: Rc<LinkShared>) -> Self {
         Self {
             shared,
             conns: RefCell::new(Vec::with_capacity(super::DOT_CONNECTIONS)),
@@ -208,9 +208,12 @@ impl DotLink {
     }
 }
 
-/// Opens the connection (TLS, backoff, counting in `Shared::open`) and starts its
+/// Opens the connection (TLS, backoff, counting in `LinkShared::open`) and starts its
 /// writer and reader tasks; a connection that cannot be opened is dead.
-async fn connect(shared: Rc<Shared>, conn: Rc<DotConn>) -> Result<mpsc::Sender<Vec<u8>>, FailKind> {
+async fn connect(
+    shared: Rc<LinkShared>,
+    conn: Rc<DotConn>,
+) -> Result<mpsc::Sender<Vec<u8>>, FailKind> {
     let stream = shared.open().await.inspect_err(|_| conn.kill())?;
     let (read, write) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(conn.max);
@@ -280,7 +283,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Reads replies and hands each to its query, until the stream ends or fails.
-async fn read_loop<R: AsyncRead + Unpin>(conn: Rc<DotConn>, mut read: R, shared: Rc<Shared>) {
+async fn read_loop<R: AsyncRead + Unpin>(conn: Rc<DotConn>, mut read: R, shared: Rc<LinkShared>) {
     while let Ok(len) = read.read_u16().await {
         let mut reply = vec![0u8; usize::from(len)];
         if read.read_exact(&mut reply).await.is_err() {

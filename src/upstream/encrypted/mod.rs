@@ -113,7 +113,7 @@ impl From<FailKind> for AttemptError {
 
 /// What the DoT and DoH links share: the TLS target, the backoff, and the
 /// counting and logging of failed connections.
-struct Shared {
+struct LinkShared {
     target: TlsTarget,
     /// ALPN the server must select (DoH: "h2"); DoT accepts none.
     require_alpn: Option<&'static [u8]>,
@@ -129,7 +129,7 @@ struct Shared {
     stats: Rc<ShardStats>,
 }
 
-impl Shared {
+impl LinkShared {
     /// A TLS connection, unless the link is in backoff. A failure starts (or
     /// lengthens) the backoff, is counted and logged (rate-limited).
     async fn open(&self) -> Result<TlsStream<TcpStream>, FailKind> {
@@ -213,15 +213,15 @@ pub(crate) fn prepare(upstream: &UpstreamConfig) -> Result<Option<TlsTarget>, St
 }
 
 /// The transport-specific half of a link.
-enum Transport {
+enum LinkKind {
     Dot(dot::DotLink),
     Doh(doh::DohLink),
 }
 
 /// One shard's link to one encrypted upstream.
 pub(crate) struct EncryptedLink {
-    transport: Transport,
-    shared: Rc<Shared>,
+    transport: LinkKind,
+    shared: Rc<LinkShared>,
     /// The keys it was opened with, to tell on reload whether it still serves.
     keys: (UpstreamTransport, Option<String>, Option<PathBuf>, Duration),
 }
@@ -253,7 +253,7 @@ impl EncryptedLink {
             UpstreamTransport::Https { .. } => (Some(&b"h2"[..]), 1),
             _ => (None, DOT_CONNECTIONS),
         };
-        let shared = Rc::new(Shared {
+        let shared = Rc::new(LinkShared {
             target,
             require_alpn,
             label: upstream.label(),
@@ -267,9 +267,9 @@ impl EncryptedLink {
         });
         let transport = match &upstream.transport {
             UpstreamTransport::Https { path } => {
-                Transport::Doh(doh::DohLink::new(upstream, path, Rc::clone(&shared))?)
+                LinkKind::Doh(doh::DohLink::new(upstream, path, Rc::clone(&shared))?)
             }
-            _ => Transport::Dot(dot::DotLink::new(Rc::clone(&shared))),
+            _ => LinkKind::Dot(dot::DotLink::new(Rc::clone(&shared))),
         };
         Ok(Self {
             transport,
@@ -314,10 +314,10 @@ impl EncryptedLink {
         loop {
             let attempt = async {
                 match &self.transport {
-                    Transport::Dot(link) => {
+                    LinkKind::Dot(link) => {
                         link.attempt(&mut padded, question, background, fresh).await
                     }
-                    Transport::Doh(link) => {
+                    LinkKind::Doh(link) => {
                         link.attempt(&mut padded, question, background, fresh).await
                     }
                 }
@@ -349,8 +349,8 @@ impl EncryptedLink {
     #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
         match &self.transport {
-            Transport::Dot(link) => link.connections(),
-            Transport::Doh(link) => link.connections(),
+            LinkKind::Dot(link) => link.connections(),
+            LinkKind::Doh(link) => link.connections(),
         }
     }
 }
