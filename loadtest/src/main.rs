@@ -127,6 +127,10 @@ struct ResponderArgs {
     /// Pin to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
+    /// mmsg: poll + recvmmsg/sendmmsg; uring: one io_uring, multishot recvmsg into
+    /// provided buffers, a SendMsg per reply, one io_uring_enter per turn.
+    #[arg(long, value_enum, default_value = "mmsg")]
+    io: responder::Io,
 }
 
 fn pin(cpu: Option<usize>) -> Result<(), String> {
@@ -251,12 +255,13 @@ fn run_responder(a: ResponderArgs) -> Result<(), String> {
     let duration = bounded(a.duration, 86_400.0, "--duration")?;
     let sock = responder::bind(a.listen).map_err(|e| e.to_string())?;
     eprintln!(
-        "responder on {} for {:.0} s",
+        "responder ({:?}) on {} for {:.0} s",
+        a.io,
         sock.local_addr().map_err(|e| e.to_string())?,
         duration.as_secs_f64()
     );
-    let n =
-        responder::serve(&sock, duration, &AtomicBool::new(false)).map_err(|e| e.to_string())?;
+    let n = responder::serve_with(a.io, &sock, duration, &AtomicBool::new(false))
+        .map_err(|e| e.to_string())?;
     eprintln!("answered {n}");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! A minimal DNS responder for measuring generators: one UDP socket, `recvmmsg`,
 //! the same answer for every query (the question echoed, one A record), `sendmmsg`.
-//! It does the least work a server can, so a generator's cost is what differs.
+//! It does the least work a server can, so a generator's cost is what differs, and
+//! it is the floor peers.sh sets servers beside. [`Io::Uring`] serves the same
+//! answers through one io_uring instead ([`crate::uring`]).
 
 use crate::dns::{self, AnswerSpec};
 use crate::mmsg::{self, RecvBatch, SendBatch};
@@ -14,6 +16,30 @@ use std::time::{Duration, Instant};
 
 /// The address in every answer (TEST-NET-1, documentation only).
 pub const ANSWER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+/// How the responder does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Io {
+    /// `poll`, then `recvmmsg`/`sendmmsg` in batches of [`mmsg::BATCH`].
+    Mmsg,
+    /// One io_uring: multishot `recvmsg` into provided buffers, a `SendMsg` per
+    /// reply, one `io_uring_enter` per turn ([`crate::uring`]).
+    Uring,
+}
+
+/// Serves with `io` on the calling thread (see [`serve`] and [`crate::uring`]). For
+/// [`Io::Uring`], an `Unsupported` error says what the kernel refused.
+pub fn serve_with(
+    io: Io,
+    sock: &UdpSocket,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> io::Result<u64> {
+    match io {
+        Io::Mmsg => serve(sock, duration, stop),
+        Io::Uring => crate::uring::serve(sock, duration, stop),
+    }
+}
 
 /// Binds the responder's socket (loopback only).
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -79,13 +105,46 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts a responder on an ephemeral loopback port, for at most `limit`.
+    /// Starts a `recvmmsg` responder on an ephemeral loopback port, for at most
+    /// `limit`.
     pub fn start(limit: Duration) -> io::Result<Self> {
+        Self::start_with(Io::Mmsg, limit)
+    }
+
+    /// Starts a responder doing `io` on an ephemeral loopback port, for at most
+    /// `limit`. Returns once it is ready to answer; for [`Io::Uring`], an
+    /// `Unsupported` error if the kernel refused the ring.
+    pub fn start_with(io: Io, limit: Duration) -> io::Result<Self> {
         let sock = bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let thread = std::thread::spawn(move || serve(&sock, limit, &s2));
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        // The ring is built on the thread that serves with it (SINGLE_ISSUER).
+        let thread = std::thread::spawn(move || match io {
+            Io::Mmsg => {
+                let _ = ready_tx.send(Ok(()));
+                serve(&sock, limit, &s2)
+            }
+            Io::Uring => match crate::uring::prepare(&sock) {
+                Ok(ring) => {
+                    let _ = ready_tx.send(Ok(()));
+                    ring.serve(&sock, limit, &s2)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    Ok(0)
+                }
+            },
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("responder thread did not start")),
+        }
         Ok(Self {
             addr,
             stop,
