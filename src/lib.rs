@@ -1,8 +1,8 @@
 //! tierdns: a caching DNS forwarder for Linux edge nodes.
 //!
 //! One query, top to bottom; imports go the same way, and [`io`] sits underneath:
-//! 1. [`shard`]: a pinned thread receives the query on its own SO_REUSEPORT socket,
-//!    UDP ([`shard`]'s `udp`) or TCP (`tcp`), and answers it (`serve`): hit or miss.
+//! 1. [`shard`]: a pinned thread receives the query on its own SO_REUSEPORT socket
+//!    ([`listen`]: UDP, TCP, DoT, DoH), and answers it (`serve`): hit or miss.
 //!    Before anything else its gate asks [`policy`]: is the client in
 //!    `access.allow`, and (UDP) under its prefix's rate limit? If not: REFUSED with
 //!    EDE 18, an empty TC=1 reply, or nothing.

@@ -1,4 +1,4 @@
-//! DNS over TLS (RFC 7858): after the handshake ([`super::encrypted`]), a DoT
+//! DNS over TLS (RFC 7858): after the handshake ([`super::tls`]), a DoT
 //! connection is a TCP connection whose bytes pass through TLS, and is served by
 //! the TCP connection code itself ([`super::tcp::connection`], transport
 //! [`Transport::Dot`]): the same framing, pipelining bound (`tcp_pipeline`), idle

@@ -7,12 +7,12 @@
 //! connection, but not across thousands of them: 256 connections per shard with 32
 //! answers of 64 KiB each is half a GiB a shard. Every framed reply therefore gets
 //! a [`ReplyTicket`] when it is queued: its bytes count in the process total
-//! ([`super::Shared::stream_reply_bytes`], one atomic) and in its connection's entry
+//! ([`crate::shard::Shared::stream_reply_bytes`], one atomic) and in its connection's entry
 //! of the shard's registry, until the frame is written or dropped (the ticket goes
 //! with the frame, whatever path drops it).
 //!
 //! Past the budget, the shard that queues a reply closes its own connections
-//! holding the most ([`Registry::take_heaviest`](super::tcp_registry::Registry)),
+//! holding the most ([`Registry::take_heaviest`](crate::policy::stream_conns::Registry::take_heaviest)),
 //! until the total it knows of is back under the budget or none of its connections
 //! holds more than an equal share of the budget (the budget divided by the
 //! connections open, estimated as this shard's times the shard count). A closed

@@ -77,7 +77,7 @@ impl<B: Backend> Open<B> {
         self.id
     }
 
-    /// Registers a connection admitted by [`admit_connection`]; `handle` closes it
+    /// Registers a connection admitted by [`admit_connection`](super::accept::admit_connection); `handle` closes it
     /// when the shard needs its place.
     pub(super) fn new(shard: &Rc<Shard<B>>, handle: Rc<dyn Close>, client: ClientSlot) -> Self {
         shard.tcp_open.set(shard.tcp_open.get() + 1);
