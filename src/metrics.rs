@@ -13,6 +13,7 @@ mod labels;
 pub use describe::describe;
 pub use labels::{CacheResult, DropReason, RcodeLabel, TcpClose, Transport};
 
+use crate::health::{PerUpstream, UpstreamIdx};
 use crate::policy::{AccessAction, RateLimitAction, StreamLimit};
 use crate::tiers::{Purpose, StaggerReason};
 use std::cell::{Cell, RefCell};
@@ -111,7 +112,7 @@ pub(crate) struct ShardStats {
     pub(crate) drops: [Cell<u64>; DropReason::ALL.len()],
     pub(crate) latency_hit: Samples,
     pub(crate) latency_miss: Samples,
-    upstreams: RefCell<Vec<UpstreamStats>>,
+    upstreams: RefCell<PerUpstream<UpstreamStats>>,
     pub(crate) tiers: TierStats,
     pub(crate) tcp_connections: Cell<u64>,
     /// TCP client connections closed by tierdns, by [`TcpClose`].
@@ -183,7 +184,7 @@ impl ShardStats {
     }
 
     /// Counts an upstream event; out-of-range indices are ignored.
-    pub(crate) fn upstream(&self, index: usize, event: UpstreamEvent) {
+    pub(crate) fn upstream(&self, index: UpstreamIdx, event: UpstreamEvent) {
         let ups = self.upstreams.borrow();
         let Some(u) = ups.get(index) else { return };
         match event {
@@ -200,7 +201,7 @@ impl ShardStats {
 
     /// After a reload: flushes what the old upstream list counted under its labels,
     /// then counts afresh for `upstreams` upstreams.
-    pub(crate) fn reset_upstreams(&self, old_labels: &[String], upstreams: usize) {
+    pub(crate) fn reset_upstreams(&self, old_labels: &PerUpstream<String>, upstreams: usize) {
         self.flush(old_labels);
         *self.upstreams.borrow_mut() = (0..upstreams).map(|_| UpstreamStats::default()).collect();
     }
@@ -210,7 +211,7 @@ impl ShardStats {
     }
 
     /// Adds this shard's counts to the registry and zeroes them.
-    pub(crate) fn flush(&self, upstream_labels: &[String]) {
+    pub(crate) fn flush(&self, upstream_labels: &PerUpstream<String>) {
         use metrics::{counter, histogram};
         for (t, transport) in Transport::ALL.into_iter().enumerate() {
             for rcode in RcodeLabel::ALL {

@@ -48,7 +48,7 @@ impl ZoneTable {
     /// Builds the table from a validated config.
     pub fn new(config: &Config) -> Self {
         let default = Route {
-            upstreams: (0..config.upstreams.len()).collect(),
+            upstreams: UpstreamIdx::all(config.upstreams.len()).collect(),
             strategy: config.strategy,
             tiers: config.tiers.clone(),
         };
@@ -60,7 +60,7 @@ impl ZoneTable {
                 let upstreams = z
                     .upstreams
                     .iter()
-                    .filter_map(|n| config.upstream_index(n))
+                    .filter_map(|n| config.upstream_index(n).map(UpstreamIdx::new))
                     .collect();
                 let route = Route {
                     upstreams,
@@ -87,6 +87,7 @@ impl ZoneTable {
 mod tests {
     use super::*;
     use crate::config::parse_suffix;
+    use crate::health::{upstream, upstreams};
 
     #[test]
     fn suffix_matches_on_label_boundaries_only() {
@@ -125,12 +126,12 @@ mod tests {
         let r = table.route(&parse_suffix("host.corp.example").unwrap());
         assert_eq!(
             (r.upstreams.as_slice(), r.strategy),
-            (&[1, 2][..], StrategyKind::Sequential)
+            (&upstreams([1, 2])[..], StrategyKind::Sequential)
         );
         let r = table.route(&parse_suffix("www.example").unwrap());
         assert_eq!(
             (r.upstreams.as_slice(), r.strategy),
-            (&[0][..], StrategyKind::Parallel)
+            (&[upstream(0)][..], StrategyKind::Parallel)
         );
         let r = table.route(&parse_suffix("www.example.net").unwrap());
         assert_eq!(r.upstreams, vec![0, 1, 2]);

@@ -97,7 +97,7 @@ pub(crate) struct Finished {
 /// Whether upstream `up` is among `answered` (bits by index; an index past 16 is
 /// never recorded as heard).
 pub(crate) fn heard(answered: u16, up: UpstreamIdx) -> bool {
-    1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX))
+    1u16.checked_shl(u32::try_from(up.get()).unwrap_or(u32::MAX))
         .is_some_and(|bit| answered & bit != 0)
 }
 
@@ -207,7 +207,7 @@ impl FlightState {
                     self.plan.stop_collecting();
                 }
                 self.plan.on_result(up, Outcome::Good, now);
-                if let Some(bit) = 1u16.checked_shl(u32::try_from(up).unwrap_or(u32::MAX)) {
+                if let Some(bit) = 1u16.checked_shl(u32::try_from(up.get()).unwrap_or(u32::MAX)) {
                     self.answered |= bit;
                 }
                 if self.first.is_some() {

@@ -30,6 +30,7 @@
 mod board;
 mod circuit;
 mod fail;
+mod idx;
 mod rtt;
 pub mod state_file;
 
@@ -43,8 +44,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
-/// Index of an upstream in the configured upstream list.
-pub type UpstreamIdx = usize;
+#[cfg(test)]
+pub(crate) use idx::{upstream, upstreams};
+pub use idx::{PerUpstream, UpstreamIdx};
 
 /// A shard publishes an upstream's smoothed RTT to the board at most this often.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -222,7 +224,7 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub struct HealthTracker {
     params: HealthParams,
-    ups: Vec<Upstream>,
+    ups: PerUpstream<Upstream>,
 }
 
 impl HealthTracker {
@@ -332,7 +334,7 @@ impl HealthTracker {
         if out.is_empty() && any_valid {
             // Last resort: every candidate is open. Try them rather than fail.
             for &c in candidates {
-                if c < self.ups.len() && !out.contains(&c) {
+                if c.get() < self.ups.len() && !out.contains(&c) {
                     out.push(c);
                 }
             }
@@ -429,7 +431,7 @@ impl HealthTracker {
     /// [`RTT_SAMPLES`] per upstream) of `ups` together; `None` without samples.
     pub fn rtt_quantile(&self, ups: &[UpstreamIdx], q: f64) -> Option<Duration> {
         let mut all: SmallVec<[u32; 2 * RTT_SAMPLES]> = SmallVec::new();
-        for (i, u) in self.ups.iter().enumerate() {
+        for (i, u) in self.ups.enumerate() {
             if ups.contains(&i) {
                 all.extend_from_slice(u.rtt.samples());
             }
@@ -461,6 +463,7 @@ impl HealthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{upstream, upstreams};
     use std::net::SocketAddr;
 
     const MS: Duration = Duration::from_millis(1);
@@ -528,17 +531,17 @@ mod tests {
     fn circuit_goes_degraded_then_open_and_a_success_resets() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        fail(&mut h, 0, 2, t0);
-        assert_eq!(h.state(0), CircuitState::Closed);
-        fail(&mut h, 0, 1, t0);
-        assert_eq!(h.state(0), CircuitState::Degraded);
-        h.record_success(0, 10 * MS, t0);
-        assert_eq!(h.state(0), CircuitState::Closed);
-        assert_eq!(h.consecutive_failures(0), 0);
-        fail(&mut h, 0, 4, t0);
-        assert_eq!(h.state(0), CircuitState::Degraded);
-        fail(&mut h, 0, 1, t0);
-        assert_eq!(h.state(0), CircuitState::Open);
+        fail(&mut h, upstream(0), 2, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Closed);
+        fail(&mut h, upstream(0), 1, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Degraded);
+        h.record_success(upstream(0), 10 * MS, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Closed);
+        assert_eq!(h.consecutive_failures(upstream(0)), 0);
+        fail(&mut h, upstream(0), 4, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Degraded);
+        fail(&mut h, upstream(0), 1, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Open);
         assert_eq!(CircuitState::Open.as_str(), "open");
     }
 
@@ -548,7 +551,7 @@ mod tests {
         let mut h = tracker(3);
         // This shard knows only upstream 2: 20 ms.
         for _ in 0..5 {
-            h.record_success(2, 20 * MS, t0);
+            h.record_success(upstream(2), 20 * MS, t0);
         }
         let board = CircuitBoard::new();
         let slots: Vec<BoardSlot> = (1..=3u16)
@@ -556,7 +559,9 @@ mod tests {
             .collect();
         let order_now = |h: &mut HealthTracker| {
             let mut out = SmallVec::new();
-            h.order_shared(&[0, 1, 2], t0, &mut out, |up| slots[up].elsewhere(t0));
+            h.order_shared(&upstreams([0, 1, 2]), t0, &mut out, |up| {
+                slots[up.get()].elsewhere(t0)
+            });
             out.to_vec()
         };
         assert_eq!(
@@ -574,7 +579,7 @@ mod tests {
         );
         // Once this shard has its own samples, they rule.
         for _ in 0..5 {
-            h.record_success(0, 2 * MS, t0);
+            h.record_success(upstream(0), 2 * MS, t0);
         }
         assert_eq!(order_now(&mut h), [0, 1, 2]);
     }
@@ -583,15 +588,21 @@ mod tests {
     fn a_shard_publishes_an_rtt_at_most_once_per_interval() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        assert_eq!(h.srtt_to_publish(0, t0), None, "nothing to publish yet");
-        h.record_success(0, 10 * MS, t0);
-        let first = h.srtt_to_publish(0, t0).expect("the first sample goes out");
-        assert!((first - 10_000.0).abs() < 1.0);
-        h.record_success(0, 30 * MS, t0);
-        assert_eq!(h.srtt_to_publish(0, t0 + PUBLISH_EVERY / 2), None);
-        assert!(h.srtt_to_publish(0, t0 + PUBLISH_EVERY).is_some());
         assert_eq!(
-            h.srtt_to_publish(9, t0),
+            h.srtt_to_publish(upstream(0), t0),
+            None,
+            "nothing to publish yet"
+        );
+        h.record_success(upstream(0), 10 * MS, t0);
+        let first = h
+            .srtt_to_publish(upstream(0), t0)
+            .expect("the first sample goes out");
+        assert!((first - 10_000.0).abs() < 1.0);
+        h.record_success(upstream(0), 30 * MS, t0);
+        assert_eq!(h.srtt_to_publish(upstream(0), t0 + PUBLISH_EVERY / 2), None);
+        assert!(h.srtt_to_publish(upstream(0), t0 + PUBLISH_EVERY).is_some());
+        assert_eq!(
+            h.srtt_to_publish(upstream(9), t0),
             None,
             "an unknown index is ignored"
         );
@@ -602,9 +613,9 @@ mod tests {
         let t0 = Instant::now();
         let mut h = tracker(3);
         for _ in 0..5 {
-            h.record_success(0, 5 * MS, t0);
-            h.record_success(1, 10 * MS, t0);
-            h.record_success(2, 20 * MS, t0);
+            h.record_success(upstream(0), 5 * MS, t0);
+            h.record_success(upstream(1), 10 * MS, t0);
+            h.record_success(upstream(2), 20 * MS, t0);
         }
         let board = CircuitBoard::new();
         let slots: Vec<BoardSlot> = (1..=3u16)
@@ -612,7 +623,9 @@ mod tests {
             .collect();
         let order_now = |h: &mut HealthTracker, now| {
             let mut out = SmallVec::new();
-            h.order_shared(&[0, 1, 2], now, &mut out, |up| slots[up].elsewhere(now));
+            h.order_shared(&upstreams([0, 1, 2]), now, &mut out, |up| {
+                slots[up.get()].elsewhere(now)
+            });
             out.to_vec()
         };
         assert_eq!(order_now(&mut h, t0), [0, 1, 2]);
@@ -636,34 +649,34 @@ mod tests {
         // Both answer in 10 ms; then upstream 0 goes silent, and each flight stops
         // waiting for it when upstream 1 answers, 20 ms in.
         for _ in 0..10 {
-            h.record_success(0, 10 * MS, t0);
-            h.record_success(1, 12 * MS, t0);
+            h.record_success(upstream(0), 10 * MS, t0);
+            h.record_success(upstream(1), 12 * MS, t0);
         }
-        assert_eq!(order(&mut h, &[0, 1], t0), [0, 1]);
-        let before = h.score(0).unwrap();
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0), [0, 1]);
+        let before = h.score(upstream(0)).unwrap();
         for _ in 0..20 {
-            h.record_abandoned(0, 20 * MS);
-            h.record_success(1, 12 * MS, t0);
+            h.record_abandoned(upstream(0), 20 * MS);
+            h.record_success(upstream(1), 12 * MS, t0);
         }
-        assert!(h.score(0).unwrap() > before);
+        assert!(h.score(upstream(0)).unwrap() > before);
         assert_eq!(
-            order(&mut h, &[0, 1], t0),
+            order(&mut h, &upstreams([0, 1]), t0),
             [1, 0],
             "the silent one goes last"
         );
         assert_eq!(
-            h.state(0),
+            h.state(upstream(0)),
             CircuitState::Closed,
             "no real failure: circuit closed"
         );
         // Stopping to wait within the retransmission timeout teaches nothing.
         let mut h = tracker(1);
         for _ in 0..10 {
-            h.record_success(0, 10 * MS, t0);
+            h.record_success(upstream(0), 10 * MS, t0);
         }
-        let score = h.score(0);
-        h.record_abandoned(0, MS);
-        assert_eq!(h.score(0), score);
+        let score = h.score(upstream(0));
+        h.record_abandoned(upstream(0), MS);
+        assert_eq!(h.score(upstream(0)), score);
     }
 
     #[test]
@@ -671,34 +684,55 @@ mod tests {
         let t0 = Instant::now();
         let mut h = tracker(2);
         for _ in 0..10 {
-            h.record_failure(0, FailKind::ServFail, t0);
+            h.record_failure(upstream(0), FailKind::ServFail, t0);
         }
-        assert_eq!(h.state(0), CircuitState::Closed);
-        assert!(h.score(0) > h.score(1));
-        assert_eq!(order(&mut h, &[0, 1], t0), vec![1, 0]);
+        assert_eq!(h.state(upstream(0)), CircuitState::Closed);
+        assert!(h.score(upstream(0)) > h.score(upstream(1)));
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0), vec![1, 0]);
     }
 
     #[test]
     fn open_is_skipped_until_backoff_then_one_probe() {
         let t0 = Instant::now();
         let mut h = tracker(3);
-        fail(&mut h, 1, 5, t0);
-        assert_eq!(order(&mut h, &[0, 1, 2], t0 + 9 * SEC), vec![0, 2]);
+        fail(&mut h, upstream(1), 5, t0);
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2]), t0 + 9 * SEC),
+            vec![0, 2]
+        );
         // Backoff passed: exactly one probe is granted, ranked after closed ones.
-        assert_eq!(order(&mut h, &[1, 0, 2], t0 + 10 * SEC), vec![0, 2, 1]);
-        assert_eq!(h.state(1), CircuitState::HalfOpen);
-        assert_eq!(order(&mut h, &[0, 1, 2], t0 + 10 * SEC), vec![0, 2]);
-        assert_eq!(order(&mut h, &[0, 1, 2], t0 + 15 * SEC), vec![0, 2]);
+        assert_eq!(
+            order(&mut h, &upstreams([1, 0, 2]), t0 + 10 * SEC),
+            vec![0, 2, 1]
+        );
+        assert_eq!(h.state(upstream(1)), CircuitState::HalfOpen);
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2]), t0 + 10 * SEC),
+            vec![0, 2]
+        );
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2]), t0 + 15 * SEC),
+            vec![0, 2]
+        );
         // The probe succeeded: the slot frees, one more query, then closed.
-        h.record_success(1, 5 * MS, t0 + 15 * SEC);
-        assert_eq!(h.state(1), CircuitState::HalfOpen);
-        assert_eq!(order(&mut h, &[0, 1, 2], t0 + 15 * SEC), vec![0, 2, 1]);
-        assert_eq!(order(&mut h, &[0, 1, 2], t0 + 15 * SEC), vec![0, 2]);
-        h.record_success(1, 5 * MS, t0 + 16 * SEC);
-        assert_eq!(h.state(1), CircuitState::Closed);
-        assert_eq!(h.backoff(1), Some(10 * SEC));
+        h.record_success(upstream(1), 5 * MS, t0 + 15 * SEC);
+        assert_eq!(h.state(upstream(1)), CircuitState::HalfOpen);
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2]), t0 + 15 * SEC),
+            vec![0, 2, 1]
+        );
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2]), t0 + 15 * SEC),
+            vec![0, 2]
+        );
+        h.record_success(upstream(1), 5 * MS, t0 + 16 * SEC);
+        assert_eq!(h.state(upstream(1)), CircuitState::Closed);
+        assert_eq!(h.backoff(upstream(1)), Some(10 * SEC));
         // Closed again: back in the first group, ranked by score (unknown RTT = 0).
-        assert_eq!(order(&mut h, &[1, 0, 2], t0 + 16 * SEC), vec![0, 2, 1]);
+        assert_eq!(
+            order(&mut h, &upstreams([1, 0, 2]), t0 + 16 * SEC),
+            vec![0, 2, 1]
+        );
     }
 
     #[test]
@@ -709,16 +743,19 @@ mod tests {
             ..HealthParams::default()
         };
         let mut h = HealthTracker::new(params, &[0, 0]);
-        fail(&mut h, 0, 5, t0);
+        fail(&mut h, upstream(0), 5, t0);
         let mut now = t0;
         for expected in [20, 35, 35] {
-            now += h.backoff(0).unwrap();
-            assert!(order(&mut h, &[0, 1], now).contains(&0), "probe due");
-            fail(&mut h, 0, 1, now);
-            assert_eq!(h.state(0), CircuitState::Open);
-            assert_eq!(h.backoff(0), Some(expected * SEC));
-            let before = now + h.backoff(0).unwrap() - MS;
-            assert_eq!(order(&mut h, &[0, 1], before), vec![1]);
+            now += h.backoff(upstream(0)).unwrap();
+            assert!(
+                order(&mut h, &upstreams([0, 1]), now).contains(&upstream(0)),
+                "probe due"
+            );
+            fail(&mut h, upstream(0), 1, now);
+            assert_eq!(h.state(upstream(0)), CircuitState::Open);
+            assert_eq!(h.backoff(upstream(0)), Some(expected * SEC));
+            let before = now + h.backoff(upstream(0)).unwrap() - MS;
+            assert_eq!(order(&mut h, &upstreams([0, 1]), before), vec![1]);
         }
     }
 
@@ -731,32 +768,36 @@ mod tests {
             ..HealthParams::default()
         };
         let mut h = HealthTracker::new(params, &[0, 0]);
-        fail(&mut h, 0, 5, t0);
-        assert_eq!(order(&mut h, &[0, 1], t0 + SEC), vec![1]);
+        fail(&mut h, upstream(0), 5, t0);
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0 + SEC), vec![1]);
     }
 
     #[test]
     fn lost_probe_result_frees_the_slot_after_one_backoff() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        fail(&mut h, 0, 5, t0);
-        assert_eq!(order(&mut h, &[0, 1], t0 + 10 * SEC), vec![1, 0]);
-        assert_eq!(order(&mut h, &[0, 1], t0 + 19 * SEC), vec![1]);
-        assert_eq!(order(&mut h, &[0, 1], t0 + 20 * SEC), vec![1, 0]);
-        assert_eq!(h.state(0), CircuitState::HalfOpen);
+        fail(&mut h, upstream(0), 5, t0);
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0 + 10 * SEC), vec![1, 0]);
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0 + 19 * SEC), vec![1]);
+        assert_eq!(order(&mut h, &upstreams([0, 1]), t0 + 20 * SEC), vec![1, 0]);
+        assert_eq!(h.state(upstream(0)), CircuitState::HalfOpen);
     }
 
     #[test]
     fn all_open_is_a_last_resort_not_an_empty_order() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        fail(&mut h, 0, 5, t0);
-        fail(&mut h, 1, 6, t0);
-        let got = order(&mut h, &[0, 1], t0 + SEC);
+        fail(&mut h, upstream(0), 5, t0);
+        fail(&mut h, upstream(1), 6, t0);
+        let got = order(&mut h, &upstreams([0, 1]), t0 + SEC);
         assert_eq!(got.len(), 2);
-        assert_eq!(h.state(0), CircuitState::Open, "no probe slot taken");
+        assert_eq!(
+            h.state(upstream(0)),
+            CircuitState::Open,
+            "no probe slot taken"
+        );
         assert!(order(&mut h, &[], t0).is_empty());
-        assert!(order(&mut h, &[7], t0).is_empty());
+        assert!(order(&mut h, &[upstream(7)], t0).is_empty());
     }
 
     #[test]
@@ -764,47 +805,56 @@ mod tests {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(HealthParams::default(), &[5, 1, 1, 0, 0]);
         // No samples anywhere: priority, then index.
-        assert_eq!(order(&mut h, &[0, 1, 2, 3, 4], t0), vec![3, 4, 1, 2, 0]);
-        h.record_success(3, 30 * MS, t0);
-        h.record_success(4, 20 * MS, t0);
-        h.record_success(1, 10 * MS, t0);
-        h.record_success(2, 10 * MS, t0);
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2, 3, 4]), t0),
+            vec![3, 4, 1, 2, 0]
+        );
+        h.record_success(upstream(3), 30 * MS, t0);
+        h.record_success(upstream(4), 20 * MS, t0);
+        h.record_success(upstream(1), 10 * MS, t0);
+        h.record_success(upstream(2), 10 * MS, t0);
         // 0 is unknown: optimistic, first. Then by SRTT; 1 and 2 tie on everything
         // but index.
-        assert_eq!(order(&mut h, &[4, 3, 2, 1, 0], t0), vec![0, 1, 2, 4, 3]);
+        assert_eq!(
+            order(&mut h, &upstreams([4, 3, 2, 1, 0]), t0),
+            vec![0, 1, 2, 4, 3]
+        );
         // A failure penalises: 10ms + 0.2 x 500ms = 110ms puts 1 last.
-        h.record_failure(1, FailKind::Timeout, t0);
-        assert_eq!(h.score(1), Some(110 * MS));
-        assert_eq!(order(&mut h, &[0, 1, 2, 3, 4], t0), vec![0, 2, 4, 3, 1]);
+        h.record_failure(upstream(1), FailKind::Timeout, t0);
+        assert_eq!(h.score(upstream(1)), Some(110 * MS));
+        assert_eq!(
+            order(&mut h, &upstreams([0, 1, 2, 3, 4]), t0),
+            vec![0, 2, 4, 3, 1]
+        );
         // Repeated and unknown candidates are dropped.
-        assert_eq!(order(&mut h, &[2, 2, 99], t0), vec![2]);
+        assert_eq!(order(&mut h, &upstreams([2, 2, 99]), t0), vec![2]);
     }
 
     #[test]
     fn degraded_ranks_with_closed_by_score() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        h.record_success(0, 10 * MS, t0);
-        h.record_success(1, 900 * MS, t0);
-        fail(&mut h, 0, 3, t0);
-        assert_eq!(h.state(0), CircuitState::Degraded);
+        h.record_success(upstream(0), 10 * MS, t0);
+        h.record_success(upstream(1), 900 * MS, t0);
+        fail(&mut h, upstream(0), 3, t0);
+        assert_eq!(h.state(upstream(0)), CircuitState::Degraded);
         // 10ms x 0.8^0 + 500ms x (1 - 0.8^3) = 10 + 244 = 254ms < 900ms.
-        assert_eq!(order(&mut h, &[1, 0], t0), vec![0, 1]);
+        assert_eq!(order(&mut h, &upstreams([1, 0]), t0), vec![0, 1]);
     }
 
     #[test]
     fn ewma_rtt_math() {
         let t0 = Instant::now();
         let mut h = tracker(1);
-        assert_eq!(h.ewma_rtt(0), None);
-        h.record_success(0, 100 * MS, t0);
-        h.record_success(0, 200 * MS, t0);
+        assert_eq!(h.ewma_rtt(upstream(0)), None);
+        h.record_success(upstream(0), 100 * MS, t0);
+        h.record_success(upstream(0), 200 * MS, t0);
         // 0.8 x 100 + 0.2 x 200 = 120
-        assert_eq!(h.ewma_rtt(0), Some(120 * MS));
-        h.record_success(0, 20 * MS, t0);
+        assert_eq!(h.ewma_rtt(upstream(0)), Some(120 * MS));
+        h.record_success(upstream(0), 20 * MS, t0);
         // 0.8 x 120 + 0.2 x 20 = 100
-        assert_eq!(h.ewma_rtt(0), Some(100 * MS));
-        assert_eq!(h.ewma_rtt(5), None);
+        assert_eq!(h.ewma_rtt(upstream(0)), Some(100 * MS));
+        assert_eq!(h.ewma_rtt(upstream(5)), None);
     }
 
     #[test]
@@ -812,34 +862,38 @@ mod tests {
         let t0 = Instant::now();
         let mut h = tracker(3);
         for ms in 1..=10 {
-            h.record_success(0, ms * MS, t0);
-            h.record_success(1, (ms + 10) * MS, t0);
-            h.record_success(2, SEC, t0);
+            h.record_success(upstream(0), ms * MS, t0);
+            h.record_success(upstream(1), (ms + 10) * MS, t0);
+            h.record_success(upstream(2), SEC, t0);
         }
-        assert_eq!(h.rtt_quantile(&[0, 1], 0.5), Some(10 * MS));
-        assert_eq!(h.rtt_quantile(&[0, 1], 0.95), Some(19 * MS));
-        assert_eq!(h.rtt_quantile(&[0, 1, 2], 1.0), Some(SEC));
+        assert_eq!(h.rtt_quantile(&upstreams([0, 1]), 0.5), Some(10 * MS));
+        assert_eq!(h.rtt_quantile(&upstreams([0, 1]), 0.95), Some(19 * MS));
+        assert_eq!(h.rtt_quantile(&upstreams([0, 1, 2]), 1.0), Some(SEC));
         assert_eq!(h.rtt_quantile(&[], 0.5), None);
-        assert_eq!(h.rtt_quantile(&[42], 0.5), None);
+        assert_eq!(h.rtt_quantile(&[upstream(42)], 0.5), None);
     }
 
     #[test]
     fn carry_over_keeps_staying_upstreams() {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
-        h.record_success(0, 40 * MS, t0);
-        fail(&mut h, 2, 5, t0);
+        h.record_success(upstream(0), 40 * MS, t0);
+        fail(&mut h, upstream(2), 5, t0);
         // Old 2 -> new 0, old 0 -> new 1, a new upstream at 2; old 1 is removed.
         let n = h.carry_over(
             HealthParams::default(),
             &[3, 4, 5],
-            &[(2, 0), (0, 1), (9, 2)],
+            &[
+                (upstream(2), upstream(0)),
+                (upstream(0), upstream(1)),
+                (upstream(9), upstream(2)),
+            ],
         );
         assert_eq!(n.len(), 3);
-        assert_eq!(n.state(0), CircuitState::Open);
-        assert_eq!(n.ewma_rtt(1), Some(40 * MS));
-        assert_eq!(n.ewma_rtt(2), None);
-        assert_eq!(n.state(2), CircuitState::Closed);
+        assert_eq!(n.state(upstream(0)), CircuitState::Open);
+        assert_eq!(n.ewma_rtt(upstream(1)), Some(40 * MS));
+        assert_eq!(n.ewma_rtt(upstream(2)), None);
+        assert_eq!(n.state(upstream(2)), CircuitState::Closed);
         // Priorities come from the new config.
         let prios: Vec<i32> = n.ups.iter().map(|u| u.priority).collect();
         assert_eq!(prios, vec![3, 4, 5]);
@@ -849,10 +903,10 @@ mod tests {
     fn out_of_range_indices_are_ignored() {
         let t0 = Instant::now();
         let mut h = tracker(1);
-        h.record_success(3, MS, t0);
-        h.record_failure(3, FailKind::Network, t0);
-        assert_eq!(h.state(3), CircuitState::Closed);
-        assert_eq!(h.score(3), None);
-        assert_eq!(h.rto(3), None);
+        h.record_success(upstream(3), MS, t0);
+        h.record_failure(upstream(3), FailKind::Network, t0);
+        assert_eq!(h.state(upstream(3)), CircuitState::Closed);
+        assert_eq!(h.score(upstream(3)), None);
+        assert_eq!(h.rto(upstream(3)), None);
     }
 }

@@ -24,6 +24,7 @@
 use super::upstreams::{CheckedUpstreams, UpstreamSet};
 use super::{ServerHandle, Shard};
 use crate::config::Config;
+use crate::health::UpstreamIdx;
 use crate::io::Backend;
 use crate::policy::Policy;
 use crate::tiers::Budget;
@@ -270,7 +271,7 @@ struct Staged<B: Backend> {
     id: u64,
     set: UpstreamSet<B>,
     /// (old index, new index) of the upstreams that stay.
-    kept: Vec<(usize, usize)>,
+    kept: Vec<(UpstreamIdx, UpstreamIdx)>,
     policy: Policy,
 }
 

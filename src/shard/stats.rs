@@ -13,7 +13,7 @@ pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
         let set = Rc::clone(&shard.upstreams.borrow());
         shard.stats.flush(&set.labels);
         let health = shard.health.borrow();
-        for (i, label) in set.labels.iter().enumerate() {
+        for (i, label) in set.labels.enumerate() {
             let state = health.state(i);
             metrics::gauge!("tierdns_upstream_health", "upstream" => label.clone(), "shard" => shard.index.to_string())
                 .set(f64::from(state.as_gauge()));

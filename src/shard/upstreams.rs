@@ -20,7 +20,7 @@
 //! upstreams close once the last flight using them ends.
 
 use crate::config::Config;
-use crate::health::{BoardSlot, CircuitBoard};
+use crate::health::{BoardSlot, CircuitBoard, PerUpstream, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::ShardStats;
 use crate::upstream::encrypted::{prepare, TlsTarget};
@@ -58,11 +58,11 @@ pub(crate) struct UpstreamSet<B: Backend> {
     /// Forward zones over `links` indices.
     pub(crate) zones: ZoneTable,
     /// One link per configured upstream, in config order.
-    pub(crate) links: Vec<Rc<UpstreamLink<B>>>,
+    pub(crate) links: PerUpstream<Rc<UpstreamLink<B>>>,
     /// Upstream labels for metrics and logs, in the same order.
-    pub(crate) labels: Vec<String>,
+    pub(crate) labels: PerUpstream<String>,
     /// Each upstream's mark on the board shared by all shards, in the same order.
-    pub(crate) board: Vec<BoardSlot>,
+    pub(crate) board: PerUpstream<BoardSlot>,
     /// Increases with every reload.
     pub(crate) generation: u64,
 }
@@ -76,19 +76,19 @@ impl<B: Backend> UpstreamSet<B> {
         old: Option<&Self>,
         stats: &Rc<ShardStats>,
         board: &CircuitBoard,
-    ) -> Result<(Self, Vec<(usize, usize)>), String> {
+    ) -> Result<(Self, Vec<(UpstreamIdx, UpstreamIdx)>), String> {
         let config = Arc::clone(&checked.config);
         let limits = &config.limits;
         let mut kept = Vec::new();
         let mut links = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
             let reuse = old.and_then(|o| {
-                let j = o.links.iter().position(|l| l.serves(u))?;
-                Some((j, Rc::clone(&o.links[j])))
+                let (j, link) = o.links.enumerate().find(|(_, l)| l.serves(u))?;
+                Some((j, Rc::clone(link)))
             });
             let link = match reuse {
                 Some((j, link)) => {
-                    kept.push((j, i));
+                    kept.push((j, UpstreamIdx::new(i)));
                     link.relabel(u.label());
                     link
                 }
@@ -106,7 +106,7 @@ impl<B: Backend> UpstreamSet<B> {
                 .map(|u| board.slot(u.address))
                 .collect(),
             generation: old.map_or(0, |o| o.generation + 1),
-            links,
+            links: links.into(),
             config,
         };
         Ok((set, kept))

@@ -34,6 +34,7 @@
 //! budget per shard: no shared write per query. Time is passed in, as everywhere
 //! in the tier engine.
 
+use crate::health::UpstreamIdx;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -219,7 +220,7 @@ impl Budget {
     /// of the bucket misses refill (above three quarters: at low load every name
     /// completes at once, under load only names asked again do), else it is
     /// [`Spend::Deferred`].
-    pub fn try_complete(&mut self, up: usize, demand: bool, now: Instant) -> Spend {
+    pub fn try_complete(&mut self, up: UpstreamIdx, demand: bool, now: Instant) -> Spend {
         if !self.params.enabled {
             return Spend::Allowed;
         }
@@ -250,7 +251,8 @@ impl Budget {
     }
 
     /// Takes one token of `up`'s share of `upstream_completion_qps`, if it has one.
-    fn take_upstream(&mut self, up: usize, now: Instant) -> Spend {
+    fn take_upstream(&mut self, up: UpstreamIdx, now: Instant) -> Spend {
+        let up = up.get();
         let rate = self.params.upstream_completion_qps / self.shards as f64;
         // One second of the rate, and at least one query.
         let cap = rate.max(1.0);
@@ -289,6 +291,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::upstream;
     use std::time::Duration;
 
     fn budget(ratio: f64, min_per_second: f64, t0: Instant) -> Budget {
@@ -314,7 +317,11 @@ mod tests {
             b.on_miss();
             assert!(b.try_spend(Purpose::Active, now));
             for up in 2..5 {
-                assert_eq!(b.try_complete(up, true, now), Spend::Allowed, "miss {i}");
+                assert_eq!(
+                    b.try_complete(upstream(up), true, now),
+                    Spend::Allowed,
+                    "miss {i}"
+                );
             }
         }
     }
@@ -339,7 +346,7 @@ mod tests {
             }
             for up in 2..5 {
                 // Nobody asks these names again: completion waits its turn.
-                if b.try_complete(up, false, now) == Spend::Allowed {
+                if b.try_complete(upstream(up), false, now) == Spend::Allowed {
                     extra += 1;
                     completions += 1;
                 }
@@ -359,13 +366,13 @@ mod tests {
     fn one_off_names_complete_from_the_spare_only() {
         let t0 = Instant::now();
         let mut b = budget(0.0, 40.0, t0);
-        assert_eq!(b.try_complete(0, false, t0), Spend::Allowed);
+        assert_eq!(b.try_complete(upstream(0), false, t0), Spend::Allowed);
         while b.try_spend(Purpose::Active, t0) {}
-        assert_eq!(b.try_complete(0, false, t0), Spend::Deferred);
-        assert_eq!(b.try_complete(0, true, t0), Spend::Allowed);
+        assert_eq!(b.try_complete(upstream(0), false, t0), Spend::Deferred);
+        assert_eq!(b.try_complete(upstream(0), true, t0), Spend::Allowed);
         // Time refills the spare.
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(b.try_complete(1, false, later), Spend::Allowed);
+        assert_eq!(b.try_complete(upstream(1), false, later), Spend::Allowed);
     }
 
     /// Completion of names asked again is bounded per upstream by its share of
@@ -387,7 +394,7 @@ mod tests {
         let mut allowed = 0;
         for i in 0..3000u32 {
             let now = t0 + Duration::from_millis(1) * i;
-            match b.try_complete(0, true, now) {
+            match b.try_complete(upstream(0), true, now) {
                 Spend::Allowed => allowed += 1,
                 Spend::Refused => {}
                 Spend::Deferred => panic!("demand given"),
@@ -395,8 +402,8 @@ mod tests {
         }
         // 200 in the bucket at the start, 200 a second for 3 s.
         assert!((790..=810).contains(&allowed), "{allowed}");
-        assert_eq!(b.try_complete(1, true, t0), Spend::Allowed);
-        assert_eq!(b.try_complete(0, false, t0), Spend::Deferred);
+        assert_eq!(b.try_complete(upstream(1), true, t0), Spend::Allowed);
+        assert_eq!(b.try_complete(upstream(0), false, t0), Spend::Deferred);
         // A rate of 0: no completion.
         let mut none = Budget::new(
             BudgetParams {
@@ -405,7 +412,7 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(none.try_complete(0, true, t0), Spend::Refused);
+        assert_eq!(none.try_complete(upstream(0), true, t0), Spend::Refused);
     }
 
     #[test]
@@ -431,7 +438,7 @@ mod tests {
         );
         for _ in 0..1000 {
             assert!(b.try_spend(Purpose::Active, t0));
-            assert_eq!(b.try_complete(3, false, t0), Spend::Allowed);
+            assert_eq!(b.try_complete(upstream(3), false, t0), Spend::Allowed);
         }
         let mut b = budget(0.0, 0.0, t0);
         for _ in 0..1000 {

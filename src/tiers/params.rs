@@ -198,6 +198,7 @@ impl TierParams {
 mod tests {
     use super::*;
     use crate::health::HealthParams;
+    use crate::health::{upstream, upstreams};
     use std::time::Instant;
 
     #[test]
@@ -312,24 +313,27 @@ mod tests {
         };
         let mut h = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
         assert_eq!(
-            params.hedge_after(&[0, 1], &h),
+            params.hedge_after(&upstreams([0, 1]), &h),
             Duration::from_millis(300),
             "no samples"
         );
         let now = Instant::now();
         for ms in 1..=64 {
-            h.record_success(0, Duration::from_millis(ms), now);
+            h.record_success(upstream(0), Duration::from_millis(ms), now);
         }
         // Nearest rank: ceil(0.95 * 64) = 61st smallest sample.
-        assert_eq!(params.hedge_after(&[0, 1], &h), Duration::from_millis(61));
+        assert_eq!(
+            params.hedge_after(&upstreams([0, 1]), &h),
+            Duration::from_millis(61)
+        );
         // Tiny RTTs clamp up to auto_min, huge ones down to auto_max.
-        h.record_success(1, Duration::from_micros(100), now);
-        assert_eq!(params.hedge_after(&[1], &h), params.auto_min);
-        h.record_success(2, Duration::from_secs(9), now);
-        assert_eq!(params.hedge_after(&[2], &h), params.auto_max);
+        h.record_success(upstream(1), Duration::from_micros(100), now);
+        assert_eq!(params.hedge_after(&[upstream(1)], &h), params.auto_min);
+        h.record_success(upstream(2), Duration::from_secs(9), now);
+        assert_eq!(params.hedge_after(&[upstream(2)], &h), params.auto_max);
         // Fixed ignores health.
         assert_eq!(
-            TierParams::default().hedge_after(&[0], &h),
+            TierParams::default().hedge_after(&[upstream(0)], &h),
             Duration::from_millis(300)
         );
     }
@@ -338,17 +342,23 @@ mod tests {
     fn attempt_timeout_adapts_and_clamps() {
         let params = TierParams::default();
         let mut h = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
-        assert_eq!(params.attempt_timeout_for(0, &h), params.attempt_timeout);
+        assert_eq!(
+            params.attempt_timeout_for(upstream(0), &h),
+            params.attempt_timeout
+        );
         let now = Instant::now();
         // First sample: srtt = 40ms, rttvar = 20ms -> rto = 120ms.
-        h.record_success(0, Duration::from_millis(40), now);
+        h.record_success(upstream(0), Duration::from_millis(40), now);
         assert_eq!(
-            params.attempt_timeout_for(0, &h),
+            params.attempt_timeout_for(upstream(0), &h),
             Duration::from_millis(120)
         );
-        h.record_success(1, Duration::from_micros(50), now);
-        assert_eq!(params.attempt_timeout_for(1, &h), params.auto_min);
-        h.record_success(2, Duration::from_secs(5), now);
-        assert_eq!(params.attempt_timeout_for(2, &h), params.attempt_timeout);
+        h.record_success(upstream(1), Duration::from_micros(50), now);
+        assert_eq!(params.attempt_timeout_for(upstream(1), &h), params.auto_min);
+        h.record_success(upstream(2), Duration::from_secs(5), now);
+        assert_eq!(
+            params.attempt_timeout_for(upstream(2), &h),
+            params.attempt_timeout
+        );
     }
 }

@@ -432,6 +432,7 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::health::HealthParams;
+    use crate::health::{upstream, upstreams};
     use crate::tiers::{FailKind, FallbackTimeout};
 
     const MS: Duration = Duration::from_millis(1);
@@ -479,17 +480,23 @@ mod tests {
         let mut plan = Plan::with_hedge(
             StrategyKind::Staggered,
             &p,
-            &[0, 1, 2],
+            &upstreams([0, 1, 2]),
             Duration::MAX,
             t0,
             0,
         );
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
         assert_eq!(plan.next(t0), Action::Wait(t0 + MAX_TIMER));
         assert_eq!(plan.deadline(), t0 + MAX_TIMER);
-        let mut plan =
-            Plan::with_hedge(StrategyKind::Sequential, &p, &[0, 1], Duration::MAX, t0, 0);
-        assert_eq!(plan.next(t0), sends(&[0]));
+        let mut plan = Plan::with_hedge(
+            StrategyKind::Sequential,
+            &p,
+            &upstreams([0, 1]),
+            Duration::MAX,
+            t0,
+            0,
+        );
+        assert_eq!(plan.next(t0), sends(&[upstream(0)]));
         assert_eq!(plan.next(t0), Action::Wait(t0 + MAX_TIMER));
     }
 
@@ -510,17 +517,17 @@ mod tests {
     #[test]
     fn active_tier_first_then_hedge_at_fallback_timeout() {
         let t0 = Instant::now();
-        let mut plan = staggered(&params(), &[4, 3, 2, 1, 0], t0);
-        assert_eq!(plan.next(t0), sends(&[4, 3]));
+        let mut plan = staggered(&params(), &upstreams([4, 3, 2, 1, 0]), t0);
+        assert_eq!(plan.next(t0), sends(&upstreams([4, 3])));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 300 * MS));
         // Nothing more before the hedge timer, however often we are woken.
         assert_eq!(plan.next(t0 + 299 * MS), Action::Wait(t0 + 300 * MS));
         assert_eq!(plan.in_flight(), 2);
         // Hedge: first batch at 300ms, the next 50ms later.
-        assert_eq!(plan.next(t0 + 300 * MS), sends(&[2, 1]));
+        assert_eq!(plan.next(t0 + 300 * MS), sends(&upstreams([2, 1])));
         assert_eq!(plan.next(t0 + 300 * MS), Action::Wait(t0 + 350 * MS));
         assert_eq!(plan.next(t0 + 349 * MS), Action::Wait(t0 + 350 * MS));
-        assert_eq!(plan.next(t0 + 350 * MS), sends(&[0]));
+        assert_eq!(plan.next(t0 + 350 * MS), sends(&[upstream(0)]));
         assert_eq!(plan.stats().stagger_reason, Some(StaggerReason::Timeout));
         assert_eq!(plan.stats().peak_in_flight, 5);
         // Nothing left to launch: wait for results until the deadline.
@@ -530,13 +537,13 @@ mod tests {
     #[test]
     fn all_active_failed_starts_stagger_at_once() {
         let t0 = Instant::now();
-        let mut plan = staggered(&params(), &[0, 1, 2, 3], t0);
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
-        plan.on_result(0, FAIL, t0 + 5 * MS);
+        let mut plan = staggered(&params(), &upstreams([0, 1, 2, 3]), t0);
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
+        plan.on_result(upstream(0), FAIL, t0 + 5 * MS);
         // One active query still out: keep waiting for the hedge timer.
         assert_eq!(plan.next(t0 + 5 * MS), Action::Wait(t0 + 300 * MS));
-        plan.on_result(1, Outcome::Failed(FailKind::Refused), t0 + 7 * MS);
-        assert_eq!(plan.next(t0 + 7 * MS), sends(&[2, 3]));
+        plan.on_result(upstream(1), Outcome::Failed(FailKind::Refused), t0 + 7 * MS);
+        assert_eq!(plan.next(t0 + 7 * MS), sends(&upstreams([2, 3])));
         assert_eq!(
             plan.stats().stagger_reason,
             Some(StaggerReason::ActiveFailed)
@@ -546,19 +553,19 @@ mod tests {
     #[test]
     fn first_good_answer_starts_background_completion_when_complete() {
         let t0 = Instant::now();
-        let mut plan = staggered(&params(), &[0, 1, 2, 3, 4], t0);
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
-        plan.on_result(1, Outcome::Good, t0 + 10 * MS);
-        assert_eq!(plan.stats().first_good, Some((1, true)));
-        assert_eq!(plan.next(t0 + 10 * MS), sends(&[2, 3]));
+        let mut plan = staggered(&params(), &upstreams([0, 1, 2, 3, 4]), t0);
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
+        plan.on_result(upstream(1), Outcome::Good, t0 + 10 * MS);
+        assert_eq!(plan.stats().first_good, Some((upstream(1), true)));
+        assert_eq!(plan.next(t0 + 10 * MS), sends(&upstreams([2, 3])));
         assert_eq!(plan.next(t0 + 10 * MS), Action::Wait(t0 + 60 * MS));
-        assert_eq!(plan.next(t0 + 60 * MS), sends(&[4]));
+        assert_eq!(plan.next(t0 + 60 * MS), sends(&[upstream(4)]));
         assert_eq!(plan.stats().stagger_reason, Some(StaggerReason::Answered));
         for (up, at) in [(0, 61), (2, 62), (3, 63)] {
-            plan.on_result(up, Outcome::Good, t0 + at * MS);
+            plan.on_result(upstream(up), Outcome::Good, t0 + at * MS);
             assert_eq!(plan.next(t0 + at * MS), Action::Wait(t0 + 3000 * MS));
         }
-        plan.on_result(4, FAIL, t0 + 70 * MS);
+        plan.on_result(upstream(4), FAIL, t0 + 70 * MS);
         assert_eq!(plan.next(t0 + 70 * MS), Action::Done);
         let s = plan.stats();
         assert_eq!((s.launched, s.good, s.failed), (5, 4, 1));
@@ -572,13 +579,13 @@ mod tests {
             batch_size: 1,
             ..params()
         };
-        let mut plan = staggered(&p, &[0, 1, 2, 3], t0);
-        assert_eq!(plan.next(t0), sends(&[0]));
-        assert_eq!(plan.next(t0 + 320 * MS), sends(&[1]));
+        let mut plan = staggered(&p, &upstreams([0, 1, 2, 3]), t0);
+        assert_eq!(plan.next(t0), sends(&[upstream(0)]));
+        assert_eq!(plan.next(t0 + 320 * MS), sends(&[upstream(1)]));
         // The next batch is 50ms after the late one, not a burst to catch up.
         assert_eq!(plan.next(t0 + 320 * MS), Action::Wait(t0 + 370 * MS));
-        assert_eq!(plan.next(t0 + 370 * MS), sends(&[2]));
-        assert_eq!(plan.next(t0 + 420 * MS), sends(&[3]));
+        assert_eq!(plan.next(t0 + 370 * MS), sends(&[upstream(2)]));
+        assert_eq!(plan.next(t0 + 420 * MS), sends(&[upstream(3)]));
     }
 
     #[test]
@@ -589,14 +596,14 @@ mod tests {
             batch_size: 1,
             ..params()
         };
-        let mut plan = staggered(&p, &[0, 1, 2], t0);
-        assert_eq!(plan.next(t0), sends(&[0]));
-        plan.on_result(0, FAIL, t0 + MS);
-        assert_eq!(plan.next(t0 + MS), sends(&[1]));
-        plan.on_result(1, FAIL, t0 + 2 * MS);
+        let mut plan = staggered(&p, &upstreams([0, 1, 2]), t0);
+        assert_eq!(plan.next(t0), sends(&[upstream(0)]));
+        plan.on_result(upstream(0), FAIL, t0 + MS);
+        assert_eq!(plan.next(t0 + MS), sends(&[upstream(1)]));
+        plan.on_result(upstream(1), FAIL, t0 + 2 * MS);
         // Nothing pending and nothing good: do not wait out the 50ms pacing.
-        assert_eq!(plan.next(t0 + 2 * MS), sends(&[2]));
-        plan.on_result(2, FAIL, t0 + 3 * MS);
+        assert_eq!(plan.next(t0 + 2 * MS), sends(&[upstream(2)]));
+        plan.on_result(upstream(2), FAIL, t0 + 3 * MS);
         assert_eq!(plan.next(t0 + 3 * MS), Action::Done);
         assert_eq!(plan.stats().good, 0);
         assert_eq!(plan.stats().failed, 3);
@@ -606,32 +613,44 @@ mod tests {
     fn the_budget_is_asked_for_every_query_but_the_first_with_its_purpose() {
         let t0 = Instant::now();
         let mut asked = Vec::new();
-        let mut p = staggered(&params(), &[0, 1, 2, 3, 4], t0);
+        let mut p = staggered(&params(), &upstreams([0, 1, 2, 3, 4]), t0);
         // The second active query refused: only the first goes.
         let mut refuse_active = |up, why| {
             asked.push((up, why));
             why != Purpose::Active
         };
-        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[0]));
-        assert_eq!(asked, [(0, Purpose::First), (1, Purpose::Active)]);
+        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[upstream(0)]));
+        assert_eq!(
+            asked,
+            [
+                (upstream(0), Purpose::First),
+                (upstream(1), Purpose::Active)
+            ]
+        );
         // The hedge at 300 ms is asked for as a hedge and goes.
         asked.clear();
         let mut all = |up, why| {
             asked.push((up, why));
             true
         };
-        assert_eq!(p.next_within(t0 + 300 * MS, &mut all), sends(&[2, 3]));
-        assert_eq!(asked, [(2, Purpose::Hedge), (3, Purpose::Hedge)]);
+        assert_eq!(
+            p.next_within(t0 + 300 * MS, &mut all),
+            sends(&upstreams([2, 3]))
+        );
+        assert_eq!(
+            asked,
+            [(upstream(2), Purpose::Hedge), (upstream(3), Purpose::Hedge)]
+        );
         // After the first good answer the rest is completion; refused, the plan ends
         // once what is in flight is done.
-        p.on_result(2, Outcome::Good, t0 + 320 * MS);
+        p.on_result(upstream(2), Outcome::Good, t0 + 320 * MS);
         let mut no_completion = |_, why| why != Purpose::Completion;
         assert!(matches!(
             p.next_within(t0 + 350 * MS, &mut no_completion),
             Action::Wait(_)
         ));
-        p.on_result(0, FAIL, t0 + 360 * MS);
-        p.on_result(3, FAIL, t0 + 370 * MS);
+        p.on_result(upstream(0), FAIL, t0 + 360 * MS);
+        p.on_result(upstream(3), FAIL, t0 + 370 * MS);
         assert_eq!(
             p.next_within(t0 + 400 * MS, &mut no_completion),
             Action::Done
@@ -644,13 +663,13 @@ mod tests {
     #[test]
     fn an_active_tier_that_failed_beside_a_refused_query_starts_the_hedges_at_once() {
         let t0 = Instant::now();
-        let mut p = staggered(&params(), &[0, 1, 2, 3], t0);
+        let mut p = staggered(&params(), &upstreams([0, 1, 2, 3]), t0);
         let mut refuse_active = |_, why| why != Purpose::Active;
-        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[0]));
-        p.on_result(0, FAIL, t0 + 10 * MS);
+        assert_eq!(p.next_within(t0, &mut refuse_active), sends(&[upstream(0)]));
+        p.on_result(upstream(0), FAIL, t0 + 10 * MS);
         assert_eq!(
             p.next_within(t0 + 10 * MS, &mut refuse_active),
-            sends(&[2, 3])
+            sends(&upstreams([2, 3]))
         );
         assert_eq!(p.stats().stagger_reason, Some(StaggerReason::ActiveFailed));
     }
@@ -658,10 +677,10 @@ mod tests {
     #[test]
     fn stop_collecting_before_the_first_answer_ends_the_plan_with_it() {
         let t0 = Instant::now();
-        let mut p = staggered(&params(), &[0, 1, 2, 3, 4], t0);
-        assert_eq!(p.next(t0), sends(&[0, 1]));
+        let mut p = staggered(&params(), &upstreams([0, 1, 2, 3, 4]), t0);
+        assert_eq!(p.next(t0), sends(&upstreams([0, 1])));
         p.stop_collecting();
-        p.on_result(0, Outcome::Good, t0 + 20 * MS);
+        p.on_result(upstream(0), Outcome::Good, t0 + 20 * MS);
         assert_eq!(p.next(t0 + 20 * MS), Action::Done, "no stagger, no wait");
         assert_eq!(p.stats().stagger_reason, None);
         assert_eq!(p.stats().launched, 2);
@@ -675,19 +694,19 @@ mod tests {
             ..params()
         };
         // Good answer before the hedge: nothing more is ever sent.
-        let mut plan = staggered(&p, &[0, 1, 2, 3], t0);
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
-        plan.on_result(0, Outcome::Good, t0 + 10 * MS);
+        let mut plan = staggered(&p, &upstreams([0, 1, 2, 3]), t0);
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
+        plan.on_result(upstream(0), Outcome::Good, t0 + 10 * MS);
         assert_eq!(plan.next(t0 + 10 * MS), Action::Done);
         assert_eq!(plan.next(t0 + 400 * MS), Action::Done);
         assert_eq!(plan.stats().launched, 2);
         assert_eq!(plan.stats().stagger_reason, None);
         // Slow active tier: the hedge still fires; then the first good ends it.
-        let mut plan = staggered(&p, &[0, 1, 2, 3, 4], t0);
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
-        assert_eq!(plan.next(t0 + 300 * MS), sends(&[2, 3]));
-        plan.on_result(3, Outcome::Good, t0 + 320 * MS);
-        assert_eq!(plan.stats().first_good, Some((3, false)));
+        let mut plan = staggered(&p, &upstreams([0, 1, 2, 3, 4]), t0);
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
+        assert_eq!(plan.next(t0 + 300 * MS), sends(&upstreams([2, 3])));
+        plan.on_result(upstream(3), Outcome::Good, t0 + 320 * MS);
+        assert_eq!(plan.stats().first_good, Some((upstream(3), false)));
         assert_eq!(plan.next(t0 + 350 * MS), Action::Done);
         assert_eq!(plan.stats().launched, 4);
     }
@@ -699,9 +718,9 @@ mod tests {
             stagger_delay: Duration::from_secs(2),
             ..params()
         };
-        let mut plan = staggered(&p, &[0, 1, 2, 3, 4, 5], t0);
+        let mut plan = staggered(&p, &upstreams([0, 1, 2, 3, 4, 5]), t0);
         let (_, _) = pump(&mut plan, t0);
-        plan.on_result(0, Outcome::Good, t0 + 10 * MS);
+        plan.on_result(upstream(0), Outcome::Good, t0 + 10 * MS);
         let (sent, wait) = pump(&mut plan, t0 + 10 * MS);
         assert_eq!(sent, vec![2, 3]);
         assert_eq!(wait, Action::Wait(t0 + 2010 * MS));
@@ -711,19 +730,19 @@ mod tests {
         assert_eq!(wait, Action::Wait(t0 + 3000 * MS));
         assert_eq!(plan.next(t0 + 3000 * MS), Action::Done);
         // Late results change nothing.
-        plan.on_result(4, Outcome::Good, t0 + 3001 * MS);
+        plan.on_result(upstream(4), Outcome::Good, t0 + 3001 * MS);
         assert_eq!(plan.next(t0 + 3001 * MS), Action::Done);
     }
 
     #[test]
     fn each_upstream_at_most_once_and_stray_results_ignored() {
         let t0 = Instant::now();
-        let mut plan = staggered(&params(), &[2, 2, 0, 1, 0, 3], t0);
+        let mut plan = staggered(&params(), &upstreams([2, 2, 0, 1, 0, 3]), t0);
         let mut all = Vec::new();
         let mut now = t0;
         // Results for unknown, unsent and repeated upstreams are ignored.
-        plan.on_result(9, Outcome::Good, now);
-        plan.on_result(3, Outcome::Good, now);
+        plan.on_result(upstream(9), Outcome::Good, now);
+        plan.on_result(upstream(3), Outcome::Good, now);
         for _ in 0..20 {
             let (sent, action) = pump(&mut plan, now);
             all.extend(sent.iter().copied());
@@ -753,10 +772,10 @@ mod tests {
             active_tier_size: 3,
             ..params()
         };
-        let mut plan = staggered(&p, &[7], t0);
-        assert_eq!(plan.next(t0), sends(&[7]));
+        let mut plan = staggered(&p, &[upstream(7)], t0);
+        assert_eq!(plan.next(t0), sends(&[upstream(7)]));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 3000 * MS));
-        plan.on_result(7, FAIL, t0 + MS);
+        plan.on_result(upstream(7), FAIL, t0 + MS);
         assert_eq!(plan.next(t0 + MS), Action::Done);
         assert_eq!(plan.stats().stagger_reason, None);
     }
@@ -767,18 +786,18 @@ mod tests {
         let mut plan = Plan::with_hedge(
             StrategyKind::Parallel,
             &params(),
-            &[0, 1, 2],
+            &upstreams([0, 1, 2]),
             300 * MS,
             t0,
             0,
         );
-        assert_eq!(plan.next(t0), sends(&[0, 1, 2]));
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1, 2])));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 3000 * MS));
-        plan.on_result(2, Outcome::Good, t0 + MS);
-        assert_eq!(plan.stats().first_good, Some((2, true)));
+        plan.on_result(upstream(2), Outcome::Good, t0 + MS);
+        assert_eq!(plan.stats().first_good, Some((upstream(2), true)));
         assert_eq!(plan.next(t0 + MS), Action::Wait(t0 + 3000 * MS));
-        plan.on_result(0, Outcome::Good, t0 + 2 * MS);
-        plan.on_result(1, FAIL, t0 + 3 * MS);
+        plan.on_result(upstream(0), Outcome::Good, t0 + 2 * MS);
+        plan.on_result(upstream(1), FAIL, t0 + 3 * MS);
         assert_eq!(plan.next(t0 + 3 * MS), Action::Done);
         assert_eq!(plan.stats().stagger_reason, None);
 
@@ -786,9 +805,16 @@ mod tests {
             complete: false,
             ..params()
         };
-        let mut plan = Plan::with_hedge(StrategyKind::Parallel, &p, &[0, 1, 2], 300 * MS, t0, 0);
-        assert_eq!(plan.next(t0), sends(&[0, 1, 2]));
-        plan.on_result(1, Outcome::Good, t0 + MS);
+        let mut plan = Plan::with_hedge(
+            StrategyKind::Parallel,
+            &p,
+            &upstreams([0, 1, 2]),
+            300 * MS,
+            t0,
+            0,
+        );
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1, 2])));
+        plan.on_result(upstream(1), Outcome::Good, t0 + MS);
         assert_eq!(plan.next(t0 + MS), Action::Done);
     }
 
@@ -802,21 +828,21 @@ mod tests {
         let mut plan = Plan::with_hedge(
             StrategyKind::Sequential,
             &p,
-            &[5, 6, 7, 8],
+            &upstreams([5, 6, 7, 8]),
             Duration::ZERO,
             t0,
             0,
         );
-        assert_eq!(plan.next(t0), sends(&[5]));
+        assert_eq!(plan.next(t0), sends(&[upstream(5)]));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 100 * MS));
-        plan.on_result(5, FAIL, t0 + 20 * MS);
-        assert_eq!(plan.next(t0 + 20 * MS), sends(&[6]));
+        plan.on_result(upstream(5), FAIL, t0 + 20 * MS);
+        assert_eq!(plan.next(t0 + 20 * MS), sends(&[upstream(6)]));
         assert_eq!(plan.next(t0 + 20 * MS), Action::Wait(t0 + 120 * MS));
-        assert_eq!(plan.next(t0 + 120 * MS), sends(&[7]));
+        assert_eq!(plan.next(t0 + 120 * MS), sends(&[upstream(7)]));
         assert_eq!(plan.in_flight(), 2, "the slow one stays in flight");
         // The earlier, slow upstream answers and is accepted: done, no merge.
-        plan.on_result(6, Outcome::Good, t0 + 130 * MS);
-        assert_eq!(plan.stats().first_good, Some((6, false)));
+        plan.on_result(upstream(6), Outcome::Good, t0 + 130 * MS);
+        assert_eq!(plan.stats().first_good, Some((upstream(6), false)));
         assert_eq!(plan.next(t0 + 130 * MS), Action::Done);
         assert_eq!(plan.stats().launched, 3);
         assert_eq!(plan.stats().stagger_reason, None);
@@ -828,15 +854,15 @@ mod tests {
         let mut plan = Plan::with_hedge(
             StrategyKind::Sequential,
             &params(),
-            &[0, 1],
+            &upstreams([0, 1]),
             Duration::ZERO,
             t0,
             0,
         );
-        assert_eq!(plan.next(t0), sends(&[0]));
-        plan.on_result(0, FAIL, t0 + MS);
-        assert_eq!(plan.next(t0 + MS), sends(&[1]));
-        plan.on_result(1, FAIL, t0 + 2 * MS);
+        assert_eq!(plan.next(t0), sends(&[upstream(0)]));
+        plan.on_result(upstream(0), FAIL, t0 + MS);
+        assert_eq!(plan.next(t0 + MS), sends(&[upstream(1)]));
+        plan.on_result(upstream(1), FAIL, t0 + 2 * MS);
         assert_eq!(plan.next(t0 + 2 * MS), Action::Done);
     }
 
@@ -845,18 +871,18 @@ mod tests {
         let t0 = Instant::now();
         let mut health = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
         // srtt 40ms, rttvar 20ms: RTO 120ms.
-        health.record_success(0, 40 * MS, t0);
+        health.record_success(upstream(0), 40 * MS, t0);
         let mut plan = Plan::new(
             StrategyKind::Sequential,
             &params(),
-            &[0, 1, 2],
+            &upstreams([0, 1, 2]),
             &health,
             t0,
             0,
         );
-        assert_eq!(plan.next(t0), sends(&[0]));
+        assert_eq!(plan.next(t0), sends(&[upstream(0)]));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 120 * MS));
-        assert_eq!(plan.next(t0 + 120 * MS), sends(&[1]));
+        assert_eq!(plan.next(t0 + 120 * MS), sends(&[upstream(1)]));
         // No samples for 1: the configured attempt timeout (1s).
         assert_eq!(plan.next(t0 + 120 * MS), Action::Wait(t0 + 1120 * MS));
     }
@@ -864,7 +890,7 @@ mod tests {
     #[test]
     fn random_is_a_seeded_permutation_sent_one_at_a_time() {
         let t0 = Instant::now();
-        let order: Vec<UpstreamIdx> = (0..8).collect();
+        let order: Vec<UpstreamIdx> = UpstreamIdx::all(8).collect();
         let run = |seed: u64| {
             let mut plan = Plan::with_hedge(
                 StrategyKind::Random,
@@ -901,17 +927,24 @@ mod tests {
         let t0 = Instant::now();
         let mut health = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
         for _ in 0..10 {
-            health.record_success(0, 80 * MS, t0);
-            health.record_success(1, 40 * MS, t0);
+            health.record_success(upstream(0), 80 * MS, t0);
+            health.record_success(upstream(1), 40 * MS, t0);
         }
         let p = TierParams {
             fallback_timeout: FallbackTimeout::Auto,
             ..params()
         };
-        let mut plan = Plan::new(StrategyKind::Staggered, &p, &[0, 1, 2], &health, t0, 0);
-        assert_eq!(plan.next(t0), sends(&[0, 1]));
+        let mut plan = Plan::new(
+            StrategyKind::Staggered,
+            &p,
+            &upstreams([0, 1, 2]),
+            &health,
+            t0,
+            0,
+        );
+        assert_eq!(plan.next(t0), sends(&upstreams([0, 1])));
         assert_eq!(plan.next(t0), Action::Wait(t0 + 80 * MS));
-        assert_eq!(plan.next(t0 + 80 * MS), sends(&[2]));
+        assert_eq!(plan.next(t0 + 80 * MS), sends(&[upstream(2)]));
     }
 
     /// A simulated fleet: every upstream answers (good or failed) after a fixed
@@ -953,7 +986,7 @@ mod tests {
         let lat =
             |up: usize| Duration::from_millis(((up as u64 * 7919 + seed * 104_729) % 700) + 1);
         let good = |up: usize| (up as u64 + seed) % 3 != 0;
-        let order: Vec<UpstreamIdx> = (0..n).collect();
+        let order: Vec<UpstreamIdx> = UpstreamIdx::all(n).collect();
         let mut plan = Plan::with_hedge(kind, p, &order, 300 * MS, t0, seed);
         let mut sent_at: Vec<Option<Instant>> = vec![None; n];
         let mut delivered = vec![false; n];
@@ -965,8 +998,8 @@ mod tests {
                 Action::Send(ups) => {
                     assert!(!ups.is_empty());
                     for up in ups {
-                        assert!(sent_at[up].is_none(), "{kind:?}: {up} sent twice");
-                        sent_at[up] = Some(now);
+                        assert!(sent_at[up.get()].is_none(), "{kind:?}: {up} sent twice");
+                        sent_at[up.get()] = Some(now);
                     }
                     if kind == StrategyKind::Staggered && plan.stats().stagger_reason.is_none() {
                         assert!(plan.in_flight() <= p.active_tier_size);
@@ -997,7 +1030,7 @@ mod tests {
                             if outcome == Outcome::Good && first_good.is_none() {
                                 first_good = Some(now);
                             }
-                            plan.on_result(u, outcome, now);
+                            plan.on_result(upstream(u), outcome, now);
                         }
                         _ => now = at,
                     }

@@ -393,7 +393,7 @@ impl<B: Backend> UpstreamLink<B> {
         let mailbox = Mailbox::new();
         let waiter = Waiter {
             mailbox: Rc::clone(&mailbox),
-            up: 0,
+            up: crate::health::UpstreamIdx::new(0),
             sent_at: start,
         };
         let _sent = self.send(query, question, background, waiter)?;
@@ -599,6 +599,7 @@ async fn receive_loop(
 mod tests {
     use super::pending::{Pending, RECENTLY_ABANDONED};
     use super::*;
+    use crate::health::UpstreamIdx;
 
     fn table() -> RefCell<PendingTable> {
         RefCell::new(PendingTable::new(4))
@@ -609,7 +610,7 @@ mod tests {
         let mailbox = Mailbox::new();
         let w = Waiter {
             mailbox: Rc::clone(&mailbox),
-            up: 0,
+            up: UpstreamIdx::new(0),
             sent_at: Instant::now(),
         };
         (w, mailbox)
@@ -1038,7 +1039,7 @@ mod tests {
                 .map(|up| {
                     let waiter = Waiter {
                         mailbox: Rc::clone(&mailbox),
-                        up,
+                        up: UpstreamIdx::new(up),
                         sent_at: Instant::now(),
                     };
                     link.send(&query, &q, false, waiter).unwrap()
@@ -1051,7 +1052,7 @@ mod tests {
                     .expect("every reply arrives");
                 // The question as sent (0x20: in some letter case).
                 assert!(res.unwrap().reply[12..].eq_ignore_ascii_case(&query[12..]));
-                heard[up] += 1;
+                heard[up.get()] += 1;
             }
             assert!(heard.iter().all(|&h| h == 1), "each waiter once: {heard:?}");
             assert!(mailbox.pop().is_none());

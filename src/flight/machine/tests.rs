@@ -3,6 +3,7 @@
 //! decisions, with the clock moved by hand.
 
 use super::*;
+use crate::health::upstream;
 use crate::health::{HealthParams, HealthTracker};
 use crate::tiers::{FallbackTimeout, Plan, StrategyKind, TierParams};
 use crate::wire::answer::tests::{a, response};
@@ -42,7 +43,7 @@ fn params() -> TierParams {
 }
 
 fn flight(params: &TierParams, n: usize, t0: Instant) -> FlightMachine {
-    let order: Vec<UpstreamIdx> = (0..n).collect();
+    let order: Vec<UpstreamIdx> = UpstreamIdx::all(n).collect();
     let health = HealthTracker::new(HealthParams::default(), &vec![0; n]);
     let plan = Plan::new(StrategyKind::Staggered, params, &order, &health, t0, 7);
     FlightMachine::new(
@@ -96,7 +97,7 @@ fn a_query_past_its_deadline_fails_as_a_timeout_and_the_wake_up_never_passes_it(
     let t0 = Instant::now();
     let mut f = flight(&params(), 4, t0);
     let (sent, next) = send_all(&mut f, t0, &mut open());
-    assert_eq!(sent, [(0, false), (1, false)]);
+    assert_eq!(sent, [(upstream(0), false), (upstream(1), false)]);
     // The hedge would be at 300 ms; the deadlines (400 ms) are later.
     assert_eq!(next, Action::Wait(t0 + 300 * MS));
     assert!(
@@ -104,14 +105,14 @@ fn a_query_past_its_deadline_fails_as_a_timeout_and_the_wake_up_never_passes_it(
         "not before its deadline"
     );
     let (up, heard) = f.handle_timeout(t0 + TIMEOUT).expect("timed out");
-    assert_eq!(up, 0);
+    assert_eq!(up, upstream(0));
     assert!(matches!(heard, Heard::Failed(FailKind::Timeout)));
     let (up, _) = f.handle_timeout(t0 + TIMEOUT).expect("the other too");
-    assert_eq!(up, 1);
+    assert_eq!(up, upstream(1));
     assert!(f.handle_timeout(t0 + TIMEOUT).is_none(), "each heard once");
     // A reply after its timeout is not heard.
     assert!(f
-        .handle_reply(0, answer(1, false, false), t0 + 401 * MS)
+        .handle_reply(upstream(0), answer(1, false, false), t0 + 401 * MS)
         .is_none());
 }
 
@@ -134,18 +135,18 @@ fn a_truncated_answer_is_asked_again_over_tcp_once_within_its_own_deadline() {
     let mut f = flight(&params(), 2, t0);
     send_all(&mut f, t0, &mut open());
     assert!(f
-        .handle_reply(0, answer(1, true, false), t0 + 10 * MS)
+        .handle_reply(upstream(0), answer(1, true, false), t0 + 10 * MS)
         .is_none());
     assert_eq!(
         f.poll_action(t0 + 10 * MS, &mut open()),
         Action::RetryOverTcp {
-            up: 0,
+            up: upstream(0),
             deadline: t0 + TIMEOUT
         }
     );
     // A second truncated copy asks nothing more.
     assert!(f
-        .handle_reply(0, answer(1, true, false), t0 + 11 * MS)
+        .handle_reply(upstream(0), answer(1, true, false), t0 + 11 * MS)
         .is_none());
     assert!(matches!(
         f.poll_action(t0 + 11 * MS, &mut open()),
@@ -153,7 +154,7 @@ fn a_truncated_answer_is_asked_again_over_tcp_once_within_its_own_deadline() {
     ));
     assert_eq!(f.account().over_tcp.as_slice(), [0]);
     // The answer over TCP is the first good one.
-    match f.handle_reply(0, answer(1, false, true), t0 + 30 * MS) {
+    match f.handle_reply(upstream(0), answer(1, false, true), t0 + 30 * MS) {
         Some(Heard::Good { first: Some(_), .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -164,10 +165,10 @@ fn a_tcp_retry_that_never_answers_times_out_at_the_querys_deadline() {
     let t0 = Instant::now();
     let mut f = flight(&params(), 2, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_reply(1, answer(2, true, false), t0 + 5 * MS);
+    f.handle_reply(upstream(1), answer(2, true, false), t0 + 5 * MS);
     assert!(matches!(
         f.poll_action(t0 + 5 * MS, &mut open()),
-        Action::RetryOverTcp { up: 1, .. }
+        Action::RetryOverTcp { up, .. } if up == 1
     ));
     let late = f.handle_timeout(t0 + TIMEOUT);
     assert!(matches!(late, Some((_, Heard::Failed(FailKind::Timeout)))));
@@ -178,12 +179,16 @@ fn the_stagger_starts_at_once_when_every_active_query_failed() {
     let t0 = Instant::now();
     let mut f = flight(&params(), 4, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_failure(0, FailKind::ServFail, t0 + 5 * MS);
+    f.handle_failure(upstream(0), FailKind::ServFail, t0 + 5 * MS);
     let (sent, _) = send_all(&mut f, t0 + 5 * MS, &mut open());
     assert!(sent.is_empty(), "one active query left: no stagger yet");
-    f.handle_failure(1, FailKind::Refused, t0 + 6 * MS);
+    f.handle_failure(upstream(1), FailKind::Refused, t0 + 6 * MS);
     let (sent, _) = send_all(&mut f, t0 + 6 * MS, &mut open());
-    assert_eq!(sent, [(2, false), (3, false)], "fail fast, not at 300 ms");
+    assert_eq!(
+        sent,
+        [(upstream(2), false), (upstream(3), false)],
+        "fail fast, not at 300 ms"
+    );
 }
 
 #[test]
@@ -195,13 +200,20 @@ fn the_hedge_goes_at_the_fallback_timeout_and_a_refused_one_is_accounted() {
         completion: Spend::Allowed,
     };
     let (sent, next) = send_all(&mut f, t0, &mut stingy);
-    assert_eq!(sent, [(0, false)], "the active tier's second query refused");
-    assert_eq!(f.account().refused.as_slice(), [(1, Purpose::Active)]);
+    assert_eq!(
+        sent,
+        [(upstream(0), false)],
+        "the active tier's second query refused"
+    );
+    assert_eq!(
+        f.account().refused.as_slice(),
+        [(upstream(1), Purpose::Active)]
+    );
     assert_eq!(next, Action::Wait(t0 + 300 * MS));
     let (sent, _) = send_all(&mut f, t0 + 300 * MS, &mut open());
     assert_eq!(
         sent,
-        [(2, false), (3, false)],
+        [(upstream(2), false), (upstream(3), false)],
         "hedged at the fallback timeout"
     );
 }
@@ -211,7 +223,7 @@ fn a_deferred_completion_is_background_work_not_sent_and_leaves_the_answer_incom
     let t0 = Instant::now();
     let mut f = flight(&params(), 4, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_reply(0, answer(1, false, false), t0 + 20 * MS);
+    f.handle_reply(upstream(0), answer(1, false, false), t0 + 20 * MS);
     let mut deferring = Fixed {
         latency: true,
         completion: Spend::Deferred,
@@ -232,9 +244,9 @@ fn completion_sends_are_background_work() {
     let t0 = Instant::now();
     let mut f = flight(&params(), 4, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_reply(0, answer(1, false, false), t0 + 20 * MS);
+    f.handle_reply(upstream(0), answer(1, false, false), t0 + 20 * MS);
     let (sent, _) = send_all(&mut f, t0 + 20 * MS, &mut open());
-    assert_eq!(sent, [(2, true), (3, true)]);
+    assert_eq!(sent, [(upstream(2), true), (upstream(3), true)]);
 }
 
 #[test]
@@ -246,7 +258,7 @@ fn collecting_ends_at_the_total_collect_timeout() {
     };
     let mut f = flight(&p, 2, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_reply(0, answer(1, false, false), t0 + 20 * MS);
+    f.handle_reply(upstream(0), answer(1, false, false), t0 + 20 * MS);
     // Upstream 1 never answers and its deadline is long: the collection's end
     // comes first.
     let mut now = t0 + 20 * MS;
@@ -267,7 +279,10 @@ fn collecting_ends_at_the_total_collect_timeout() {
     assert!(now <= t0 + 1000 * MS, "done by {:?}", now - t0);
     assert!(f.is_done(now, &mut open()));
     let abandoned: Vec<_> = f.abandoned(now).collect();
-    assert!(abandoned.iter().all(|&(up, _)| up != 0), "0 answered");
+    assert!(
+        abandoned.iter().all(|&(up, _)| up != upstream(0)),
+        "0 answered"
+    );
 }
 
 #[test]
@@ -276,9 +291,11 @@ fn a_result_for_an_upstream_never_asked_is_ignored() {
     let mut f = flight(&params(), 3, t0);
     send_all(&mut f, t0, &mut open());
     assert!(f
-        .handle_reply(2, answer(3, false, false), t0 + MS)
+        .handle_reply(upstream(2), answer(3, false, false), t0 + MS)
         .is_none());
-    assert!(f.handle_failure(9, FailKind::Network, t0 + MS).is_none());
+    assert!(f
+        .handle_failure(upstream(9), FailKind::Network, t0 + MS)
+        .is_none());
 }
 
 #[test]
@@ -286,8 +303,12 @@ fn due_sends_survive_a_look_at_whether_the_flight_is_done() {
     let t0 = Instant::now();
     let mut f = flight(&params(), 4, t0);
     send_all(&mut f, t0, &mut open());
-    f.handle_reply(0, answer(1, false, false), t0 + 20 * MS);
+    f.handle_reply(upstream(0), answer(1, false, false), t0 + 20 * MS);
     assert!(!f.is_done(t0 + 20 * MS, &mut open()), "the stagger is due");
     let (sent, _) = send_all(&mut f, t0 + 20 * MS, &mut open());
-    assert_eq!(sent, [(2, true), (3, true)], "kept for the next poll");
+    assert_eq!(
+        sent,
+        [(upstream(2), true), (upstream(3), true)],
+        "kept for the next poll"
+    );
 }

@@ -4,6 +4,7 @@
 //! the clock to the next event, so every run is exact and instant.
 
 use super::*;
+use crate::health::upstream;
 use crate::health::{HealthParams, HealthTracker};
 use crate::tiers::{StaggerReason, StrategyKind, TierParams};
 use crate::wire::answer::tests::{a, response};
@@ -95,7 +96,7 @@ fn exchange(reply: &Reply, rtt: Duration) -> Result<Exchange, FailKind> {
 }
 
 fn state(kind: StrategyKind, params: &TierParams, n: usize, t0: Instant) -> FlightState {
-    let order: Vec<UpstreamIdx> = (0..n).collect();
+    let order: Vec<UpstreamIdx> = UpstreamIdx::all(n).collect();
     let health = HealthTracker::new(HealthParams::default(), &vec![0; n]);
     FlightState::new(
         Plan::new(kind, params, &order, &health, t0, 7),
@@ -120,8 +121,8 @@ fn simulate(flight: &mut FlightState, ups: &[Upstream], t0: Instant) -> Trace {
                     trace.sent.push((u, ms(now)));
                     in_flight += 1;
                     trace.peak = trace.peak.max(in_flight);
-                    if !matches!(ups[u].reply, Reply::Never) {
-                        pending.push((now + ups[u].latency, u));
+                    if !matches!(ups[u.get()].reply, Reply::Never) {
+                        pending.push((now + ups[u.get()].latency, u));
                     }
                 }
             }
@@ -133,7 +134,7 @@ fn simulate(flight: &mut FlightState, ups: &[Upstream], t0: Instant) -> Trace {
                         pending.remove(0);
                         in_flight -= 1;
                         now = arrival;
-                        let res = exchange(&ups[u].reply, ups[u].latency);
+                        let res = exchange(&ups[u.get()].reply, ups[u.get()].latency);
                         match flight.on_report(u, res, now) {
                             Heard::Good {
                                 first: Some(answer),
@@ -177,7 +178,16 @@ fn first_answer_at_the_fastest_then_the_stagger_and_a_merge_of_every_address() {
     let trace = simulate(&mut flight, &five(), t0);
     // The active tier (two) at once; the first answer at the fastest's 20 ms starts
     // the stagger: batches of two, 50 ms apart.
-    assert_eq!(trace.sent, [(0, 0), (1, 0), (2, 20), (3, 20), (4, 70)]);
+    assert_eq!(
+        trace.sent,
+        [
+            (upstream(0), 0),
+            (upstream(1), 0),
+            (upstream(2), 20),
+            (upstream(3), 20),
+            (upstream(4), 70)
+        ]
+    );
     assert_eq!(trace.first, Some((20, BTreeSet::from([1, 2]))));
     assert_eq!(
         trace.peak, 3,
@@ -187,7 +197,7 @@ fn first_answer_at_the_fastest_then_the_stagger_and_a_merge_of_every_address() {
     assert_eq!(trace.done_at, 370);
     let Finished { stats, merged } = flight.finish();
     assert_eq!(stats.stagger_reason, Some(StaggerReason::Answered));
-    assert_eq!(stats.first_good, Some((0, true)));
+    assert_eq!(stats.first_good, Some((upstream(0), true)));
     let (merged, first_at) = merged.expect("five good answers merge");
     assert_eq!(
         first_at,
@@ -272,7 +282,15 @@ fn a_late_active_tier_starts_the_stagger_at_the_fallback_timeout() {
     ];
     let mut flight = state(StrategyKind::Staggered, &params, 4, t0);
     let trace = simulate(&mut flight, &ups, t0);
-    assert_eq!(trace.sent, [(0, 0), (1, 0), (2, 300), (3, 300)]);
+    assert_eq!(
+        trace.sent,
+        [
+            (upstream(0), 0),
+            (upstream(1), 0),
+            (upstream(2), 300),
+            (upstream(3), 300)
+        ]
+    );
     assert_eq!(trace.first, Some((330, BTreeSet::from([3]))));
     assert_eq!(
         flight.finish().stats.stagger_reason,
@@ -293,7 +311,15 @@ fn an_active_tier_that_failed_starts_the_stagger_at_once_and_the_worst_failure_i
     let mut flight = state(StrategyKind::Staggered, &params, 4, t0);
     let trace = simulate(&mut flight, &ups, t0);
     // Both active failed by 15 ms: the stagger starts then, not at 300 ms.
-    assert_eq!(trace.sent, [(0, 0), (1, 0), (2, 15), (3, 15)]);
+    assert_eq!(
+        trace.sent,
+        [
+            (upstream(0), 0),
+            (upstream(1), 0),
+            (upstream(2), 15),
+            (upstream(3), 15)
+        ]
+    );
     assert_eq!(trace.first, None);
     assert_eq!(
         trace.failed,
@@ -343,7 +369,11 @@ fn without_completion_the_first_answer_ends_the_flight() {
     };
     let mut flight = state(StrategyKind::Staggered, &params, 5, t0);
     let trace = simulate(&mut flight, &five(), t0);
-    assert_eq!(trace.sent, [(0, 0), (1, 0)], "plain hedging: no stagger");
+    assert_eq!(
+        trace.sent,
+        [(upstream(0), 0), (upstream(1), 0)],
+        "plain hedging: no stagger"
+    );
     assert_eq!(trace.first, Some((20, BTreeSet::from([1, 2]))));
     assert_eq!(trace.done_at, 20);
     assert!(flight.finish().merged.is_none(), "nothing to merge");
@@ -360,7 +390,11 @@ fn a_first_answer_no_merge_can_grow_ends_the_flight_without_asking_the_rest() {
         let ups: Vec<Upstream> = (0..5).map(|i| up(20 + 10 * i, reply.clone())).collect();
         let mut flight = state(StrategyKind::Staggered, &TierParams::default(), 5, t0);
         let trace = simulate(&mut flight, &ups, t0);
-        assert_eq!(trace.sent, [(0, 0), (1, 0)], "the active tier only");
+        assert_eq!(
+            trace.sent,
+            [(upstream(0), 0), (upstream(1), 0)],
+            "the active tier only"
+        );
         assert_eq!(trace.done_at, 20, "over with the first answer");
         assert!(trace.first.is_some());
         assert_eq!(flight.finish().stats.stagger_reason, None);
@@ -404,7 +438,7 @@ fn a_reply_that_cannot_be_patched_is_malformed_not_good() {
         over_tcp: false,
     };
     assert!(matches!(
-        flight.on_report(0, Ok(junk), t0 + MS),
+        flight.on_report(upstream(0), Ok(junk), t0 + MS),
         Heard::Failed(FailKind::Malformed)
     ));
     assert_eq!(flight.next(t0 + MS, |_, _| true), Next::Done);

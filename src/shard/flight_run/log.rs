@@ -4,7 +4,7 @@
 
 use crate::flight::state::Finished;
 use crate::flight::Account;
-use crate::health::UpstreamIdx;
+use crate::health::{PerUpstream, UpstreamIdx};
 use crate::upstream::Question;
 use std::fmt::Write;
 use std::time::Instant;
@@ -12,7 +12,7 @@ use std::time::Instant;
 /// Logs the flight for `question` that started at `started` and ended at `now`.
 pub(super) fn log_flight(
     question: &Question,
-    labels: &[String],
+    labels: &PerUpstream<String>,
     started: Instant,
     now: Instant,
     account: &Account,
@@ -83,6 +83,7 @@ fn text_name(wire: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::upstream;
     use crate::tiers::{PlanStats, Purpose};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -109,15 +110,18 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || sink.clone())
             .finish();
-        let labels = ["fast".to_string(), "slow".to_string(), "far".to_string()];
+        let labels: PerUpstream<String> = ["fast", "slow", "far"]
+            .map(String::from)
+            .into_iter()
+            .collect();
         let t0 = Instant::now();
         let mut account = Account::default();
-        account.asked.push((0, Duration::ZERO));
-        account.asked.push((1, Duration::from_millis(20)));
-        account.refused.push((2, Purpose::Completion));
+        account.asked.push((upstream(0), Duration::ZERO));
+        account.asked.push((upstream(1), Duration::from_millis(20)));
+        account.refused.push((upstream(2), Purpose::Completion));
         let finished = Finished {
             stats: PlanStats {
-                first_good: Some((0, true)),
+                first_good: Some((upstream(0), true)),
                 ..PlanStats::default()
             },
             merged: None,
