@@ -51,6 +51,7 @@ pub mod shard;
 #[cfg(test)]
 mod test_support;
 pub mod tiers;
+pub mod transport;
 mod trust;
 pub mod upstream;
 pub mod warnings;

@@ -11,11 +11,12 @@ mod describe;
 mod labels;
 
 pub use describe::describe;
-pub use labels::{CacheResult, DropReason, RcodeLabel, TcpClose, Transport};
+pub use labels::{CacheResult, DropReason, RcodeLabel, TcpClose};
 
 use crate::health::{PerUpstream, UpstreamIdx};
 use crate::policy::{AccessAction, RateLimitAction, StreamLimit};
 use crate::tiers::{Purpose, StaggerReason};
+use crate::transport::Transport;
 use std::cell::{Cell, RefCell};
 
 /// Bound on buffered latency samples per histogram between flushes (512 KiB): at

@@ -177,11 +177,6 @@ impl<R: Clone> FlightLeader<R> {
         self.failure = None;
         self.table.end(&self.key, self.serial, &result)
     }
-
-    /// The key of this flight.
-    pub fn key(&self) -> &Key {
-        &self.key
-    }
 }
 
 impl<R: Clone> Drop for FlightLeader<R> {

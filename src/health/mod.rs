@@ -254,7 +254,7 @@ impl HealthTracker {
     }
 
     /// Records a good answer from `up` after `rtt`.
-    pub fn record_success(&mut self, up: UpstreamIdx, rtt: Duration, _now: Instant) {
+    pub fn record_success(&mut self, up: UpstreamIdx, rtt: Duration) {
         let alpha = self.params.ewma_alpha;
         let Some(u) = self.ups.get_mut(up) else {
             return;
@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(h.state(upstream(0)), CircuitState::Closed);
         fail(&mut h, upstream(0), 1, t0);
         assert_eq!(h.state(upstream(0)), CircuitState::Degraded);
-        h.record_success(upstream(0), 10 * MS, t0);
+        h.record_success(upstream(0), 10 * MS);
         assert_eq!(h.state(upstream(0)), CircuitState::Closed);
         assert_eq!(h.consecutive_failures(upstream(0)), 0);
         fail(&mut h, upstream(0), 4, t0);
@@ -551,7 +551,7 @@ mod tests {
         let mut h = tracker(3);
         // This shard knows only upstream 2: 20 ms.
         for _ in 0..5 {
-            h.record_success(upstream(2), 20 * MS, t0);
+            h.record_success(upstream(2), 20 * MS);
         }
         let board = CircuitBoard::new();
         let slots: Vec<BoardSlot> = (1..=3u16)
@@ -579,7 +579,7 @@ mod tests {
         );
         // Once this shard has its own samples, they rule.
         for _ in 0..5 {
-            h.record_success(upstream(0), 2 * MS, t0);
+            h.record_success(upstream(0), 2 * MS);
         }
         assert_eq!(order_now(&mut h), [0, 1, 2]);
     }
@@ -593,12 +593,12 @@ mod tests {
             None,
             "nothing to publish yet"
         );
-        h.record_success(upstream(0), 10 * MS, t0);
+        h.record_success(upstream(0), 10 * MS);
         let first = h
             .srtt_to_publish(upstream(0), t0)
             .expect("the first sample goes out");
         assert!((first - 10_000.0).abs() < 1.0);
-        h.record_success(upstream(0), 30 * MS, t0);
+        h.record_success(upstream(0), 30 * MS);
         assert_eq!(h.srtt_to_publish(upstream(0), t0 + PUBLISH_EVERY / 2), None);
         assert!(h.srtt_to_publish(upstream(0), t0 + PUBLISH_EVERY).is_some());
         assert_eq!(
@@ -613,9 +613,9 @@ mod tests {
         let t0 = Instant::now();
         let mut h = tracker(3);
         for _ in 0..5 {
-            h.record_success(upstream(0), 5 * MS, t0);
-            h.record_success(upstream(1), 10 * MS, t0);
-            h.record_success(upstream(2), 20 * MS, t0);
+            h.record_success(upstream(0), 5 * MS);
+            h.record_success(upstream(1), 10 * MS);
+            h.record_success(upstream(2), 20 * MS);
         }
         let board = CircuitBoard::new();
         let slots: Vec<BoardSlot> = (1..=3u16)
@@ -649,14 +649,14 @@ mod tests {
         // Both answer in 10 ms; then upstream 0 goes silent, and each flight stops
         // waiting for it when upstream 1 answers, 20 ms in.
         for _ in 0..10 {
-            h.record_success(upstream(0), 10 * MS, t0);
-            h.record_success(upstream(1), 12 * MS, t0);
+            h.record_success(upstream(0), 10 * MS);
+            h.record_success(upstream(1), 12 * MS);
         }
         assert_eq!(order(&mut h, &upstreams([0, 1]), t0), [0, 1]);
         let before = h.score(upstream(0)).unwrap();
         for _ in 0..20 {
             h.record_abandoned(upstream(0), 20 * MS);
-            h.record_success(upstream(1), 12 * MS, t0);
+            h.record_success(upstream(1), 12 * MS);
         }
         assert!(h.score(upstream(0)).unwrap() > before);
         assert_eq!(
@@ -672,7 +672,7 @@ mod tests {
         // Stopping to wait within the retransmission timeout teaches nothing.
         let mut h = tracker(1);
         for _ in 0..10 {
-            h.record_success(upstream(0), 10 * MS, t0);
+            h.record_success(upstream(0), 10 * MS);
         }
         let score = h.score(upstream(0));
         h.record_abandoned(upstream(0), MS);
@@ -715,7 +715,7 @@ mod tests {
             vec![0, 2]
         );
         // The probe succeeded: the slot frees, one more query, then closed.
-        h.record_success(upstream(1), 5 * MS, t0 + 15 * SEC);
+        h.record_success(upstream(1), 5 * MS);
         assert_eq!(h.state(upstream(1)), CircuitState::HalfOpen);
         assert_eq!(
             order(&mut h, &upstreams([0, 1, 2]), t0 + 15 * SEC),
@@ -725,7 +725,7 @@ mod tests {
             order(&mut h, &upstreams([0, 1, 2]), t0 + 15 * SEC),
             vec![0, 2]
         );
-        h.record_success(upstream(1), 5 * MS, t0 + 16 * SEC);
+        h.record_success(upstream(1), 5 * MS);
         assert_eq!(h.state(upstream(1)), CircuitState::Closed);
         assert_eq!(h.backoff(upstream(1)), Some(10 * SEC));
         // Closed again: back in the first group, ranked by score (unknown RTT = 0).
@@ -809,10 +809,10 @@ mod tests {
             order(&mut h, &upstreams([0, 1, 2, 3, 4]), t0),
             vec![3, 4, 1, 2, 0]
         );
-        h.record_success(upstream(3), 30 * MS, t0);
-        h.record_success(upstream(4), 20 * MS, t0);
-        h.record_success(upstream(1), 10 * MS, t0);
-        h.record_success(upstream(2), 10 * MS, t0);
+        h.record_success(upstream(3), 30 * MS);
+        h.record_success(upstream(4), 20 * MS);
+        h.record_success(upstream(1), 10 * MS);
+        h.record_success(upstream(2), 10 * MS);
         // 0 is unknown: optimistic, first. Then by SRTT; 1 and 2 tie on everything
         // but index.
         assert_eq!(
@@ -834,8 +834,8 @@ mod tests {
     fn degraded_ranks_with_closed_by_score() {
         let t0 = Instant::now();
         let mut h = tracker(2);
-        h.record_success(upstream(0), 10 * MS, t0);
-        h.record_success(upstream(1), 900 * MS, t0);
+        h.record_success(upstream(0), 10 * MS);
+        h.record_success(upstream(1), 900 * MS);
         fail(&mut h, upstream(0), 3, t0);
         assert_eq!(h.state(upstream(0)), CircuitState::Degraded);
         // 10ms x 0.8^0 + 500ms x (1 - 0.8^3) = 10 + 244 = 254ms < 900ms.
@@ -844,14 +844,13 @@ mod tests {
 
     #[test]
     fn ewma_rtt_math() {
-        let t0 = Instant::now();
         let mut h = tracker(1);
         assert_eq!(h.ewma_rtt(upstream(0)), None);
-        h.record_success(upstream(0), 100 * MS, t0);
-        h.record_success(upstream(0), 200 * MS, t0);
+        h.record_success(upstream(0), 100 * MS);
+        h.record_success(upstream(0), 200 * MS);
         // 0.8 x 100 + 0.2 x 200 = 120
         assert_eq!(h.ewma_rtt(upstream(0)), Some(120 * MS));
-        h.record_success(upstream(0), 20 * MS, t0);
+        h.record_success(upstream(0), 20 * MS);
         // 0.8 x 120 + 0.2 x 20 = 100
         assert_eq!(h.ewma_rtt(upstream(0)), Some(100 * MS));
         assert_eq!(h.ewma_rtt(upstream(5)), None);
@@ -859,12 +858,11 @@ mod tests {
 
     #[test]
     fn quantile_over_several_upstreams() {
-        let t0 = Instant::now();
         let mut h = tracker(3);
         for ms in 1..=10 {
-            h.record_success(upstream(0), ms * MS, t0);
-            h.record_success(upstream(1), (ms + 10) * MS, t0);
-            h.record_success(upstream(2), SEC, t0);
+            h.record_success(upstream(0), ms * MS);
+            h.record_success(upstream(1), (ms + 10) * MS);
+            h.record_success(upstream(2), SEC);
         }
         assert_eq!(h.rtt_quantile(&upstreams([0, 1]), 0.5), Some(10 * MS));
         assert_eq!(h.rtt_quantile(&upstreams([0, 1]), 0.95), Some(19 * MS));
@@ -877,7 +875,7 @@ mod tests {
     fn carry_over_keeps_staying_upstreams() {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
-        h.record_success(upstream(0), 40 * MS, t0);
+        h.record_success(upstream(0), 40 * MS);
         fail(&mut h, upstream(2), 5, t0);
         // Old 2 -> new 0, old 0 -> new 1, a new upstream at 2; old 1 is removed.
         let n = h.carry_over(
@@ -903,7 +901,7 @@ mod tests {
     fn out_of_range_indices_are_ignored() {
         let t0 = Instant::now();
         let mut h = tracker(1);
-        h.record_success(upstream(3), MS, t0);
+        h.record_success(upstream(3), MS);
         h.record_failure(upstream(3), FailKind::Network, t0);
         assert_eq!(h.state(upstream(3)), CircuitState::Closed);
         assert_eq!(h.score(upstream(3)), None);

@@ -4,9 +4,10 @@
 //! transport takes it (`start`).
 
 use crate::io::Backend;
-use crate::metrics::{DropReason, TcpClose, Transport};
+use crate::metrics::{DropReason, TcpClose};
 use crate::policy::ClientSlot;
 use crate::shard::Shard;
+use crate::transport::Transport;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -35,10 +35,10 @@
 use super::tcp::{answer, Busy, Open, MAX_STREAM_QUERY};
 use super::tls::CloseSignal;
 use crate::io::Backend;
-use crate::metrics::Transport;
 use crate::policy::stream_conns::Close;
 use crate::policy::Reservation;
 use crate::shard::{Gate, Shard};
+use crate::transport::Transport;
 use crate::wire::answer::AnswerLayout;
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};

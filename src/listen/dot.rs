@@ -13,8 +13,8 @@
 use super::tcp::{connection, Open};
 use super::tls::CloseSignal;
 use crate::io::{Backend, BufResult, Closing, TcpIo};
-use crate::metrics::Transport;
 use crate::policy::stream_conns::Close;
+use crate::transport::Transport;
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;

@@ -24,8 +24,8 @@ mod tls;
 mod udp;
 
 use crate::io::Backend;
-use crate::metrics::Transport;
 use crate::shard::{ClientSockets, Shard, StartListeners};
+use crate::transport::Transport;
 use std::rc::Rc;
 use tokio::task::JoinHandle;
 

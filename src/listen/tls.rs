@@ -17,9 +17,10 @@
 
 use super::tcp::Open;
 use crate::io::Backend;
-use crate::metrics::{DropReason, Transport};
+use crate::metrics::DropReason;
 use crate::policy::stream_conns::Close;
 use crate::shard::Shard;
+use crate::transport::Transport;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -272,7 +272,7 @@ impl<B: Backend> FlightRun<B> {
         match heard {
             Heard::Good { rtt, first } => {
                 if self.is_current() {
-                    self.update_health(up, |h| h.record_success(up, rtt, now), "answered");
+                    self.update_health(up, |h| h.record_success(up, rtt), "answered");
                     self.publish_rtt(up, now);
                 }
                 self.record(up, UpstreamEvent::Answer(rtt));

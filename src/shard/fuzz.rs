@@ -56,11 +56,11 @@ pub(crate) fn fuzz_first_pass(packet: &[u8], cached: bool) -> Option<Vec<u8>> {
             }
         }
         let client = std::net::IpAddr::from([127, 0, 0, 1]);
-        let reply = match shard.gate(client, crate::metrics::Transport::Udp, now) {
+        let reply = match shard.gate(client, crate::transport::Transport::Udp, now) {
             gate::Gate::Pass => {
                 match shard.first_pass(
                     packet,
-                    crate::metrics::Transport::Udp,
+                    crate::transport::Transport::Udp,
                     shard.pool.get(),
                     now,
                 ) {

@@ -24,8 +24,8 @@
 
 use super::Shard;
 use crate::io::Backend;
-use crate::metrics::Transport;
 use crate::policy::{AccessAction, AccessVerdict, RateLimitAction, RateVerdict, Reservation};
+use crate::transport::Transport;
 use crate::wire::build::{error_reply, truncated_reply, Ede, ErrorRcode};
 use crate::wire::rcode;
 use crate::wire::reader::QueryView;

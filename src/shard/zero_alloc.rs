@@ -13,7 +13,7 @@ use super::serve::First;
 use super::socketless_shard;
 use crate::cache::KeyRef;
 use crate::config::Config;
-use crate::metrics::Transport;
+use crate::transport::Transport;
 use crate::wire::reader::QueryView;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -199,7 +199,6 @@ mod tests {
     use super::*;
     use crate::health::HealthParams;
     use crate::health::{upstream, upstreams};
-    use std::time::Instant;
 
     #[test]
     fn defaults_are_the_design_values_and_valid() {
@@ -317,9 +316,8 @@ mod tests {
             Duration::from_millis(300),
             "no samples"
         );
-        let now = Instant::now();
         for ms in 1..=64 {
-            h.record_success(upstream(0), Duration::from_millis(ms), now);
+            h.record_success(upstream(0), Duration::from_millis(ms));
         }
         // Nearest rank: ceil(0.95 * 64) = 61st smallest sample.
         assert_eq!(
@@ -327,9 +325,9 @@ mod tests {
             Duration::from_millis(61)
         );
         // Tiny RTTs clamp up to auto_min, huge ones down to auto_max.
-        h.record_success(upstream(1), Duration::from_micros(100), now);
+        h.record_success(upstream(1), Duration::from_micros(100));
         assert_eq!(params.hedge_after(&[upstream(1)], &h), params.auto_min);
-        h.record_success(upstream(2), Duration::from_secs(9), now);
+        h.record_success(upstream(2), Duration::from_secs(9));
         assert_eq!(params.hedge_after(&[upstream(2)], &h), params.auto_max);
         // Fixed ignores health.
         assert_eq!(
@@ -346,16 +344,15 @@ mod tests {
             params.attempt_timeout_for(upstream(0), &h),
             params.attempt_timeout
         );
-        let now = Instant::now();
         // First sample: srtt = 40ms, rttvar = 20ms -> rto = 120ms.
-        h.record_success(upstream(0), Duration::from_millis(40), now);
+        h.record_success(upstream(0), Duration::from_millis(40));
         assert_eq!(
             params.attempt_timeout_for(upstream(0), &h),
             Duration::from_millis(120)
         );
-        h.record_success(upstream(1), Duration::from_micros(50), now);
+        h.record_success(upstream(1), Duration::from_micros(50));
         assert_eq!(params.attempt_timeout_for(upstream(1), &h), params.auto_min);
-        h.record_success(upstream(2), Duration::from_secs(5), now);
+        h.record_success(upstream(2), Duration::from_secs(5));
         assert_eq!(
             params.attempt_timeout_for(upstream(2), &h),
             params.attempt_timeout

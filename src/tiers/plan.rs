@@ -871,7 +871,7 @@ mod tests {
         let t0 = Instant::now();
         let mut health = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
         // srtt 40ms, rttvar 20ms: RTO 120ms.
-        health.record_success(upstream(0), 40 * MS, t0);
+        health.record_success(upstream(0), 40 * MS);
         let mut plan = Plan::new(
             StrategyKind::Sequential,
             &params(),
@@ -927,8 +927,8 @@ mod tests {
         let t0 = Instant::now();
         let mut health = HealthTracker::new(HealthParams::default(), &[0, 0, 0]);
         for _ in 0..10 {
-            health.record_success(upstream(0), 80 * MS, t0);
-            health.record_success(upstream(1), 40 * MS, t0);
+            health.record_success(upstream(0), 80 * MS);
+            health.record_success(upstream(1), 40 * MS);
         }
         let p = TierParams {
             fallback_timeout: FallbackTimeout::Auto,

@@ -22,7 +22,7 @@ fn an_absurd_upstream_timeout_is_clamped_not_an_overflow() {
         let admitted = shard.admit().unwrap();
         let resolving = shard.resolve(
             &query,
-            crate::metrics::Transport::Udp,
+            crate::transport::Transport::Udp,
             Instant::now(),
             &admitted,
         );
