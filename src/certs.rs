@@ -122,16 +122,6 @@ pub fn needed(config: &Config) -> Vec<CertFiles<'_>> {
     files
 }
 
-/// Loads every certificate the configured listeners need, as a start would
-/// (`tierdns --check`); the error names the key of the file at fault.
-pub fn check(config: &Config) -> Result<(), CertError> {
-    let provider = provider();
-    for files in needed(config) {
-        load(files, &provider)?;
-    }
-    Ok(())
-}
-
 /// The certificate in force for a set of listeners, swapped whole by a reload.
 #[derive(Debug)]
 pub struct ServerCert {

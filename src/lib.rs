@@ -172,7 +172,7 @@ fn reload(handle: &shard::ServerHandle, path: Option<&std::path::Path>, override
 /// Starts the server on `config`: the shards and their listeners. Returns once
 /// every shard serves; [`shard::ServerHandle::shutdown`] stops it.
 pub fn start(config: Config) -> Result<shard::ServerHandle, shard::StartError> {
-    shard::start::<listen::Listeners>(config)
+    shard::start::<listen::Listeners>(shard::Preflight::run(config)?)
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully. With a

@@ -59,8 +59,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if cli.check {
-        // The listeners' certificate files too, as a start would read them.
-        if let Err(e) = tierdns::certs::check(&config) {
+        // The files it names (certificates, CA roots), read as a start would.
+        if let Err(e) = tierdns::shard::Preflight::run(config.clone()) {
             eprintln!("tierdns: {e}");
             return ExitCode::from(1);
         }

@@ -1,9 +1,9 @@
 //! The roots encrypted upstreams trust: a `ca_file`'s certificates, or the
-//! system's store. Read once by [`Config::check_roots`](crate::config::Config::check_roots),
-//! the step after validation that touches the disk (start, `--check` and reload),
-//! and again by each upstream link that opens connections.
+//! system's store. Read once per start, `--check` or reload, by the step that
+//! builds the encrypted upstreams' TLS client configs for every shard
+//! (`shard::upstreams::CheckedUpstreams`).
 //!
-//! Below both `config` and `upstream`: it knows paths and certificates, no keys.
+//! Used by the encrypted upstream links only: it knows paths and certificates, no keys.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;

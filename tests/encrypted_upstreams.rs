@@ -692,7 +692,15 @@ fn encrypted_upstream_config_errors_name_the_key() {
     assert!(e.contains("address") && e.contains("quic"), "{e}");
     let e = err("address = \"tls://127.0.0.1:99999\"\n");
     assert!(e.contains("address"), "{e}");
-    let e = err("address = \"tls://127.0.0.1\"\nca_file = \"/nonexistent/ca.pem\"\n");
+    // The files are read by the start's preflight (and `--check`), not by the parse.
+    let preflight_err = |upstream: &str| {
+        let config = Config::parse(&format!("[[upstream]]\n{upstream}"), "t.toml").unwrap();
+        match tierdns::shard::Preflight::run(config) {
+            Ok(_) => panic!("preflight passed: {upstream}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = preflight_err("address = \"tls://127.0.0.1\"\nca_file = \"/nonexistent/ca.pem\"\n");
     assert!(
         e.contains("upstream[0].ca_file") && e.contains("/nonexistent/ca.pem"),
         "{e}"
@@ -705,7 +713,7 @@ fn encrypted_upstream_config_errors_name_the_key() {
     let pki = pki();
     let junk = pki.dir.join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
-    let e = err(&format!(
+    let e = preflight_err(&format!(
         "address = \"tls://127.0.0.1\"\nca_file = \"{}\"\n",
         junk.display()
     ));

@@ -155,7 +155,7 @@ fn a_reload_whose_ca_file_cannot_be_read_is_refused_on_every_shard() {
         .reload(refused)
         .expect_err("the CA file cannot be read");
     assert!(
-        e.0.contains("upstream dot") && e.0.contains(&ca.display().to_string()),
+        e.0.contains("upstream[0].ca_file (dot)") && e.0.contains(&ca.display().to_string()),
         "{e}"
     );
     // No shard took any of it: neither the upstreams nor the access list.

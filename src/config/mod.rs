@@ -2,10 +2,9 @@
 //!
 //! Every section is `deny_unknown_fields`: a misspelt key is an error naming it,
 //! never silently ignored. [`Config::validate`] checks what serde cannot (ranges,
-//! references between sections) and names the key at fault; it reads no file.
-//! [`Config::check_roots`] is the step after it that does: the encrypted
-//! upstreams' CA roots, read through the `trust` module (below both `config` and
-//! `upstream`, so `config` imports nothing from the upstream links). Without a
+//! references between sections) and names the key at fault; it reads no file
+//! (the certificates and CA roots a config names are read once, by the start's
+//! preflight, [`crate::shard::Preflight`]). Without a
 //! file, tierdns runs on [`Config::default`]: listen on 127.0.0.1:5353, serve
 //! loopback clients only, five public upstreams.
 
@@ -113,26 +112,16 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates TOML text, then checks the roots it names
-    /// ([`Self::check_roots`]); `origin` names it in errors.
+    /// Parses and validates TOML text; `origin` names it in errors. Reads no
+    /// file: the certificates and roots it names are read by the start's
+    /// preflight ([`crate::shard::Preflight`]), which `--check` runs too.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: one_line(text, &e),
         })?;
         config.validate()?;
-        config.check_roots()?;
         Ok(config)
-    }
-
-    /// The step after [`Self::validate`] that reads files (validation reads
-    /// none): every encrypted upstream's trusted roots, its `ca_file` or the
-    /// system's store. [`Self::parse`] runs it, so start, `--check` and reload do.
-    pub fn check_roots(&self) -> Result<(), ConfigError> {
-        for (i, u) in self.upstreams.iter().enumerate() {
-            u.check_roots(i)?;
-        }
-        Ok(())
     }
 
     /// The effective configuration as TOML, defaults included.

@@ -26,6 +26,7 @@ mod fuzz;
 pub(crate) use fuzz::{fuzz_classify, fuzz_first_pass};
 mod flight_run;
 mod gate;
+mod preflight;
 mod reload;
 mod runtime;
 mod serve;
@@ -46,6 +47,7 @@ use crate::policy::stream_conns::{Close, Registry};
 use crate::policy::{Policy, RateLimiter, StreamLimiters, TcpClients};
 use crate::tiers::Budget;
 pub(crate) use gate::Gate;
+pub use preflight::Preflight;
 pub use reload::ReloadRefused;
 use runtime::{choose_backend, run_shard};
 pub(crate) use serve::First;
@@ -216,14 +218,17 @@ pub(crate) struct ClientSockets<B: Backend> {
 
 /// Starts the shards, each with the listeners `L` starts. Returns once every
 /// shard has its sockets running.
-pub(crate) fn start<L: StartListeners>(config: Config) -> Result<ServerHandle, StartError> {
+pub(crate) fn start<L: StartListeners>(preflight: Preflight) -> Result<ServerHandle, StartError> {
+    let Preflight {
+        listener_tls,
+        upstreams,
+    } = preflight;
+    let config = (*upstreams.config).clone();
     let shards = config.shard_count();
     let (uring, backend_reason) = choose_backend(&config)?;
     let backend = if uring { Uring::NAME } else { Epoll::NAME };
-    let listener_tls = ListenerTls::load(&config).map_err(StartError::Tls)?;
     // Roots and TLS setups read once, for every shard.
-    let checked =
-        Arc::new(CheckedUpstreams::check(Arc::new(config.clone())).map_err(StartError::Upstream)?);
+    let checked = Arc::new(upstreams);
     let (mut sockets, local_addrs) = bind_all(&config, shards)?;
     let (tls_addrs, https_addrs) = bind_encrypted(&config, &mut sockets)?;
     let shared = Arc::new(Shared::new(config, shards, listener_tls));

@@ -45,7 +45,8 @@ impl CheckedUpstreams {
         let tls = config
             .upstreams
             .iter()
-            .map(prepare)
+            .enumerate()
+            .map(|(i, u)| prepare(i, u))
             .collect::<Result<_, _>>()?;
         Ok(Self { config, tls })
     }

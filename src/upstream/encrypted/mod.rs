@@ -196,7 +196,8 @@ impl LinkShared {
 /// (`ca_file` read, or the system's), the TLS client config and the name the
 /// certificate must carry. None for a plain upstream. Built once per start or
 /// reload and handed to every shard, so all shards trust the same roots.
-pub(crate) fn prepare(upstream: &UpstreamConfig) -> Result<Option<TlsTarget>, String> {
+/// `i` is its position in the config, for the key named in the error.
+pub(crate) fn prepare(i: usize, upstream: &UpstreamConfig) -> Result<Option<TlsTarget>, String> {
     let alpn: &[u8] = match &upstream.transport {
         UpstreamTransport::Plain => return Ok(None),
         UpstreamTransport::Tls => b"dot",
@@ -209,7 +210,7 @@ pub(crate) fn prepare(upstream: &UpstreamConfig) -> Result<Option<TlsTarget>, St
         alpn,
     )
     .map(Some)
-    .map_err(|why| format!("upstream {}: {why}", upstream.label()))
+    .map_err(|(key, why)| format!("upstream[{i}].{key} ({}): {why}", upstream.label()))
 }
 
 /// The transport-specific half of a link.
@@ -235,7 +236,7 @@ impl EncryptedLink {
         limits: &Limits,
         stats: &Rc<ShardStats>,
     ) -> io::Result<Option<Self>> {
-        match prepare(upstream).map_err(io::Error::other)? {
+        match prepare(0, upstream).map_err(io::Error::other)? {
             Some(target) => Self::with_target(upstream, target, limits, stats).map(Some),
             None => Ok(None),
         }

@@ -33,26 +33,29 @@ pub(crate) struct TlsTarget {
 impl TlsTarget {
     /// A client config for `alpn` trusting `ca_file` (or the system's roots), with
     /// the ring provider, safe default protocol versions and session resumption
-    /// (rustls' in-memory cache), verifying `tls_name` (default: `addr`'s IP).
+    /// (rustls' in-memory cache), verifying `tls_name` (default: `addr`'s IP). The
+    /// error names the key at fault (`ca_file`, `tls_name`) and says why.
     pub(crate) fn new(
         addr: SocketAddr,
         tls_name: Option<&str>,
         ca_file: Option<&Path>,
         alpn: &[u8],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, (&'static str, String)> {
         let roots = match ca_file {
-            Some(path) => Arc::new(read_roots(path)?),
-            None => system_roots()?,
+            Some(path) => Arc::new(read_roots(path).map_err(|why| ("ca_file", why))?),
+            None => system_roots().map_err(|why| ("ca_file", why))?,
         };
         let name = match tls_name {
-            Some(n) => ServerName::try_from(n.to_string())
-                .map_err(|_| format!("tls_name {n:?} is neither a DNS name nor an IP address"))?,
+            Some(n) => ServerName::try_from(n.to_string()).map_err(|_| {
+                let why = format!("{n:?} is neither a DNS name nor an IP address");
+                ("tls_name", why)
+            })?,
             None => ServerName::IpAddress(addr.ip().into()),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(|e| ("address", format!("TLS setup: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![alpn.to_vec()];
