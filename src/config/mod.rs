@@ -4,7 +4,7 @@
 //! never silently ignored. [`Config::validate`] checks what serde cannot (ranges,
 //! references between sections) and names the key at fault; it reads no file
 //! (the certificates and CA roots a config names are read once, by the start's
-//! preflight, [`crate::shard::Preflight`]). Without a
+//! preflight, `shard::Preflight`). Without a
 //! file, tierdns runs on [`Config::default`]: listen on 127.0.0.1:5353, serve
 //! loopback clients only, five public upstreams.
 
@@ -114,7 +114,7 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors. Reads no
     /// file: the certificates and roots it names are read by the start's
-    /// preflight ([`crate::shard::Preflight`]), which `--check` runs too.
+    /// preflight (`shard::Preflight`), which `--check` runs too.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
