@@ -26,7 +26,7 @@
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
-use tierdns::cache::{CacheConfig, InsertOutcome, KeyRef, Lookup, PacketCache, Reject};
+use tierdns::cache::{CacheConfig, InsertOutcome, KeyRef, Lookup, PacketCache, Unstorable};
 use tierdns::wire::answer::{write_reply, AnswerLayout, TtlPatch, OPT_RR_LEN, REPLY_HEADROOM};
 use tierdns::wire::name::{read_name_lower, MAX_NAME_LEN};
 use tierdns::wire::{Edns, ReplyTarget, EDNS_UDP_SIZE, HEADER_LEN};
@@ -477,7 +477,7 @@ fn check_cache(
     let l = match layout {
         Ok(l) => l,
         Err(e) => {
-            assert_eq!(outcome, InsertOutcome::Rejected(Reject::Malformed(e)));
+            assert_eq!(outcome, InsertOutcome::Rejected(Unstorable::Malformed(e)));
             assert!(cache.is_empty());
             return;
         }
@@ -485,12 +485,12 @@ fn check_cache(
     assert!(
         matches!(
             outcome,
-            InsertOutcome::Inserted | InsertOutcome::Rejected(Reject::NotCacheable)
+            InsertOutcome::Inserted | InsertOutcome::Rejected(Unstorable::NotCacheable)
         ),
         "{outcome:?}"
     );
     if !l.is_response() || data[2] & 0x78 != 0 || l.truncated() {
-        assert_eq!(outcome, InsertOutcome::Rejected(Reject::NotCacheable));
+        assert_eq!(outcome, InsertOutcome::Rejected(Unstorable::NotCacheable));
     }
     assert_eq!(cache.len(), usize::from(outcome.stored()));
     assert!(cache.bytes() <= 1 << 20);

@@ -369,7 +369,7 @@ pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
                 question,
                 waiter: Waiter {
                     mailbox: Rc::clone(&mailbox),
-                    up: i,
+                    up: UpstreamIdx::new(i),
                     sent_at: Instant::now(),
                 },
             },
