@@ -216,6 +216,27 @@ pub(crate) fn report(change: CaseChange, addr: std::net::SocketAddr, label: &str
     }
 }
 
+/// The 0x20 guard of one link, shared by its sockets, with what its
+/// changes are reported under.
+pub(crate) struct CaseWatch {
+    pub(crate) guard: std::cell::RefCell<CaseGuard>,
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) label: std::cell::RefCell<String>,
+}
+
+impl CaseWatch {
+    pub(crate) fn next_query(&self, now: Instant) -> CaseUse {
+        self.guard.borrow_mut().next_query(now)
+    }
+
+    pub(crate) fn saw(&self, seen: CaseSeen, now: Instant) {
+        let change = self.guard.borrow_mut().saw(seen, now);
+        if let Some(change) = change {
+            report(change, self.addr, &self.label.borrow());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

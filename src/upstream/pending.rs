@@ -1,25 +1,26 @@
-//! The pending queries of one upstream socket, and the rules a reply must meet to
-//! be handed to one: a response (QR=1), the ID of a pending query, and that
-//! query's question, compared byte for byte, in the letter case sent when the
-//! query went out with DNS 0x20. Anything else is refused with the reason
-//! (mismatch, late, case mismatch, malformed), which the receive loop counts. What
-//! the replies tell about the upstream's handling of case ([`CaseSeen`]) goes to the
-//! link's 0x20 guard (see [`super::case`]).
+//! The table of queries waiting for their replies on one upstream socket (UDP,
+//! [`super::udp`]) or connection (DoT), and the question a reply must repeat.
 //!
-//! Bounds: `max` entries, of which background work may fill three quarters; the
-//! last [`RECENTLY_ABANDONED`] queries that stopped waiting are remembered to tell a
-//! late reply from a forged one.
+//! [`PendingTable`] is the one table both use: it draws each query's ID from the
+//! CSPRNG, unique in the table, in at most [`MAX_ID_TRIES`] draws (a table with no
+//! free ID found within them refuses the query: bounded work, never a loop until
+//! one is free); keeps the [`Question`] the reply must repeat, compared byte for
+//! byte on the lowercased name (not a hash a forger could aim at); and bounds
+//! itself: `max` entries, of which background work (completion, prefetch) may fill
+//! three quarters ([`room`]), so that it never takes the last places from queries a
+//! client waits for. Each registration has a serial, so a query that stops
+//! waiting never removes a later one that drew the same ID. What waits on an entry
+//! is the transport's: a UDP query's flight mailbox and 0x20 rule, a DoT query's
+//! oneshot.
+//!
+//! [`CaseMask`] and [`CaseRule`] are DNS 0x20's: which letters went out upper
+//! case, and how strictly a reply must repeat them.
 
-use super::case::CaseSeen;
-use super::mailbox::{Exchange, Mailbox};
-use crate::health::UpstreamIdx;
 use crate::wire::name::{read_name_lower, MAX_NAME_LEN};
-use crate::wire::reader::Header;
 use crate::wire::HEADER_LEN;
 use hashbrown::HashMap;
 use rand::Rng;
 use std::rc::Rc;
-use std::time::Instant;
 
 /// The question a reply must repeat: the lowercased wire name, type and class,
 /// compared byte for byte (not a hash a forger could aim at). Shared by every
@@ -106,7 +107,7 @@ pub(crate) enum CaseRule {
 
 /// The question section of a message, read once onto the stack: its lowercased
 /// name, type and class.
-struct WireQuestion {
+pub(super) struct WireQuestion {
     name: [u8; MAX_NAME_LEN],
     len: usize,
     qtype: u16,
@@ -115,7 +116,7 @@ struct WireQuestion {
 
 impl WireQuestion {
     /// The question of `msg`; None when it has no readable one.
-    fn read(msg: &[u8]) -> Option<Self> {
+    pub(super) fn read(msg: &[u8]) -> Option<Self> {
         let mut name = [0u8; MAX_NAME_LEN];
         let (len, end) = read_name_lower(msg, HEADER_LEN, &mut name).ok()?;
         let fixed = msg.get(end..end + 4)?;
@@ -127,7 +128,13 @@ impl WireQuestion {
         })
     }
 
-    fn is(&self, question: &Question) -> bool {
+    /// As a [`Question`] (the fuzzer's table).
+    #[cfg(fuzzing)]
+    pub(super) fn to_question(&self) -> Question {
+        Question::new(&self.name[..self.len], self.qtype, self.qclass)
+    }
+
+    pub(super) fn is(&self, question: &Question) -> bool {
         self.name[..self.len] == *question.qname_lower
             && self.qtype == question.qtype
             && self.qclass == question.qclass
@@ -160,232 +167,249 @@ impl Question {
     }
 }
 
-pub(super) struct Pending {
-    /// With DNS 0x20: the letter case the reply's question must repeat.
-    pub(super) case: CaseRule,
-    /// A reply with its ID and question came in another case than sent (dropped):
-    /// if no reply in the right case follows, the query says [`CaseSeen::Folded`].
-    pub(super) folded: bool,
-    /// Distinguishes this registration from a later one that reuses the ID.
-    pub(super) serial: u64,
-    pub(super) question: Question,
-    pub(super) waiter: Waiter,
-}
+/// Draws of a random ID before a table gives up on a query. With at most 60000 of
+/// the 65536 IDs in use (`limits.max_upstream_pending`'s validated bound), all 256
+/// draws miss with a chance under 1e-11; the cap only bounds the work.
+pub(super) const MAX_ID_TRIES: usize = 256;
 
-/// Who waits for a pending query's reply: the flight's mailbox, under the
-/// upstream's index, and when the query left (the round trip is timed from it).
-pub(crate) struct Waiter {
-    pub(crate) mailbox: Rc<Mailbox>,
-    pub(crate) up: UpstreamIdx,
-    pub(crate) sent_at: Instant,
-}
-
-/// Why the pending table refused a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dispatch {
-    /// No query waits for this ID and question: spoofed, or very late.
-    Mismatch,
-    /// The ID and question of a query that stopped waiting a short while ago (the
-    /// slower upstream of a flight that already had its answer): late, not forged.
-    Late,
-    /// The ID and question of a pending query sent with DNS 0x20, in another
-    /// letter case than it was sent: dropped (the query keeps waiting).
-    CaseMismatch,
-    Malformed,
-}
-
-/// Queries that stopped waiting, remembered to tell a late reply from a forged one.
-pub(super) const RECENTLY_ABANDONED: usize = 64;
-
-/// The pending queries of one socket, keyed by message ID.
-pub(super) struct PendingTable {
-    pub(super) map: HashMap<u16, Pending>,
-    pub(super) max: usize,
-    pub(super) serial: u64,
-    /// The last [`RECENTLY_ABANDONED`] IDs and questions whose waiter gave up, in a
-    /// ring; `abandoned_next` is where the next goes.
-    pub(super) abandoned: [Option<(u16, Question)>; RECENTLY_ABANDONED],
-    pub(super) abandoned_next: usize,
-}
-
-impl PendingTable {
-    /// Reserves a fresh random ID for `waiter`'s query; None at the bound.
-    pub(super) fn register(
-        &mut self,
-        question: Question,
-        background: bool,
-        case: CaseRule,
-        waiter: Waiter,
-    ) -> Option<(u16, u64)> {
-        if self.map.len() >= self.bound(background) {
-            return None;
-        }
-        let mut rng = rand::rng();
-        let id = loop {
-            let id: u16 = rng.random();
-            if !self.map.contains_key(&id) {
-                break id;
-            }
-        };
-        self.serial += 1;
-        let serial = self.serial;
-        self.map.insert(
-            id,
-            Pending {
-                case,
-                folded: false,
-                serial,
-                question,
-                waiter,
-            },
-        );
-        Some((id, serial))
+/// How many entries a table of `max` may hold when one more registers: all of it
+/// for a query a client waits for, three quarters for background work (completion,
+/// prefetch), so that background work never takes the last places. The one rule
+/// for the UDP and DoT tables and the DoH connection's streams.
+pub(crate) fn room(max: usize, background: bool) -> usize {
+    if background {
+        (max - max / 4).max(1)
+    } else {
+        max
     }
+}
 
+/// Why a table refused a query: both are our own overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// At its bound ([`room`]).
+    Full,
+    /// No free ID within [`MAX_ID_TRIES`] draws.
+    NoFreeId,
+}
+
+/// One pending query: the question its reply must repeat, the serial of its
+/// registration, and what waits for it.
+pub(super) struct Pending<T> {
+    pub(super) question: Question,
+    serial: u64,
+    pub(super) waiter: T,
+}
+
+/// The pending queries of one socket or connection, keyed by message ID.
+pub(super) struct PendingTable<T> {
+    map: HashMap<u16, Pending<T>>,
+    max: usize,
+    serial: u64,
+}
+
+impl<T> PendingTable<T> {
+    /// An empty table of at most `max` entries (at least one).
     pub(super) fn new(max: usize) -> Self {
+        let max = max.max(1);
         Self {
             map: HashMap::with_capacity(max.min(1024)),
             max,
             serial: 0,
-            abandoned: std::array::from_fn(|_| None),
-            abandoned_next: 0,
         }
     }
 
     /// Whether a query (`background` or not) would find no room.
     pub(super) fn is_full(&self, background: bool) -> bool {
-        self.map.len() >= self.bound(background)
+        self.map.len() >= room(self.max, background)
     }
 
-    /// How many entries a query may find in the table and still register: all of
-    /// it for a query a client waits for, three quarters for background work
-    /// (completion, prefetch), so background work never takes the last slots.
-    fn bound(&self, background: bool) -> usize {
-        if background {
-            self.max - self.max / 4
-        } else {
-            self.max
+    /// Reserves a fresh random ID (from the CSPRNG) for a query asking `question`;
+    /// returns it with the registration's serial.
+    pub(super) fn register(
+        &mut self,
+        question: Question,
+        background: bool,
+        waiter: T,
+    ) -> Result<(u16, u64), Refused> {
+        let mut rng = rand::rng();
+        self.register_drawing(|| rng.random(), question, background, waiter)
+    }
+
+    /// [`Self::register`] with the IDs drawn by `draw`.
+    fn register_drawing(
+        &mut self,
+        mut draw: impl FnMut() -> u16,
+        question: Question,
+        background: bool,
+        waiter: T,
+    ) -> Result<(u16, u64), Refused> {
+        if self.is_full(background) {
+            return Err(Refused::Full);
         }
+        let id = (0..MAX_ID_TRIES)
+            .map(|_| draw())
+            .find(|id| !self.map.contains_key(id))
+            .ok_or(Refused::NoFreeId)?;
+        self.serial += 1;
+        let serial = self.serial;
+        self.map.insert(
+            id,
+            Pending {
+                question,
+                serial,
+                waiter,
+            },
+        );
+        Ok((id, serial))
     }
 
-    /// Removes the registration `serial` of `id`, if it is still there (the reply
-    /// may have removed it, and a later query may have taken the ID since), and
-    /// remembers it as abandoned. Returns [`CaseSeen::Folded`] for a query that
-    /// only ever got replies in another case than sent.
-    pub(super) fn abandon(&mut self, id: u16, serial: u64) -> Option<CaseSeen> {
-        if self.map.get(&id).is_none_or(|p| p.serial != serial) {
+    /// Removes the registration `serial` of `id` if it is still there (its reply
+    /// may have taken it, and a later query the ID since).
+    pub(super) fn remove(&mut self, id: u16, serial: u64) -> Option<Pending<T>> {
+        if self.map.get(&id)?.serial != serial {
             return None;
         }
-        let p = self.map.remove(&id)?;
-        self.abandoned[self.abandoned_next] = Some((id, p.question));
-        self.abandoned_next = (self.abandoned_next + 1) % RECENTLY_ABANDONED;
-        p.folded.then_some(CaseSeen::Folded)
+        self.map.remove(&id)
     }
 
-    /// Posts a copy of a reply, received at `now`, to its waiter's mailbox, or says
-    /// why it was refused. An accepted reply to a query sent with 0x20 also says
-    /// whether the upstream repeated the case (none for a name drawn all lower
-    /// case, which any upstream repeats).
-    pub(super) fn dispatch(
-        &mut self,
-        reply: &[u8],
-        now: Instant,
-    ) -> Result<Option<CaseSeen>, Dispatch> {
-        let verdict = match Header::parse(reply) {
-            Ok(h) if h.qr() => match WireQuestion::read(reply) {
-                None => Err(Dispatch::Malformed),
-                Some(q) => match self.map.get_mut(&h.id) {
-                    Some(p) if q.is(&p.question) => match p.case {
-                        CaseRule::Exact(sent) if CaseMask::of_question(reply) != Some(sent) => {
-                            p.folded = true;
-                            Err(Dispatch::CaseMismatch)
-                        }
-                        CaseRule::Exact(sent) => {
-                            Ok((h.id, (!sent.is_lower()).then_some(CaseSeen::Kept)))
-                        }
-                        CaseRule::Probe(sent) if CaseMask::of_question(reply) != Some(sent) => {
-                            Ok((h.id, Some(CaseSeen::Folded)))
-                        }
-                        CaseRule::Probe(sent) => {
-                            Ok((h.id, (!sent.is_lower()).then_some(CaseSeen::Kept)))
-                        }
-                        CaseRule::Any => Ok((h.id, None)),
-                    },
-                    _ if self
-                        .abandoned
-                        .iter()
-                        .flatten()
-                        .any(|(id, a)| *id == h.id && q.is(a)) =>
-                    {
-                        Err(Dispatch::Late)
-                    }
-                    _ => Err(Dispatch::Mismatch),
-                },
-            },
-            _ => Err(Dispatch::Malformed),
-        };
-        let (id, seen) = verdict?;
-        if let Some(p) = self.map.remove(&id) {
-            let Waiter {
-                mailbox,
-                up,
-                sent_at,
-            } = p.waiter;
-            mailbox.push((
-                up,
-                Ok(Exchange {
-                    reply: reply.to_vec(),
-                    rtt: now.saturating_duration_since(sent_at),
-                    over_tcp: false,
-                }),
-            ));
-        }
-        Ok(seen)
+    /// Takes the entry of `id`, whichever registration it is.
+    pub(super) fn take(&mut self, id: u16) -> Option<Pending<T>> {
+        self.map.remove(&id)
     }
-}
 
-/// The reply path for the fuzzer: a pending table holding two queries, the
-/// question of `reply` under its own ID (when it has a readable one) and `a.` A IN
-/// under the ID after it, gets `reply` as if from the upstream socket. Returns the
-/// reply if the table handed it to a waiter. Checks its own rules: nothing is
-/// handed over unless it is a response with a pending ID and that query's question.
-#[cfg(fuzzing)]
-pub(crate) fn fuzz_dispatch(reply: &[u8]) -> Option<Vec<u8>> {
-    let mut table = PendingTable::new(8);
-    let id = u16::from_be_bytes([*reply.first()?, *reply.get(1)?]);
-    let own = WireQuestion::read(reply).map(|q| Question::new(&q.name[..q.len], q.qtype, q.qclass));
-    let mailbox = Mailbox::new();
-    for (i, question) in [own, Some(Question::new(b"\x01a\x00", 1, 1))]
-        .into_iter()
-        .enumerate()
-    {
-        let Some(question) = question else { continue };
-        table.map.insert(
-            id.wrapping_add(i as u16),
+    /// The entry of `id`, if its question is `question` (what a reply under that
+    /// ID must repeat).
+    pub(super) fn asked(&mut self, id: u16, question: &WireQuestion) -> Option<&mut Pending<T>> {
+        self.map.get_mut(&id).filter(|p| question.is(&p.question))
+    }
+
+    /// Drops every entry (their waiters see the end).
+    pub(super) fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Puts an entry under `id` directly (tests, the fuzzer: a known ID).
+    #[cfg(any(test, fuzzing))]
+    pub(super) fn insert_at(&mut self, id: u16, serial: u64, question: Question, waiter: T) {
+        self.map.insert(
+            id,
             Pending {
-                case: CaseRule::Any,
-                folded: false,
-                serial: i as u64,
                 question,
-                waiter: Waiter {
-                    mailbox: Rc::clone(&mailbox),
-                    up: UpstreamIdx::new(i),
-                    sent_at: Instant::now(),
-                },
+                serial,
+                waiter,
             },
         );
     }
-    let before = table.map.len();
-    let accepted = table.dispatch(reply, Instant::now()).is_ok();
-    let header = Header::parse(reply).ok();
-    if accepted {
-        let h = header.expect("only a readable header is accepted");
-        assert!(h.qr(), "only responses are accepted");
-        assert_eq!(table.map.len(), before - 1, "exactly one waiter served");
-    } else {
-        assert_eq!(table.map.len(), before, "a refused reply serves nobody");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> Question {
+        Question::new(b"\x01a\x00", 1, 1)
     }
-    let (_, result) = mailbox.pop()?;
-    assert!(mailbox.pop().is_none(), "one reply serves one waiter");
-    result.ok().map(|ex| ex.reply)
+
+    #[test]
+    fn background_work_gets_three_quarters_and_never_the_last_place() {
+        for (max, background) in [(1, 1), (2, 2), (3, 3), (4, 3), (8, 6), (4096, 3072)] {
+            assert_eq!(room(max, true), background, "max {max}");
+            assert_eq!(room(max, false), max);
+        }
+        let mut t = PendingTable::new(4);
+        for _ in 0..3 {
+            t.register(q(), true, ()).unwrap();
+        }
+        assert_eq!(t.register(q(), true, ()), Err(Refused::Full));
+        assert!(t.is_full(true) && !t.is_full(false));
+        t.register(q(), false, ())
+            .expect("a client's query still goes");
+        assert_eq!(t.register(q(), false, ()), Err(Refused::Full));
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_table_with_no_free_id_within_the_tries_refuses_and_stops_drawing() {
+        let mut t = PendingTable::new(8);
+        t.insert_at(7, 1, q(), ());
+        let mut draws = 0;
+        let refused = t.register_drawing(
+            || {
+                draws += 1;
+                7
+            },
+            q(),
+            false,
+            (),
+        );
+        assert_eq!(refused, Err(Refused::NoFreeId));
+        assert_eq!(draws, MAX_ID_TRIES, "bounded, not a loop until one is free");
+        assert_eq!(t.len(), 1, "nothing registered");
+        // One free ID among the draws is found.
+        let mut next = [7u16, 7, 9].into_iter();
+        let (id, _) = t
+            .register_drawing(|| next.next().unwrap_or(7), q(), false, ())
+            .unwrap();
+        assert_eq!(id, 9);
+    }
+
+    #[test]
+    fn a_table_as_large_as_the_id_space_fills_up_to_it_and_no_further() {
+        // Bigger than the 65536 IDs: the bound is then the IDs, and the draws find
+        // the last free ones or give up, never loop.
+        let mut t = PendingTable::new(70_000);
+        let mut refused = None;
+        for _ in 0..70_000 {
+            if let Err(why) = t.register(q(), false, ()) {
+                refused = Some(why);
+                break;
+            }
+        }
+        assert_eq!(refused, Some(Refused::NoFreeId));
+        assert!(t.len() > 60_000 && t.len() <= 65_536, "{}", t.len());
+    }
+
+    #[test]
+    fn a_removal_takes_only_its_own_registration() {
+        let mut t = PendingTable::new(4);
+        let (id, serial) = t.register(q(), false, "first").unwrap();
+        assert_eq!(t.take(id).map(|p| p.waiter), Some("first"));
+        t.insert_at(id, serial + 1, q(), "later");
+        assert!(
+            t.remove(id, serial).is_none(),
+            "a later query's entry stays"
+        );
+        assert_eq!(t.remove(id, serial + 1).map(|p| p.waiter), Some("later"));
+        assert!(t.is_empty());
+        t.register(q(), false, "again").unwrap();
+        t.clear();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_entry_is_found_only_under_its_id_and_question() {
+        let mut t = PendingTable::new(4);
+        let (id, _) = t.register(q(), false, ()).unwrap();
+        let mut msg = vec![0u8; 12];
+        msg.extend_from_slice(b"\x01A\x00\x00\x01\x00\x01");
+        let asked = WireQuestion::read(&msg).unwrap();
+        assert!(
+            t.asked(id, &asked).is_some(),
+            "any case: the name is lowercased"
+        );
+        assert!(t.asked(id.wrapping_add(1), &asked).is_none());
+        msg[13] = b'b';
+        let other = WireQuestion::read(&msg).unwrap();
+        assert!(t.asked(id, &other).is_none());
+    }
 }

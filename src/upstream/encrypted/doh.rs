@@ -11,10 +11,10 @@
 //! stream, or when the server ends it (GOAWAY, reset): then the next query opens a
 //! new one.
 
-use super::{AttemptError, LinkShared, Setup};
+use super::{AttemptError, ConnState, LinkShared, Setup};
 use crate::config::{UpstreamConfig, DOH_PORT};
 use crate::health::FailKind;
-use crate::upstream::pending::Question;
+use crate::upstream::pending::{room, Question};
 use crate::wire::reader::Header;
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -22,7 +22,7 @@ use rustls::pki_types::ServerName;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The media type of DNS messages (RFC 8484 section 6).
 const DNS_MESSAGE: &str = "application/dns-message";
@@ -35,11 +35,11 @@ const MAX_HEADERS: u32 = 16 << 10;
 struct DohConn {
     /// The HTTP/2 handle once the handshakes are done, or why they failed.
     setup: Rc<Setup<SendRequest<Bytes>>>,
+    /// Shared with the task driving the connection (which must not hold the
+    /// handle: dropping the last one closes the connection).
+    state: Rc<ConnState>,
     /// Streams in flight on it.
     in_flight: Rc<Cell<usize>>,
-    dead: Rc<Cell<bool>>,
-    established: Cell<bool>,
-    last_active: Rc<Cell<Instant>>,
 }
 
 /// Counts a stream while alive.
@@ -49,7 +49,7 @@ impl Drop for StreamSlot<'_> {
     fn drop(&mut self) {
         let n = &self.0.in_flight;
         n.set(n.get().saturating_sub(1));
-        self.0.last_active.set(Instant::now());
+        self.0.state.touch();
     }
 }
 
@@ -87,7 +87,12 @@ impl DohLink {
 
     #[cfg(test)]
     pub(super) fn connections(&self) -> usize {
-        usize::from(self.conn.borrow().as_ref().is_some_and(|c| !c.dead.get()))
+        usize::from(
+            self.conn
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| !c.state.is_dead()),
+        )
     }
 
     /// The connection (a new one if there is none, or only a dead one, or `fresh`
@@ -96,9 +101,9 @@ impl DohLink {
     fn pick(&self, background: bool, fresh: bool) -> Result<Rc<DohConn>, FailKind> {
         let mut slot = self.conn.borrow_mut();
         if let Some(c) = slot.as_ref() {
-            let stale = c.dead.get() || (fresh && c.established.get());
+            let stale = c.state.is_dead() || (fresh && c.state.is_established());
             if !stale {
-                if c.in_flight.get() >= super::room(self.shared.max_per_connection, background) {
+                if c.in_flight.get() >= room(self.shared.max_per_connection, background) {
                     return Err(FailKind::Overload);
                 }
                 return Ok(Rc::clone(c));
@@ -109,10 +114,8 @@ impl DohLink {
         self.shared.backoff.borrow().check(Instant::now())?;
         let conn = Rc::new(DohConn {
             setup: Setup::new(),
+            state: Rc::new(ConnState::new()),
             in_flight: Rc::new(Cell::new(0)),
-            dead: Rc::new(Cell::new(false)),
-            established: Cell::new(false),
-            last_active: Rc::new(Cell::new(Instant::now())),
         });
         *slot = Some(Rc::clone(&conn));
         Ok(conn)
@@ -127,9 +130,9 @@ impl DohLink {
         fresh: bool,
     ) -> Result<Vec<u8>, AttemptError> {
         let conn = self.pick(background, fresh)?;
-        let reused = conn.established.get();
+        let reused = conn.state.is_established();
         conn.in_flight.set(conn.in_flight.get() + 1);
-        conn.last_active.set(Instant::now());
+        conn.state.touch();
         let _in_flight = StreamSlot(&conn);
         let send = conn
             .setup
@@ -140,8 +143,8 @@ impl DohLink {
             .ok_or(FailKind::Malformed)?
             .copy_from_slice(&[0, 0]);
         let lost = |e: h2::Error| {
-            if e.is_go_away() || e.is_io() || conn.dead.get() {
-                conn.dead.set(true);
+            if e.is_go_away() || e.is_io() || conn.state.is_dead() {
+                conn.state.kill();
                 AttemptError::Lost { reused }
             } else {
                 AttemptError::Fail(FailKind::Network)
@@ -197,7 +200,7 @@ async fn connect(
 ) -> Result<SendRequest<Bytes>, FailKind> {
     let opened = open_h2(&shared, &conn).await;
     if opened.is_err() {
-        conn.dead.set(true);
+        conn.state.kill();
     }
     opened
 }
@@ -216,13 +219,10 @@ async fn open_h2(shared: &LinkShared, conn: &DohConn) -> Result<SendRequest<Byte
         }
         Err(_) => return Err(FailKind::Timeout),
     };
-    conn.established.set(true);
-    conn.last_active.set(Instant::now());
-    let dead = Rc::clone(&conn.dead);
-    let last_active = Rc::clone(&conn.last_active);
+    conn.state.established();
     let idle = shared.idle_timeout;
-    let in_flight = Rc::clone(&conn.in_flight);
     let label = shared.label.clone();
+    let (state, in_flight) = (Rc::clone(&conn.state), Rc::clone(&conn.in_flight));
     tokio::task::spawn_local(async move {
         tokio::select! {
             ended = connection => {
@@ -230,31 +230,10 @@ async fn open_h2(shared: &LinkShared, conn: &DohConn) -> Result<SendRequest<Byte
                     tracing::debug!(upstream = %label, error = %e, "DoH connection ended");
                 }
             }
-            () = idle_for(idle, &last_active, &in_flight, &dead) => {}
+            () = state.idle_for(idle, || in_flight.get()) => {}
         }
         // Dropping the connection closes it; streams still open on it fail.
-        dead.set(true);
+        state.kill();
     });
     Ok(send)
-}
-
-/// Completes once no stream is in flight and the last began or ended `idle` ago
-/// (checked when that would be), or the connection is marked dead.
-async fn idle_for(
-    idle: Duration,
-    last_active: &Cell<Instant>,
-    in_flight: &Cell<usize>,
-    dead: &Cell<bool>,
-) {
-    loop {
-        let at = if in_flight.get() == 0 {
-            last_active.get() + idle
-        } else {
-            Instant::now() + idle
-        };
-        tokio::time::sleep_until(at.max(Instant::now() + Duration::from_millis(1)).into()).await;
-        if dead.get() || (in_flight.get() == 0 && last_active.get().elapsed() >= idle) {
-            return;
-        }
-    }
 }

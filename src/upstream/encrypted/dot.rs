@@ -2,7 +2,8 @@
 //! length), pipelined on at most [`super::DOT_CONNECTIONS`] connections per
 //! upstream and shard, answers matched by ID in any order.
 //!
-//! Each connection has a bounded table of pending queries (random IDs unique on
+//! Each connection has a bounded table of pending queries (the upstream
+//! [`PendingTable`]: random IDs unique on it, background work three quarters of
 //! it), a writer task that writes whole frames from a bounded queue (a query that
 //! stops waiting can never leave half a frame on the stream) and closes the
 //! connection after `idle_timeout` without a query, and a reader task that hands
@@ -12,94 +13,45 @@
 //! When either task ends, the connection is dead: every query still pending on it
 //! sees it lost.
 
-use super::{AttemptError, LinkShared, Setup};
+use super::{AttemptError, ConnState, LinkShared, Setup};
 use crate::health::FailKind;
 use crate::metrics::DropReason;
-use crate::upstream::pending::Question;
+use crate::upstream::pending::{PendingTable, Question};
 use crate::wire::reader::Header;
-use hashbrown::HashMap;
-use rand::Rng;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 /// What a pending query is sent: its reply, or why it failed.
 type Outcome = Result<Vec<u8>, FailKind>;
 
-struct DotWaiter {
-    serial: u64,
-    question: Question,
-    tx: oneshot::Sender<Outcome>,
-}
-
 /// One DoT connection: opening (the first query to need it opens it) or open.
 pub(super) struct DotConn {
     /// The writer's queue once the handshake is done, or why it failed.
     setup: Rc<Setup<mpsc::Sender<Vec<u8>>>>,
-    pending: RefCell<HashMap<u16, DotWaiter>>,
+    state: ConnState,
+    pending: RefCell<PendingTable<oneshot::Sender<Outcome>>>,
     max: usize,
-    serial: Cell<u64>,
-    /// Its handshake failed or its tasks ended: no new query goes on it.
-    dead: Cell<bool>,
-    /// The handshake was done (queries on it from now on reuse it).
-    established: Cell<bool>,
-    /// Last query sent or reply received.
-    last_active: Cell<Instant>,
 }
 
 impl DotConn {
     fn new(max: usize) -> Self {
         Self {
             setup: Setup::new(),
-            pending: RefCell::new(HashMap::with_capacity(max.min(64))),
+            state: ConnState::new(),
+            pending: RefCell::new(PendingTable::new(max)),
             max,
-            serial: Cell::new(0),
-            dead: Cell::new(false),
-            established: Cell::new(false),
-            last_active: Cell::new(Instant::now()),
         }
     }
 
     fn has_room(&self, background: bool) -> bool {
-        !self.dead.get() && self.pending.borrow().len() < super::room(self.max, background)
-    }
-
-    /// A fresh random ID, unused on this connection, and the receiver of its
-    /// outcome; None when the table is full.
-    fn register(
-        &self,
-        question: &Question,
-        background: bool,
-    ) -> Option<(u16, u64, oneshot::Receiver<Outcome>)> {
-        let mut pending = self.pending.borrow_mut();
-        if pending.len() >= super::room(self.max, background) {
-            return None;
-        }
-        let mut rng = rand::rng();
-        // At most 60000 of 65536 IDs are in use (validated bound), so a free one
-        // is found in a few draws; the cap only bounds the loop.
-        let id = (0..256)
-            .map(|_| rng.random::<u16>())
-            .find(|id| !pending.contains_key(id))?;
-        let serial = self.serial.get() + 1;
-        self.serial.set(serial);
-        let (tx, rx) = oneshot::channel();
-        pending.insert(
-            id,
-            DotWaiter {
-                serial,
-                question: question.clone(),
-                tx,
-            },
-        );
-        Some((id, serial, rx))
+        !self.state.is_dead() && !self.pending.borrow().is_full(background)
     }
 
     /// Ends the connection: no new query, every pending one lost.
     fn kill(&self) {
-        self.dead.set(true);
+        self.state.kill();
         self.pending.borrow_mut().clear();
     }
 }
@@ -114,13 +66,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut pending = self.conn.pending.borrow_mut();
-        if pending
-            .get(&self.id)
-            .is_some_and(|w| w.serial == self.serial)
-        {
-            pending.remove(&self.id);
-        }
+        self.conn.pending.borrow_mut().remove(self.id, self.serial);
     }
 }
 
@@ -140,7 +86,11 @@ impl DotLink {
 
     #[cfg(test)]
     pub(super) fn connections(&self) -> usize {
-        self.conns.borrow().iter().filter(|c| !c.dead.get()).count()
+        self.conns
+            .borrow()
+            .iter()
+            .filter(|c| !c.state.is_dead())
+            .count()
     }
 
     /// The connection a query goes on: the first live one with room (queries
@@ -149,17 +99,20 @@ impl DotLink {
     /// after a lost connection).
     fn pick(&self, background: bool, fresh: bool) -> Result<Rc<DotConn>, FailKind> {
         let mut conns = self.conns.borrow_mut();
-        conns.retain(|c| !c.dead.get());
+        conns.retain(|c| !c.state.is_dead());
         if let Some(c) = conns
             .iter()
-            .find(|c| c.has_room(background) && !(fresh && c.established.get()))
+            .find(|c| c.has_room(background) && !(fresh && c.state.is_established()))
         {
             return Ok(Rc::clone(c));
         }
         if conns.len() >= super::DOT_CONNECTIONS {
             return Err(FailKind::Overload);
         }
-        self.shared.backoff.borrow().check(Instant::now())?;
+        self.shared
+            .backoff
+            .borrow()
+            .check(std::time::Instant::now())?;
         let conn = Rc::new(DotConn::new(self.shared.max_per_connection));
         conns.push(Rc::clone(&conn));
         Ok(conn)
@@ -174,10 +127,13 @@ impl DotLink {
         fresh: bool,
     ) -> Result<Vec<u8>, AttemptError> {
         let conn = self.pick(background, fresh)?;
-        let reused = conn.established.get();
-        let (id, serial, rx) = conn
-            .register(question, background)
-            .ok_or(FailKind::Overload)?;
+        let reused = conn.state.is_established();
+        let (tx, rx) = oneshot::channel();
+        let (id, serial) = conn
+            .pending
+            .borrow_mut()
+            .register(question.clone(), background, tx)
+            .map_err(|_| FailKind::Overload)?;
         let _guard = PendingGuard {
             conn: &conn,
             id,
@@ -195,7 +151,7 @@ impl DotLink {
         let mut frame = Vec::with_capacity(query.len() + 2);
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(query);
-        conn.last_active.set(Instant::now());
+        conn.state.touch();
         match tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(FailKind::Overload.into()),
@@ -217,8 +173,7 @@ async fn connect(
     let stream = shared.open().await.inspect_err(|_| conn.kill())?;
     let (read, write) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(conn.max);
-    conn.established.set(true);
-    conn.last_active.set(Instant::now());
+    conn.state.established();
     let reader = tokio::task::spawn_local(read_loop(
         Rc::clone(&conn),
         BufReader::new(read),
@@ -247,11 +202,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     stall: std::time::Duration,
 ) {
     loop {
-        let check = if conn.pending.borrow().is_empty() {
-            conn.last_active.get() + idle
-        } else {
-            Instant::now() + idle
-        };
         tokio::select! {
             _ = &mut reader => break,
             frame = rx.recv() => {
@@ -267,13 +217,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(check.into()) => {
-                if conn.pending.borrow().is_empty()
-                    && conn.last_active.get().elapsed() >= idle
-                {
-                    break;
-                }
-            }
+            () = conn.state.idle_for(idle, || conn.pending.borrow().len()) => break,
         }
     }
     conn.kill();
@@ -289,12 +233,12 @@ async fn read_loop<R: AsyncRead + Unpin>(conn: Rc<DotConn>, mut read: R, shared:
         if read.read_exact(&mut reply).await.is_err() {
             break;
         }
-        conn.last_active.set(Instant::now());
+        conn.state.touch();
         let Ok(header) = Header::parse(&reply) else {
             shared.stats.dropped(DropReason::UpstreamMalformed);
             continue;
         };
-        let Some(waiter) = conn.pending.borrow_mut().remove(&header.id) else {
+        let Some(waiter) = conn.pending.borrow_mut().take(header.id) else {
             shared.stats.dropped(DropReason::UpstreamLate);
             continue;
         };
@@ -304,7 +248,7 @@ async fn read_loop<R: AsyncRead + Unpin>(conn: Rc<DotConn>, mut read: R, shared:
             shared.stats.dropped(DropReason::UpstreamMismatch);
             Err(FailKind::Malformed)
         };
-        let _ = waiter.tx.send(outcome);
+        let _ = waiter.waiter.send(outcome);
     }
     conn.kill();
 }

@@ -400,14 +400,66 @@ impl<T: Clone + 'static> Setup<T> {
     }
 }
 
-/// Queries a connection of room `max` may hold when one more registers: all of
-/// it for a client's query, three quarters for background work, so that
-/// background work never takes the last places (as the UDP pending tables).
-pub(crate) fn room(max: usize, background: bool) -> usize {
-    if background {
-        (max - max / 4).max(1)
-    } else {
-        max
+/// What a DoT and a DoH connection share besides their [`Setup`]: whether it is
+/// dead, whether it was established, when it was last active, and the idle rule
+/// ([`ConnState::idle_for`]).
+pub(crate) struct ConnState {
+    /// Its handshake failed or it ended: no new query goes on it.
+    dead: Cell<bool>,
+    /// The handshake was done (queries on it from now on reuse it).
+    established: Cell<bool>,
+    /// Last query sent, reply received, stream begun or ended.
+    last_active: Cell<Instant>,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            dead: Cell::new(false),
+            established: Cell::new(false),
+            last_active: Cell::new(Instant::now()),
+        }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.get()
+    }
+
+    /// No new query goes on it.
+    fn kill(&self) {
+        self.dead.set(true);
+    }
+
+    fn is_established(&self) -> bool {
+        self.established.get()
+    }
+
+    /// The handshakes are done.
+    fn established(&self) {
+        self.established.set(true);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.last_active.set(Instant::now());
+    }
+
+    /// Completes once nothing is in flight (`in_flight()` is 0) and the last
+    /// activity was `idle` ago (checked when that would be), or the connection is
+    /// dead.
+    async fn idle_for(&self, idle: Duration, in_flight: impl Fn() -> usize) {
+        loop {
+            let at = if in_flight() == 0 {
+                self.last_active.get() + idle
+            } else {
+                Instant::now() + idle
+            };
+            tokio::time::sleep_until(at.max(Instant::now() + Duration::from_millis(1)).into())
+                .await;
+            if self.is_dead() || (in_flight() == 0 && self.last_active.get().elapsed() >= idle) {
+                return;
+            }
+        }
     }
 }
 
