@@ -48,7 +48,7 @@ pub(super) async fn accept_loop<B: Backend, L: Acceptor>(
     transport: Transport,
     mut start: impl FnMut(&Rc<Shard<B>>, L::Stream, SocketAddr, ClientSlot),
 ) {
-    let mut shutdown = shard.shutdown.clone();
+    let mut shutdown = shard.shutdown();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -89,28 +89,28 @@ pub(super) fn admit_connection<B: Backend>(
     if !shard.stream_accepts(client, transport) {
         return None;
     }
-    let limits = &shard.shared.config.limits;
+    let limits = &shard.shared().config.limits;
     let Some(slot) = shard
-        .shared
+        .shared()
         .tcp_clients
         .acquire(client, limits.tcp_connections_per_client)
     else {
-        shard.stats.dropped(DropReason::TcpClientLimit);
+        shard.stats().dropped(DropReason::TcpClientLimit);
         return None;
     };
     // Connections closed for a newer one may still be draining their answers:
     // they hold sockets, so they count against a hard bound too.
-    if shard.tcp_open.get() >= limits.tcp_connections.saturating_mul(2) {
-        shard.stats.dropped(DropReason::TcpConnectionLimit);
+    if shard.streams().running() >= limits.tcp_connections.saturating_mul(2) {
+        shard.stats().dropped(DropReason::TcpConnectionLimit);
         return None;
     }
-    if shard.tcp_registry.borrow().len() >= limits.tcp_connections {
-        let victim = shard.tcp_registry.borrow_mut().evict_idlest();
+    if shard.streams().registry().len() >= limits.tcp_connections {
+        let victim = shard.streams().registry().evict_idlest();
         if let Some(victim) = victim {
             victim.close();
-            shard.stats.tcp_closed(TcpClose::Evicted);
+            shard.stats().tcp_closed(TcpClose::Evicted);
         }
     }
-    crate::metrics::ShardStats::bump(&shard.stats.tcp_connections);
+    crate::metrics::ShardStats::bump(&shard.stats().tcp_connections);
     Some(slot)
 }

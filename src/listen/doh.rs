@@ -136,7 +136,7 @@ impl<B: Backend> Drop for Served<'_, B> {
         c.resets.set(c.resets.get().saturating_add(1));
         if c.resets.get() == MAX_STREAM_RESETS + 1 {
             let shard = c.open.shard();
-            shard.stats.tcp_closed(crate::metrics::TcpClose::Resets);
+            shard.stats().tcp_closed(crate::metrics::TcpClose::Resets);
             c.signal.close();
         }
     }
@@ -161,7 +161,7 @@ pub(super) async fn serve<B: Backend>(
     signal: Rc<CloseSignal>,
 ) {
     let shard = Rc::clone(open.shard());
-    let limits = &shard.shared.config.limits;
+    let limits = &shard.shared().config.limits;
     let idle = limits.tcp_idle_timeout;
     let conn = Rc::new(Conn {
         open,
@@ -205,7 +205,7 @@ pub(super) async fn serve<B: Backend>(
         .max_send_buf_size(MAX_MESSAGE + 1);
     let served = builder.serve_connection(TokioIo::new(session), service);
     tokio::pin!(served);
-    let mut shutdown = shard.shutdown.clone();
+    let mut shutdown = shard.shutdown();
     let expiry = async {
         if limits.tcp_max_lifetime.is_zero() {
             std::future::pending::<()>().await;
@@ -231,7 +231,7 @@ pub(super) async fn serve<B: Backend>(
             // it is decided).
             _ = signal.closed() => {}
             _ = shutdown.changed() => {}
-            _ = &mut expiry => shard.stats.tcp_closed(crate::metrics::TcpClose::MaxLifetime),
+            _ = &mut expiry => shard.stats().tcp_closed(crate::metrics::TcpClose::MaxLifetime),
             _ = tokio::time::sleep_until(idle_at) => {
                 if conn.in_flight.get() > 0 {
                     // Busy: look again an idle period from now.
@@ -282,7 +282,7 @@ async fn read_query<B: Backend>(
     shard: &Shard<B>,
     req: Request<Incoming>,
 ) -> Result<Vec<u8>, Response<Full<Bytes>>> {
-    let idle = shard.shared.config.limits.tcp_idle_timeout;
+    let idle = shard.shared().config.limits.tcp_idle_timeout;
     let (parts, body) = req.into_parts();
     let read = |body| async move {
         tokio::time::timeout(idle, Limited::new(body, MAX_MESSAGE).collect()).await
@@ -291,7 +291,7 @@ async fn read_query<B: Backend>(
         let _ = read(body).await;
         Err(status(code))
     };
-    if parts.uri.path() != shard.shared.config.https.path {
+    if parts.uri.path() != shard.shared().config.https.path {
         return refuse(StatusCode::NOT_FOUND, body).await;
     }
     match parts.method {
@@ -336,10 +336,12 @@ async fn read_query<B: Backend>(
 async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let shard = conn.open.shard();
     conn.requests.set(conn.requests.get() + 1);
-    let max = shard.shared.config.limits.tcp_max_queries;
+    let max = shard.shared().config.limits.tcp_max_queries;
     if max > 0 && conn.requests.get() == max {
         // This one is answered; the connection takes no more.
-        shard.stats.tcp_closed(crate::metrics::TcpClose::MaxQueries);
+        shard
+            .stats()
+            .tcp_closed(crate::metrics::TcpClose::MaxQueries);
         conn.signal.close();
     }
     conn.in_flight.set(conn.in_flight.get() + 1);
@@ -366,7 +368,9 @@ async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<
         Reservation::Now => {}
         Reservation::After(wait) => tokio::time::sleep(wait).await,
         Reservation::Over => {
-            shard.stats.tcp_closed(crate::metrics::TcpClose::QueryRate);
+            shard
+                .stats()
+                .tcp_closed(crate::metrics::TcpClose::QueryRate);
             conn.signal.close();
         }
     }
@@ -378,7 +382,7 @@ async fn handle<B: Backend>(conn: &Conn<B>, req: Request<Incoming>) -> Response<
         .and_then(|l| l.min_answer_ttl().or(l.negative_ttl()))
         .unwrap_or(0);
     let body = Bytes::copy_from_slice(&reply);
-    shard.pool.put(reply);
+    shard.pool().put(reply);
     let mut r = Response::new(Full::new(body));
     let headers = r.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));

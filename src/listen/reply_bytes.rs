@@ -42,9 +42,9 @@ impl<B: Backend> ReplyTicket<B> {
     /// Counts `bytes` of a reply queued on connection `id`; past the budget, closes
     /// this shard's heaviest connections first.
     pub(super) fn new(shard: &Rc<Shard<B>>, id: ConnId, bytes: usize) -> Self {
-        shard.tcp_registry.borrow_mut().queue(id, bytes);
+        shard.streams().registry().queue(id, bytes);
         let total = shard
-            .shared
+            .shared()
             .stream_reply_bytes
             .fetch_add(bytes, Ordering::Relaxed)
             + bytes;
@@ -53,7 +53,7 @@ impl<B: Backend> ReplyTicket<B> {
             id,
             bytes,
         };
-        let budget = shard.shared.config.limits.stream_reply_bytes;
+        let budget = shard.shared().config.limits.stream_reply_bytes;
         if budget > 0 && total > budget {
             shed(shard, total, budget);
         }
@@ -72,12 +72,9 @@ impl<B: Backend> Drop for ReplyTicket<B> {
         if self.bytes == 0 {
             return;
         }
+        self.shard.streams().registry().unqueue(self.id, self.bytes);
         self.shard
-            .tcp_registry
-            .borrow_mut()
-            .unqueue(self.id, self.bytes);
-        self.shard
-            .shared
+            .shared()
             .stream_reply_bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
     }
@@ -87,16 +84,16 @@ impl<B: Backend> Drop for ReplyTicket<B> {
 /// process total (as last seen, less what the closed ones held) is over `budget`
 /// and the heaviest holds more than an equal share of it.
 fn shed<B: Backend>(shard: &Rc<Shard<B>>, mut total: usize, budget: usize) {
-    let shards = shard.shared.config.shard_count().max(1);
+    let shards = shard.shared().config.shard_count().max(1);
     while total > budget {
-        let open = shard.tcp_registry.borrow().len().max(1);
+        let open = shard.streams().registry().len().max(1);
         let share = budget / open.saturating_mul(shards);
-        let heaviest = shard.tcp_registry.borrow_mut().take_heaviest(share);
+        let heaviest = shard.streams().registry().take_heaviest(share);
         let Some((handle, held)) = heaviest else {
             return;
         };
         handle.close();
-        shard.stats.tcp_closed(TcpClose::ReplyBytes);
+        shard.stats().tcp_closed(TcpClose::ReplyBytes);
         total = total.saturating_sub(held);
     }
 }

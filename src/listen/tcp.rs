@@ -59,7 +59,7 @@ impl<S: TcpIo> Close for Closing<S> {
     }
 }
 
-/// An open client connection (TCP, DoT or DoH), counted in the shard's `tcp_open`
+/// An open client connection (TCP, DoT or DoH), counted in the shard's running stream connections
 /// and its registry and against its client address for as long as its task lives.
 pub(super) struct Open<B: Backend> {
     shard: Rc<Shard<B>>,
@@ -81,11 +81,7 @@ impl<B: Backend> Open<B> {
     /// Registers a connection admitted by [`admit_connection`](super::accept::admit_connection); `handle` closes it
     /// when the shard needs its place.
     pub(super) fn new(shard: &Rc<Shard<B>>, handle: Rc<dyn Close>, client: ClientSlot) -> Self {
-        shard.tcp_open.set(shard.tcp_open.get() + 1);
-        let id = shard
-            .tcp_registry
-            .borrow_mut()
-            .insert(Instant::now(), handle);
+        let id = shard.streams().started(handle);
         Self {
             shard: Rc::clone(shard),
             id,
@@ -96,11 +92,7 @@ impl<B: Backend> Open<B> {
 
 impl<B: Backend> Drop for Open<B> {
     fn drop(&mut self) {
-        // Gone already if it was closed for a newer connection.
-        let handle = self.shard.tcp_registry.borrow_mut().remove(self.id);
-        drop(handle);
-        let n = &self.shard.tcp_open;
-        n.set(n.get().saturating_sub(1));
+        self.shard.streams().ended(self.id);
     }
 }
 
@@ -113,7 +105,7 @@ pub(super) struct Busy<B: Backend> {
 
 impl<B: Backend> Busy<B> {
     pub(super) fn new(shard: &Rc<Shard<B>>, id: ConnId) -> Self {
-        shard.tcp_registry.borrow_mut().begin(id, Instant::now());
+        shard.streams().registry().begin(id, Instant::now());
         Self {
             shard: Rc::clone(shard),
             id,
@@ -123,10 +115,7 @@ impl<B: Backend> Busy<B> {
 
 impl<B: Backend> Drop for Busy<B> {
     fn drop(&mut self) {
-        self.shard
-            .tcp_registry
-            .borrow_mut()
-            .end(self.id, Instant::now());
+        self.shard.streams().registry().end(self.id, Instant::now());
     }
 }
 
@@ -149,7 +138,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
 ) {
     let shard = Rc::clone(&open.shard);
     let id = open.id;
-    let limits = &shard.shared.config.limits;
+    let limits = &shard.shared().config.limits;
     let idle = limits.tcp_idle_timeout;
     let max_queries = limits.tcp_max_queries;
     let lifetime = limits.tcp_max_lifetime;
@@ -183,7 +172,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             }
         }
     });
-    let mut shutdown = shard.shutdown.clone();
+    let mut shutdown = shard.shutdown();
     let stop = shutdown.changed();
     tokio::pin!(stop);
     let expiry = async {
@@ -202,7 +191,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     let idle_units = keepalive::timeout_units(idle);
     loop {
         if max_queries > 0 && read >= max_queries {
-            shard.stats.tcp_closed(TcpClose::MaxQueries);
+            shard.stats().tcp_closed(TcpClose::MaxQueries);
             linger = true;
             break;
         }
@@ -212,7 +201,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             biased;
             _ = &mut stop => break,
             _ = &mut expiry => {
-                shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                shard.stats().tcp_closed(TcpClose::MaxLifetime);
                 linger = true;
                 break;
             }
@@ -228,7 +217,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             biased;
             _ = &mut stop => break,
             _ = &mut expiry => {
-                shard.stats.tcp_closed(TcpClose::MaxLifetime);
+                shard.stats().tcp_closed(TcpClose::MaxLifetime);
                 linger = true;
                 break;
             }
@@ -237,7 +226,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
         let frame = match len {
             Ok(Ok(len)) if len > MAX_STREAM_QUERY => {
                 // No query is this long: not read, the connection is closed.
-                shard.stats.dropped(DropReason::Oversize);
+                shard.stats().dropped(DropReason::Oversize);
                 linger = true;
                 break;
             }
@@ -249,7 +238,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
             Ok(Ok(q)) => q,
             Ok(Err(e)) => {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    shard.stats.dropped(DropReason::TcpFrame);
+                    shard.stats().dropped(DropReason::TcpFrame);
                 }
                 break;
             }
@@ -293,7 +282,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 // A reply never exceeds 65535 bytes (TCP_MAX); one that did would
                 // have nothing to frame it with, and goes unsent.
                 let frame = framed(&reply);
-                shard.pool.put(reply);
+                shard.pool().put(reply);
                 if let Some(frame) = frame {
                     let ticket = ReplyTicket::new(&shard, id, frame.len());
                     let _ = tx.send((frame, ticket)).await;
@@ -304,7 +293,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
         if over {
             // The prefix owes more than the longest wait: this query is
             // answered, then the connection closes.
-            shard.stats.tcp_closed(TcpClose::QueryRate);
+            shard.stats().tcp_closed(TcpClose::QueryRate);
             linger = true;
             break;
         }
@@ -329,7 +318,7 @@ pub(super) async fn answer<B: Backend>(
     gate: Gate,
     start: Instant,
 ) -> Option<Vec<u8>> {
-    let out = shard.pool.get();
+    let out = shard.pool().get();
     let first = if gate == Gate::Pass {
         shard.first_pass(query, transport, out, start)
     } else {
@@ -341,11 +330,11 @@ pub(super) async fn answer<B: Backend>(
     match first {
         First::Reply(reply) => Some(reply),
         First::Drop(out) => {
-            shard.pool.put(out);
+            shard.pool().put(out);
             None
         }
         First::Miss(out) => {
-            shard.pool.put(out);
+            shard.pool().put(out);
             match shard.admit() {
                 Some(admitted) => shard.resolve(query, transport, start, &admitted).await,
                 None => shard.overload_reply(query, transport),

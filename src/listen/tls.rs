@@ -84,7 +84,7 @@ async fn connection<B: Backend>(
     signal: Rc<CloseSignal>,
 ) {
     let shard = Rc::clone(open.shard());
-    let encrypted = &shard.shared.listener_tls;
+    let encrypted = &shard.shared().listener_tls;
     let listener = match transport {
         Transport::Dot => encrypted.dot.as_ref(),
         _ => encrypted.doh.as_ref(),
@@ -93,7 +93,7 @@ async fn connection<B: Backend>(
         return;
     };
     let acceptor = TlsAcceptor::from(Arc::clone(&listener.config));
-    let mut shutdown = shard.shutdown.clone();
+    let mut shutdown = shard.shutdown();
     let handshake = tokio::select! {
         biased;
         _ = signal.closed() => return,
@@ -104,11 +104,11 @@ async fn connection<B: Backend>(
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
             tracing::debug!(%client, error = %e, "TLS handshake failed");
-            shard.stats.dropped(DropReason::TlsHandshake);
+            shard.stats().dropped(DropReason::TlsHandshake);
             return;
         }
         Err(_) => {
-            shard.stats.dropped(DropReason::TlsHandshakeTimeout);
+            shard.stats().dropped(DropReason::TlsHandshakeTimeout);
             return;
         }
     };

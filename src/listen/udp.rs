@@ -31,16 +31,16 @@ pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>,
         Rc::clone(&service),
         Rc::clone(&service.outbox),
     ));
-    let stop = shard.shutdown.clone();
+    let stop = shard.shutdown();
     if let Some(tokio_sock) = B::readiness(&sock) {
         mmsg::serve(tokio_sock, &*service, stop).await;
         return;
     }
-    if shard.shared.config.server.udp_multishot {
+    if shard.shared().config.server.udp_multishot {
         match ring::serve(&*sock, &*service, stop.clone()).await {
             Ok(()) => return,
             Err(ring::Unsupported(why)) => tracing::warn!(
-                shard = shard.index,
+                shard = shard.index(),
                 reason = %why,
                 "client UDP: no multishot io_uring receive; one receive operation per datagram instead"
             ),
@@ -73,7 +73,7 @@ impl<B: Backend> DatagramService for UdpService<B> {
     }
 
     fn dropped(&self, why: UdpDrop) {
-        self.shard.stats.dropped(match why {
+        self.shard.stats().dropped(match why {
             UdpDrop::Oversize => DropReason::Oversize,
             UdpDrop::NoAddress => DropReason::Short,
             UdpDrop::SendError => DropReason::SendError,
@@ -81,7 +81,7 @@ impl<B: Backend> DatagramService for UdpService<B> {
     }
 
     fn pool(&self) -> &BufferPool {
-        &self.shard.pool
+        self.shard.pool()
     }
 }
 
@@ -100,17 +100,17 @@ fn take<B: Backend>(
     if gate != Gate::Pass {
         return shard.gated_reply(gate, packet, Transport::Udp);
     }
-    let out = shard.pool.get();
+    let out = shard.pool().get();
     match shard.first_pass(packet, Transport::Udp, out, start) {
         First::Reply(out) => Some(out),
         First::Drop(out) => {
-            shard.pool.put(out);
+            shard.pool().put(out);
             None
         }
         First::Miss(out) => {
-            shard.pool.put(out);
+            shard.pool().put(out);
             let admitted = shard.admit()?;
-            let mut query = shard.pool.get();
+            let mut query = shard.pool().get();
             query.extend_from_slice(packet);
             let shard = Rc::clone(shard);
             let outbox = Rc::clone(outbox);
@@ -118,7 +118,7 @@ fn take<B: Backend>(
                 let reply = shard
                     .resolve(&query, Transport::Udp, start, &admitted)
                     .await;
-                shard.pool.put(query);
+                shard.pool().put(query);
                 if let Some(reply) = reply {
                     // Admitted until the reply has left (shutdown waits for it).
                     outbox.push((reply, peer, admitted));

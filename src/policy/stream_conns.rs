@@ -180,6 +180,41 @@ impl<H> Registry<H> {
     }
 }
 
+/// One shard's stream client connections (TCP, DoT, DoH): how many tasks run (those
+/// closed for a newer connection and still draining included: the shutdown waits
+/// for them) and the [`Registry`] of the open ones.
+#[derive(Default)]
+pub(crate) struct StreamConns {
+    running: std::cell::Cell<usize>,
+    registry: std::cell::RefCell<Registry<std::rc::Rc<dyn Close>>>,
+}
+
+impl StreamConns {
+    /// Connection tasks running.
+    pub(crate) fn running(&self) -> usize {
+        self.running.get()
+    }
+
+    /// A connection's task starts; `handle` closes it when the shard needs its
+    /// place.
+    pub(crate) fn started(&self, handle: std::rc::Rc<dyn Close>) -> ConnId {
+        self.running.set(self.running.get() + 1);
+        self.registry.borrow_mut().insert(Instant::now(), handle)
+    }
+
+    /// Its task ends (its entry is gone already if it was closed for a newer one).
+    pub(crate) fn ended(&self, id: ConnId) {
+        let handle = self.registry.borrow_mut().remove(id);
+        drop(handle);
+        self.running.set(self.running.get().saturating_sub(1));
+    }
+
+    /// The registry, for one step (never held across an await).
+    pub(crate) fn registry(&self) -> std::cell::RefMut<'_, Registry<std::rc::Rc<dyn Close>>> {
+        self.registry.borrow_mut()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +329,33 @@ mod tests {
             assert!(r.remove(id).is_some());
         }
         assert_eq!(r.len(), 0);
+    }
+
+    struct Flag(std::cell::Cell<bool>);
+
+    impl Close for Flag {
+        fn close(&self) {
+            self.0.set(true);
+        }
+    }
+
+    #[test]
+    fn a_connection_runs_from_started_to_ended_even_after_its_entry_was_evicted() {
+        let conns = StreamConns::default();
+        let flags = [0, 1].map(|_| std::rc::Rc::new(Flag(std::cell::Cell::new(false))));
+        let ids = flags.clone().map(|f| conns.started(f));
+        assert_eq!((conns.running(), conns.registry().len()), (2, 2));
+        // Evicted for a newer one: out of the registry, still running (draining).
+        let victim = conns.registry().evict_idlest().expect("one to evict");
+        victim.close();
+        assert_eq!(flags.iter().filter(|f| f.0.get()).count(), 1);
+        assert_eq!((conns.running(), conns.registry().len()), (2, 1));
+        for id in ids {
+            conns.ended(id);
+        }
+        assert_eq!((conns.running(), conns.registry().len()), (0, 0));
+        // An end seen twice never takes the count below zero.
+        conns.ended(ids[0]);
+        assert_eq!(conns.running(), 0);
     }
 }

@@ -43,7 +43,7 @@ use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
-use crate::policy::stream_conns::{Close, Registry};
+use crate::policy::stream_conns::StreamConns;
 use crate::policy::{Policy, RateLimiter, StreamLimiters, TcpClients};
 use crate::tiers::Budget;
 pub(crate) use gate::Gate;
@@ -312,31 +312,62 @@ struct Signals {
     reloads: tokio::sync::mpsc::Receiver<reload::Step>,
 }
 
-/// Everything one shard owns.
+/// Everything one shard owns. The shard's own modules reach its fields; the
+/// listeners see the accessors below (and the gate, first pass and resolve in
+/// [`gate`] and [`serve`]).
 pub(crate) struct Shard<B: Backend> {
-    pub(crate) index: usize,
-    pub(crate) shared: Arc<Shared>,
+    index: usize,
+    shared: Arc<Shared>,
     /// The upstream set in force; replaced whole by a reload.
-    pub(crate) upstreams: RefCell<Rc<UpstreamSet<B>>>,
-    pub(crate) health: RefCell<HealthTracker>,
+    upstreams: RefCell<Rc<UpstreamSet<B>>>,
+    health: RefCell<HealthTracker>,
     /// The amplification budget of this shard's flights.
-    pub(crate) budget: RefCell<Budget>,
-    pub(crate) pool: Rc<BufferPool>,
-    pub(crate) stats: Rc<ShardStats>,
+    budget: RefCell<Budget>,
+    pool: Rc<BufferPool>,
+    stats: Rc<ShardStats>,
     /// The client policy in force ([`gate`]); replaced whole by a reload.
-    pub(crate) policy: RefCell<Rc<Policy>>,
+    policy: RefCell<Rc<Policy>>,
     /// Client queries being resolved (misses) on this shard.
-    pub(crate) in_flight: Cell<usize>,
+    in_flight: Cell<usize>,
     /// Background work running: flights collecting after their first answer, and
     /// prefetches (bound: `limits.max_background`).
-    pub(crate) background: Cell<usize>,
-    /// Stream client connections (TCP, DoT, DoH) whose tasks are running (those
-    /// closed for a newer one and still draining included).
-    pub(crate) tcp_open: Cell<usize>,
-    /// The open stream client connections (TCP, DoT, DoH) and what they are
-    /// doing, to close the idlest at the bound.
-    pub(crate) tcp_registry: RefCell<Registry<Rc<dyn Close>>>,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    background: Cell<usize>,
+    /// The stream client connections (TCP, DoT, DoH): those running, and the
+    /// registry that closes the idlest at the bound.
+    streams: StreamConns,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<B: Backend> Shard<B> {
+    /// Which shard (logs).
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// What every shard shares (the config, the cache, the process-wide tables).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The shard's packet buffers.
+    pub(crate) fn pool(&self) -> &Rc<BufferPool> {
+        &self.pool
+    }
+
+    /// The shard's counters.
+    pub(crate) fn stats(&self) -> &Rc<ShardStats> {
+        &self.stats
+    }
+
+    /// The shard's stream client connections.
+    pub(crate) fn streams(&self) -> &StreamConns {
+        &self.streams
+    }
+
+    /// Becomes true when the shard shuts down.
+    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
 }
 
 /// A client query admitted to the miss path: counted in the shard's `in_flight`
@@ -489,8 +520,7 @@ fn build_shard<B: Backend>(
         policy: RefCell::new(Rc::new(policy)),
         in_flight: Cell::new(0),
         background: Cell::new(0),
-        tcp_open: Cell::new(0),
-        tcp_registry: RefCell::default(),
+        streams: StreamConns::default(),
         shutdown,
     });
     let closers = sockets.closers;
@@ -525,7 +555,7 @@ async fn serve<B: Backend, L: StartListeners>(built: Built<B>, closers: Vec<sock
         }
     }
     let deadline = Instant::now() + shard.shared.config.server.shutdown_grace;
-    while (shard.in_flight.get() > 0 || shard.tcp_open.get() > 0) && Instant::now() < deadline {
+    while (shard.in_flight.get() > 0 || shard.streams.running() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     flusher.abort();
