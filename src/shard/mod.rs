@@ -314,7 +314,7 @@ struct Signals {
 
 /// Everything one shard owns. The shard's own modules reach its fields; the
 /// listeners see the accessors below (and the gate, first pass and resolve in
-/// [`gate`] and [`serve`]).
+/// [`gate`] and [`mod@serve`]).
 pub(crate) struct Shard<B: Backend> {
     index: usize,
     shared: Arc<Shared>,
