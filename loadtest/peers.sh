@@ -31,12 +31,24 @@
 #   DURATION [20]      dnsperf -l: seconds of measured load per server and round
 #   ROUNDS [3]         rounds; each runs every server once, in turn, so a noisy
 #                      machine hits all of them alike; the table shows medians
-#   NAMES [1000]       names in the zone and the query file
+#   NAMES [1000]       names in the zone and the query file (up to 2000000: the caches
+#                      are sized to hold them all, see CACHE below)
+#   DIST [uniform]     uniform: the measured run cycles through every name in turn;
+#                      zipf: through ZIPF_SAMPLES [500000] names drawn with Zipf's law
+#                      (exponent 1, seed 1) from the NAMES names (the warm-up still
+#                      asks every name, so every query is a hit)
+#   SYSCALLS [0]       1: after each fixed-rate run, a syscall count: the harness
+#                      generator at SYS_QPS [5000] queries/s evenly spaced
+#                      (--tick-us SYS_TICK_US [200]) for SYS_DURATION [5] s while
+#                      `perf stat` counts the server's syscalls (raw_syscalls:sys_enter,
+#                      io_uring_enter, epoll_wait + epoll_pwait) per answered query
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
 #   SERVERS ["tierdns dnsdist unbound"]; MODE=miss: ["tierdns-1x tierdns dnsdist unbound"]
 #                      MODE=hit may add "responder": `loadtest responder`, the floor
-#                      (one socket, recvmmsg/sendmmsg, one fixed answer, no cache)
+#                      (one socket, recvmmsg/sendmmsg, one fixed answer, no cache),
+#                      and "responder-uring", the io_uring floor (`--io uring`: one
+#                      ring, multishot recvmsg into provided buffers, one enter a turn)
 #   TIERDNS_BIN        use this tierdns binary instead of `cargo build --release`
 #   SERVER_CPU [0], LOAD_CPU [1]   taskset CPUs of the server and of dnsperf (and NSD)
 #   PORT_BASE [25353]  first port tried; free ports are picked upward from it
@@ -88,14 +100,31 @@ KEEP_TMP=${KEEP_TMP:-0}
 SATURATE=${SATURATE:-1}
 SAT_DURATION=${SAT_DURATION:-5}
 SAT_WINDOW=${SAT_WINDOW:-200}
+DIST=${DIST:-uniform}
+ZIPF_SAMPLES=${ZIPF_SAMPLES:-500000}
+SYSCALLS=${SYSCALLS:-0}
+SYS_QPS=${SYS_QPS:-5000}
+SYS_DURATION=${SYS_DURATION:-5}
+SYS_TICK_US=${SYS_TICK_US:-200}
 
 log() { printf '[peers] %s\n' "$*" >&2; }
 die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
 
-for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE SATURATE SAT_DURATION SAT_WINDOW; do
+for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE SATURATE SAT_DURATION SAT_WINDOW \
+    ZIPF_SAMPLES SYSCALLS SYS_QPS SYS_DURATION SYS_TICK_US; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
-((NAMES >= 1 && NAMES <= 65536)) || die "NAMES must be 1..65536"
+((NAMES >= 1 && NAMES <= 2000000)) || die "NAMES must be 1..2000000"
+[[ $DIST == uniform || $DIST == zipf ]] || die "DIST must be uniform or zipf, got '$DIST'"
+[[ $MODE == hit || $DIST == uniform ]] || die "DIST=zipf is for MODE=hit"
+((SYSCALLS == 0)) || [[ $MODE == hit ]] || die "SYSCALLS=1 is for MODE=hit"
+((SYS_DURATION >= 1 && SYS_DURATION <= 60)) || die "SYS_DURATION must be 1..60 seconds"
+((ZIPF_SAMPLES >= 1000 && ZIPF_SAMPLES <= 5000000)) || die "ZIPF_SAMPLES must be 1000..5000000"
+# Caches sized to hold every name (the defaults below 100k names, as before).
+CACHE_ENTRIES=$((NAMES * 2 > 100000 ? NAMES * 2 : 100000))       # dnsdist packet cache entries
+CACHE_BYTES=$((NAMES * 512 > 67108864 ? NAMES * 512 : 67108864))  # tierdns cache.max_bytes
+UNBOUND_MSG=$((CACHE_BYTES / 2 / 1048576))m                       # unbound msg-cache-size
+UNBOUND_RRSET=$((CACHE_BYTES / 1048576))m                         # unbound rrset-cache-size
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
 ((ROUNDS >= 1 && ROUNDS <= 20)) || die "ROUNDS must be 1..20"
 [[ $MODE == hit ]] || ((SATURATE == 0)) || die "SATURATE=1 is for MODE=hit only"
@@ -140,6 +169,7 @@ command -v nsd >/dev/null || need+=(nsd)
 command -v dnsdist >/dev/null || need+=(dnsdist)
 command -v unbound >/dev/null || need+=(unbound)
 command -v dnsperf >/dev/null || need+=(dnsperf)
+((SYSCALLS == 0)) || command -v perf >/dev/null || need+=(linux-perf)
 command -v taskset >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     SUDO=()
@@ -166,7 +196,7 @@ else
     [[ -x $TIERDNS_BIN ]] || die "no binary at $TIERDNS_BIN"
 fi
 
-if ((SATURATE)) || [[ " $SERVERS " == *" responder "* ]]; then
+if ((SATURATE || SYSCALLS)) || [[ " $SERVERS " == *" responder"* ]]; then
     if [[ -n ${LOADTEST_BIN:-} ]]; then
         [[ -x $LOADTEST_BIN ]] || die "LOADTEST_BIN=$LOADTEST_BIN is not executable"
     else
@@ -214,20 +244,40 @@ render() { # render TEMPLATE OUT KEY=VALUE...
     echo '@ IN SOA ns.bench. hostmaster.bench. 1 3600 600 86400 3600'
     echo '@ IN NS ns.bench.'
     echo 'ns IN A 127.0.0.1'
-    for ((i = 0; i < NAMES; i++)); do
-        echo "n$i IN A 10.$((i / 65536)).$((i / 256 % 256)).$((i % 256))"
-    done
+    awk -v n="$NAMES" 'BEGIN {for (i = 0; i < n; i++)
+        printf "n%d IN A 10.%d.%d.%d\n", i, int(i / 65536), int(i / 256) % 256, i % 256}'
     # MODE=miss: every u<i>.bench. exists through the wildcard.
     [[ $MODE == hit ]] || echo '* IN A 10.255.0.1'
 } >"$TMP/bench.zone"
 if [[ $MODE == hit ]]; then
-    for ((i = 0; i < NAMES; i++)); do echo "n$i.bench A"; done >"$TMP/names.txt"
+    awk -v n="$NAMES" 'BEGIN {for (i = 0; i < n; i++) printf "n%d.bench A\n", i}' >"$TMP/names.txt"
+    if [[ $DIST == zipf ]]; then
+        # Rank k (1..NAMES) with probability proportional to 1/k: inverse CDF over
+        # the harmonic sums, a fixed seed, so every server gets the same file.
+        python3 - "$NAMES" "$ZIPF_SAMPLES" >"$TMP/query.txt" <<'PY'
+import bisect, random, sys
+n, samples = int(sys.argv[1]), int(sys.argv[2])
+cdf, total = [], 0.0
+for k in range(1, n + 1):
+    total += 1.0 / k
+    cdf.append(total)
+rng = random.Random(1)
+out = sys.stdout
+for _ in range(samples):
+    k = bisect.bisect_left(cdf, rng.random() * total)
+    out.write(f"n{min(k, n - 1)}.bench A\n")
+PY
+    else
+        cp "$TMP/names.txt" "$TMP/query.txt"
+    fi
 else
     # Never-seen names: 20% more than one run sends, each sent at most once per run
     # (dnsperf -n 1). Every run starts a fresh server, so the file serves every run.
     MISS_NAMES=$((QPS * DURATION * 12 / 10 + 100))
     awk -v n="$MISS_NAMES" 'BEGIN {for (i = 0; i < n; i++) printf "u%d.bench A\n", i}' >"$TMP/names.txt"
+    cp "$TMP/names.txt" "$TMP/query.txt"
 fi
+WARM_LIMIT=$((60 + NAMES / 5000))
 echo "ns.bench A" >"$TMP/probe.txt"
 
 # dnsperf with a hard outer bound; output to $1
@@ -315,9 +365,9 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
 
     if [[ $MODE == hit ]]; then
     # Warm-up: one full pass over the names (misses go to NSD), then a check pass.
-    dnsperf_run "$TMP/$run.warm.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+    dnsperf_run "$TMP/$run.warm.out" "$WARM_LIMIT" -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
         die "$row: warm-up dnsperf failed: $(tail -3 "$TMP/$run.warm.out")"
-    dnsperf_run "$TMP/$run.warm2.out" 60 -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
+    dnsperf_run "$TMP/$run.warm2.out" "$WARM_LIMIT" -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" -n 1 -t 2 ||
         die "$row: second warm-up dnsperf failed"
     local warm
     warm=$(completed_of "$TMP/$run.warm2.out")
@@ -340,7 +390,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
     fi
     c0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
-    dnsperf_run "$TMP/$run.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/names.txt" \
+    dnsperf_run "$TMP/$run.out" $((DURATION + 30)) -s 127.0.0.1 -p "$port" -d "$TMP/query.txt" \
         -Q "$QPS" -l "$DURATION" "${extra[@]}" ||
         die "$row: dnsperf failed: $(tail -5 "$TMP/$run.out")"
     t1=$(date +%s.%N)
@@ -377,7 +427,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
     local sat="-"
     if ((SATURATE)); then
         if timeout --kill-after=5 $((SAT_DURATION + 30)) taskset -c "$LOAD_CPU" "$LOADTEST_BIN" load \
-            --server "127.0.0.1:$port" --qname-file "$TMP/names.txt" --rate 0 --window "$SAT_WINDOW" \
+            --server "127.0.0.1:$port" --qname-file "$TMP/query.txt" --rate 0 --window "$SAT_WINDOW" \
             --duration "$SAT_DURATION" --timeout 1 --quiet --json "$TMP/$run.sat.json" >"$TMP/$run.sat.out" 2>&1; then
             sat=$(awk '/achieved/ {print $2; exit}' "$TMP/$run.sat.out")
             log "$row: saturation $sat qps ($(awk '/queries sent/ {print $7; exit}' "$TMP/$run.sat.out" | tr -d ,) lost)"
@@ -385,6 +435,29 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
             NOTES+=("$row: saturation run failed: $(tail -1 "$TMP/$run.sat.out")")
         fi
         [[ -n $sat ]] || sat="-"
+    fi
+    # Syscalls: perf stat on the server over an evenly spaced run of the generator.
+    local sys=- enter=- epw=-
+    if ((SYSCALLS)); then
+        local pf=$TMP/$run.perf out=$TMP/$run.sys.out answered
+        timeout --kill-after=5 $((SYS_DURATION + 20)) perf stat -x, -o "$pf" \
+            -e raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait \
+            -p "$pid" -- sleep $((SYS_DURATION + 2)) 2>/dev/null &
+        local perf_pid=$!
+        sleep 0.5
+        if timeout --kill-after=5 $((SYS_DURATION + 30)) taskset -c "$LOAD_CPU" "$LOADTEST_BIN" load \
+            --server "127.0.0.1:$port" --qname-file "$TMP/query.txt" --rate "$SYS_QPS" --tick-us "$SYS_TICK_US" \
+            --duration "$SYS_DURATION" --timeout 1 --quiet >"$out" 2>&1 && wait "$perf_pid"; then
+            answered=$(sed -n 's/.*answered \([0-9]*\).*/\1/p' "$out" | head -1)
+            per() { awk -F, -v ev="$1" -v n="$answered" '$3 ~ ev {s += $1} END {if (n > 0) printf "%.2f", s / n; else print "-"}' "$pf"; }
+            sys=$(per '^raw_syscalls:sys_enter$')
+            enter=$(per 'io_uring_enter$')
+            epw=$(per 'epoll_p?wait$')
+            log "$row: $answered answered at $SYS_QPS qps (tick ${SYS_TICK_US} us): $sys syscalls/query ($enter io_uring_enter, $epw epoll_wait)"
+        else
+            wait "$perf_pid" 2>/dev/null || true
+            NOTES+=("$row: syscall run failed: $(tail -1 "$out")")
+        fi
     fi
     local nsdq=- tdq=- tdm=-
     if [[ $MODE == miss ]]; then
@@ -395,7 +468,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
         fi
         log "$row: NSD received $((n1 - n0)) queries = $nsdq per answered query; tierdns /metrics: upstream $u0 -> $u1, misses $m0 -> $m1 ($tdq per miss)"
     fi
-    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat|$nsdq|$tdq|$tdm")
+    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat|$nsdq|$tdq|$tdm|$sys|$enter|$epw")
     stop_pid "$pid"
 }
 
@@ -413,7 +486,8 @@ for server in $SERVERS; do
             port=$(pick_port)
             if [[ $MODE == hit ]]; then
                 METRICS_PORT=""
-                render "$TEMPLATES/tierdns.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" "IO=$io"
+                render "$TEMPLATES/tierdns.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" "IO=$io" \
+                    "CACHE_BYTES=$CACHE_BYTES"
             else
                 METRICS_PORT=$(NEXT_PORT=$((port + 1)); pick_port) # pick_port in $() cannot advance NEXT_PORT
                 render "$TEMPLATES/tierdns-5.toml.in" "$TMP/$row.toml" "PORT=$port" "NSD_PORT=$NSD_PORT" \
@@ -444,29 +518,34 @@ for server in $SERVERS; do
             measure "$row" "$port" "$TMP/$row.log" env TIERDNS_LOG=warn "$TIERDNS_BIN" --config "$TMP/$row.toml"
         done
         ;;
-    responder)
-        # The floor: `loadtest responder`, one socket, recvmmsg/sendmmsg, the same
-        # answer for every question, no cache and no parsing beyond the question.
-        [[ $MODE == hit ]] || die "SERVERS: responder is a MODE=hit row"
+    responder | responder-uring)
+        # The floors: `loadtest responder`, one socket, the same answer for every
+        # question, no cache and no parsing beyond the question; recvmmsg/sendmmsg,
+        # or (-uring) one ring with a multishot recvmsg into provided buffers.
+        [[ $MODE == hit ]] || die "SERVERS: $server is a MODE=hit row"
         METRICS_PORT=""
         port=$(pick_port)
-        measure responder "$port" "$TMP/responder.log" "$LOADTEST_BIN" responder \
-            --listen "127.0.0.1:$port" --duration $((DURATION * 3 + 200))
+        io=mmsg
+        [[ $server == responder ]] || io=uring
+        measure "$server" "$port" "$TMP/$server.log" "$LOADTEST_BIN" responder \
+            --listen "127.0.0.1:$port" --io "$io" --duration $((DURATION * 3 + SYS_DURATION * 2 + WARM_LIMIT * 2 + 200))
         ;;
     dnsdist)
         METRICS_PORT=""
         port=$(pick_port)
-        render "$TEMPLATES/dnsdist.conf.in" "$TMP/dnsdist.conf" "PORT=$port" "NSD_PORT=$NSD_PORT"
+        render "$TEMPLATES/dnsdist.conf.in" "$TMP/dnsdist.conf" "PORT=$port" "NSD_PORT=$NSD_PORT" \
+            "CACHE_ENTRIES=$CACHE_ENTRIES"
         measure dnsdist "$port" "$TMP/dnsdist.log" dnsdist --supervised --disable-syslog -C "$TMP/dnsdist.conf"
         ;;
     unbound)
         METRICS_PORT=""
         port=$(pick_port)
-        render "$TEMPLATES/unbound.conf.in" "$TMP/unbound.conf" "DIR=$TMP" "PORT=$port" "NSD_PORT=$NSD_PORT"
+        render "$TEMPLATES/unbound.conf.in" "$TMP/unbound.conf" "DIR=$TMP" "PORT=$port" "NSD_PORT=$NSD_PORT" \
+            "UNBOUND_MSG=$UNBOUND_MSG" "UNBOUND_RRSET=$UNBOUND_RRSET"
         unbound-checkconf "$TMP/unbound.conf" >/dev/null || die "bad unbound.conf"
         measure unbound "$port" "$TMP/unbound.log" unbound -d -c "$TMP/unbound.conf"
         ;;
-    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x tierdns-1x-s1 dnsdist unbound responder)" ;;
+    *) die "SERVERS: unknown server '$server' (tierdns tierdns-1x tierdns-1x-s1 dnsdist unbound responder responder-uring)" ;;
     esac
 done
 done
@@ -482,16 +561,21 @@ for r in "${ROWS[@]}"; do
 done
 SUMMARY=() # "name|qps|lost|lat|cpu|cpus"
 for name in "${NAMES_SEEN[@]}"; do
-    qs="" lost=0 lats="" cpus="" sats="" nsdqs="" tdqs="" losts=""
+    qs="" lost=0 lats="" cpus="" sats="" nsdqs="" tdqs="" losts="" syss="" enters="" epws=""
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r n qps l lat cpu _ sat nsdq tdq _ <<<"$r"
+        IFS='|' read -r n qps l lat cpu _ sat nsdq tdq _ sys enter epw <<<"$r"
         [[ $n == "$name" ]] || continue
         qs+=" $qps" lats+=" $lat" cpus+=" $cpu" losts+=" $l"
         lost=$((lost + l))
         [[ $sat == - ]] || sats+=" $sat"
         [[ $nsdq == - ]] || nsdqs+=" $nsdq"
         [[ $tdq == - ]] || tdqs+=" $tdq"
+        [[ $sys == - ]] || syss+=" $sys"
+        [[ $enter == - ]] || enters+=" $enter"
+        [[ $epw == - ]] || epws+=" $epw"
     done
+    sysm="-|-|-"
+    [[ -z $syss ]] || sysm="$(median <<<"$syss")|$(median <<<"${enters:- 0}")|$(median <<<"${epws:- 0}")"
     satm=- nsdqm=- tdqm=-
     [[ -z $sats ]] || satm=$(median <<<"$sats")
     [[ -z $nsdqs ]] || nsdqm="$(median <<<"$nsdqs") (${nsdqs// /, })"
@@ -499,7 +583,7 @@ for name in "${NAMES_SEEN[@]}"; do
     [[ -z $tdqs ]] || tdqm="$(median <<<"$tdqs") (${tdqs// /, })"
     tdqm=${tdqm/(, /(}
     losts=${losts# }
-    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm|$nsdqm|$tdqm|${losts// /, }")
+    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm|$nsdqm|$tdqm|${losts// /, }|$sysm")
 done
 base=""
 for r in "${SUMMARY[@]}"; do
@@ -514,6 +598,8 @@ if [[ -z $base ]]; then
 fi
 
 cmd="QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES IO=\"$IO\" SERVERS=\"$SERVERS\" loadtest/peers.sh"
+[[ $DIST == uniform ]] || cmd="DIST=$DIST ZIPF_SAMPLES=$ZIPF_SAMPLES $cmd"
+((SYSCALLS == 0)) || cmd="SYSCALLS=1 SYS_QPS=$SYS_QPS SYS_DURATION=$SYS_DURATION SYS_TICK_US=$SYS_TICK_US $cmd"
 model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
 
@@ -527,7 +613,7 @@ done
     echo "| server | misses/s held (answered qps) | lost (each round) | avg latency | CPU µs/miss | ratio to dnsdist | CPU µs/miss, each round | upstream queries per miss, NSD count (each round) | upstream queries per miss, tierdns /metrics (each round) |"
     echo "|---|---:|---:|---:|---:|---:|---|---|---|"
     for r in "${SUMMARY[@]}"; do
-        IFS='|' read -r name qps lost lat cpu cpus _ nsdqm tdqm losts <<<"$r"
+        IFS='|' read -r name qps lost lat cpu cpus _ nsdqm tdqm losts _ <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$mbase" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
         printf '| %s | %.0f | %s (%s) | %.0f µs | %s | %s | %s | %s | %s |\n' "$name" "$qps" "$lost" "$losts" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$nsdqm" "$tdqm"
     done
@@ -579,12 +665,19 @@ done
 else
 
 {
-    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |"
-    echo "|---|---:|---:|---:|---:|---:|---|---:|"
+    sys_head="" sys_rule=""
+    if ((SYSCALLS)); then
+        sys_head=" syscalls/query at $SYS_QPS qps | io_uring_enter/query | epoll_wait/query |"
+        sys_rule="---:|---:|---:|"
+    fi
+    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |$sys_head"
+    echo "|---|---:|---:|---:|---:|---:|---|---:|$sys_rule"
     for r in "${SUMMARY[@]}"; do
-        IFS='|' read -r name qps lost lat cpu cpus satm _ <<<"$r"
+        IFS='|' read -r name qps lost lat cpu cpus satm _ _ _ sysq enterq epwq <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
-        printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s | %s |\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$satm"
+        sys_cols=""
+        ((SYSCALLS == 0)) || sys_cols=" $sysq | $enterq | $epwq |"
+        printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s | %s |%s\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$satm" "$sys_cols"
     done
 } >"$TMP/table.md"
 
@@ -595,7 +688,11 @@ else
     echo
     echo "$ROUNDS round(s), each running every server once in turn; qps, latency and CPU are medians over the rounds, lost is the sum."
     echo "Each server pinned to CPU $SERVER_CPU (\`taskset\`), dnsperf pinned to CPU $LOAD_CPU:"
-    echo "\`dnsperf -s 127.0.0.1 -p PORT -d names.txt -Q $QPS -l $DURATION\` over $NAMES names"
+    if [[ $DIST == zipf ]]; then
+        echo "\`dnsperf -s 127.0.0.1 -p PORT -d query.txt -Q $QPS -l $DURATION\`, query.txt $ZIPF_SAMPLES names drawn with Zipf's law (exponent 1) from $NAMES names"
+    else
+        echo "\`dnsperf -s 127.0.0.1 -p PORT -d names.txt -Q $QPS -l $DURATION\` over $NAMES names, each in turn"
+    fi
     echo "(A records, TTL 3600, served by NSD on 127.0.0.1) after a warm-up pass, so every query is a cache hit."
     echo "CPU = utime + stime of the whole server process (all threads) from /proc/PID/stat over the dnsperf run,"
     vers=()
@@ -613,6 +710,12 @@ else
         echo "Saturation: after each fixed-rate run, \`loadtest load --rate 0 --window $SAT_WINDOW --duration $SAT_DURATION\`"
         echo "(the harness generator, closed loop, same names, pinned to CPU $LOAD_CPU): answers per second, median over the rounds."
     fi
+    if ((SYSCALLS)); then
+        echo "Syscalls: after each fixed-rate run, \`loadtest load --rate $SYS_QPS --tick-us $SYS_TICK_US --duration $SYS_DURATION\` (queries evenly spaced)"
+        echo "while \`perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait -p PID\`"
+        echo "counts the server's syscalls (all threads); divided by the queries answered; medians over the rounds."
+    fi
+    echo "Caches: tierdns cache.max_bytes $CACHE_BYTES, dnsdist newPacketCache($CACHE_ENTRIES), unbound msg-cache-size $UNBOUND_MSG, rrset-cache-size $UNBOUND_RRSET."
     echo
     echo "Machine: $(nproc) CPUs, $model, Linux $(uname -r); load average at start $LOADAVG; $(date -u '+%Y-%m-%d %H:%M UTC')."
     if ((${#NOTES[@]})); then
