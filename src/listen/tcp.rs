@@ -30,7 +30,7 @@
 
 use super::accept;
 use super::reply_bytes::ReplyTicket;
-use crate::io::frame::{framed, read_frame_body, read_frame_len};
+use crate::io::frame::{framed, FrameReader};
 use crate::io::{Backend, Closing, TcpIo};
 use crate::metrics::{DropReason, TcpClose};
 use crate::policy::stream_conns::{Close, ConnId};
@@ -183,6 +183,8 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
     };
     tokio::pin!(expiry);
     let mut read = 0u64;
+    // Queries are read through a buffer: one read takes a pipelined burst.
+    let mut reader = FrameReader::default();
     // Whether the reader stopped while the client may still be sending.
     let mut linger = false;
     // Set once the connection takes no more queries: the answers still to come
@@ -221,7 +223,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 linger = true;
                 break;
             }
-            r = tokio::time::timeout(idle, read_frame_len(&**stream)) => r,
+            r = tokio::time::timeout(idle, reader.next_len(&**stream)) => r,
         };
         let frame = match len {
             Ok(Ok(len)) if len > MAX_STREAM_QUERY => {
@@ -230,7 +232,7 @@ pub(super) async fn connection<B: Backend, S: TcpIo>(
                 linger = true;
                 break;
             }
-            Ok(Ok(len)) => tokio::time::timeout(idle, read_frame_body(&**stream, len)).await,
+            Ok(Ok(len)) => tokio::time::timeout(idle, reader.body(&**stream, len)).await,
             Ok(Err(e)) => Ok(Err(e)),
             Err(idle) => Err(idle),
         };
