@@ -14,11 +14,11 @@ if [ -z "${TIERDNS_BIN:-}" ]; then
     cargo build --release 2>&1 | tail -1
     export TIERDNS_BIN=${CARGO_TARGET_DIR:-target}/release/tierdns
 fi
-# The hit run also exercises the io_uring floor row, the Zipf query file and the
-# syscall count (perf stat), briefly.
+# The hit run also exercises the io_uring floor row, the Zipf query file, the
+# syscall count (perf stat) and the pipelined TCP run, briefly.
 QPS=${QPS:-5000} DURATION=${DURATION:-3} ROUNDS=${ROUNDS:-1} NAMES=${NAMES:-200} OUT="$out" \
     SERVERS="tierdns dnsdist unbound responder-uring" DIST=zipf ZIPF_SAMPLES=5000 \
-    SYSCALLS=1 SYS_QPS=2000 SYS_DURATION=1 SAT_DURATION=2 \
+    SYSCALLS=1 SYS_QPS=2000 SYS_DURATION=1 SAT_DURATION=2 TCP=1 TCP_DURATION=1 \
     timeout 600 loadtest/peers.sh
 MODE=miss QPS=${MISS_QPS:-2000} DURATION=3 ROUNDS=1 IO=epoll OUT="$miss" \
     timeout 120 loadtest/peers.sh
@@ -49,6 +49,11 @@ for server in tierdns tierdns-epoll responder-uring; do
     check "$server" "syscalls per query counted" syscalls_counted "$server"
 done
 check responder-uring "has a row" has_row responder-uring
+# Columns 13-14: TCP answers per second and CPU per answer (pipelined connections).
+tcp_counted() { row "$1" | awk -F'|' '{exit !($13 + 0 > 0 && $14 + 0 > 0)}'; }
+for server in tierdns tierdns-epoll dnsdist; do
+    check "$server" "answers over pipelined TCP counted" tcp_counted "$server"
+done
 # MODE=miss table: column 4 lost, column 9 upstream queries per miss (NSD count),
 # column 10 the same from tierdns' /metrics; "1.000 (1.000)" is median (each round).
 mrow() { grep -E "^\| $1 \|" "$miss"; }

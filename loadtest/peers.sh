@@ -42,6 +42,10 @@
 #                      (--tick-us SYS_TICK_US [200]) for SYS_DURATION [5] s while
 #                      `perf stat` counts the server's syscalls (raw_syscalls:sys_enter,
 #                      io_uring_enter, epoll_wait + epoll_pwait) per answered query
+#   TCP [0]            1: after each fixed-rate run, hits over TCP flat out: dnsperf -m tcp
+#                      -c TCP_CONNS [20] -q TCP_OUTSTANDING [2000] for TCP_DURATION [5] s
+#                      (pipelined connections); answers per second and the server's CPU
+#                      per answer (the responder rows serve no TCP: "-")
 #   IO ["uring epoll"] tierdns io backends, one row each ("tierdns", "tierdns-epoll");
 #                      IO=epoll runs only the epoll row
 #   SERVERS ["tierdns dnsdist unbound"]; MODE=miss: ["tierdns-1x tierdns dnsdist unbound"]
@@ -106,12 +110,16 @@ SYSCALLS=${SYSCALLS:-0}
 SYS_QPS=${SYS_QPS:-5000}
 SYS_DURATION=${SYS_DURATION:-5}
 SYS_TICK_US=${SYS_TICK_US:-200}
+TCP=${TCP:-0}
+TCP_CONNS=${TCP_CONNS:-20}
+TCP_OUTSTANDING=${TCP_OUTSTANDING:-2000}
+TCP_DURATION=${TCP_DURATION:-5}
 
 log() { printf '[peers] %s\n' "$*" >&2; }
 die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
 
 for v in QPS DURATION ROUNDS NAMES SERVER_CPU LOAD_CPU PORT_BASE SATURATE SAT_DURATION SAT_WINDOW \
-    ZIPF_SAMPLES SYSCALLS SYS_QPS SYS_DURATION SYS_TICK_US; do
+    ZIPF_SAMPLES SYSCALLS SYS_QPS SYS_DURATION SYS_TICK_US TCP TCP_CONNS TCP_OUTSTANDING TCP_DURATION; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 ((NAMES >= 1 && NAMES <= 2000000)) || die "NAMES must be 1..2000000"
@@ -119,6 +127,10 @@ done
 [[ $MODE == hit || $DIST == uniform ]] || die "DIST=zipf is for MODE=hit"
 ((SYSCALLS == 0)) || [[ $MODE == hit ]] || die "SYSCALLS=1 is for MODE=hit"
 ((SYS_DURATION >= 1 && SYS_DURATION <= 60)) || die "SYS_DURATION must be 1..60 seconds"
+((TCP == 0)) || [[ $MODE == hit ]] || die "TCP=1 is for MODE=hit"
+((TCP_DURATION >= 1 && TCP_DURATION <= 60)) || die "TCP_DURATION must be 1..60 seconds"
+((TCP_CONNS >= 1 && TCP_CONNS <= 1000)) || die "TCP_CONNS must be 1..1000"
+((TCP_OUTSTANDING >= 1 && TCP_OUTSTANDING <= 65535)) || die "TCP_OUTSTANDING must be 1..65535"
 ((ZIPF_SAMPLES >= 1000 && ZIPF_SAMPLES <= 5000000)) || die "ZIPF_SAMPLES must be 1000..5000000"
 # Caches sized to hold every name (the defaults below 100k names, as before).
 CACHE_ENTRIES=$((NAMES * 2 > 100000 ? NAMES * 2 : 100000))       # dnsdist packet cache entries
@@ -459,6 +471,27 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
             NOTES+=("$row: syscall run failed: $(tail -1 "$out")")
         fi
     fi
+    # TCP: pipelined connections flat out, the server's CPU over exactly that run.
+    local tcpq=- tcpcpu=-
+    if ((TCP)) && [[ $row != responder* ]]; then
+        local tf=$TMP/$run.tcp.out tc0 tc1 tdone
+        tc0=$(cpu_ticks "$pid")
+        if dnsperf_run "$tf" $((TCP_DURATION + 30)) -m tcp -c "$TCP_CONNS" -q "$TCP_OUTSTANDING" \
+            -s 127.0.0.1 -p "$port" -d "$TMP/query.txt" -l "$TCP_DURATION"; then
+            tc1=$(cpu_ticks "$pid")
+            tdone=$(completed_of "$tf")
+            if [[ -n $tdone && $tdone -gt 0 ]]; then
+                tcpq=$(awk '/Queries per second:/ {printf "%.0f", $4; exit}' "$tf")
+                tcpcpu=$(awk -v d=$((tc1 - tc0)) -v hz="$CLK_TCK" -v n="$tdone" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
+                log "$row: TCP ($TCP_CONNS connections, $TCP_OUTSTANDING outstanding): $tcpq answers/s," \
+                    "$tcpcpu us/answer, lost $(awk '/Queries lost:/ {print $3; exit}' "$tf")"
+            else
+                NOTES+=("$row: TCP run answered nothing: $(tail -3 "$tf" | tr '\n' ' ')")
+            fi
+        else
+            NOTES+=("$row: TCP run failed: $(tail -3 "$tf" | tr '\n' ' ')")
+        fi
+    fi
     local nsdq=- tdq=- tdm=-
     if [[ $MODE == miss ]]; then
         [[ $n0 == - || $n1 == - ]] || nsdq=$(awk -v d=$((n1 - n0)) -v n="$completed" 'BEGIN {printf "%.3f", d / n}')
@@ -468,7 +501,7 @@ measure() { # measure ROW_NAME PORT LOGFILE cmd...   (files of round $ROUND)
         fi
         log "$row: NSD received $((n1 - n0)) queries = $nsdq per answered query; tierdns /metrics: upstream $u0 -> $u1, misses $m0 -> $m1 ($tdq per miss)"
     fi
-    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat|$nsdq|$tdq|$tdm|$sys|$enter|$epw")
+    ROWS+=("$row|$qps|$lost|$lat|$cpu_us|$threads|$sat|$nsdq|$tdq|$tdm|$sys|$enter|$epw|$tcpq|$tcpcpu")
     stop_pid "$pid"
 }
 
@@ -561,9 +594,9 @@ for r in "${ROWS[@]}"; do
 done
 SUMMARY=() # "name|qps|lost|lat|cpu|cpus"
 for name in "${NAMES_SEEN[@]}"; do
-    qs="" lost=0 lats="" cpus="" sats="" nsdqs="" tdqs="" losts="" syss="" enters="" epws=""
+    qs="" lost=0 lats="" cpus="" sats="" nsdqs="" tdqs="" losts="" syss="" enters="" epws="" tcpqs="" tcpcpus=""
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r n qps l lat cpu _ sat nsdq tdq _ sys enter epw <<<"$r"
+        IFS='|' read -r n qps l lat cpu _ sat nsdq tdq _ sys enter epw tq tc <<<"$r"
         [[ $n == "$name" ]] || continue
         qs+=" $qps" lats+=" $lat" cpus+=" $cpu" losts+=" $l"
         lost=$((lost + l))
@@ -573,9 +606,14 @@ for name in "${NAMES_SEEN[@]}"; do
         [[ $sys == - ]] || syss+=" $sys"
         [[ $enter == - ]] || enters+=" $enter"
         [[ $epw == - ]] || epws+=" $epw"
+        [[ $tq == - ]] || tcpqs+=" $tq"
+        [[ $tc == - ]] || tcpcpus+=" $tc"
     done
     sysm="-|-|-"
     [[ -z $syss ]] || sysm="$(median <<<"$syss")|$(median <<<"${enters:- 0}")|$(median <<<"${epws:- 0}")"
+    tcpm="-|-|-"
+    [[ -z $tcpqs ]] || tcpm="$(median <<<"$tcpqs")|$(median <<<"$tcpcpus")|${tcpcpus# }"
+    tcpm=${tcpm// /, }
     satm=- nsdqm=- tdqm=-
     [[ -z $sats ]] || satm=$(median <<<"$sats")
     [[ -z $nsdqs ]] || nsdqm="$(median <<<"$nsdqs") (${nsdqs// /, })"
@@ -583,7 +621,7 @@ for name in "${NAMES_SEEN[@]}"; do
     [[ -z $tdqs ]] || tdqm="$(median <<<"$tdqs") (${tdqs// /, })"
     tdqm=${tdqm/(, /(}
     losts=${losts# }
-    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm|$nsdqm|$tdqm|${losts// /, }|$sysm")
+    SUMMARY+=("$name|$(median <<<"$qs")|$lost|$(median <<<"$lats")|$(median <<<"$cpus")|${cpus# }|$satm|$nsdqm|$tdqm|${losts// /, }|$sysm|$tcpm")
 done
 base=""
 for r in "${SUMMARY[@]}"; do
@@ -599,6 +637,7 @@ fi
 
 cmd="QPS=$QPS DURATION=$DURATION ROUNDS=$ROUNDS NAMES=$NAMES IO=\"$IO\" SERVERS=\"$SERVERS\" loadtest/peers.sh"
 [[ $DIST == uniform ]] || cmd="DIST=$DIST ZIPF_SAMPLES=$ZIPF_SAMPLES $cmd"
+((TCP == 0)) || cmd="TCP=1 TCP_CONNS=$TCP_CONNS TCP_OUTSTANDING=$TCP_OUTSTANDING TCP_DURATION=$TCP_DURATION $cmd"
 ((SYSCALLS == 0)) || cmd="SYSCALLS=1 SYS_QPS=$SYS_QPS SYS_DURATION=$SYS_DURATION SYS_TICK_US=$SYS_TICK_US $cmd"
 model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ver() { "$@" 2>&1 | head -1 | tr -d '\r'; }
@@ -670,13 +709,19 @@ else
         sys_head=" syscalls/query at $SYS_QPS qps | io_uring_enter/query | epoll_wait/query |"
         sys_rule="---:|---:|---:|"
     fi
-    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |$sys_head"
-    echo "|---|---:|---:|---:|---:|---:|---|---:|$sys_rule"
+    tcp_head="" tcp_rule=""
+    if ((TCP)); then
+        tcp_head=" TCP answers/s ($TCP_CONNS conns) | TCP CPU µs/answer | TCP CPU, each round |"
+        tcp_rule="---:|---:|---|"
+    fi
+    echo "| server | qps achieved | lost | avg latency | CPU µs/query | ratio to tierdns | CPU µs/query, each round | saturation qps (loadtest) |$sys_head$tcp_head"
+    echo "|---|---:|---:|---:|---:|---:|---|---:|$sys_rule$tcp_rule"
     for r in "${SUMMARY[@]}"; do
-        IFS='|' read -r name qps lost lat cpu cpus satm _ _ _ sysq enterq epwq <<<"$r"
+        IFS='|' read -r name qps lost lat cpu cpus satm _ _ _ sysq enterq epwq tcpq tcpc tcpcs <<<"$r"
         ratio=$(awk -v c="$cpu" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", c / b; else print "-"}')
         sys_cols=""
         ((SYSCALLS == 0)) || sys_cols=" $sysq | $enterq | $epwq |"
+        ((TCP == 0)) || sys_cols+=" $tcpq | $tcpc | $tcpcs |"
         printf '| %s | %.0f | %s | %.0f µs | %s | %s | %s | %s |%s\n' "$name" "$qps" "$lost" "$lat" "$cpu" "$ratio" "${cpus// /, }" "$satm" "$sys_cols"
     done
 } >"$TMP/table.md"
@@ -714,6 +759,10 @@ else
         echo "Syscalls: after each fixed-rate run, \`loadtest load --rate $SYS_QPS --tick-us $SYS_TICK_US --duration $SYS_DURATION\` (queries evenly spaced)"
         echo "while \`perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait -p PID\`"
         echo "counts the server's syscalls (all threads); divided by the queries answered; medians over the rounds."
+    fi
+    if ((TCP)); then
+        echo "TCP: after each fixed-rate run, \`dnsperf -m tcp -c $TCP_CONNS -q $TCP_OUTSTANDING -l $TCP_DURATION\` (pinned like dnsperf, flat out:"
+        echo "each connection pipelines queries); answers per second, and the server's CPU over that run per answer; medians over the rounds."
     fi
     echo "Caches: tierdns cache.max_bytes $CACHE_BYTES, dnsdist newPacketCache($CACHE_ENTRIES), unbound msg-cache-size $UNBOUND_MSG, rrset-cache-size $UNBOUND_RRSET."
     echo
