@@ -25,6 +25,10 @@
 #     RFC 8482 HINFO; an unknown opcode gets NOTIMP with flags "qr" only
 #   - /metrics has tierdns_queries_total, and counts the upstream TCP retry the big
 #     answers needed (NSD answers them with TC=1 over UDP)
+#   - the admin endpoints with curl: /cache for www.interop.test A is a fresh entry
+#     whose every record names NSD as its upstream, with NSD's records; /upstreams
+#     lists NSD on both shards and merged, with an RTT; a bad type is 400; from
+#     127.0.0.2 (outside [metrics] allow) 403
 #   - SIGTERM: tierdns exits 0 within a few seconds
 # and once: `tierdns --check` rejects unknown keys and bad values, naming them.
 #
@@ -42,7 +46,7 @@ NSD_PID=""
 TIERDNS_PID=""
 STOP_ON_EXIT=(TIERDNS_PID NSD_PID)
 
-install_missing nsd:nsd dig:bind9-dnsutils kdig:knot-dnsutils python3:python3
+install_missing nsd:nsd dig:bind9-dnsutils kdig:knot-dnsutils python3:python3 curl:curl
 tierdns_binary
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierdns-interop.XXXXXX")"
@@ -204,6 +208,54 @@ policy_checks() {
         'status: NOTIMP' ';; flags: qr;'
 }
 
+# The admin endpoints on the metrics listener, read with curl, checked with python3.
+admin_checks() {
+    local base="http://$HOST:$METRICS_PORT" out="$WORK/admin-$IO" msg code
+    if curl -sS --max-time 5 "$base/cache?name=WWW.interop.test&type=A" >"$out-cache.json" 2>&1 &&
+        msg=$(python3 - "$out-cache.json" <<'PY' 2>&1
+import json, sys
+v = json.load(open(sys.argv[1]))
+assert v["name"] == "www.interop.test." and v["type"] == "A", v
+e = v["entries"][0]
+assert e["state"] == "fresh" and e["rcode"] == "NOERROR" and e["ttl_left"] > 0, e
+recs = [r for r in e["records"] if r.get("section") == "answer"]
+assert len(recs) == 3, recs
+assert all(r["upstream"] == "nsd" and r["arrived"] for r in e["records"]), e["records"]
+print(f'{len(recs)} answer records from nsd, version {e["version"]}, {e["ttl_left"]} s left')
+PY
+        ); then
+        pass "[$IO] /cache www.interop.test A: $msg"
+    else
+        fail "[$IO] /cache: $msg ($(head -c 400 "$out-cache.json"))"
+    fi
+    if curl -sS --max-time 5 "$base/upstreams" >"$out-upstreams.json" 2>&1 &&
+        msg=$(python3 - "$out-upstreams.json" <<'PY' 2>&1
+import json, sys
+v = json.load(open(sys.argv[1]))
+shards = v["shards"]
+assert len(shards) == 2, shards
+for s in shards:
+    assert [u["upstream"] for u in s["upstreams"]] == ["nsd"], s
+    assert s["upstreams"][0]["circuit"] in ("closed", "degraded", "half_open", "open"), s
+m = v["merged"]
+assert [u["upstream"] for u in m] == ["nsd"] and m[0]["srtt_ms"] > 0, m
+print(f'nsd on {len(shards)} shards, merged SRTT {m[0]["srtt_ms"]:.2f} ms, circuit {m[0]["circuit"]}')
+PY
+        ); then
+        pass "[$IO] /upstreams: $msg"
+    else
+        fail "[$IO] /upstreams: $msg ($(head -c 400 "$out-upstreams.json"))"
+    fi
+    code=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "$base/cache?name=www.interop.test&type=NOPE" || true)
+    if [[ "$code" == 400 ]]; then pass "[$IO] /cache with a bad type: HTTP 400"; else fail "[$IO] /cache with a bad type: HTTP '$code'"; fi
+    code=$(curl -s --max-time 5 --interface 127.0.0.2 -o /dev/null -w '%{http_code}' "$base/upstreams" || true)
+    if [[ "$code" == 403 ]]; then
+        pass "[$IO] /upstreams from 127.0.0.2 (outside [metrics] allow): HTTP 403"
+    else
+        fail "[$IO] /upstreams from 127.0.0.2: HTTP '$code', expected 403"
+    fi
+}
+
 still_serving() {
     local what="$1" out
     QN=$((QN + 1))
@@ -232,6 +284,7 @@ pin_cpus = false
 [metrics]
 enabled = true
 listen = "$HOST:$METRICS_PORT"
+allow = ["$HOST/32"]
 
 [access]
 allow = ["$HOST/32"]
@@ -367,6 +420,7 @@ run_backend() { # IO
     else
         fail "[$IO] no upstream TCP retry counted: $msg"
     fi
+    admin_checks
 
     stop_tierdns
 }
