@@ -98,6 +98,10 @@ pub(crate) struct Finished {
     pub(crate) came: Vec<Came>,
 }
 
+/// Per record in message order, its source and arrival (ms after the entry's
+/// creation), as the cache keeps them (`cache::provenance::expand`).
+pub(crate) type Origins = Vec<(SourceId, u32)>;
+
 /// Where one record of a merged answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Came {
@@ -148,7 +152,7 @@ pub(crate) struct FlightState {
     /// For a completion by demand: the cached answer it completes (merged
     /// first, its chain the one kept), when that was stored, and its records'
     /// provenance.
-    base: Option<(Vec<u8>, Instant, Vec<(SourceId, u32)>)>,
+    base: Option<(Vec<u8>, Instant, Origins)>,
 }
 
 /// What the driver does next.
@@ -185,7 +189,7 @@ impl FlightState {
         base: Vec<u8>,
         at: Instant,
         answered: u16,
-        origins: Vec<(SourceId, u32)>,
+        origins: Origins,
     ) {
         self.base = Some((base, at, origins));
         self.answered = answered;

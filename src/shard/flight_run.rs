@@ -202,6 +202,13 @@ impl<B: Backend> FlightRun<B> {
         self.version
     }
 
+    /// Caches the flight's first good answer, every record of it from the
+    /// upstream that gave it (its provenance, `cache::provenance`).
+    pub(super) fn store_first(&self, answer: &Answer) {
+        let cache = &self.shard.shared.cache;
+        store::store_first(cache, &self.set.labels, &self.key, self.version, answer);
+    }
+
     /// Marks the name as one that will be asked again (see [`crate::tiers::Budget`]).
     pub(super) fn set_asked_again(&mut self, asked_again: bool) {
         self.flight.set_asked_again(asked_again);
@@ -519,7 +526,8 @@ impl<B: Backend> FlightRun<B> {
         }
         let stats = finished.stats;
         store::store_merged(
-            &self.shard,
+            &self.shard.shared.cache,
+            &self.shard.stats.tiers,
             &self.set.labels,
             &self.key,
             self.version,

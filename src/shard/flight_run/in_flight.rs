@@ -8,16 +8,16 @@ use std::rc::Rc;
 
 /// One count per upstream of a set, shared by that set's flights.
 #[derive(Debug, Clone, Default)]
-pub(in crate::shard) struct InFlight(Rc<[Cell<u32>]>);
+pub(crate) struct InFlight(Rc<[Cell<u32>]>);
 
 impl InFlight {
     /// Zero for each of `n` upstreams.
-    pub(in crate::shard) fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self((0..n).map(|_| Cell::new(0)).collect())
     }
 
     /// Queries to `up` out now (0 for an unknown index).
-    pub(in crate::shard) fn get(&self, up: UpstreamIdx) -> u32 {
+    pub(crate) fn get(&self, up: UpstreamIdx) -> u32 {
         self.0.get(up.get()).map_or(0, Cell::get)
     }
 

@@ -3,15 +3,12 @@
 //! record, each with the upstream that gave it and its arrival after the first
 //! answer (or, in a completion by demand, what the cached answer said of it).
 
-use super::super::Shard;
-use super::FlightRun;
 use crate::cache::provenance::{runs_of, Run};
 use crate::cache::{InsertOutcome, Key, Origins, PacketCache, SourceId};
 use crate::flight::state::Came;
 use crate::flight::Answer;
 use crate::health::{PerUpstream, UpstreamIdx};
-use crate::io::Backend;
-use crate::metrics::ShardStats;
+use crate::metrics::{ShardStats, TierStats};
 use crate::tiers::Merged;
 use std::time::Instant;
 
@@ -22,19 +19,23 @@ fn source(cache: &PacketCache, labels: &PerUpstream<String>, up: UpstreamIdx) ->
         .map_or(SourceId::UNKNOWN, |label| cache.source_id(label))
 }
 
-impl<B: Backend> FlightRun<B> {
-    /// Caches the flight's first good answer, every record of it from the
-    /// upstream that gave it.
-    pub(in crate::shard) fn store_first(&self, answer: &Answer) -> InsertOutcome {
-        let source = source(&self.shard.shared.cache, &self.set.labels, answer.from);
-        self.shard.shared.cache.insert_traced(
-            &self.key.key_ref(),
-            &answer.wire,
-            Instant::now(),
-            self.version,
-            Origins::One(source),
-        )
-    }
+/// Caches a flight's first good answer under `key` and `version`, every record
+/// of it from the upstream that gave it.
+pub(super) fn store_first(
+    cache: &PacketCache,
+    labels: &PerUpstream<String>,
+    key: &Key,
+    version: u64,
+    answer: &Answer,
+) -> InsertOutcome {
+    let source = source(cache, labels, answer.from);
+    cache.insert_traced(
+        &key.key_ref(),
+        &answer.wire,
+        Instant::now(),
+        version,
+        Origins::One(source),
+    )
 }
 
 /// The runs of a merged answer whose records came from `came`, the entry
@@ -63,19 +64,18 @@ fn runs(
 
 /// Writes a flight's merged answer, if it has one, under its version, each
 /// record with where it came from.
-pub(super) fn store_merged<B: Backend>(
-    shard: &Shard<B>,
+pub(super) fn store_merged(
+    cache: &PacketCache,
+    tiers: &TierStats,
     labels: &PerUpstream<String>,
     key: &Key,
     version: u64,
     merged: Option<(Merged, Instant)>,
     came: &[Came],
 ) {
-    let tiers = &shard.stats.tiers;
     let Some((merged, first_at)) = merged else {
         return;
     };
-    let cache = &shard.shared.cache;
     let runs = runs(cache, labels, came, first_at);
     // Stored as of the first answer's arrival, so its TTLs age from then, not
     // from the end of the collection.
