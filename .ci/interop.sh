@@ -25,6 +25,12 @@
 #     RFC 8482 HINFO; an unknown opcode gets NOTIMP with flags "qr" only
 #   - /metrics has tierdns_queries_total, and counts the upstream TCP retry the big
 #     answers needed (NSD answers them with TC=1 over UDP)
+#   - the admin endpoints with curl, tierdns in front of two NSDs that differ only in
+#     multi.interop.test's address: /cache for www.interop.test A is a fresh entry
+#     with NSD's records, each naming its upstream; for multi.interop.test A the
+#     merged entry names nsd for 192.0.2.101 and nsd2 for 192.0.2.102; /upstreams
+#     lists both NSDs on both shards and merged, with RTTs; a bad type is 400; from
+#     127.0.0.2 (outside [metrics] allow) 403
 #   - SIGTERM: tierdns exits 0 within a few seconds
 # and once: `tierdns --check` rejects unknown keys and bad values, naming them.
 #
@@ -39,10 +45,11 @@ DATA="$HERE/interop"
 HELPER=(python3 "$DATA/dnscheck.py")
 . "$HERE/interop/common.sh"
 NSD_PID=""
+NSD2_PID=""
 TIERDNS_PID=""
-STOP_ON_EXIT=(TIERDNS_PID NSD_PID)
+STOP_ON_EXIT=(TIERDNS_PID NSD_PID NSD2_PID)
 
-install_missing nsd:nsd dig:bind9-dnsutils kdig:knot-dnsutils python3:python3
+install_missing nsd:nsd dig:bind9-dnsutils kdig:knot-dnsutils python3:python3 curl:curl
 tierdns_binary
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierdns-interop.XXXXXX")"
@@ -204,6 +211,74 @@ policy_checks() {
         'status: NOTIMP' ';; flags: qr;'
 }
 
+# merged_from_both BASE FILE: /cache for multi.interop.test A (saved in FILE) holds
+# 192.0.2.101 from nsd and 192.0.2.102 from nsd2.
+merged_from_both() {
+    curl -sS --max-time 5 "$1/cache?name=multi.interop.test&type=A" >"$2" &&
+        python3 - "$2" <<'PY'
+import json, sys
+e = json.load(open(sys.argv[1]))["entries"][0]
+got = sorted((r["data"], r["upstream"]) for r in e["records"] if r.get("section") == "answer")
+assert got == [("192.0.2.101", "nsd"), ("192.0.2.102", "nsd2")], got
+PY
+}
+
+# The admin endpoints on the metrics listener, read with curl, checked with python3.
+admin_checks() {
+    local base="http://$HOST:$METRICS_PORT" out="$WORK/admin-$IO" msg code
+    if curl -sS --max-time 5 "$base/cache?name=WWW.interop.test&type=A" >"$out-cache.json" 2>&1 &&
+        msg=$(python3 - "$out-cache.json" <<'PY' 2>&1
+import json, sys
+v = json.load(open(sys.argv[1]))
+assert v["name"] == "www.interop.test." and v["type"] == "A", v
+e = v["entries"][0]
+assert e["state"] == "fresh" and e["rcode"] == "NOERROR" and e["ttl_left"] > 0, e
+recs = [r for r in e["records"] if r.get("section") == "answer"]
+assert len(recs) == 3, recs
+ups = {r["upstream"] for r in e["records"]}
+assert len(ups) == 1 and ups <= {"nsd", "nsd2"} and all(r["arrived"] for r in e["records"]), e["records"]
+print(f'{len(recs)} answer records, all from {ups.pop()} (both NSDs give the same), version {e["version"]}, {e["ttl_left"]} s left')
+PY
+        ); then
+        pass "[$IO] /cache www.interop.test A: $msg"
+    else
+        fail "[$IO] /cache: $msg ($(head -c 400 "$out-cache.json"))"
+    fi
+    if curl -sS --max-time 5 "$base/upstreams" >"$out-upstreams.json" 2>&1 &&
+        msg=$(python3 - "$out-upstreams.json" <<'PY' 2>&1
+import json, sys
+v = json.load(open(sys.argv[1]))
+shards = v["shards"]
+assert len(shards) == 2, shards
+for s in shards:
+    assert [u["upstream"] for u in s["upstreams"]] == ["nsd", "nsd2"], s
+    assert all(u["circuit"] in ("closed", "degraded", "half_open", "open") for u in s["upstreams"]), s
+m = v["merged"]
+assert [u["upstream"] for u in m] == ["nsd", "nsd2"] and all(u["srtt_ms"] > 0 for u in m), m
+print(f'nsd and nsd2 on {len(shards)} shards and merged, SRTT {m[0]["srtt_ms"]:.2f} and {m[1]["srtt_ms"]:.2f} ms')
+PY
+        ); then
+        pass "[$IO] /upstreams: $msg"
+    else
+        fail "[$IO] /upstreams: $msg ($(head -c 400 "$out-upstreams.json"))"
+    fi
+    # A merged answer: multi.interop.test A from both NSDs, each address named.
+    run_client dig "$DNS_PORT" udp "$out-multi.txt" multi.interop.test A
+    if wait_for 10 "the merge of multi.interop.test in /cache" merged_from_both "$base" "$out-multi.json"; then
+        pass "[$IO] /cache multi.interop.test A: $(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["entries"][0]; print(", ".join(r["data"] + " from " + r["upstream"] + " at +" + str(r["arrived_after_ms"]) + " ms" for r in e["records"] if r.get("section") == "answer"))' "$out-multi.json")"
+    else
+        fail "[$IO] /cache multi.interop.test A: no merged entry naming both NSDs ($(head -c 600 "$out-multi.json" 2>/dev/null))"
+    fi
+    code=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "$base/cache?name=www.interop.test&type=NOPE" || true)
+    if [[ "$code" == 400 ]]; then pass "[$IO] /cache with a bad type: HTTP 400"; else fail "[$IO] /cache with a bad type: HTTP '$code'"; fi
+    code=$(curl -s --max-time 5 --interface 127.0.0.2 -o /dev/null -w '%{http_code}' "$base/upstreams" || true)
+    if [[ "$code" == 403 ]]; then
+        pass "[$IO] /upstreams from 127.0.0.2 (outside [metrics] allow): HTTP 403"
+    else
+        fail "[$IO] /upstreams from 127.0.0.2: HTTP '$code', expected 403"
+    fi
+}
+
 still_serving() {
     local what="$1" out
     QN=$((QN + 1))
@@ -217,8 +292,24 @@ still_serving() {
 }
 
 # ---------------------------------------------------------------- NSD
+# Two NSD instances serve the zone, alike but for multi.interop.test, which has
+# an address of its own on each: tierdns's merge puts both in its cache, and
+# /cache names the instance that gave each.
+ZONE_DATA="$DATA"
+for i in 1 2; do
+    mkdir -p "$WORK/zone$i"
+    { cat "$ZONE_DATA/interop.test.zone"; printf '\nmulti    IN A    192.0.2.10%s\n' "$i"; } >"$WORK/zone$i/interop.test.zone"
+done
+DATA="$WORK/zone1"
 start_nsd
 pass "NSD serves interop.test. on $HOST:$NSD_PORT"
+NSD1_PORT=$NSD_PORT NSD1_PID=$NSD_PID MAIN_WORK=$WORK
+mkdir -p "$WORK/nsd2"
+DATA="$WORK/zone2" WORK="$WORK/nsd2"
+start_nsd
+NSD2_PORT=$NSD_PORT NSD2_PID=$NSD_PID
+WORK=$MAIN_WORK DATA=$ZONE_DATA NSD_PORT=$NSD1_PORT NSD_PID=$NSD1_PID
+pass "a second NSD serves it on $HOST:$NSD2_PORT (multi.interop.test: 192.0.2.101 on the first, .102 on the second)"
 
 # ---------------------------------------------------------------- tierdns
 write_config() { # FILE IO
@@ -232,6 +323,7 @@ pin_cpus = false
 [metrics]
 enabled = true
 listen = "$HOST:$METRICS_PORT"
+allow = ["$HOST/32"]
 
 [access]
 allow = ["$HOST/32"]
@@ -239,6 +331,10 @@ allow = ["$HOST/32"]
 [[upstream]]
 address = "$HOST:$NSD_PORT"
 name = "nsd"
+
+[[upstream]]
+address = "$HOST:$NSD2_PORT"
+name = "nsd2"
 EOF
 }
 
@@ -367,6 +463,7 @@ run_backend() { # IO
     else
         fail "[$IO] no upstream TCP retry counted: $msg"
     fi
+    admin_checks
 
     stop_tierdns
 }

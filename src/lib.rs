@@ -27,7 +27,9 @@
 //!
 //! The first good answer goes to every waiter and into the cache; background
 //! completion merges the rest and rewrites the entry under a version guard.
-//! Shard-local counters are flushed to Prometheus by [`metrics`]; [`config`] holds
+//! Shard-local counters are flushed to Prometheus by [`metrics`], served with the
+//! admin endpoints (`/cache`: a cached name's records and who gave them;
+//! `/upstreams`: each shard's view of upstream health) by [`admin`]; [`config`] holds
 //! every key with its default, and [`warnings`] says what a valid one may still get
 //! wrong (private keys others may read, an open resolver without a rate limit).
 #![deny(unsafe_code)]
@@ -37,6 +39,7 @@
 // the public docs build without them. CI builds both with `-D warnings`.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod admin;
 pub mod cache;
 pub mod certs;
 pub mod config;
@@ -185,48 +188,37 @@ pub fn run(
     path: Option<&std::path::Path>,
     overrides: &Overrides,
 ) -> Result<(), RunError> {
+    // The metrics listener is bound before the shards start (a bad address is a
+    // start error) and serves once they run (`/cache` and `/upstreams` read them).
+    let mut serving = None;
     if config.metrics.enabled {
         let addr = config.metrics.listen;
-        let bad = |e: metrics_exporter_prometheus::BuildError| RunError::Metrics {
-            addr,
-            reason: e.to_string(),
-        };
-        let mut exporter =
-            metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr);
-        // Only `[metrics] allow` may scrape (validated with the config); anyone
-        // else gets 403.
-        let allowed = config
-            .metrics
-            .allowed_networks()
-            .map_err(|e| RunError::Metrics {
-                addr,
-                reason: e.to_string(),
-            })?;
-        for net in allowed {
-            exporter = exporter.add_allowed_address(net).map_err(bad)?;
-        }
-        exporter
+        let bad = |reason: String| RunError::Metrics { addr, reason };
+        let exporter = metrics_exporter_prometheus::PrometheusBuilder::new()
             // Histograms with buckets (not summaries), so they aggregate across
             // shards and nodes in PromQL.
             .set_buckets(metrics::LATENCY_BUCKETS)
-            .map_err(bad)?
+            .map_err(|e| bad(e.to_string()))?
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full("tierdns_flight_peak_in_flight".into()),
                 metrics::COUNT_BUCKETS,
             )
-            .map_err(bad)?
+            .map_err(|e| bad(e.to_string()))?
             // Series nobody updates any more (an upstream removed by a reload)
             // disappear after five minutes instead of showing their last value.
             .idle_timeout(
                 metrics_util::MetricKindMask::ALL,
                 Some(std::time::Duration::from_secs(300)),
-            )
-            .install()
-            .map_err(|e| RunError::Metrics {
-                addr,
-                reason: e.to_string(),
-            })?;
+            );
+        // Only `[metrics] allow` (validated with the config) is answered; anyone
+        // else gets 403.
+        let listener = admin::AdminListener::bind(addr, &config.metrics.allow)
+            .map_err(|e| bad(e.to_string()))?;
+        let recorder = exporter
+            .install_recorder()
+            .map_err(|e| bad(e.to_string()))?;
         metrics::describe();
+        serving = Some((listener, recorder));
     }
     // Signal handlers first, so a SIGTERM right after startup is a clean stop.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -249,6 +241,15 @@ pub fn run(
         .map(|u| format!("{}={}", u.label(), u.address_text()))
         .collect();
     let handle = start(config)?;
+    if let Some((listener, recorder)) = serving {
+        let addr = listener.local_addr().ok();
+        listener
+            .serve(std::sync::Arc::clone(&handle.shared), Some(recorder))
+            .map_err(|e| RunError::Metrics {
+                addr: addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                reason: e.to_string(),
+            })?;
+    }
     tracing::info!(
         listen = ?handle.local_addrs,
         tls = ?handle.tls_addrs,

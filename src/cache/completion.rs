@@ -6,7 +6,8 @@
 //! version, so any newer write wins.
 
 use super::entry::INCOMPLETE;
-use super::{KeyRef, PacketCache};
+use super::provenance::expand;
+use super::{KeyRef, PacketCache, SourceId};
 use std::time::Instant;
 
 /// An incomplete entry as its completion starts from it
@@ -22,6 +23,9 @@ pub struct CompletionBase {
     pub version: u64,
     /// Upstreams (bits by index) whose addresses it holds.
     pub answered: u16,
+    /// Per record in message order, who gave it and when (ms after `inserted`):
+    /// the merge carries these over (see [`super::provenance`]).
+    pub origins: Vec<(SourceId, u32)>,
 }
 
 impl PacketCache {
@@ -51,16 +55,18 @@ impl PacketCache {
         let mut guard = self.partition(hash);
         let part = &mut *guard;
         let slot = part.find(hash, key)?;
-        let entry = part.entry_mut(slot)?;
+        let entry = part.entry(slot)?;
         if entry.flags & INCOMPLETE == 0 || entry.age(now_nanos) >= entry.ttl_nanos() {
             return None;
         }
         let age = entry.age(now_nanos);
+        let records = entry.layout.ttl_offsets().len();
         Some(CompletionBase {
             wire: entry.wire.to_vec(),
             inserted: now.checked_sub(std::time::Duration::from_nanos(age))?,
             version: entry.version,
             answered: entry.answered,
+            origins: expand(entry.source, part.trace(slot), records),
         })
     }
 }

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use super::key::{hash_parts, KeyRef, KEY_MASK};
+use super::provenance::SourceId;
 use crate::wire::answer::AnswerLayout;
 use crate::wire::HEADER_LEN;
 
@@ -69,6 +70,10 @@ pub(super) struct Entry {
     /// Upstreams (by index, the first 16) whose addresses the answer holds, for
     /// an INCOMPLETE entry: its completion asks the others.
     pub(super) answered: u16,
+    /// Who gave the answer, when one upstream gave every record (see
+    /// [`super::provenance`]; a merged entry's runs are in the partition's side
+    /// table). One byte the entry's padding had anyway; no hit reads it.
+    pub(super) source: SourceId,
 }
 
 impl Entry {

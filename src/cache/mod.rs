@@ -30,14 +30,18 @@
 mod completion;
 mod config;
 mod entry;
+mod inspect;
 mod key;
 mod partition;
+pub mod provenance;
 mod ttl;
 
 pub use completion::CompletionBase;
 pub use config::{CacheConfig, CacheConfigError};
 pub use entry::ENTRY_OVERHEAD;
+pub use inspect::{EntryState, Inspected};
 pub use key::{Key, KeyRef};
+pub use provenance::{Origins, SourceId};
 
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,6 +195,7 @@ pub struct PacketCache {
     cfg: CacheConfig,
     clock: Clock,
     version: AtomicU64,
+    sources: provenance::Sources,
 }
 
 impl PacketCache {
@@ -209,6 +214,7 @@ impl PacketCache {
             cfg,
             clock: Clock::new(),
             version: AtomicU64::new(0),
+            sources: provenance::Sources::default(),
         }
     }
 
@@ -424,15 +430,24 @@ impl PacketCache {
     /// NXDOMAIN/NODATA negatively per RFC 2308, SERVFAIL briefly per RFC 9520 (see
     /// the [`ttl`] policy for the rest). The answer's question must be the key's.
     /// Ignored ([`InsertOutcome::Superseded`]) when the entry holds a newer version
-    /// than `version`; the same version overwrites. Allocates the entry.
-    pub fn insert(
+    /// than `version`; the same version overwrites. Allocates the entry. Its
+    /// provenance is unknown: see [`Self::insert_traced`].
+    pub fn insert(&self, key: &KeyRef<'_>, answer: &[u8], now: Instant, v: u64) -> InsertOutcome {
+        self.insert_traced(key, answer, now, v, Origins::One(SourceId::UNKNOWN))
+    }
+
+    /// [`Self::insert`], with where the answer's records came from (see
+    /// [`provenance`]); a replaced entry's provenance goes with it.
+    pub fn insert_traced(
         &self,
         key: &KeyRef<'_>,
         answer: &[u8],
         now: Instant,
         version: u64,
+        origins: Origins<'_>,
     ) -> InsertOutcome {
         let hash = key.hash();
+        let (source, trace) = origins.compact();
         let prepared = self.prepare(key, answer);
         let now = self.clock.nanos(now);
         let mut guard = self.partition(hash);
@@ -441,6 +456,7 @@ impl PacketCache {
             Ok(entry) => Entry {
                 inserted: now,
                 version,
+                source,
                 ..entry
             },
             Err(reject) => {
@@ -467,7 +483,7 @@ impl PacketCache {
             part.remove(slot);
             outcome = InsertOutcome::Replaced;
         }
-        part.add(hash, entry, self.share, |e: &Entry| {
+        part.add(hash, entry, trace, self.share, |e: &Entry| {
             e.age(now).saturating_sub(e.ttl_nanos()) >= stale
         });
         match outcome {
@@ -513,6 +529,7 @@ impl PacketCache {
             hits: 0,
             flags,
             answered: 0,
+            source: SourceId::UNKNOWN,
         };
         if !entry.matches(key) {
             return Err(Unstorable::Mismatch);

@@ -13,14 +13,18 @@
 //! popular entries not hit during a whole revolution of the hand), and a full
 //! sweep is bounded by two revolutions.
 //!
-//! Invariants: `bytes` is the sum of `cost()` over live entries and never exceeds the
-//! share after an insert; `len` counts live entries; every live slot has exactly one
+//! A merged entry's provenance ([`super::provenance`]) sits in `traced`, a side
+//! table by slot that the hit path never looks at; it goes with its entry.
+//!
+//! Invariants: `bytes` is the sum of `cost()` over live entries plus the cost of
+//! their traces, and never exceeds the share after an insert; `len` counts live entries; every live slot has exactly one
 //! table index and every table index points at a live slot.
 
 use hashbrown::HashTable;
 
 use super::entry::{Entry, REFERENCED};
 use super::key::KeyRef;
+use super::provenance::{trace_cost, Run};
 use super::CacheStats;
 
 /// One partition of the cache, always used behind its mutex.
@@ -29,6 +33,8 @@ pub(super) struct Partition {
     table: HashTable<u32>,
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
+    /// The runs of merged entries, by slot.
+    traced: hashbrown::HashMap<u32, Box<[Run]>>,
     hand: usize,
     bytes: usize,
     len: usize,
@@ -65,6 +71,12 @@ impl Partition {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
+    /// The runs of the entry in `slot`, if it is a merged one.
+    pub(super) fn trace(&self, slot: usize) -> Option<&[Run]> {
+        let slot = u32::try_from(slot).ok()?;
+        self.traced.get(&slot).map(|runs| &runs[..])
+    }
+
     /// Removes the entry in `slot` and returns it.
     pub(super) fn remove(&mut self, slot: usize) -> Option<Entry> {
         let entry = self.slots.get_mut(slot)?.take()?;
@@ -72,8 +84,11 @@ impl Partition {
             found.remove();
         }
         self.bytes -= entry.cost();
-        self.len -= 1;
         // `slot` came from a u32 index.
+        if let Some(runs) = self.traced.remove(&(slot as u32)) {
+            self.bytes -= trace_cost(&runs);
+        }
+        self.len -= 1;
         self.free.push(slot as u32);
         Some(entry)
     }
@@ -108,16 +123,17 @@ impl Partition {
         false
     }
 
-    /// Adds `entry` (whose key is not present; its cost fits `share`), evicting
-    /// until it fits.
+    /// Adds `entry` (whose key is not present; its cost fits `share`) with the
+    /// runs of a merged one, evicting until it fits.
     pub(super) fn add(
         &mut self,
         hash: u64,
         entry: Entry,
+        trace: Option<Box<[Run]>>,
         share: usize,
         dead: impl Fn(&Entry) -> bool,
     ) {
-        let cost = entry.cost();
+        let cost = entry.cost() + trace.as_deref().map_or(0, trace_cost);
         while self.bytes + cost > share {
             if !self.evict_one(&dead) {
                 break;
@@ -143,6 +159,9 @@ impl Partition {
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
+        if let Some(runs) = trace {
+            self.traced.insert(slot, runs);
+        }
         let slots = &self.slots;
         self.table.insert_unique(hash, slot, |&i| {
             slots

@@ -125,8 +125,14 @@ impl FlightMachine {
 
     /// Makes this a completion by demand of a cached answer (see
     /// [`FlightState::complete_base`]): every query is charged as completion.
-    pub(crate) fn complete_base(&mut self, base: Vec<u8>, at: Instant, answered: u16) {
-        self.state.complete_base(base, at, answered);
+    pub(crate) fn complete_base(
+        &mut self,
+        base: Vec<u8>,
+        at: Instant,
+        answered: u16,
+        origins: Vec<(crate::cache::SourceId, u32)>,
+    ) {
+        self.state.complete_base(base, at, answered, origins);
         self.on_demand = true;
         self.asked_again = true;
         self.background = true;

@@ -1,6 +1,7 @@
 //! What a flight delivers to its waiters: the first good answer, shared, or why
 //! there was none.
 
+use crate::health::UpstreamIdx;
 use crate::wire::answer::AnswerLayout;
 use crate::wire::build::Ede;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ pub struct Answer {
     pub wire: Vec<u8>,
     /// Where to patch it.
     pub layout: AnswerLayout,
+    /// The upstream that gave it (an index of the flight's upstream set).
+    pub from: UpstreamIdx,
 }
 
 /// What a flight delivers to its waiters.

@@ -11,6 +11,7 @@
 //! `on_report`, so a merged record passed every check the first answer passed.
 
 use super::Answer;
+use crate::cache::SourceId;
 use crate::health::{FailKind, UpstreamIdx};
 use crate::tiers::{merge_agreed, Action, Merged, Outcome, Plan, PlanStats, Purpose, SendList};
 use crate::upstream::Exchange;
@@ -92,6 +93,23 @@ pub(crate) struct Finished {
     /// The merged answer, if more than one good answer came and they merge, with
     /// the time the first arrived (the merge ages from then).
     pub(crate) merged: Option<(Merged, Instant)>,
+    /// Where each record of the merged answer came from, in message order
+    /// (empty without a merge): its provenance in the cache.
+    pub(crate) came: Vec<Came>,
+}
+
+/// Per record in message order, its source and arrival (ms after the entry's
+/// creation), as the cache keeps them (`cache::provenance::expand`).
+pub(crate) type Origins = Vec<(SourceId, u32)>;
+
+/// Where one record of a merged answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Came {
+    /// The cached answer a completion merged into: its own provenance, kept
+    /// (source, ms after the entry's creation).
+    Cached(SourceId, u32),
+    /// This upstream's answer, arrived then.
+    Upstream(UpstreamIdx, Instant),
 }
 
 /// Whether upstream `up` is among `answered` (bits by index; an index past 16 is
@@ -120,10 +138,11 @@ pub(crate) struct FlightState {
     first: Option<Arc<Answer>>,
     /// When the first good answer arrived: the merge is aged from then.
     first_at: Instant,
-    /// The good answers after the first, for the merge. They passed the same
-    /// checks as the first (the link's ID, question and 0x20 case, [`classify`]):
-    /// every reply takes the one path through [`Self::on_report`].
-    others: Vec<Vec<u8>>,
+    /// The good answers after the first, for the merge, with who gave each and
+    /// when. They passed the same checks as the first (the link's ID, question
+    /// and 0x20 case, [`classify`]): every reply takes the one path through
+    /// [`Self::on_report`].
+    others: Vec<(Vec<u8>, UpstreamIdx, Instant)>,
     /// `merge_min_agree` of the flight's route.
     min_agree: usize,
     /// The most telling failure so far (see [`telling`]).
@@ -131,8 +150,9 @@ pub(crate) struct FlightState {
     /// Upstreams (bits by index, the first 16) that gave a good answer.
     answered: u16,
     /// For a completion by demand: the cached answer it completes (merged
-    /// first, its chain the one kept) and when that was stored.
-    base: Option<(Vec<u8>, Instant)>,
+    /// first, its chain the one kept), when that was stored, and its records'
+    /// provenance.
+    base: Option<(Vec<u8>, Instant, Origins)>,
 }
 
 /// What the driver does next.
@@ -162,9 +182,16 @@ impl FlightState {
     }
 
     /// Makes this the completion of a cached answer: `base` (stored at `at`,
-    /// holding the answers of the upstreams in `answered`) is merged first.
-    pub(crate) fn complete_base(&mut self, base: Vec<u8>, at: Instant, answered: u16) {
-        self.base = Some((base, at));
+    /// holding the answers of the upstreams in `answered`, its records from
+    /// `origins`) is merged first.
+    pub(crate) fn complete_base(
+        &mut self,
+        base: Vec<u8>,
+        at: Instant,
+        answered: u16,
+        origins: Origins,
+    ) {
+        self.base = Some((base, at, origins));
         self.answered = answered;
     }
 
@@ -211,7 +238,7 @@ impl FlightState {
                     self.answered |= bit;
                 }
                 if self.first.is_some() {
-                    self.others.push(ex.reply);
+                    self.others.push((ex.reply, up, now));
                     return Heard::Good {
                         rtt: ex.rtt,
                         first: None,
@@ -220,6 +247,7 @@ impl FlightState {
                 let answer = Arc::new(Answer {
                     wire: ex.reply,
                     layout,
+                    from: up,
                 });
                 self.first = Some(Arc::clone(&answer));
                 self.first_at = now;
@@ -257,25 +285,54 @@ impl FlightState {
         failure_ede(self.worst)
     }
 
-    /// Ends the flight: its plan's stats, and the merge of its good answers.
+    /// Ends the flight: its plan's stats, and the merge of its good answers
+    /// with each merged record's provenance.
     pub(crate) fn finish(self) -> Finished {
         let stats = *self.plan.stats();
+        let mut came = Vec::new();
         let merged = self.first.as_ref().and_then(|first| {
             let mut all: SmallVec<[&[u8]; 8]> = SmallVec::new();
+            // Who gave each of `all`: None for the cached answer.
+            let mut from: SmallVec<[Option<(UpstreamIdx, Instant)>; 8]> = SmallVec::new();
             // A completion merges into the cached answer, and ages from it.
             let at = match &self.base {
-                Some((base, at)) => {
+                Some((base, at, _)) => {
                     all.push(base);
+                    from.push(None);
                     *at
                 }
                 None if self.others.is_empty() => return None,
                 None => self.first_at,
             };
             all.push(&first.wire);
-            all.extend(self.others.iter().map(Vec::as_slice));
-            merge_agreed(&all, self.min_agree).map(|m| (m, at))
+            from.push(Some((first.from, self.first_at)));
+            for (wire, up, when) in &self.others {
+                all.push(wire);
+                from.push(Some((*up, *when)));
+            }
+            let merged = merge_agreed(&all, self.min_agree)?;
+            let cached = self.base.as_ref().map_or(&[][..], |(_, _, o)| o.as_slice());
+            came = merged
+                .origins
+                .iter()
+                .map(
+                    |&(answer, record)| match from.get(answer).copied().flatten() {
+                        Some((up, when)) => Came::Upstream(up, when),
+                        None => cached
+                            .get(record)
+                            .map_or(Came::Cached(SourceId::UNKNOWN, 0), |&(s, ms)| {
+                                Came::Cached(s, ms)
+                            }),
+                    },
+                )
+                .collect();
+            Some((merged, at))
         });
-        Finished { stats, merged }
+        Finished {
+            stats,
+            merged,
+            came,
+        }
     }
 }
 

@@ -15,6 +15,9 @@
 //!   [`PUBLISH_EVERY`](super::PUBLISH_EVERY) per upstream: a shard with no sample
 //!   of its own ranks the upstream by it instead of optimistically first.
 //!
+//! Beside them, each shard's whole view at its stats flush, for the admin
+//! endpoint only ([`super::view::HealthViews`]): nothing on a query's path reads it.
+//!
 //! Upstreams are named by address, so a reload that keeps an upstream keeps its
 //! mark. The board holds an entry per address in use; entries of addresses no
 //! set uses any more are pruned when a new one is added.
@@ -30,6 +33,7 @@ use std::time::Instant;
 pub struct CircuitBoard {
     epoch: Instant,
     slots: Mutex<HashMap<SocketAddr, Arc<Mark>>>,
+    views: super::view::HealthViews,
 }
 
 /// What the board knows of one upstream.
@@ -61,7 +65,13 @@ impl CircuitBoard {
         Self {
             epoch: Instant::now(),
             slots: Mutex::new(HashMap::new()),
+            views: super::view::HealthViews::default(),
         }
+    }
+
+    /// Each shard's last published view of its upstreams (the admin endpoint).
+    pub fn views(&self) -> &super::view::HealthViews {
+        &self.views
     }
 
     /// The mark of the upstream at `addr` (made on first use). Called when an

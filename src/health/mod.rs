@@ -33,6 +33,7 @@ mod fail;
 mod idx;
 mod rtt;
 pub mod state_file;
+pub mod view;
 
 pub use board::{BoardSlot, CircuitBoard};
 pub use fail::FailKind;
@@ -206,6 +207,8 @@ struct Upstream {
     circuit: Circuit,
     /// When this shard last published the SRTT to the board.
     published_at: Option<Instant>,
+    /// The last failure's kind and time (for the admin endpoint's view).
+    last_failure: Option<(FailKind, Instant)>,
 }
 
 impl Upstream {
@@ -216,6 +219,7 @@ impl Upstream {
             fail_rate: 0.0,
             circuit: Circuit::new(params),
             published_at: None,
+            last_failure: None,
         }
     }
 }
@@ -291,6 +295,7 @@ impl HealthTracker {
         };
         u.fail_rate = u.fail_rate * (1.0 - alpha) + alpha;
         u.circuit.on_failure(kind, &self.params, now);
+        u.last_failure = Some((kind, now));
     }
 
     /// Writes into `out` (cleared first) the usable `candidates` in tier order (see

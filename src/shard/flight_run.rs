@@ -26,7 +26,7 @@ use crate::flight::{Action, Answer, Concluded, FlightMachine, FlightResult, Spen
 use crate::health::{CircuitState, FailKind, HealthTracker, UpstreamIdx};
 use crate::io::Backend;
 use crate::metrics::{DropReason, ShardStats, UpstreamEvent};
-use crate::tiers::{Merged, Plan, Purpose, Spend, StrategyKind};
+use crate::tiers::{Plan, Purpose, Spend, StrategyKind};
 use crate::upstream::{Mailbox, Question, Report, Sent, Waiter};
 use crate::wire::build::{write_upstream_query, MAX_UPSTREAM_QUERY_LEN};
 use crate::wire::reader::QueryView;
@@ -36,7 +36,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
+mod in_flight;
 mod log;
+mod store;
+use in_flight::Counted;
+pub(super) use in_flight::InFlight;
 use log::log_flight;
 
 /// One flight in progress on a shard: the machine, and the I/O around it.
@@ -139,7 +143,7 @@ impl<B: Backend> FlightRun<B> {
         }
         let mut run = Self::planned(shard, q, key, now, true, version, Some(base.answered));
         run.flight
-            .complete_base(base.wire, base.inserted, base.answered);
+            .complete_base(base.wire, base.inserted, base.answered, base.origins);
         Some(run)
     }
 
@@ -198,6 +202,13 @@ impl<B: Backend> FlightRun<B> {
         self.version
     }
 
+    /// Caches the flight's first good answer, every record of it from the
+    /// upstream that gave it (its provenance, `cache::provenance`).
+    pub(super) fn store_first(&self, answer: &Answer) {
+        let cache = &self.shard.shared.cache;
+        store::store_first(cache, &self.set.labels, &self.key, self.version, answer);
+    }
+
     /// Marks the name as one that will be asked again (see [`crate::tiers::Budget`]).
     pub(super) fn set_asked_again(&mut self, asked_again: bool) {
         self.flight.set_asked_again(asked_again);
@@ -231,7 +242,14 @@ impl<B: Backend> FlightRun<B> {
         match link.send(&self.query, &self.question, background, waiter) {
             Ok(sent) => {
                 self.flight.handle_sent(up, link.timeout, now);
-                self.holds.push((up, Hold::Sent { _entry: sent }));
+                let count = self.set.in_flight.hold(up);
+                self.holds.push((
+                    up,
+                    Hold::Sent {
+                        _entry: sent,
+                        _count: count,
+                    },
+                ));
             }
             // Failed at once (no room, or the socket refused it): no answer comes.
             Err(kind) => {
@@ -375,7 +393,14 @@ impl<B: Backend> FlightRun<B> {
             mailbox.push((up, res));
         });
         self.holds.retain(|(u, _)| *u != up);
-        self.holds.push((up, Hold::Task(task)));
+        let count = self.set.in_flight.hold(up);
+        self.holds.push((
+            up,
+            Hold::Task {
+                task,
+                _count: count,
+            },
+        ));
     }
 
     /// Takes the results that came, and the timeouts that fell due, by `now`.
@@ -500,7 +525,15 @@ impl<B: Backend> FlightRun<B> {
             );
         }
         let stats = finished.stats;
-        store(&self.shard, &self.key, self.version, finished.merged);
+        store::store_merged(
+            &self.shard.shared.cache,
+            &self.shard.stats.tiers,
+            &self.set.labels,
+            &self.key,
+            self.version,
+            finished.merged,
+            &finished.came,
+        );
         if incomplete {
             self.shard
                 .shared
@@ -525,40 +558,22 @@ impl<B: Backend> FlightRun<B> {
     }
 }
 
-/// Writes a flight's merged answer, if it has one, under its version.
-fn store<B: Backend>(shard: &Shard<B>, key: &Key, version: u64, merged: Option<(Merged, Instant)>) {
-    let tiers = &shard.stats.tiers;
-    let Some((merged, first_at)) = merged else {
-        return;
-    };
-    // Stored as of the first answer's arrival, so its TTLs age from then, not
-    // from the end of the collection.
-    let outcome = shard
-        .shared
-        .cache
-        .insert(&key.key_ref(), &merged.wire, first_at, version);
-    if outcome.stored() {
-        ShardStats::bump(&tiers.merges);
-        let added = tiers.merged_addresses.get() + merged.extra_addresses as u64;
-        tiers.merged_addresses.set(added);
-    } else {
-        ShardStats::bump(&tiers.merge_rejected);
-    }
-}
-
-/// What keeps one query waiting.
+/// What keeps one query waiting, counted in flight while it does.
 enum Hold {
     /// Its pending entry on a UDP socket, or the task of its encrypted exchange
     /// (removed, or stopped, when this is dropped).
-    Sent { _entry: Sent },
+    Sent { _entry: Sent, _count: Counted },
     /// The task asking it over TCP after a truncated answer (stopped when this is
     /// dropped).
-    Task(JoinHandle<()>),
+    Task {
+        task: JoinHandle<()>,
+        _count: Counted,
+    },
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Self::Task(task) = self {
+        if let Self::Task { task, .. } = self {
             task.abort();
         }
     }

@@ -377,9 +377,7 @@ impl<B: Backend> Shard<B> {
         let result = run.until_first().await;
         match &result {
             FlightResult::Answer(answer) => {
-                self.shared
-                    .cache
-                    .insert(&key, &answer.wire, Instant::now(), run.version());
+                run.store_first(answer);
             }
             // Hold the failure briefly (RFC 9520) so a dead upstream set is not
             // hammered; the cache keeps a stale-servable answer over it. Our own

@@ -1,9 +1,13 @@
 //! The shard's periodic flush of its local counters into the metrics registry
-//! (`metrics.flush_interval`): no shared atomic per packet.
+//! (`metrics.flush_interval`): no shared atomic per packet. At the same tick the
+//! shard publishes its view of its upstreams' health for the admin endpoint
+//! (`health::view`).
 
 use super::Shard;
+use crate::health::view::ShardView;
 use crate::io::Backend;
 use std::rc::Rc;
+use std::time::Instant;
 
 pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
     let mut tick = tokio::time::interval(shard.shared.config.metrics.flush_interval);
@@ -18,7 +22,22 @@ pub(super) async fn flush_loop<B: Backend>(shard: Rc<Shard<B>>) {
             metrics::gauge!("tierdns_upstream_health", "upstream" => label.clone(), "shard" => shard.index.to_string())
                 .set(f64::from(state.as_gauge()));
         }
+        let upstreams = set
+            .labels
+            .enumerate()
+            .filter_map(|(i, label)| {
+                let address = set.config.upstreams.get(i.get())?.address_text();
+                let mut view = health.view(i, label.clone(), address)?;
+                view.in_flight = set.in_flight.get(i);
+                Some(view)
+            })
+            .collect();
         drop(health);
+        shard.shared.board.views().publish(ShardView {
+            shard: shard.index,
+            taken: Instant::now(),
+            upstreams,
+        });
         if shard.index == 0 {
             metrics::gauge!("tierdns_cache_entries").set(shard.shared.cache.len() as f64);
             metrics::gauge!("tierdns_cache_bytes").set(shard.shared.cache.bytes() as f64);

@@ -66,6 +66,8 @@ pub(crate) struct UpstreamSet<B: Backend> {
     pub(crate) board: PerUpstream<BoardSlot>,
     /// Increases with every reload.
     pub(crate) generation: u64,
+    /// Queries out per upstream, for the health view.
+    pub(super) in_flight: super::flight_run::InFlight,
 }
 
 impl<B: Backend> UpstreamSet<B> {
@@ -107,6 +109,7 @@ impl<B: Backend> UpstreamSet<B> {
                 .map(|u| board.slot(u.address))
                 .collect(),
             generation: old.map_or(0, |o| o.generation + 1),
+            in_flight: super::flight_run::InFlight::new(config.upstreams.len()),
             links: links.into(),
             config,
         };

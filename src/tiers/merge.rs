@@ -65,6 +65,11 @@ pub struct Merged {
     pub wire: Vec<u8>,
     /// Addresses added beyond the first answer's.
     pub extra_addresses: usize,
+    /// Where each record of `wire` came from, in message order (every record
+    /// but OPT): the index of the answer in the input, and the record's index
+    /// in that answer (message order, OPT not counted). The provenance of a
+    /// cached record.
+    pub origins: Vec<(usize, usize)>,
 }
 
 /// Merges the good answers of one flight; `answers[0]` is the one already sent to
@@ -106,10 +111,13 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
     let chain = cname_chain(&first, &question)?;
     let final_name = chain.last()?.clone();
 
-    // The first answer's records that belong to the chain, addresses deduplicated.
+    // The first answer's records that belong to the chain, addresses deduplicated,
+    // with where each came from (answer, record).
     let mut addresses: Vec<IpAddr> = Vec::new();
     let mut kept: Vec<Record> = Vec::with_capacity(first.answers.len());
-    for r in first.answers.drain(..) {
+    let mut origins: Vec<(usize, usize)> = Vec::with_capacity(first.answers.len());
+    let first_answers = first.answers.len();
+    for (i, r) in first.answers.drain(..).enumerate() {
         if !chain.contains(&r.name) {
             continue;
         }
@@ -120,6 +128,7 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
             addresses.push(ip);
         }
         kept.push(r);
+        origins.push((0, i));
     }
 
     let first_len = first_bytes.len();
@@ -131,10 +140,10 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
         .min(MERGE_TTL_FLOOR);
     // The other answers' addresses the first lacks, in the order first seen, with
     // how many answers gave each.
-    let mut candidates: Vec<(Record, usize)> = Vec::new();
+    let mut candidates: Vec<(Record, usize, (usize, usize))> = Vec::new();
     let mut index: HashMap<IpAddr, usize> = HashMap::new();
     let mut in_this: HashSet<IpAddr> = HashSet::new();
-    for bytes in others {
+    for (n, bytes) in others.iter().enumerate() {
         let Ok(other) = Message::from_vec(bytes) else {
             continue;
         };
@@ -151,7 +160,7 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
             _ => continue,
         }
         in_this.clear();
-        for r in &other.answers {
+        for (j, r) in other.answers.iter().enumerate() {
             let Some(ip) = address_of(r, &question, &final_name) else {
                 continue;
             };
@@ -162,19 +171,20 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
                 Some(&i) => candidates[i].1 += 1,
                 None if candidates.len() < MAX_CANDIDATES => {
                     index.insert(ip, candidates.len());
-                    candidates.push((r.clone(), 1));
+                    candidates.push((r.clone(), 1, (n + 1, j)));
                 }
                 None => {}
             }
         }
     }
     let mut extra = 0usize;
-    for (r, agree) in candidates {
+    for (r, agree, from) in candidates {
         if addresses.len() + extra >= MAX_MERGED_ADDRESSES {
             break;
         }
         if agree >= min_agree {
             kept.push(r);
+            origins.push(from);
             extra += 1;
         }
     }
@@ -197,6 +207,14 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
     // The extra addresses are the last records: keep as many as fit (the most
     // that do, found by bisection: a handful of encodes, on a rare path).
     let base = kept.len() - extra;
+    // The authority and additional records are the first answer's, after its
+    // answer section (OPT, which hickory keeps apart, not counted).
+    let rest = first.authorities.len() + first.additionals.len();
+    let origins_of = |n: usize| -> Vec<(usize, usize)> {
+        let mut out = origins[..base + n].to_vec();
+        out.extend((0..rest).map(|i| (0, first_answers + i)));
+        out
+    };
     let mut encode = |n: usize| -> Option<Vec<u8>> {
         first.answers = kept[..base + n].to_vec();
         first.to_vec().ok().filter(|w| w.len() <= limit)
@@ -205,6 +223,7 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
         return Some(Merged {
             wire,
             extra_addresses: extra,
+            origins: origins_of(extra),
         });
     }
     // Invariant: `lo` extras fit (0 is the first answer alone, which may not), `hi` do not.
@@ -223,6 +242,7 @@ pub fn merge_agreed(answers: &[&[u8]], min_agree: usize) -> Option<Merged> {
     encode(lo).map(|wire| Merged {
         wire,
         extra_addresses: lo,
+        origins: origins_of(lo),
     })
 }
 
@@ -754,5 +774,57 @@ mod tests {
                 assert!(Message::from_vec(&out.wire).is_ok());
             }
         }
+    }
+
+    /// Each record of the merge names the answer it came from and its place
+    /// there: the first answer's kept records (a CNAME chain, its addresses,
+    /// its authority section) as answer 0, each added address as the first
+    /// other answer that gave it.
+    #[test]
+    fn origins_name_the_answer_and_record_each_merged_record_came_from() {
+        let q = "www.example.com.";
+        let t = "edge.example.net.";
+        let mut first = answer(
+            q,
+            RecordType::A,
+            vec![cname(q, 300, t), a(t, 300, "192.0.2.1")],
+        );
+        first.add_authority(Record::from_rdata(
+            name("example.net."),
+            300,
+            RData::CNAME(CNAME(name("ns.example.net."))),
+        ));
+        let second = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 300, t),
+                a(t, 300, "192.0.2.1"),
+                a(t, 300, "192.0.2.2"),
+            ],
+        );
+        let third = answer(
+            q,
+            RecordType::A,
+            vec![
+                cname(q, 300, t),
+                a(t, 300, "192.0.2.3"),
+                a(t, 300, "192.0.2.2"),
+            ],
+        );
+        let wires: Vec<Vec<u8>> = [first, second, third].iter().map(wire).collect();
+        let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
+        let merged = merge(&refs).unwrap();
+        assert_eq!(merged.extra_addresses, 2);
+        assert_eq!(
+            merged.origins,
+            [(0, 0), (0, 1), (1, 2), (2, 1), (0, 2)],
+            "chain and address from the first, .2 from the second, .3 from the third, then the authority"
+        );
+        let m = Message::from_vec(&merged.wire).unwrap();
+        assert_eq!(
+            m.answers.len() + m.authorities.len() + m.additionals.len(),
+            merged.origins.len()
+        );
     }
 }

@@ -195,7 +195,28 @@ fn first_answer_at_the_fastest_then_the_stagger_and_a_merge_of_every_address() {
     );
     // Background completion lasts until the slowest answered (70 + 300 ms).
     assert_eq!(trace.done_at, 370);
-    let Finished { stats, merged } = flight.finish();
+    let Finished {
+        stats,
+        merged,
+        came,
+    } = flight.finish();
+    // Each merged record names the upstream whose answer it came from, and
+    // when: the first answer's at 20 ms, the others' later.
+    assert_eq!(came.len(), 10, "{came:?}");
+    let first = Came::Upstream(upstream(0), t0 + Duration::from_millis(20));
+    assert_eq!(came[..2], [first, first]);
+    let mut from: Vec<usize> = came
+        .iter()
+        .map(|c| match c {
+            Came::Upstream(up, at) => {
+                assert!(*at >= t0 + Duration::from_millis(20));
+                up.get()
+            }
+            Came::Cached(..) => usize::MAX,
+        })
+        .collect();
+    from.dedup();
+    assert_eq!(from.len(), 5, "every upstream's addresses: {came:?}");
     assert_eq!(stats.stagger_reason, Some(StaggerReason::Answered));
     assert_eq!(stats.first_good, Some((upstream(0), true)));
     let (merged, first_at) = merged.expect("five good answers merge");

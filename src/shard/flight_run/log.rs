@@ -1,8 +1,9 @@
 //! The debug line of one finished flight: what an operator asks when a client got
-//! an address ("who was asked, who answered, what was merged"). Built only when
+//! an address ("who was asked, who answered, what was merged": the merged
+//! answer's records counted by the upstream that gave each). Built only when
 //! debug logging is on: the caller checks `tracing::enabled!` first.
 
-use crate::flight::state::Finished;
+use crate::flight::state::{Came, Finished};
 use crate::flight::Account;
 use crate::health::{PerUpstream, UpstreamIdx};
 use crate::upstream::Question;
@@ -38,12 +39,28 @@ pub(super) fn log_flight(
         .merged
         .as_ref()
         .map_or(0, |(m, _)| m.extra_addresses);
+    // What the merged answer holds, by who gave it: records per upstream.
+    let mut by: smallvec::SmallVec<[(UpstreamIdx, usize); 8]> = smallvec::SmallVec::new();
+    for came in &finished.came {
+        if let Came::Upstream(up, _) = came {
+            match by.iter_mut().find(|(u, _)| u == up) {
+                Some((_, n)) => *n += 1,
+                None => by.push((*up, 1)),
+            }
+        }
+    }
+    let mut merged_from = String::new();
+    for (i, (up, n)) in by.iter().enumerate() {
+        let sep = if i == 0 { "" } else { " " };
+        let _ = write!(merged_from, "{sep}{}:{n}", label(*up));
+    }
     tracing::debug!(
         name = %text_name(question.qname_lower()),
         qtype = question.qtype(),
         asked = %asked,
         first,
         merged_addresses = merged,
+        merged_from = %merged_from,
         budget_refused = %refused,
         over_tcp = ?over_tcp,
         ms = now.saturating_duration_since(started).as_millis() as u64,
@@ -125,6 +142,11 @@ mod tests {
                 ..PlanStats::default()
             },
             merged: None,
+            came: vec![
+                Came::Upstream(upstream(0), t0),
+                Came::Upstream(upstream(0), t0),
+                Came::Upstream(upstream(1), t0),
+            ],
         };
         let question = Question::new(b"\x03www\x07example\x00", 1, 1);
         tracing::subscriber::with_default(subscriber, || {
@@ -147,6 +169,7 @@ mod tests {
             "asked=fast@0ms slow@20ms",
             "first=\"fast\"",
             "budget_refused=far:completion",
+            "merged_from=fast:2 slow:1",
             "ms=70",
         ] {
             assert!(line.contains(part), "{part:?} not in {line}");
