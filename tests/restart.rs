@@ -92,15 +92,15 @@ fn restart_under_load(io: &str) {
             }
         }
     };
-    eventually(Duration::from_secs(10), "A answers", answered(200));
+    eventually(Duration::from_secs(10), "A answers", answered(2000));
 
     // B on the same address, while A serves.
     let b = start(config_b);
     assert_eq!(b.local_addrs, vec![addr]);
     eventually(Duration::from_secs(10), "B answers too", || {
         match counts.from_b.load(Ordering::Relaxed) {
-            0 => Err(0),
-            n => Ok(n),
+            n if n >= 200 => Ok(n),
+            n => Err(n),
         }
     });
 
@@ -111,7 +111,7 @@ fn restart_under_load(io: &str) {
     eventually(
         Duration::from_secs(10),
         "B answers after A stopped",
-        answered(after + 2000),
+        answered(after + 5000),
     );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -122,7 +122,9 @@ fn restart_under_load(io: &str) {
         counts.answered.load(Ordering::Relaxed),
         counts.lost.load(Ordering::Relaxed),
     );
-    eprintln!("{io}: sent {sent}, answered {answered}, lost {lost} ({before} sent before A stopped)");
+    eprintln!(
+        "{io}: sent {sent}, answered {answered}, lost {lost} ({before} sent before A stopped)"
+    );
     assert_eq!(lost, 0, "{io}: every query answered across the restart");
     assert_eq!(answered, sent);
     b.shutdown();

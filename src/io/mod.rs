@@ -264,7 +264,11 @@ mod tests {
             "no new client datagram reached the released socket"
         );
         for _ in &clients {
-            assert_eq!(recv(&new).unwrap().0, b"new", "the new socket took them all");
+            assert_eq!(
+                recv(&new).unwrap().0,
+                b"new",
+                "the new socket took them all"
+            );
         }
         // A reply from the released socket still reaches its client.
         old.send_to(b"reply", &client.local_addr().unwrap().into())

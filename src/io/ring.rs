@@ -267,10 +267,13 @@ impl Ring {
     /// finish (replies to datagrams already read) for up to half of that, then
     /// cancelled too.
     fn quiesce(&mut self) {
-        let cancel = |what: types::CancelBuilder| {
-            opcode::AsyncCancel2::new(what).build().user_data(CANCEL)
-        };
-        if self.armed && self.push(&cancel(types::CancelBuilder::user_data(RECV))).is_err() {
+        let cancel =
+            |what: types::CancelBuilder| opcode::AsyncCancel2::new(what).build().user_data(CANCEL);
+        if self.armed
+            && self
+                .push(&cancel(types::CancelBuilder::user_data(RECV)))
+                .is_err()
+        {
             return;
         }
         let start = Instant::now();

@@ -55,12 +55,12 @@ pub use reload::ReloadRefused;
 use runtime::{choose_backend, run_shard};
 pub(crate) use serve::First;
 use sockets::{bind_all, bind_encrypted, ShardSockets};
-pub(crate) use stop::ListenerTasks;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
+pub(crate) use stop::ListenerTasks;
 use tokio::sync::watch;
 use upstreams::{CheckedUpstreams, UpstreamSet};
 
