@@ -184,8 +184,9 @@ impl SendBatch {
     }
 }
 
-/// Serves one client socket until `stop` changes: every queued datagram in one
-/// `recvmmsg`, the replies the service gives at once in one `sendmmsg`.
+/// Serves one client socket until its end marker (see [`super::release_udp`]) or
+/// until `stop` changes: every queued datagram in one `recvmmsg`, the replies the
+/// service gives at once in one `sendmmsg`.
 pub(crate) async fn serve<S: DatagramService>(
     sock: &tokio::net::UdpSocket,
     service: &S,
@@ -235,8 +236,10 @@ pub(crate) async fn serve<S: DatagramService>(
                     break;
                 }
             };
+            let mut ended = false;
             for i in 0..n {
                 match rx.datagram(i) {
+                    Ok((packet, _)) if service.is_end(packet) => ended = true,
                     Ok((packet, peer)) => {
                         if let Some(reply) = service.datagram(packet, peer) {
                             tx.replies.push((reply, peer));
@@ -246,6 +249,10 @@ pub(crate) async fn serve<S: DatagramService>(
                 }
             }
             flush(sock, service, &mut tx).await;
+            if ended {
+                // Released: everything queued before the marker is answered.
+                return;
+            }
             if n < BATCH {
                 break;
             }
@@ -402,6 +409,9 @@ mod tests {
         }
         fn pool(&self) -> &super::super::buffers::BufferPool {
             &self.0
+        }
+        fn is_end(&self, _: &[u8]) -> bool {
+            false
         }
     }
 

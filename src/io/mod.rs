@@ -127,14 +127,42 @@ pub(crate) trait Backend: 'static {
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
 }
 
-/// Takes a UDP socket out of service while `receives` abandoned receives on it are
-/// still in flight. Connecting it to a private peer stops the kernel from handing it client
-/// datagrams (SO_REUSEPORT sends them to the other sockets, or refuses them), and
-/// one empty datagram per receive from that peer completes the receives, which
-/// releases the socket. io_uring offers no cancellation through tokio-uring, and
-/// shutdown(2) does not complete a pending UDP receive.
-pub(crate) fn release_udp(sock: &socket2::Socket, receives: usize) -> io::Result<()> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+/// A client UDP socket taken out of service ([`release_udp`]): connected to a
+/// private peer, so the kernel hands it no more client datagrams, and that peer,
+/// which alone can still reach it.
+pub(crate) struct Released {
+    peer: std::net::UdpSocket,
+    target: SocketAddr,
+}
+
+impl Released {
+    /// Sends `n` end markers from the peer: each ends one receive loop on the
+    /// socket once it has read everything queued before it, and completes a
+    /// receive abandoned in flight (io_uring offers no cancellation through
+    /// tokio-uring, and shutdown(2) does not complete a pending UDP receive).
+    pub(crate) fn mark(&self, marker: &udp::EndMarker, n: usize) -> io::Result<()> {
+        for _ in 0..n {
+            self.peer.send_to(marker.bytes(), self.target)?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes a client UDP socket out of service while its receive loops still run:
+/// connecting it to a private peer stops the kernel from handing it new client
+/// datagrams (SO_REUSEPORT steers them to the group's other sockets, those of a
+/// new process during a restart, or refuses them when there are none). Datagrams
+/// already queued stay queued (connect(2) does not filter the receive queue) and
+/// are read and answered; the replies still reach their clients (a destination
+/// given per send overrides the connected one). Then `markers` end markers from
+/// the peer follow them in the queue: a loop that reads one has read everything
+/// queued before it.
+pub(crate) fn release_udp(
+    sock: &socket2::Socket,
+    marker: &udp::EndMarker,
+    markers: usize,
+) -> io::Result<Released> {
+    use std::net::IpAddr;
     let local = sock
         .local_addr()?
         .as_socket()
@@ -146,11 +174,12 @@ pub(crate) fn release_udp(sock: &socket2::Socket, receives: usize) -> io::Result
     };
     let peer = std::net::UdpSocket::bind((ip, 0))?;
     sock.connect(&peer.local_addr()?.into())?;
-    let target = SocketAddr::new(ip, local.port());
-    for _ in 0..receives {
-        peer.send_to(&[], target)?;
-    }
-    Ok(())
+    let released = Released {
+        peer,
+        target: SocketAddr::new(ip, local.port()),
+    };
+    released.mark(marker, markers)?;
+    Ok(released)
 }
 
 /// The peer's address from the raw `sockaddr` the kernel wrote.
@@ -182,6 +211,78 @@ mod tests {
         b.extend_from_slice(&ip);
         b.resize(16, 0);
         b
+    }
+
+    fn reuse_port_udp(addr: SocketAddr) -> socket2::Socket {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        s
+    }
+
+    fn recv(s: &socket2::Socket) -> io::Result<(Vec<u8>, SocketAddr)> {
+        let s = std::net::UdpSocket::from(s.try_clone()?);
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok((buf[..n].to_vec(), from))
+    }
+
+    /// What the restart relies on, checked against the kernel: connect(2) leaves
+    /// the queue alone, the marker comes after it, new datagrams go to the
+    /// group's other socket, and replies still reach clients.
+    #[test]
+    fn a_released_socket_keeps_its_queue_takes_nothing_new_and_still_replies() {
+        let old = reuse_port_udp("127.0.0.1:0".parse().unwrap());
+        let addr = old.local_addr().unwrap().as_socket().unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i], addr).unwrap();
+        }
+        let new = reuse_port_udp(addr);
+        let marker = udp::EndMarker::random();
+        let released = release_udp(&old, &marker, 1).unwrap();
+        // After the release: from many source ports, so that the group's hash
+        // would have picked the old socket for some of them.
+        let clients: Vec<_> = (0..16)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for c in &clients {
+            c.send_to(b"new", addr).unwrap();
+        }
+        for i in 0..3u8 {
+            let (bytes, from) = recv(&old).unwrap();
+            assert_eq!((bytes, from), (vec![i], client.local_addr().unwrap()));
+        }
+        let (bytes, _) = recv(&old).unwrap();
+        assert!(marker.is(&bytes), "the marker, right after what was queued");
+        old.set_nonblocking(true).unwrap();
+        assert_eq!(
+            recv(&old).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "no new client datagram reached the released socket"
+        );
+        for _ in &clients {
+            assert_eq!(
+                recv(&new).unwrap().0,
+                b"new",
+                "the new socket took them all"
+            );
+        }
+        // A reply from the released socket still reaches its client.
+        old.send_to(b"reply", &client.local_addr().unwrap().into())
+            .unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut got = [0u8; 8];
+        let (n, from) = client.recv_from(&mut got).unwrap();
+        assert_eq!((&got[..n], from), (&b"reply"[..], addr));
+        // Later markers come from the same peer, so they still arrive.
+        released.mark(&marker, 1).unwrap();
+        old.set_nonblocking(false).unwrap();
+        assert!(marker.is(&recv(&old).unwrap().0));
     }
 
     #[test]

@@ -100,6 +100,8 @@ struct Ring {
     armed: bool,
     /// Taken down cleanly: nothing in flight, buffer group unregistered.
     quiet: bool,
+    /// The end marker was read (see `super::release_udp`).
+    ended: bool,
 }
 
 impl Ring {
@@ -170,6 +172,7 @@ impl Ring {
             sending: 0,
             armed: false,
             quiet: false,
+            ended: false,
         })
     }
 
@@ -259,21 +262,33 @@ impl Ring {
         n
     }
 
-    /// Cancels everything on the socket and waits, at most a second, for the
-    /// receive and every send to complete, so nothing the kernel points at is freed
-    /// under it.
+    /// Cancels the receive and waits, at most a second, for it and every send to
+    /// complete, so nothing the kernel points at is freed under it. Sends are let
+    /// finish (replies to datagrams already read) for up to half of that, then
+    /// cancelled too.
     fn quiesce(&mut self) {
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(self.fd)).all())
-            .build()
-            .user_data(CANCEL);
-        if (self.armed || self.sending > 0) && self.push(&cancel).is_err() {
+        let cancel =
+            |what: types::CancelBuilder| opcode::AsyncCancel2::new(what).build().user_data(CANCEL);
+        if self.armed
+            && self
+                .push(&cancel(types::CancelBuilder::user_data(RECV)))
+                .is_err()
+        {
             return;
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let start = Instant::now();
+        let mut sends_cancelled = false;
         let tick = types::Timespec::new().nsec(50_000_000);
         let args = types::SubmitArgs::new().timespec(&tick);
         let mut cqes = std::array::from_fn(|_| Done::default());
-        while (self.armed || self.sending > 0) && Instant::now() < deadline {
+        while (self.armed || self.sending > 0) && start.elapsed() < Duration::from_secs(1) {
+            if !sends_cancelled && start.elapsed() >= Duration::from_millis(500) {
+                sends_cancelled = true;
+                let all = types::CancelBuilder::fd(types::Fd(self.fd)).all();
+                if self.push(&cancel(all)).is_err() {
+                    return;
+                }
+            }
             match self.ring().submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
@@ -311,7 +326,8 @@ impl Drop for Ring {
     }
 }
 
-/// Serves one client socket through its own ring until shutdown. Returns
+/// Serves one client socket through its own ring until its end marker (see
+/// [`super::release_udp`]) or until `stop` changes. Returns
 /// `Err(Unsupported)` if the kernel lacks what it needs, or if receiving (or arming,
 /// or submitting) keeps failing; the ring is taken down first, so the caller can
 /// serve the socket another way.
@@ -423,6 +439,11 @@ pub(crate) async fn serve<U: UdpIo, S: DatagramService>(
                 tokio::task::yield_now().await;
             }
         }
+        if ring.ended {
+            // Released, and everything queued before the marker answered (its
+            // sends complete in `quiesce`).
+            break;
+        }
         if !wait && watch.has_changed().unwrap_or(true) {
             break;
         }
@@ -494,6 +515,10 @@ fn handle<U: UdpIo, S: DatagramService>(
     };
     if msg.is_payload_truncated() {
         service.dropped(UdpDrop::Oversize);
+        return;
+    }
+    if service.is_end(msg.payload_data()) {
+        ring.ended = true;
         return;
     }
     let Some(peer) = peer_of(msg.name_data()) else {

@@ -33,6 +33,32 @@ pub(crate) trait DatagramService: 'static {
     fn dropped(&self, why: UdpDrop);
     /// Where reply buffers go back to once sent.
     fn pool(&self) -> &BufferPool;
+    /// Whether `packet` is the end marker the shard sends its own socket once it
+    /// has taken it out of service ([`super::release_udp`]): every datagram
+    /// queued before it has been read, so the loop that reads it ends.
+    fn is_end(&self, packet: &[u8]) -> bool;
+}
+
+/// The end marker of one shard's client sockets: random bytes, so that no client
+/// can end a loop early (and no DNS message: shorter than a header and a question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EndMarker([u8; 16]);
+
+impl EndMarker {
+    /// A fresh random marker.
+    pub(crate) fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Its bytes, as sent.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether `packet` is this marker.
+    pub(crate) fn is(&self, packet: &[u8]) -> bool {
+        packet == self.0
+    }
 }
 
 /// Sends `reply` to `peer` now if the socket takes it, else through the backend
@@ -57,9 +83,10 @@ pub(crate) async fn send_reply<U: UdpIo>(
     }
 }
 
-/// One receive operation per datagram, until `stop` changes. Several of these may
-/// run on one socket (io_uring without multishot receive); the socket closes when
-/// the last loop holding it ends.
+/// One receive operation per datagram, until the end marker or until `stop`
+/// changes. Several of these may run on one socket (io_uring without multishot
+/// receive), each ended by a marker of its own; the socket closes when the last
+/// loop holding it ends.
 pub(crate) async fn receive_loop<U: UdpIo, S: DatagramService>(
     sock: Rc<U>,
     service: Rc<S>,
@@ -84,6 +111,10 @@ pub(crate) async fn receive_loop<U: UdpIo, S: DatagramService>(
                 service.pool().put(buf);
                 service.dropped(UdpDrop::Oversize);
                 continue;
+            }
+            Ok((len, _)) if service.is_end(&buf[..len.min(buf.len())]) => {
+                service.pool().put(buf);
+                return;
             }
             Ok((_, peer)) => peer,
             Err(e) => {

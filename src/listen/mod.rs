@@ -24,25 +24,25 @@ mod tls;
 mod udp;
 
 use crate::io::Backend;
-use crate::shard::{ClientSockets, Shard, StartListeners};
+use crate::shard::{ClientSockets, ListenerTasks, Shard, StartListeners};
 use crate::transport::Transport;
 use std::rc::Rc;
-use tokio::task::JoinHandle;
 
 /// The listeners of every transport, as a shard starts them.
 pub(crate) struct Listeners;
 
 impl StartListeners for Listeners {
-    fn spawn<B: Backend>(shard: &Rc<Shard<B>>, sockets: ClientSockets<B>) -> Vec<JoinHandle<()>> {
+    fn spawn<B: Backend>(shard: &Rc<Shard<B>>, sockets: ClientSockets<B>) -> ListenerTasks {
         let receivers = shard.udp_receivers();
-        let mut tasks = Vec::new();
+        let mut udp_tasks = Vec::new();
         for sock in sockets.udp {
-            tasks.push(tokio::task::spawn_local(udp::serve_udp(
+            udp_tasks.push(tokio::task::spawn_local(udp::serve_udp(
                 Rc::clone(shard),
                 Rc::new(sock),
                 receivers,
             )));
         }
+        let mut tasks = Vec::new();
         for listener in sockets.tcp {
             tasks.push(tokio::task::spawn_local(tcp::accept_loop(
                 Rc::clone(shard),
@@ -59,6 +59,9 @@ impl StartListeners for Listeners {
                 )));
             }
         }
-        tasks
+        ListenerTasks {
+            udp: udp_tasks,
+            streams: tasks,
+        }
     }
 }

@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Serves one client UDP socket until shutdown.
+/// Serves one client UDP socket until shutdown, and at shutdown until every
+/// datagram queued on it when the shard released it is answered (see
+/// `crate::io::release_udp`).
 pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>, receivers: usize) {
     let service = Rc::new(UdpService {
         shard: Rc::clone(&shard),
@@ -31,7 +33,10 @@ pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>,
         Rc::clone(&service),
         Rc::clone(&service.outbox),
     ));
-    let stop = shard.shutdown();
+    // Not the shutdown signal: at shutdown the shard releases the socket and the
+    // loops end at its end marker, once everything queued is answered; this stops
+    // them only if the marker never comes (`shutdown_grace`).
+    let stop = shard.udp_stop();
     if let Some(tokio_sock) = B::readiness(&sock) {
         mmsg::serve(tokio_sock, &*service, stop).await;
         return;
@@ -82,6 +87,10 @@ impl<B: Backend> DatagramService for UdpService<B> {
 
     fn pool(&self) -> &BufferPool {
         self.shard.pool()
+    }
+
+    fn is_end(&self, packet: &[u8]) -> bool {
+        self.shard.udp_end().is(packet)
     }
 }
 

@@ -18,7 +18,8 @@
 //! - [`serve`](mod@serve): one client query, hit or miss (the first pass, joining or leading
 //!   the flight, the reply);
 //! - [`flight_run`]: one flight's driver, the tier plan on the upstream links;
-//! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics.
+//! - [`reload`]: a new config applied; [`stats`]: counters flushed to metrics;
+//! - [`stop`]: the shutdown (client sockets released, what they hold answered).
 
 #[cfg(fuzzing)]
 mod fuzz;
@@ -33,6 +34,7 @@ mod serve;
 mod sockets;
 mod state;
 mod stats;
+mod stop;
 mod upstreams;
 
 use crate::cache::PacketCache;
@@ -41,6 +43,7 @@ use crate::config::Config;
 use crate::flight::{FlightResult, FlightTable};
 use crate::health::{CircuitBoard, HealthTracker};
 use crate::io::buffers::BufferPool;
+use crate::io::udp::EndMarker;
 use crate::io::{Backend, Epoll, Uring};
 use crate::metrics::ShardStats;
 use crate::policy::stream_conns::StreamConns;
@@ -56,9 +59,9 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+pub(crate) use stop::ListenerTasks;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use upstreams::{CheckedUpstreams, UpstreamSet};
 
 /// State shared by every shard: the only cross-thread data on the query path.
@@ -201,7 +204,7 @@ impl ServerHandle {
 /// shard (the `listen` folder), passed in so that the shard imports nothing of it.
 pub(crate) trait StartListeners: 'static {
     /// Starts the tasks that serve `sockets` for `shard`; they end at its shutdown.
-    fn spawn<B: Backend>(shard: &Rc<Shard<B>>, sockets: ClientSockets<B>) -> Vec<JoinHandle<()>>;
+    fn spawn<B: Backend>(shard: &Rc<Shard<B>>, sockets: ClientSockets<B>) -> ListenerTasks;
 }
 
 /// A shard's client sockets, adopted by its backend, for its listeners.
@@ -336,6 +339,10 @@ pub(crate) struct Shard<B: Backend> {
     /// registry that closes the idlest at the bound.
     streams: StreamConns,
     shutdown: watch::Receiver<bool>,
+    /// Ends the client UDP loops if their end marker never comes ([`stop`]).
+    udp_stop: watch::Receiver<bool>,
+    /// What ends the client UDP loops once their sockets are released.
+    udp_end: EndMarker,
 }
 
 impl<B: Backend> Shard<B> {
@@ -367,6 +374,17 @@ impl<B: Backend> Shard<B> {
     /// Becomes true when the shard shuts down.
     pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// Becomes true when the client UDP loops must stop although their end
+    /// marker has not come ([`stop`]).
+    pub(crate) fn udp_stop(&self) -> watch::Receiver<bool> {
+        self.udp_stop.clone()
+    }
+
+    /// The marker that ends a client UDP loop once its socket is released.
+    pub(crate) fn udp_end(&self) -> &EndMarker {
+        &self.udp_end
     }
 }
 
@@ -469,6 +487,8 @@ async fn shard_main<B: Backend, L: StartListeners>(
 struct Built<B: Backend> {
     shard: Rc<Shard<B>>,
     sockets: ClientSockets<B>,
+    /// Fires the shard's `udp_stop`.
+    udp_stop: watch::Sender<bool>,
 }
 
 fn build_shard<B: Backend>(
@@ -509,6 +529,7 @@ fn build_shard<B: Backend>(
         .collect::<Result<Vec<_>, _>>()?;
     let budget =
         Budget::new(config.budget.clone(), Instant::now()).for_shards(config.shard_count());
+    let (udp_stop_tx, udp_stop) = watch::channel(false);
     let shard = Rc::new(Shard {
         index,
         shared,
@@ -522,15 +543,25 @@ fn build_shard<B: Backend>(
         background: Cell::new(0),
         streams: StreamConns::default(),
         shutdown,
+        udp_stop,
+        udp_end: EndMarker::random(),
     });
     let closers = sockets.closers;
     let sockets = ClientSockets { udp, tcp, dot, doh };
-    Ok((Built { shard, sockets }, closers))
+    let built = Built {
+        shard,
+        sockets,
+        udp_stop: udp_stop_tx,
+    };
+    Ok((built, closers))
 }
 
 async fn serve<B: Backend, L: StartListeners>(built: Built<B>, closers: Vec<socket2::Socket>) {
-    let Built { shard, sockets } = built;
-    let receivers = shard.udp_receivers();
+    let Built {
+        shard,
+        sockets,
+        udp_stop,
+    } = built;
     let tasks = L::spawn(&shard, sockets);
     let flusher = tokio::task::spawn_local(stats::flush_loop(Rc::clone(&shard)));
     let mut shutdown = shard.shutdown.clone();
@@ -539,25 +570,7 @@ async fn serve<B: Backend, L: StartListeners>(built: Built<B>, closers: Vec<sock
             break;
         }
     }
-    // Stop receiving: the loops see the signal and end; shutting the sockets down
-    // completes their abandoned operations, so the sockets really close.
-    for t in tasks {
-        let _ = t.await;
-    }
-    for c in closers {
-        let done = if c.r#type().ok() == Some(socket2::Type::DGRAM) {
-            crate::io::release_udp(&c, receivers)
-        } else {
-            c.shutdown(std::net::Shutdown::Read)
-        };
-        if let Err(e) = done {
-            tracing::debug!(error = %e, "closing a listening socket early failed");
-        }
-    }
-    let deadline = Instant::now() + shard.shared.config.server.shutdown_grace;
-    while (shard.in_flight.get() > 0 || shard.streams.running() > 0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop::stop(&shard, tasks, closers, udp_stop).await;
     flusher.abort();
     shard.stats.flush(&shard.upstreams.borrow().labels);
     tracing::debug!(shard = shard.index, "shard stopped");
