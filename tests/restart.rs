@@ -2,7 +2,9 @@
 //! (SO_REUSEPORT), and once B answers A shuts down (what SIGTERM does). Clients
 //! sending all along, from many source ports (so the kernel spreads them over
 //! A's and B's sockets), must get every answer: A answers what it holds, B takes
-//! the rest. Both io backends.
+//! the rest. Both io backends, on one address and on the wildcard (`0.0.0.0`, the
+//! clients asking 127.0.0.2: every answer must come from the address asked, also
+//! those A sends after it has let go of its sockets).
 
 mod common;
 
@@ -22,6 +24,8 @@ struct Counts {
     /// Answers carrying B's upstream's address: B serves.
     from_b: AtomicUsize,
     lost: AtomicUsize,
+    /// Answers from another address than the one asked (a client drops them).
+    wrong_source: AtomicUsize,
 }
 
 const B_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -39,8 +43,12 @@ fn client(server: SocketAddr, n: usize, counts: Arc<Counts>, stop: Arc<AtomicBoo
         sock.send_to(&q, server).unwrap();
         counts.sent.fetch_add(1, Ordering::Relaxed);
         let answer = loop {
-            match sock.recv(&mut buf) {
-                Ok(len) => match Message::from_vec(&buf[..len]) {
+            match sock.recv_from(&mut buf) {
+                Ok((_, from)) if from != server => {
+                    counts.wrong_source.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok((len, _)) => match Message::from_vec(&buf[..len]) {
                     Ok(m) if m.metadata.id == id => break Some(m),
                     _ => continue,
                 },
@@ -62,16 +70,26 @@ fn client(server: SocketAddr, n: usize, counts: Arc<Counts>, stop: Arc<AtomicBoo
     }
 }
 
-fn restart_under_load(io: &str) {
+fn restart_under_load(io: &str, wildcard: bool) {
     let up_a = SimUpstream::start(Behavior::default());
     let up_b = SimUpstream::start(Behavior {
         addrs: vec![B_ADDR],
         ..Behavior::default()
     });
-    let a = start(config(&[up_a.addr], io, ""));
-    let addr = a.local_addrs[0];
+    let mut config_a = config(&[up_a.addr], io, "");
+    if wildcard {
+        config_a.server.listen = vec!["0.0.0.0:0".parse().unwrap()];
+    }
+    let a = start(config_a);
+    let bound = a.local_addrs[0];
     let mut config_b = config(&[up_b.addr], io, "");
-    config_b.server.listen = vec![addr];
+    config_b.server.listen = vec![bound];
+    // The address the clients ask: on the wildcard, not the one the route would
+    // pick as a reply's source (127.0.0.1).
+    let addr = match wildcard {
+        true => SocketAddr::from(([127, 0, 0, 2], bound.port())),
+        false => bound,
+    };
 
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -96,7 +114,7 @@ fn restart_under_load(io: &str) {
 
     // B on the same address, while A serves.
     let b = start(config_b);
-    assert_eq!(b.local_addrs, vec![addr]);
+    assert_eq!(b.local_addrs, vec![bound]);
     eventually(Duration::from_secs(10), "B answers too", || {
         match counts.from_b.load(Ordering::Relaxed) {
             n if n >= 200 => Ok(n),
@@ -117,14 +135,17 @@ fn restart_under_load(io: &str) {
     for c in clients {
         c.join().unwrap();
     }
-    let (sent, answered, lost) = (
+    let (sent, answered, lost, wrong) = (
         counts.sent.load(Ordering::Relaxed),
         counts.answered.load(Ordering::Relaxed),
         counts.lost.load(Ordering::Relaxed),
+        counts.wrong_source.load(Ordering::Relaxed),
     );
     eprintln!(
-        "{io}: sent {sent}, answered {answered}, lost {lost} ({before} sent before A stopped)"
+        "{io} on {bound}: sent {sent}, answered {answered}, lost {lost}, \
+         {wrong} from another address ({before} sent before A stopped)"
     );
+    assert_eq!(wrong, 0, "{io}: every answer from the address asked");
     assert_eq!(lost, 0, "{io}: every query answered across the restart");
     assert_eq!(answered, sent);
     b.shutdown();
@@ -132,10 +153,20 @@ fn restart_under_load(io: &str) {
 
 #[test]
 fn a_restart_under_load_loses_no_query_on_io_uring() {
-    restart_under_load(uring());
+    restart_under_load(uring(), false);
 }
 
 #[test]
 fn a_restart_under_load_loses_no_query_on_epoll() {
-    restart_under_load("epoll");
+    restart_under_load("epoll", false);
+}
+
+#[test]
+fn a_restart_on_the_wildcard_answers_from_the_address_asked_on_io_uring() {
+    restart_under_load(uring(), true);
+}
+
+#[test]
+fn a_restart_on_the_wildcard_answers_from_the_address_asked_on_epoll() {
+    restart_under_load("epoll", true);
 }

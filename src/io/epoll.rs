@@ -1,7 +1,8 @@
 //! The epoll backend, through tokio's current-thread reactor. Client UDP on this
 //! backend is served in `recvmmsg`/`sendmmsg` batches by [`super::mmsg`].
 
-use super::{Backend, BufResult, TcpIo, UdpIo};
+use super::udp::ReplyTo;
+use super::{pktinfo, Backend, BufResult, TcpIo, UdpIo};
 use std::io;
 use std::net::SocketAddr;
 
@@ -17,12 +18,29 @@ impl UdpIo for tokio::net::UdpSocket {
         let res = Self::recv_buf_from(self, &mut buf).await;
         (res, buf)
     }
-    async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
-        let res = Self::send_to(self, &buf, addr).await;
+    async fn send_to(&self, buf: Vec<u8>, to: ReplyTo) -> BufResult<usize> {
+        let res = match to.local {
+            None => Self::send_to(self, &buf, to.peer).await,
+            Some(_) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(self);
+                self.async_io(tokio::io::Interest::WRITABLE, || {
+                    pktinfo::send_from(fd, &buf, to)
+                })
+                .await
+            }
+        };
         (res, buf)
     }
-    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        Self::try_send_to(self, buf, addr)
+    fn try_send_to(&self, buf: &[u8], to: ReplyTo) -> io::Result<usize> {
+        match to.local {
+            None => Self::try_send_to(self, buf, to.peer),
+            Some(_) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(self);
+                self.try_io(tokio::io::Interest::WRITABLE, || {
+                    pktinfo::send_from(fd, buf, to)
+                })
+            }
+        }
     }
     fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(self)

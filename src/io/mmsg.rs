@@ -11,8 +11,9 @@
 //! the reactor (which waits for room), so none is lost to a short `sendmmsg`.
 
 use super::msghdr::{self, NAME_LEN};
+use super::pktinfo::{self, Control};
 use super::queue::LocalQueue;
-use super::udp::{send_reply, DatagramService, UdpDrop};
+use super::udp::{send_reply, DatagramService, ReplyTo, UdpDrop};
 use super::{peer_of, UdpIo, MAX_QUERY};
 use smallvec::SmallVec;
 use std::io;
@@ -29,20 +30,22 @@ pub(crate) const RECV_BUFFER_SIZE: usize = MAX_QUERY;
 /// Batches taken in a row before a receive loop lets other tasks run.
 pub(crate) const BATCHES_PER_TURN: usize = 8;
 
-/// What one `recvmmsg` fills: buffers, sender addresses and the kernel's headers.
-/// Used for client sockets here and for upstream sockets (`upstream`), with a
-/// buffer size of each one's own.
+/// What one `recvmmsg` fills: buffers, sender addresses, control messages (the
+/// destination, on a wildcard socket) and the kernel's headers. Used for client
+/// sockets here and for upstream sockets (`upstream`), with a buffer size of each
+/// one's own.
 pub(crate) struct RecvBatch {
     data: Box<[u8]>,
     /// Bytes per buffer: a longer datagram is flagged, not served.
     size: usize,
     names: Box<[[u8; NAME_LEN]; BATCH]>,
+    controls: Box<[Control; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
 }
 
 impl RecvBatch {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_buffers(RECV_BUFFER_SIZE)
     }
 
@@ -53,6 +56,7 @@ impl RecvBatch {
             data: vec![0u8; BATCH * size].into_boxed_slice(),
             size,
             names: Box::new([[0u8; NAME_LEN]; BATCH]),
+            controls: Box::new([Control::default(); BATCH]),
             iovs,
             hdrs,
         }
@@ -61,10 +65,11 @@ impl RecvBatch {
     /// Receives up to [`BATCH`] datagrams without waiting.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let size = self.size;
-        for (i, ((iov, name), hdr)) in self
+        for (i, (((iov, name), control), hdr)) in self
             .iovs
             .iter_mut()
             .zip(self.names.iter_mut())
+            .zip(self.controls.iter_mut())
             .zip(self.hdrs.iter_mut())
             .enumerate()
         {
@@ -74,11 +79,14 @@ impl RecvBatch {
                 (self.data[i * size..].as_mut_ptr(), size),
                 (name.as_mut_ptr().cast(), NAME_LEN as libc::socklen_t),
             );
+            hdr.msg_hdr.msg_control = control.0.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = pktinfo::CONTROL_LEN as _;
             hdr.msg_len = 0;
         }
         // SAFETY: every header points at live buffers of the lengths it states
-        // (`data`, `names`, `iovs` are owned by `self` and not moved during the
-        // call); the kernel writes at most those lengths and BATCH headers.
+        // (`data`, `names`, `controls`, `iovs` are owned by `self` and not moved
+        // during the call); the kernel writes at most those lengths and BATCH
+        // headers.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -94,13 +102,21 @@ impl RecvBatch {
         Ok(n as usize)
     }
 
-    /// Datagram `i` of the last receive: its bytes and sender, or why it is not
-    /// served.
-    fn datagram(&self, i: usize) -> Result<(&[u8], SocketAddr), UdpDrop> {
+    /// Datagram `i` of the last receive: its bytes, sender and destination (where
+    /// reported), or why it is not served.
+    pub(crate) fn datagram(&self, i: usize) -> Result<(&[u8], ReplyTo), UdpDrop> {
         let bytes = self.bytes(i)?;
-        let name_len = (self.hdrs[i].msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        let hdr = &self.hdrs[i].msg_hdr;
+        let name_len = (hdr.msg_namelen as usize).min(NAME_LEN);
         let peer = peer_of(&self.names[i][..name_len]).ok_or(UdpDrop::NoAddress)?;
-        Ok((bytes, peer))
+        // A size_t with glibc, a socklen_t with musl.
+        #[allow(clippy::unnecessary_cast)]
+        let control_len = (hdr.msg_controllen as usize).min(pktinfo::CONTROL_LEN);
+        let local = match control_len {
+            0 => None,
+            n => pktinfo::local_of(&self.controls[i].0[..n]),
+        };
+        Ok((bytes, ReplyTo { peer, local }))
     }
 
     /// The bytes of datagram `i` of the last receive (`i` below what it returned),
@@ -136,8 +152,9 @@ pub(crate) fn short_is_drained(
 
 /// Replies waiting for the batch's `sendmmsg`.
 struct SendBatch {
-    replies: Vec<(Vec<u8>, SocketAddr)>,
+    replies: Vec<(Vec<u8>, ReplyTo)>,
     addrs: Box<[socket2::SockAddr]>,
+    controls: Box<[Control; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
 }
@@ -149,6 +166,7 @@ impl SendBatch {
         Self {
             replies: Vec::with_capacity(BATCH),
             addrs: vec![any; BATCH].into_boxed_slice(),
+            controls: Box::new([Control::default(); BATCH]),
             iovs,
             hdrs,
         }
@@ -157,18 +175,25 @@ impl SendBatch {
     /// Sends `replies[from..]` with one call; how many the socket took.
     fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
         let todo = &mut self.replies[from..];
-        for (i, (reply, peer)) in todo.iter_mut().enumerate() {
-            self.addrs[i] = socket2::SockAddr::from(*peer);
+        for (i, (reply, to)) in todo.iter_mut().enumerate() {
+            self.addrs[i] = socket2::SockAddr::from(to.peer);
             let addr = &self.addrs[i];
+            let hdr = &mut self.hdrs[i].msg_hdr;
             msghdr::point(
-                &mut self.hdrs[i].msg_hdr,
+                hdr,
                 &mut self.iovs[i],
                 (reply.as_mut_ptr(), reply.len()),
                 (addr.as_ptr() as *mut libc::c_void, addr.len()),
             );
+            if let Some(local) = to.local {
+                let control = &mut self.controls[i];
+                hdr.msg_controllen = control.write(local) as _;
+                hdr.msg_control = control.0.as_mut_ptr().cast();
+            }
         }
-        // SAFETY: the first `todo.len()` (≤ BATCH) headers point at the replies and
-        // addresses just filled in, all alive and unmoved until the call returns.
+        // SAFETY: the first `todo.len()` (≤ BATCH) headers point at the replies,
+        // addresses and control messages just filled in, all alive and unmoved
+        // until the call returns.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
@@ -240,9 +265,9 @@ pub(crate) async fn serve<S: DatagramService>(
             for i in 0..n {
                 match rx.datagram(i) {
                     Ok((packet, _)) if service.is_end(packet) => ended = true,
-                    Ok((packet, peer)) => {
-                        if let Some(reply) = service.datagram(packet, peer) {
-                            tx.replies.push((reply, peer));
+                    Ok((packet, from)) => {
+                        if let Some(reply) = service.datagram(packet, from) {
+                            tx.replies.push((reply, from));
                         }
                     }
                     Err(why) => service.dropped(why),
@@ -286,9 +311,9 @@ async fn flush<U: UdpIo, S: DatagramService>(sock: &U, service: &S, tx: &mut Sen
     }
     // Whatever the kernel refused (full socket buffer, or an error for one
     // destination): each goes on its own, waiting for room, or is counted lost.
-    let rest: SmallVec<[(Vec<u8>, SocketAddr); BATCH]> = rest.collect();
-    for (reply, peer) in rest {
-        if send_reply(sock, service.pool(), reply, peer).await.is_err() {
+    let rest: SmallVec<[(Vec<u8>, ReplyTo); BATCH]> = rest.collect();
+    for (reply, to) in rest {
+        if send_reply(sock, service.pool(), reply, to).await.is_err() {
             service.dropped(UdpDrop::SendError);
         }
     }
@@ -299,7 +324,7 @@ async fn flush<U: UdpIo, S: DatagramService>(sock: &U, service: &S, tx: &mut Sen
 ///
 /// Bound: the queue holds one entry per query admitted and answered but not yet
 /// sent, so it is bounded by the admissions (`max_client_in_flight`).
-pub(crate) type Outbox<T> = LocalQueue<(Vec<u8>, SocketAddr, T)>;
+pub(crate) type Outbox<T> = LocalQueue<(Vec<u8>, ReplyTo, T)>;
 
 /// Sends what `outbox` holds, forever (the task ends with its runtime): woken by
 /// the first reply queued, it runs after the tasks woken before it (those of the
@@ -315,10 +340,10 @@ pub(crate) async fn send_queued<U: UdpIo, S: DatagramService, T>(
         outbox.ready().await;
         let mut held: SmallVec<[T; BATCH]> = SmallVec::new();
         while held.len() < BATCH {
-            let Some((reply, peer, h)) = outbox.pop() else {
+            let Some((reply, to, h)) = outbox.pop() else {
                 break;
             };
-            tx.replies.push((reply, peer));
+            tx.replies.push((reply, to));
             held.push(h);
         }
         flush(&*sock, &*service, &mut tx).await;
@@ -357,9 +382,9 @@ mod tests {
         let fd = server.as_raw_fd();
         assert_eq!(rx.recv(fd).unwrap(), BATCH, "a full batch, no more");
         for i in 0..BATCH {
-            let (bytes, peer) = rx.datagram(i).unwrap();
+            let (bytes, from) = rx.datagram(i).unwrap();
             assert_eq!(bytes, (i as u32).to_be_bytes());
-            assert_eq!(peer, client.local_addr().unwrap());
+            assert_eq!(from, ReplyTo::peer(client.local_addr().unwrap()));
         }
         assert_eq!(rx.recv(fd).unwrap(), 9, "the rest, and the long one");
         for i in 0..8 {
@@ -401,7 +426,7 @@ mod tests {
     struct Sink(super::super::buffers::BufferPool, Cell<usize>);
 
     impl DatagramService for Sink {
-        fn datagram(&self, _: &[u8], _: SocketAddr) -> Option<Vec<u8>> {
+        fn datagram(&self, _: &[u8], _: ReplyTo) -> Option<Vec<u8>> {
             None
         }
         fn dropped(&self, _: UdpDrop) {
@@ -441,7 +466,7 @@ mod tests {
                 Rc::clone(&outbox),
             ));
             let released = Rc::new(Cell::new(0));
-            let peer = client.local_addr().unwrap();
+            let peer = ReplyTo::peer(client.local_addr().unwrap());
             // More than a batch, queued in one turn.
             let n = BATCH as u32 + 9;
             for i in 0..n {
@@ -470,7 +495,7 @@ mod tests {
     #[test]
     fn one_send_carries_a_batch_in_order() {
         let (server, client) = pair();
-        let peer = client.local_addr().unwrap();
+        let peer = ReplyTo::peer(client.local_addr().unwrap());
         let mut tx = SendBatch::new();
         for i in 0..BATCH as u32 {
             tx.replies.push((i.to_be_bytes().to_vec(), peer));
@@ -482,6 +507,34 @@ mod tests {
         for i in (0..BATCH as u32).chain([BATCH as u32 - 2, BATCH as u32 - 1]) {
             let n = client.recv(&mut got).unwrap();
             assert_eq!(&got[..n], i.to_be_bytes());
+        }
+    }
+
+    /// On a wildcard socket each reply of one batch leaves from its own address,
+    /// and one without an address from the route's choice.
+    #[test]
+    fn each_reply_of_a_batch_leaves_from_its_own_address() {
+        let server = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let peer = client.local_addr().unwrap();
+        let mut tx = SendBatch::new();
+        let from = |ip: [u8; 4]| ReplyTo {
+            peer,
+            local: Some(ip.into()),
+        };
+        tx.replies.push((b"2".to_vec(), from([127, 0, 0, 2])));
+        tx.replies.push((b"1".to_vec(), ReplyTo::peer(peer)));
+        tx.replies.push((b"3".to_vec(), from([127, 0, 0, 3])));
+        assert_eq!(tx.send(server.as_raw_fd(), 0).unwrap(), 3);
+        let mut got = [0u8; 8];
+        for ip in [2u8, 1, 3] {
+            let (n, src) = client.recv_from(&mut got).unwrap();
+            assert_eq!(&got[..n], ip.to_string().as_bytes());
+            assert_eq!(src, SocketAddr::from(([127, 0, 0, ip], port)));
         }
     }
 }

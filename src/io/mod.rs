@@ -11,7 +11,7 @@
 //! - [`mmsg`]: the epoll loop, `recvmmsg`/`sendmmsg` batches.
 //! - [`ring`]: the io_uring loop, a multishot receive into a provided buffer ring
 //!   ([`bufring`]) and batched sends; [`msghdr`] fills the kernel's message headers
-//!   for both.
+//!   for both; [`pktinfo`] the address a client asked, for wildcard sockets.
 //! - [`frame`]: TCP framing (RFC 1035 4.2.2).
 //!
 //! Both backends move owned `Vec<u8>` buffers into each operation and hand them back
@@ -32,6 +32,8 @@ mod bufring;
 pub(crate) mod mmsg;
 #[allow(unsafe_code)]
 mod msghdr;
+#[allow(unsafe_code)]
+pub(crate) mod pktinfo;
 pub(crate) mod queue;
 #[allow(unsafe_code)]
 pub(crate) mod ring;
@@ -56,12 +58,13 @@ pub(crate) type BufResult<T> = (io::Result<T>, Vec<u8>);
 pub(crate) trait UdpIo: 'static {
     /// Receives one datagram into `buf` (cleared first).
     fn recv_from(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(usize, SocketAddr)>>;
-    /// Sends `buf` to `addr`.
-    fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> impl Future<Output = BufResult<usize>>;
-    /// Sends `buf` to `addr` now if the socket can take it (WouldBlock if not).
-    /// A UDP send rarely waits; sending it with one syscall spares io_uring a
-    /// submission and a completion round trip through the runtime per reply.
-    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize>;
+    /// Sends `buf` to `to.peer`, from `to.local` if given.
+    fn send_to(&self, buf: Vec<u8>, to: udp::ReplyTo) -> impl Future<Output = BufResult<usize>>;
+    /// Sends `buf` to `to.peer` (from `to.local` if given) now if the socket can
+    /// take it (WouldBlock if not). A UDP send rarely waits; sending it with one
+    /// syscall spares io_uring a submission and a completion round trip through the
+    /// runtime per reply.
+    fn try_send_to(&self, buf: &[u8], to: udp::ReplyTo) -> io::Result<usize>;
     /// The socket's descriptor, for a ring of its own (see `ring`).
     fn raw_fd(&self) -> std::os::fd::RawFd;
 }

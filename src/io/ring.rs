@@ -17,7 +17,8 @@
 
 use super::bufring::{BufRing, Filled, RECV_BUFFERS};
 use super::msghdr::{self, NAME_LEN};
-use super::udp::{DatagramService, UdpDrop};
+use super::pktinfo::{self, Control, CONTROL_LEN};
+use super::udp::{DatagramService, ReplyTo, UdpDrop};
 use super::{peer_of, UdpIo, MAX_QUERY};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
@@ -29,9 +30,10 @@ use tokio::sync::watch;
 
 /// The kernel's `io_uring_recvmsg_out` header at the start of each received buffer.
 const RECVMSG_OUT: usize = 16;
-/// Bytes per receive buffer: the kernel's header, the peer's address and up to
-/// [`MAX_QUERY`] bytes of datagram; a longer one is dropped and counted (`oversize`).
-pub(crate) const RECV_BUFFER_SIZE: usize = RECVMSG_OUT + NAME_LEN + MAX_QUERY;
+/// Bytes per receive buffer: the kernel's header, the peer's address, the control
+/// messages (the destination, on a wildcard socket) and up to [`MAX_QUERY`] bytes
+/// of datagram; a longer one is dropped and counted (`oversize`).
+pub(crate) const RECV_BUFFER_SIZE: usize = RECVMSG_OUT + NAME_LEN + CONTROL_LEN + MAX_QUERY;
 /// Replies submitted and not yet completed, per client socket.
 pub(crate) const SEND_SLOTS: usize = 256;
 /// Buffer group of the receive buffers.
@@ -82,6 +84,7 @@ struct SendSlot {
     hdr: libc::msghdr,
     iov: libc::iovec,
     addr: socket2::SockAddr,
+    control: Control,
     buf: Vec<u8>,
 }
 
@@ -89,7 +92,8 @@ struct SendSlot {
 struct Ring {
     uring: AsyncFd<IoUring>,
     fd: RawFd,
-    /// The recvmsg header the multishot receive was prepared from (name room only).
+    /// The recvmsg header the multishot receive was prepared from (room for the
+    /// name and the control messages; no data of its own).
     recv_hdr: Box<libc::msghdr>,
     bufs: BufRing,
     slots: Box<[SendSlot]>,
@@ -146,11 +150,13 @@ impl Ring {
         }
         let mut recv_hdr = Box::new(msghdr::empty());
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+        recv_hdr.msg_controllen = CONTROL_LEN as _;
         let slots = (0..SEND_SLOTS)
             .map(|_| SendSlot {
                 hdr: msghdr::empty(),
                 iov: msghdr::EMPTY_IOV,
                 addr: socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                control: Control::default(),
                 buf: Vec::new(),
             })
             .collect::<Vec<_>>()
@@ -216,13 +222,13 @@ impl Ring {
         Ok(())
     }
 
-    /// Queues `buf` to `peer`. Gives the buffer back if no slot is free.
-    fn send(&mut self, buf: Vec<u8>, peer: SocketAddr) -> Result<(), Vec<u8>> {
+    /// Queues `buf` to `to`. Gives the buffer back if no slot is free.
+    fn send(&mut self, buf: Vec<u8>, to: ReplyTo) -> Result<(), Vec<u8>> {
         let Some(i) = self.free.pop() else {
             return Err(buf);
         };
         let slot = &mut self.slots[usize::from(i)];
-        slot.addr = socket2::SockAddr::from(peer);
+        slot.addr = socket2::SockAddr::from(to.peer);
         slot.buf = buf;
         msghdr::point(
             &mut slot.hdr,
@@ -230,6 +236,10 @@ impl Ring {
             (slot.buf.as_mut_ptr(), slot.buf.len()),
             (slot.addr.as_ptr() as *mut libc::c_void, slot.addr.len()),
         );
+        if let Some(local) = to.local {
+            slot.hdr.msg_controllen = slot.control.write(local) as _;
+            slot.hdr.msg_control = slot.control.0.as_mut_ptr().cast();
+        }
         let entry = opcode::SendMsg::new(types::Fd(self.fd), &slot.hdr)
             .build()
             .user_data(SEND | u64::from(i));
@@ -525,12 +535,16 @@ fn handle<U: UdpIo, S: DatagramService>(
         service.dropped(UdpDrop::NoAddress);
         return;
     };
-    let Some(reply) = service.datagram(msg.payload_data(), peer) else {
+    let to = ReplyTo {
+        peer,
+        local: pktinfo::local_of(msg.control_data()),
+    };
+    let Some(reply) = service.datagram(msg.payload_data(), to) else {
         return;
     };
-    if let Err(reply) = ring.send(reply, peer) {
+    if let Err(reply) = ring.send(reply, to) {
         // Every slot is busy: send it now, or count it lost.
-        if sock.try_send_to(&reply, peer).is_err() {
+        if sock.try_send_to(&reply, to).is_err() {
             service.dropped(UdpDrop::SendError);
         }
         service.pool().put(reply);
@@ -641,7 +655,7 @@ mod tests {
             socket2::SockRef::from(&client)
                 .set_recv_buffer_size(8 << 20)
                 .unwrap();
-            let peer = client.local_addr().unwrap();
+            let peer = ReplyTo::peer(client.local_addr().unwrap());
             let Ok(mut ring) = Ring::new(std::os::fd::AsRawFd::as_raw_fd(&server)) else {
                 eprintln!("note: no multishot io_uring here; not tested");
                 return;
@@ -677,6 +691,77 @@ mod tests {
                 assert_eq!(&got[..n], i.to_be_bytes(), "sent in order");
             }
             ring.submit().unwrap();
+            ring.quiesce();
+            assert!(ring.quiet);
+        });
+    }
+
+    /// On a wildcard socket the multishot receive reports each datagram's
+    /// destination, and a reply queued with it leaves from that address.
+    #[test]
+    fn on_a_wildcard_socket_a_reply_leaves_from_the_address_asked() {
+        runtime().block_on(async {
+            let server =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+            server.bind(&any.into()).unwrap();
+            pktinfo::enable(&server, any).unwrap();
+            let port = server.local_addr().unwrap().as_socket().unwrap().port();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let Ok(mut ring) = Ring::new(std::os::fd::AsRawFd::as_raw_fd(&server)) else {
+                eprintln!("note: no multishot io_uring here; not tested");
+                return;
+            };
+            ring.arm().unwrap();
+            ring.submit().unwrap();
+            let mut cqes: [Done; BATCH] = std::array::from_fn(|_| Done::default());
+            for ip in [2u8, 3] {
+                let asked = SocketAddr::from(([127, 0, 0, ip], port));
+                client.send_to(&[ip], asked).unwrap();
+                let to = loop {
+                    let n = wait(&mut ring, &mut cqes);
+                    let mut got = None;
+                    for cqe in &mut cqes[..n] {
+                        if cqe.data & SEND != 0 {
+                            // The previous round's reply.
+                            ring.sending -= 1;
+                            ring.free.push((cqe.data & !SEND) as u16);
+                            continue;
+                        }
+                        let Some(bid) = cqe.take_buffer() else {
+                            continue;
+                        };
+                        let filled = ring.bufs.filled(bid).unwrap();
+                        let buf = ring.bufs.buffer(&filled);
+                        let msg =
+                            types::RecvMsgOut::parse(&buf[..cqe.res as usize], &ring.recv_hdr)
+                                .unwrap();
+                        assert_eq!(msg.payload_data(), [ip]);
+                        got = Some(ReplyTo {
+                            peer: peer_of(msg.name_data()).unwrap(),
+                            local: pktinfo::local_of(msg.control_data()),
+                        });
+                        ring.bufs.give(filled);
+                    }
+                    ring.bufs.publish();
+                    if let Some(to) = got {
+                        break to;
+                    }
+                };
+                assert_eq!(to.local, Some(asked.ip()), "the destination, reported");
+                ring.send(b"r".to_vec(), to).unwrap();
+                ring.submit().unwrap();
+                let mut got = [0u8; 4];
+                let (n, from) = client.recv_from(&mut got).unwrap();
+                assert_eq!(
+                    (&got[..n], from),
+                    (&b"r"[..], asked),
+                    "from the address asked"
+                );
+            }
             ring.quiesce();
             assert!(ring.quiet);
         });

@@ -8,7 +8,7 @@
 use super::buffers::BufferPool;
 use super::{UdpIo, MAX_QUERY};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use tokio::sync::watch;
 
@@ -23,12 +23,29 @@ pub(crate) enum UdpDrop {
     SendError,
 }
 
+/// Where a reply goes: the client, and on a socket bound to a wildcard the address
+/// the client sent its query to, which the reply leaves from ([`super::pktinfo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplyTo {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The query's destination, if the kernel reported one.
+    pub(crate) local: Option<IpAddr>,
+}
+
+impl ReplyTo {
+    /// To `peer`, from the source the route picks (or the socket's own address).
+    pub(crate) fn peer(peer: SocketAddr) -> Self {
+        Self { peer, local: None }
+    }
+}
+
 /// What answers the datagrams of one client socket.
 pub(crate) trait DatagramService: 'static {
-    /// One datagram from `peer`: the reply to send now, if there is one. A datagram
-    /// that needs more time is the service's to answer later; the bytes are only
-    /// borrowed for this call.
-    fn datagram(&self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>>;
+    /// One datagram from `from.peer`: the reply to send now, if there is one. A
+    /// datagram that needs more time is the service's to answer later (to `from`);
+    /// the bytes are only borrowed for this call.
+    fn datagram(&self, packet: &[u8], from: ReplyTo) -> Option<Vec<u8>>;
     /// A datagram not served, or a reply lost.
     fn dropped(&self, why: UdpDrop);
     /// Where reply buffers go back to once sent.
@@ -61,18 +78,18 @@ impl EndMarker {
     }
 }
 
-/// Sends `reply` to `peer` now if the socket takes it, else through the backend
+/// Sends `reply` to `to` now if the socket takes it, else through the backend
 /// (waiting for room); the buffer goes back to `pool`. An error is returned for the
 /// caller to count.
 pub(crate) async fn send_reply<U: UdpIo>(
     sock: &U,
     pool: &BufferPool,
     reply: Vec<u8>,
-    peer: SocketAddr,
+    to: ReplyTo,
 ) -> io::Result<usize> {
-    match sock.try_send_to(&reply, peer) {
+    match sock.try_send_to(&reply, to) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            let (res, buf) = sock.send_to(reply, peer).await;
+            let (res, buf) = sock.send_to(reply, to).await;
             pool.put(buf);
             res
         }
@@ -86,7 +103,8 @@ pub(crate) async fn send_reply<U: UdpIo>(
 /// One receive operation per datagram, until the end marker or until `stop`
 /// changes. Several of these may run on one socket (io_uring without multishot
 /// receive), each ended by a marker of its own; the socket closes when the last
-/// loop holding it ends.
+/// loop holding it ends. The receive reports no destination (tokio-uring's has no
+/// control messages), so a reply leaves from the source the route picks.
 pub(crate) async fn receive_loop<U: UdpIo, S: DatagramService>(
     sock: Rc<U>,
     service: Rc<S>,
@@ -123,13 +141,11 @@ pub(crate) async fn receive_loop<U: UdpIo, S: DatagramService>(
                 continue;
             }
         };
-        let reply = service.datagram(&buf, peer);
+        let to = ReplyTo::peer(peer);
+        let reply = service.datagram(&buf, to);
         service.pool().put(buf);
         if let Some(reply) = reply {
-            if send_reply(&*sock, service.pool(), reply, peer)
-                .await
-                .is_err()
-            {
+            if send_reply(&*sock, service.pool(), reply, to).await.is_err() {
                 service.dropped(UdpDrop::SendError);
             }
         }

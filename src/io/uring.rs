@@ -2,7 +2,8 @@
 //! or write. Client UDP on this backend is served by [`super::ring`] (a multishot
 //! receive on a ring of its own) where the kernel has it.
 
-use super::{Backend, BufResult, TcpIo, UdpIo};
+use super::udp::ReplyTo;
+use super::{pktinfo, Backend, BufResult, TcpIo, UdpIo};
 use std::io;
 use std::net::SocketAddr;
 
@@ -20,11 +21,23 @@ impl UdpIo for UringUdp {
         buf.clear();
         self.io.recv_from(buf).await
     }
-    async fn send_to(&self, buf: Vec<u8>, addr: SocketAddr) -> BufResult<usize> {
-        self.io.send_to(buf, addr).await
+    async fn send_to(&self, buf: Vec<u8>, to: ReplyTo) -> BufResult<usize> {
+        let Some(local) = to.local else {
+            return self.io.send_to(buf, to.peer).await;
+        };
+        let mut control = pktinfo::Control::default();
+        let len = control.write(local);
+        let (res, mut bufs, _) = self
+            .io
+            .sendmsg(vec![buf], Some(to.peer), Some(control.0[..len].to_vec()))
+            .await;
+        (res, bufs.pop().unwrap_or_default())
     }
-    fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        self.direct.send_to(buf, &addr.into())
+    fn try_send_to(&self, buf: &[u8], to: ReplyTo) -> io::Result<usize> {
+        match to.local {
+            None => self.direct.send_to(buf, &to.peer.into()),
+            Some(_) => pktinfo::send_from(std::os::fd::AsRawFd::as_raw_fd(&self.direct), buf, to),
+        }
     }
     fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.direct)

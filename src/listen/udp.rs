@@ -10,12 +10,11 @@
 
 use crate::io::buffers::BufferPool;
 use crate::io::mmsg::Outbox;
-use crate::io::udp::{self, DatagramService, UdpDrop};
+use crate::io::udp::{self, DatagramService, ReplyTo, UdpDrop};
 use crate::io::{mmsg, ring, Backend};
 use crate::metrics::DropReason;
 use crate::shard::{Admitted, First, Gate, Shard};
 use crate::transport::Transport;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -73,8 +72,8 @@ struct UdpService<B: Backend> {
 }
 
 impl<B: Backend> DatagramService for UdpService<B> {
-    fn datagram(&self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-        take(&self.shard, &self.outbox, packet, peer)
+    fn datagram(&self, packet: &[u8], from: ReplyTo) -> Option<Vec<u8>> {
+        take(&self.shard, &self.outbox, packet, from)
     }
 
     fn dropped(&self, why: UdpDrop) {
@@ -102,10 +101,10 @@ fn take<B: Backend>(
     shard: &Rc<Shard<B>>,
     outbox: &Rc<Outbox<Admitted<B>>>,
     packet: &[u8],
-    peer: SocketAddr,
+    from: ReplyTo,
 ) -> Option<Vec<u8>> {
     let start = Instant::now();
-    let gate = shard.gate(peer.ip(), Transport::Udp, start);
+    let gate = shard.gate(from.peer.ip(), Transport::Udp, start);
     if gate != Gate::Pass {
         return shard.gated_reply(gate, packet, Transport::Udp);
     }
@@ -130,7 +129,7 @@ fn take<B: Backend>(
                 shard.pool().put(query);
                 if let Some(reply) = reply {
                     // Admitted until the reply has left (shutdown waits for it).
-                    outbox.push((reply, peer, admitted));
+                    outbox.push((reply, from, admitted));
                 }
             });
             None

@@ -76,6 +76,8 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
         source,
     };
     let sock = reuse_port_socket(addr, socket2::Type::DGRAM).map_err(err)?;
+    // On a wildcard: each datagram's destination, for its reply's source.
+    crate::io::pktinfo::enable(&sock, addr).map_err(err)?;
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);
     Ok(sock.into())
