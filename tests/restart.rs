@@ -163,6 +163,11 @@ fn a_restart_under_load_loses_no_query_on_epoll() {
 
 #[test]
 fn a_restart_on_the_wildcard_answers_from_the_address_asked_on_io_uring() {
+    // Without multishot receive the per-datagram loop learns no destination
+    // (README, "Shutdown and restart").
+    if uring() == "uring" && !uring_multishot() {
+        return eprintln!("note: no multishot io_uring receive here; not tested");
+    }
     restart_under_load(uring(), true);
 }
 

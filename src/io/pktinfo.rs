@@ -87,7 +87,13 @@ pub(crate) fn local_of(control: &[u8]) -> Option<IpAddr> {
         let data = &rest[HDR..len];
         let ip = match (level, kind) {
             (libc::SOL_IP, libc::IP_PKTINFO) if data.len() >= IN_PKTINFO => {
-                let o: [u8; 4] = data[8..12].try_into().ok()?;
+                // ipi_spec_dst, the local address a reply should leave from: the
+                // destination for a unicast query, a local address of the network
+                // for one sent to its broadcast address. ipi_addr (the header's
+                // destination) only if the kernel left it unset.
+                let spec: [u8; 4] = data[4..8].try_into().ok()?;
+                let dst: [u8; 4] = data[8..12].try_into().ok()?;
+                let o = if spec == [0; 4] { dst } else { spec };
                 Some(IpAddr::V4(Ipv4Addr::from(o)))
             }
             (libc::SOL_IPV6, libc::IPV6_PKTINFO) if data.len() >= IN6_PKTINFO => {
@@ -180,11 +186,9 @@ mod tests {
             let mut c = Control::default();
             let len = c.write(ip);
             assert!(len <= CONTROL_LEN);
-            // What the kernel reads as the source for a send is ipi_spec_dst, what
-            // it writes on a receive is ipi_addr: check the layout of each.
+            // What the kernel reads as the source for a send is ipi_spec_dst.
             if let IpAddr::V4(v4) = ip {
                 assert_eq!(&c.0[HDR + 4..HDR + 8], v4.octets(), "ipi_spec_dst");
-                c.0[HDR + 8..HDR + 12].copy_from_slice(&v4.octets());
             }
             assert_eq!(local_of(&c.0[..len]), Some(ip));
             // Cut short anywhere: nothing, and no panic.
@@ -202,14 +206,20 @@ mod tests {
         let mut zero_len = [0u8; CONTROL_LEN];
         zero_len[0] = 1;
         assert_eq!(local_of(&zero_len), None, "a length shorter than a header");
+        // A query to a network's broadcast address: the kernel's ipi_spec_dst
+        // (a local address) is the source, not the header's destination; without
+        // one, the destination.
+        let mut c = Control::default();
+        let len = c.write([10, 0, 0, 1].into());
+        c.0[HDR + 8..HDR + 12].copy_from_slice(&[10, 0, 0, 255]);
+        assert_eq!(local_of(&c.0[..len]), Some([10, 0, 0, 1].into()));
+        c.0[HDR + 4..HDR + 8].copy_from_slice(&[0; 4]);
+        assert_eq!(local_of(&c.0[..len]), Some([10, 0, 0, 255].into()));
         // A multicast or broadcast destination is not a source.
         for ip in ["224.0.0.251", "255.255.255.255", "ff02::fb", "0.0.0.0"] {
             let ip: IpAddr = ip.parse().unwrap();
             let mut c = Control::default();
             let len = c.write(ip);
-            if let IpAddr::V4(v4) = ip {
-                c.0[HDR + 8..HDR + 12].copy_from_slice(&v4.octets());
-            }
             assert_eq!(local_of(&c.0[..len]), None, "{ip}");
         }
     }

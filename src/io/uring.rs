@@ -25,6 +25,9 @@ impl UdpIo for UringUdp {
         let Some(local) = to.local else {
             return self.io.send_to(buf, to.peer).await;
         };
+        // A send that had to wait for room. Kernels without "io_uring/net: save
+        // msghdr->msg_control for retries" (6.4, in the stable series) may fail such
+        // a retried send with EFAULT; it is counted as a send error.
         let mut control = pktinfo::Control::default();
         let len = control.write(local);
         let (res, mut bufs, _) = self

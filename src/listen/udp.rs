@@ -46,7 +46,15 @@ pub(super) async fn serve_udp<B: Backend>(shard: Rc<Shard<B>>, sock: Rc<B::Udp>,
             Err(ring::Unsupported(why)) => tracing::warn!(
                 shard = shard.index(),
                 reason = %why,
-                "client UDP: no multishot io_uring receive; one receive operation per datagram instead"
+                wildcard_replies_from_route = shard
+                    .shared()
+                    .config
+                    .server
+                    .listen
+                    .iter()
+                    .any(|a| a.ip().is_unspecified()),
+                "client UDP: no multishot io_uring receive; one receive operation per datagram \
+                 instead (a wildcard listener's replies then leave from the source the route picks)"
             ),
         }
     }

@@ -280,6 +280,21 @@ pub fn uring() -> &'static str {
     }
 }
 
+/// Whether the kernel has the multishot receive the io_uring backend's client
+/// sockets use (Linux 6.0+); without it they fall back to a receive per datagram.
+pub fn uring_multishot() -> bool {
+    std::thread::spawn(|| {
+        let Ok(ring) = io_uring::IoUring::new(8) else {
+            return false;
+        };
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(io_uring::opcode::RecvMsgMulti::CODE)
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 pub fn start(config: Config) -> ServerHandle {
     tierdns::start(config).expect("server starts")
 }
